@@ -1,0 +1,42 @@
+# evoarena: the commands the README promises.
+#   make install   virtualenv in .venv with evoarena, its tests' tools, and the right torch
+#   make run       the main job: the memorization GA, locally, on the embedded store
+#   make test      the whole test suite (what CI runs)
+#   make bench     every benchmark; each exits non-zero when its bar is missed
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+EXP ?= experiments/memorize.yaml
+# A machine without an NVIDIA driver gets the CPU build of torch; pip would otherwise
+# resolve a bare `torch` to a multi-GB CUDA build. Override TORCH to pin another build.
+HAS_GPU := $(shell command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1 && echo 1)
+TORCH ?= torch==2.13.0
+
+.PHONY: install run test bench clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml Makefile
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q "$(TORCH)"
+ifneq ($(HAS_GPU),1)
+	$(PY) -c "import torch, sys; sys.exit('torch has CUDA on a machine without a GPU' if torch.version.cuda else 0)"
+endif
+	$(PIP) install -q -e ".[test]"
+	touch $@
+
+run: install
+	$(VENV)/bin/evoarena run $(EXP)
+
+test: install
+	$(PY) -m pytest -q
+
+bench: install
+	$(PY) bench/encoding.py
+	$(PY) bench/materialize.py
+	$(PY) bench/memorize.py
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache .hypothesis

@@ -1,0 +1,267 @@
+"""Genomes and deltas as plain data: a network is its architecture plus the seeds that made it.
+
+A genome is an architecture, an init seed (or a base checkpoint), and the list of deltas applied
+since, oldest first. Its JSON does not grow with the number of parameters: a Gaussian delta over
+four million weights is still ``{"k": "gaussian", "o": 81234, "s": 0.02}``.
+
+Delta kinds (``k``) and their fields; ``l`` = [lo, hi) range of parametric layers, absent = all:
+    gaussian  o: noise offset, s: sigma          theta += s * noise[o:]
+    norm      o, s                               same, then each tensor rescaled to its old norm
+    adaptive  o, s, r: rate offset, t: tau       lograte += t * noise[r:]; theta += s * exp(lograte) * noise[o:]
+    init      seed                               layers re-initialized from seed (crossover with another founder)
+    load      uri                                layers copied from a checkpoint (crossover with a rebased lineage)
+Noise for a delta covering flat positions [a, b) is read from noise[o : o + b - a].
+
+Every mutation kind acts on each layer separately, which is what makes one-point crossover at a
+layer boundary exact: the child's layers below the point replay parent 1's deltas restricted to
+those layers, the rest replay parent 2's, and each layer ends bit-identical to its parent's.
+
+Ids are content hashes chained along the list: id_0 hashes (architecture, init seed), and
+id_j = H(id_{j-1}, delta_j). Prefix j of a genome's list is therefore its ancestor j steps from
+the root, with that ancestor's id, and rebasing on a checkpoint (whose id is id_j) keeps every id.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import numpy as np
+
+from .nets import Layout, arch_key, layout
+
+KINDS = ("gaussian", "norm", "adaptive", "init", "load")
+
+
+@dataclass(frozen=True)
+class Delta:
+    """One edit of a network's weights; see the module docstring for what each kind means."""
+
+    kind: str
+    offset: int = 0
+    sigma: float = 0.0
+    layers: tuple[int, int] | None = None
+    rate_offset: int = 0
+    tau: float = 0.0
+    seed: int = 0
+    uri: str = ""
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise ValueError(f"delta kind {self.kind!r} is unknown; accepted: {', '.join(KINDS)}")
+        if self.layers is not None:
+            object.__setattr__(self, "layers", (int(self.layers[0]), int(self.layers[1])))
+
+    def to_json(self) -> dict[str, Any]:
+        d: dict[str, Any] = {"k": self.kind}
+        if self.kind in ("gaussian", "norm", "adaptive"):
+            d["o"], d["s"] = self.offset, self.sigma
+        if self.kind == "adaptive":
+            d["r"], d["t"] = self.rate_offset, self.tau
+        if self.kind == "init":
+            d["seed"] = self.seed
+        if self.kind == "load":
+            d["uri"] = self.uri
+        if self.layers is not None:
+            d["l"] = list(self.layers)
+        return d
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> Delta:
+        unknown = set(d) - {"k", "o", "s", "r", "t", "seed", "uri", "l"}
+        if "k" not in d or unknown:
+            raise ValueError(f"delta {d!r}: needs 'k' and only the keys k, o, s, r, t, seed, uri, l")
+        layers = d.get("l")
+        return cls(d["k"], int(d.get("o", 0)), float(d.get("s", 0.0)), tuple(layers) if layers else None,
+                   int(d.get("r", 0)), float(d.get("t", 0.0)), int(d.get("seed", 0)), str(d.get("uri", "")))
+
+    @property
+    def key(self) -> bytes:
+        return json.dumps(self.to_json(), sort_keys=True, separators=(",", ":")).encode()
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """Saved weights of genome `id` at `uri`; a genome based on it lists only the deltas after it."""
+
+    id: str
+    uri: str
+
+
+@dataclass(frozen=True)
+class Genome:
+    """A network as data: build it with `materialize.Materializer`."""
+
+    arch: dict
+    init_seed: int
+    deltas: tuple[Delta, ...] = ()
+    base: Checkpoint | None = None
+    parents: tuple[str, ...] = ()
+    # On a crossover child: (point, n) = layers >= point came from parents[1], then n deltas of its own.
+    crossover: tuple[int, int] | None = None
+    _prefix_ids: tuple[str, ...] | None = field(default=None, compare=False, repr=False)
+
+    @property
+    def prefix_ids(self) -> tuple[str, ...]:
+        """prefix_ids[j] is the id of this genome's first j deltas (j = 0: the root or the base)."""
+        if self._prefix_ids is None:
+            ids = [self.base.id if self.base else _root_id(self.arch, self.init_seed)]
+            for delta in self.deltas:
+                ids.append(_chain(ids[-1], delta))
+            object.__setattr__(self, "_prefix_ids", tuple(ids))
+        return self._prefix_ids  # type: ignore[return-value]
+
+    @property
+    def id(self) -> str:
+        return self.prefix_ids[-1]
+
+    @property
+    def depth(self) -> int:
+        return len(self.deltas)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "arch": self.arch,
+            "init_seed": self.init_seed,
+            "base": None if self.base is None else {"id": self.base.id, "uri": self.base.uri},
+            "deltas": [d.to_json() for d in self.deltas],
+            "parents": list(self.parents),
+            "crossover": None if self.crossover is None else list(self.crossover),
+        }
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> Genome:
+        """Parse and check a genome; a wrong id (a corrupt or forged message) is refused."""
+        base = d.get("base")
+        genome = cls(
+            arch=d["arch"],
+            init_seed=int(d["init_seed"]),
+            deltas=tuple(Delta.from_json(x) for x in d.get("deltas", [])),
+            base=Checkpoint(base["id"], base["uri"]) if base else None,
+            parents=tuple(d.get("parents", [])),
+            crossover=tuple(d["crossover"]) if d.get("crossover") else None,
+        )
+        if "id" in d and d["id"] != genome.id:
+            raise ValueError(f"genome id {d['id']!r} does not match its content (computed {genome.id!r})")
+        return genome
+
+
+def _digest(data: bytes) -> str:
+    return hashlib.blake2b(data, digest_size=16).hexdigest()
+
+
+def _root_id(arch: dict, init_seed: int) -> str:
+    return _digest(f"root:{arch_key(arch)}:{init_seed}".encode())
+
+
+def _chain(parent_id: str, delta: Delta) -> str:
+    return _digest(parent_id.encode() + b":" + delta.key)
+
+
+# --- edits: how genomes are made from genomes -------------------------------------------------
+
+
+def founder(arch: dict, init_seed: int) -> Genome:
+    """A generation-0 individual: freshly initialized from `init_seed`."""
+    return Genome(arch=arch, init_seed=init_seed)
+
+
+def mutate(parent: Genome, delta: Delta) -> Genome:
+    """The child of `parent` with one more delta; its id costs one hash, whatever the depth."""
+    return replace(
+        parent,
+        deltas=parent.deltas + (delta,),
+        parents=(parent.id,),
+        crossover=None,
+        _prefix_ids=parent.prefix_ids + (_chain(parent.id, delta),),
+    )
+
+
+def crossover(first: Genome, second: Genome, point: int, then: tuple[Delta, ...] = ()) -> Genome:
+    """One-point crossover at a layer boundary: layers [0, point) from `first`, the rest from `second`,
+    followed by the child's own mutations `then` (seed 001: crossover, then mutation).
+
+    The shared history of the two parents is kept once; after it, each parent's deltas are
+    restricted to its side of the point. If the parents do not share their start (different init
+    seeds or checkpoints), the second side starts with an `init` or `load` delta for its layers.
+    """
+    if arch_key(first.arch) != arch_key(second.arch):
+        raise ValueError("crossover needs two parents of the same architecture")
+    lay = layout(first.arch)
+    if not 0 < point < lay.n_layers:
+        raise ValueError(f"crossover point {point} must be between 1 and {lay.n_layers - 1}")
+    same_start = first.base == second.base and (first.base is not None or first.init_seed == second.init_seed)
+    shared = 0
+    if same_start:
+        while shared < min(first.depth, second.depth) and first.deltas[shared] == second.deltas[shared]:
+            shared += 1
+    tail = (0, point), (point, lay.n_layers)
+    deltas = list(first.deltas[:shared])
+    deltas += [r for d in first.deltas[shared:] if (r := restrict(d, *tail[0], lay))]
+    if not same_start:
+        start = Delta("load", uri=second.base.uri) if second.base else Delta("init", seed=second.init_seed)
+        deltas.append(replace(start, layers=tail[1]))
+    deltas += [r for d in second.deltas[shared:] if (r := restrict(d, *tail[1], lay))]
+    return Genome(
+        arch=first.arch,
+        init_seed=first.init_seed,
+        deltas=tuple(deltas) + tuple(then),
+        base=first.base,
+        parents=(first.id, second.id),
+        crossover=(point, len(then)),
+    )
+
+
+def restrict(delta: Delta, lo: int, hi: int, lay: Layout) -> Delta | None:
+    """`delta` limited to parametric layers [lo, hi), reading the same noise for the layers it keeps."""
+    own_lo, own_hi = delta.layers or (0, lay.n_layers)
+    new_lo, new_hi = max(own_lo, lo), min(own_hi, hi)
+    if new_lo >= new_hi:
+        return None
+    if (new_lo, new_hi) == (own_lo, own_hi):
+        return delta
+    shift = lay.span((new_lo, new_hi))[0] - lay.span((own_lo, own_hi))[0]
+    noisy = delta.kind in ("gaussian", "norm", "adaptive")
+    return replace(
+        delta,
+        layers=(new_lo, new_hi),
+        offset=delta.offset + shift if noisy else delta.offset,
+        rate_offset=delta.rate_offset + shift if delta.kind == "adaptive" else delta.rate_offset,
+    )
+
+
+def rebase(genome: Genome, checkpoint: Checkpoint) -> Genome:
+    """The same genome (same id) expressed as `checkpoint` plus the deltas after it.
+
+    Returns `genome` unchanged if the checkpoint is not one of its ancestors.
+    """
+    ids = genome.prefix_ids
+    try:
+        j = ids.index(checkpoint.id)
+    except ValueError:
+        return genome
+    if j == 0 and genome.base == checkpoint:
+        return genome
+    return replace(genome, base=checkpoint, deltas=genome.deltas[j:], _prefix_ids=ids[j:])
+
+
+def sample_delta(rng: np.random.Generator, kind: str, sigma: float, tau: float, lay: Layout, noise_size: int) -> Delta:
+    """A random mutation of the given kind (spec: ga.mutation) for a network laid out as `lay`."""
+
+    def offset(n: int) -> int:
+        if n > noise_size:
+            raise ValueError(f"the noise table ({noise_size} samples) is smaller than the {n} parameters to mutate")
+        return int(rng.integers(0, noise_size - n + 1))
+
+    if kind == "layer":
+        layer = int(rng.integers(0, lay.n_layers))
+        start, stop = lay.span((layer, layer + 1))
+        return Delta("gaussian", offset(stop - start), sigma, layers=(layer, layer + 1))
+    if kind in ("gaussian", "norm"):
+        return Delta(kind, offset(lay.size), sigma)
+    if kind == "adaptive":
+        return Delta("adaptive", offset(lay.size), sigma, rate_offset=offset(lay.size), tau=tau)
+    raise ValueError(f"mutation kind {kind!r} is unknown; accepted: gaussian, layer, norm, adaptive")

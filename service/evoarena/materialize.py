@@ -1,0 +1,221 @@
+"""Genome -> weights, with a bounded cache of recently built networks.
+
+Building a genome from scratch replays its whole delta list: the cost grows with the generations
+(seed 003: "at generation 500 it takes 2 minutes to initialize the policy"). A worker therefore keeps
+the networks it built in an LRU cache bounded by bytes, and builds a genome by the first that applies:
+
+1. the genome itself is cached;
+2. a crossover child whose two parents are cached: copy layers from each, apply the new deltas;
+3. the nearest cached ancestor (the parent, usually): copy it, apply the remaining deltas;
+4. the base checkpoint: load it, apply the deltas after it;
+5. the full chain: initialize from the seed, apply every delta.
+
+Every path gives bit-identical weights on the same device type: each delta is applied by the same
+function to the same input bits, whichever path got there.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+
+from . import nets
+from .genome import Delta, Genome
+from .noise import NoiseTable
+
+
+@dataclass
+class Weights:
+    """A built network: its flat parameter vector and, once it has had an adaptive delta, its log-rates."""
+
+    flat: torch.Tensor
+    rates: torch.Tensor | None = None
+
+    @property
+    def nbytes(self) -> int:
+        rates = 0 if self.rates is None else self.rates.numel() * self.rates.element_size()
+        return self.flat.numel() * self.flat.element_size() + rates
+
+    def clone(self) -> Weights:
+        return Weights(self.flat.clone(), None if self.rates is None else self.rates.clone())
+
+    def tensors(self, arch: dict) -> dict[str, torch.Tensor]:
+        """A state dict (plus ``rates.*`` for adaptive genomes), as saved in a checkpoint."""
+        lay = nets.layout(arch)
+        out = {k: v.contiguous() for k, v in lay.views(self.flat).items()}
+        if self.rates is not None:
+            out.update({f"rates.{k}": v.contiguous() for k, v in lay.views(self.rates).items()})
+        return out
+
+    @classmethod
+    def from_tensors(cls, arch: dict, tensors: dict[str, torch.Tensor], device: torch.device | str = "cpu") -> Weights:
+        lay = nets.layout(arch)
+        flat = lay.flatten(tensors).to(device)
+        has_rates = any(k.startswith("rates.") for k in tensors)
+        rates = lay.flatten({k[6:]: v for k, v in tensors.items() if k.startswith("rates.")}).to(device) if has_rates else None
+        return cls(flat, rates)
+
+
+class ParentCache:
+    """Least-recently-used map from genome id to Weights, bounded by the bytes it holds."""
+
+    def __init__(self, budget_bytes: int):
+        self.budget = budget_bytes
+        self.used = 0
+        self._items: OrderedDict[str, Weights] = OrderedDict()
+
+    def __contains__(self, genome_id: str) -> bool:
+        return genome_id in self._items
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def get(self, genome_id: str) -> Weights | None:
+        weights = self._items.get(genome_id)
+        if weights is not None:
+            self._items.move_to_end(genome_id)
+        return weights
+
+    def put(self, genome_id: str, weights: Weights) -> None:
+        if genome_id in self._items:
+            self.used -= self._items.pop(genome_id).nbytes
+        if weights.nbytes > self.budget:
+            return  # larger than the whole budget: never cache it rather than evict everything
+        self._items[genome_id] = weights
+        self.used += weights.nbytes
+        while self.used > self.budget:
+            _, evicted = self._items.popitem(last=False)
+            self.used -= evicted.nbytes
+
+    def ids(self) -> list[str]:
+        return list(self._items)
+
+
+@dataclass
+class Stats:
+    """How genomes were built; `hit_rate` is the share that did not replay a chain from the start."""
+
+    cached: int = 0  # the genome itself was in the cache
+    from_parent: int = 0  # cached parent (or both crossover parents) plus the new deltas
+    from_ancestor: int = 0  # an older cached ancestor plus several deltas
+    from_checkpoint: int = 0
+    full_chain: int = 0
+    deltas_applied: int = 0
+
+    @property
+    def builds(self) -> int:
+        return self.cached + self.from_parent + self.from_ancestor + self.from_checkpoint + self.full_chain
+
+    @property
+    def hit_rate(self) -> float:
+        hits = self.cached + self.from_parent + self.from_ancestor
+        return hits / self.builds if self.builds else 0.0
+
+    def as_dict(self) -> dict[str, float]:
+        return {**{k: getattr(self, k) for k in self.__dataclass_fields__}, "hit_rate": self.hit_rate}
+
+
+CheckpointLoader = Callable[[str], dict[str, torch.Tensor]]
+
+
+@dataclass
+class Materializer:
+    """Builds genomes into Weights on one device, through a ParentCache. One per worker process."""
+
+    noise: NoiseTable
+    cache: ParentCache
+    load_checkpoint: CheckpointLoader | None = None
+    device: torch.device | str = "cpu"
+    stats: Stats = field(default_factory=Stats)
+
+    def build(self, genome: Genome) -> Weights:
+        """The weights of `genome`. The result is shared with the cache: treat it as read-only."""
+        weights, how = self._build(genome)
+        setattr(self.stats, how, getattr(self.stats, how) + 1)
+        self.cache.put(genome.id, weights)
+        return weights
+
+    def _build(self, genome: Genome) -> tuple[Weights, str]:
+        ids = genome.prefix_ids
+        if (hit := self.cache.get(genome.id)) is not None:
+            return hit, "cached"
+        if genome.crossover is not None and all(p in self.cache for p in genome.parents):
+            return self._from_crossover_parents(genome), "from_parent"
+        for j in range(len(ids) - 2, -1, -1):  # nearest ancestor first
+            if (ancestor := self.cache.get(ids[j])) is not None:
+                how = "from_parent" if j == len(ids) - 2 else "from_ancestor"
+                return self._replay(genome, ancestor.clone(), genome.deltas[j:]), how
+        if genome.base is not None:
+            return self._replay(genome, self._load(genome.arch, genome.base.uri), genome.deltas), "from_checkpoint"
+        flat = torch.empty(nets.layout(genome.arch).size)
+        nets.init_layers(genome.arch, genome.init_seed, flat)
+        return self._replay(genome, Weights(flat.to(self.device)), genome.deltas), "full_chain"
+
+    def _from_crossover_parents(self, genome: Genome) -> Weights:
+        first, second = (self.cache.get(p) for p in genome.parents)
+        point, own_deltas = genome.crossover
+        start, _ = nets.layout(genome.arch).span((point, nets.layout(genome.arch).n_layers))
+        child = first.clone()
+        child.flat[start:] = second.flat[start:]
+        if first.rates is not None or second.rates is not None:
+            child.rates = _rates(first, child.flat)
+            child.rates[start:] = _rates(second, child.flat)[start:]
+        return self._replay(genome, child, genome.deltas[len(genome.deltas) - own_deltas :])
+
+    def _replay(self, genome: Genome, weights: Weights, deltas: tuple[Delta, ...]) -> Weights:
+        for delta in deltas:
+            apply_delta(delta, weights, genome.arch, self.noise, self._load)
+        self.stats.deltas_applied += len(deltas)
+        return weights
+
+    def _load(self, arch: dict, uri: str) -> Weights:
+        if self.load_checkpoint is None:
+            raise RuntimeError(f"genome needs checkpoint {uri} but this materializer has no artifact store")
+        return Weights.from_tensors(arch, self.load_checkpoint(uri), self.device)
+
+
+def _rates(weights: Weights, like: torch.Tensor) -> torch.Tensor:
+    return weights.rates.clone() if weights.rates is not None else torch.zeros_like(like)
+
+
+def apply_delta(delta: Delta, w: Weights, arch: dict, noise: NoiseTable, load: Callable[[dict, str], Weights]) -> None:
+    """Apply one delta to `w` in place. The only place where the delta kinds get their meaning."""
+    lay = nets.layout(arch)
+    start, stop = lay.span(delta.layers)
+    theta = w.flat[start:stop]
+    device = w.flat.device
+    if delta.kind == "gaussian":
+        theta.add_(noise.slice(delta.offset, stop - start, device), alpha=delta.sigma)
+    elif delta.kind == "norm":
+        for slot in lay.slots:
+            if start <= slot.start and slot.stop <= stop:
+                t = w.flat[slot.start : slot.stop]
+                before = torch.linalg.vector_norm(t)
+                t.add_(noise.slice(delta.offset + slot.start - start, t.numel(), device), alpha=delta.sigma)
+                after = torch.linalg.vector_norm(t)
+                if after > 0:
+                    t.mul_(before / after)
+    elif delta.kind == "adaptive":
+        if w.rates is None:
+            w.rates = torch.zeros_like(w.flat)
+        rates = w.rates[start:stop]
+        rates.add_(noise.slice(delta.rate_offset, stop - start, device), alpha=delta.tau)
+        theta.addcmul_(rates.exp(), noise.slice(delta.offset, stop - start, device), value=delta.sigma)
+    elif delta.kind == "init":
+        fresh = torch.empty(lay.size)
+        nets.init_layers(arch, delta.seed, fresh, delta.layers)
+        theta.copy_(fresh[start:stop])
+        if w.rates is not None:
+            w.rates[start:stop] = 0
+    elif delta.kind == "load":
+        source = load(arch, delta.uri)
+        theta.copy_(source.flat[start:stop])
+        if source.rates is not None or w.rates is not None:
+            if w.rates is None:
+                w.rates = torch.zeros_like(w.flat)
+            w.rates[start:stop] = 0 if source.rates is None else source.rates[start:stop]
+    else:  # Delta validates its kind; this is a programming error
+        raise AssertionError(delta.kind)
