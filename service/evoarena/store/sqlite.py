@@ -1,0 +1,203 @@
+"""The embedded result store: one SQLite file that several worker processes write at once.
+
+Each table keeps the whole document as JSON text plus the columns queries filter on. WAL
+lets readers proceed while one process writes; busy_timeout makes a writer wait for the lock
+instead of failing.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Self
+
+from .base import check_result, generation_id
+
+BUSY_TIMEOUT_MS = 30_000
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS experiments (_id TEXT PRIMARY KEY, doc TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS results (
+    _id TEXT PRIMARY KEY, experiment TEXT NOT NULL, generation INTEGER NOT NULL,
+    op TEXT NOT NULL, doc TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS results_by_step ON results (experiment, generation, op);
+CREATE TABLE IF NOT EXISTS generations (
+    _id TEXT PRIMARY KEY, experiment TEXT NOT NULL, generation INTEGER NOT NULL,
+    doc TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS generations_by_step ON generations (experiment, generation);
+"""
+
+# Connections inherited across fork are never closed in the child: closing one there can
+# release the parent's POSIX locks or checkpoint under it. They are kept alive here instead.
+_inherited: list[sqlite3.Connection] = []
+
+
+def _dump(doc: dict[str, Any]) -> str:
+    # allow_nan: a diverged network's fitness is NaN and must still be recorded.
+    return json.dumps(doc, allow_nan=True, separators=(",", ":"))
+
+
+class SQLiteStore:
+    """ResultStore on a SQLite file (or ":memory:", which is private to one connection)."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = str(path)
+        if self.path != ":memory:":
+            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        self._pid = -1
+        self._conn: sqlite3.Connection | None = None
+        self._closed = False
+        self._connection()
+
+    def _connection(self) -> sqlite3.Connection:
+        if self._closed:
+            raise RuntimeError(f"{self!r} is closed")
+        if self._conn is not None and self._pid == os.getpid():
+            return self._conn
+        if self._conn is not None:  # we are a forked child: start a connection of our own
+            _inherited.append(self._conn)
+        # isolation_level=None: we issue BEGIN ourselves, so transactions are explicit.
+        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        conn.execute("PRAGMA journal_mode = WAL")
+        conn.execute("PRAGMA synchronous = NORMAL")
+        conn.executescript(SCHEMA)
+        self._conn, self._pid = conn, os.getpid()
+        return conn
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction. IMMEDIATE takes the write lock up front, so a busy
+        database makes us wait (busy_timeout) rather than fail halfway through."""
+        with self._lock:
+            conn = self._connection()
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield conn
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+
+    def _query(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+        with self._lock:
+            return self._connection().execute(sql, params).fetchall()
+
+    def _docs(self, sql: str, params: tuple[Any, ...] = ()) -> list[dict[str, Any]]:
+        return [json.loads(row[0]) for row in self._query(sql, params)]
+
+    def _doc(self, sql: str, params: tuple[Any, ...]) -> dict[str, Any] | None:
+        docs = self._docs(sql, params)
+        return docs[0] if docs else None
+
+    # experiments
+
+    def put_experiment(self, name: str, doc: dict[str, Any]) -> None:
+        text = _dump({**doc, "_id": name})
+        with self._write() as conn:
+            conn.execute(
+                "INSERT INTO experiments (_id, doc) VALUES (?, ?)"
+                " ON CONFLICT(_id) DO UPDATE SET doc = excluded.doc",
+                (name, text),
+            )
+
+    def get_experiment(self, name: str) -> dict[str, Any] | None:
+        return self._doc("SELECT doc FROM experiments WHERE _id = ?", (name,))
+
+    def list_experiments(self) -> list[str]:
+        return [row[0] for row in self._query("SELECT _id FROM experiments ORDER BY _id")]
+
+    # results
+
+    def put_result(self, doc: dict[str, Any]) -> None:
+        self.put_results([doc])
+
+    def put_results(self, docs: list[dict[str, Any]]) -> None:
+        for doc in docs:  # check everything before writing anything
+            check_result(doc)
+        rows = [(d["_id"], d["experiment"], d["generation"], d["op"], _dump(d)) for d in docs]
+        with self._write() as conn:
+            conn.executemany(
+                "INSERT INTO results (_id, experiment, generation, op, doc) VALUES (?, ?, ?, ?, ?)"
+                " ON CONFLICT(_id) DO UPDATE SET experiment = excluded.experiment,"
+                " generation = excluded.generation, op = excluded.op, doc = excluded.doc",
+                rows,
+            )
+
+    def get_result(self, id: str) -> dict[str, Any] | None:
+        return self._doc("SELECT doc FROM results WHERE _id = ?", (id,))
+
+    @staticmethod
+    def _where(experiment: str, generation: int | None, op: str | None) -> tuple[str, tuple]:
+        clauses, params = ["experiment = ?"], [experiment]
+        if generation is not None:
+            clauses.append("generation = ?")
+            params.append(generation)
+        if op is not None:
+            clauses.append("op = ?")
+            params.append(op)
+        return " AND ".join(clauses), tuple(params)
+
+    def find_results(
+        self, experiment: str, generation: int | None = None, op: str | None = None
+    ) -> list[dict[str, Any]]:
+        where, params = self._where(experiment, generation, op)
+        return self._docs(f"SELECT doc FROM results WHERE {where} ORDER BY generation, _id", params)
+
+    def count_results(
+        self, experiment: str, generation: int | None = None, op: str | None = None
+    ) -> int:
+        where, params = self._where(experiment, generation, op)
+        return self._query(f"SELECT COUNT(*) FROM results WHERE {where}", params)[0][0]
+
+    # generations
+
+    def put_generation(self, experiment: str, generation: int, doc: dict[str, Any]) -> None:
+        _id = generation_id(experiment, generation)
+        text = _dump({**doc, "_id": _id, "experiment": experiment, "generation": generation})
+        with self._write() as conn:
+            conn.execute(
+                "INSERT INTO generations (_id, experiment, generation, doc) VALUES (?, ?, ?, ?)"
+                " ON CONFLICT(_id) DO UPDATE SET doc = excluded.doc",
+                (_id, experiment, generation, text),
+            )
+
+    def get_generation(self, experiment: str, generation: int) -> dict[str, Any] | None:
+        return self._doc(
+            "SELECT doc FROM generations WHERE _id = ?", (generation_id(experiment, generation),)
+        )
+
+    def list_generations(self, experiment: str) -> list[dict[str, Any]]:
+        return self._docs(
+            "SELECT doc FROM generations WHERE experiment = ? ORDER BY generation", (experiment,)
+        )
+
+    def last_generation(self, experiment: str) -> int | None:
+        rows = self._query(
+            "SELECT MAX(generation) FROM generations WHERE experiment = ?", (experiment,)
+        )
+        return rows[0][0]
+
+    # lifetime
+
+    def close(self) -> None:
+        with self._lock:
+            if self._conn is not None and self._pid == os.getpid():
+                self._conn.close()
+            self._conn, self._closed = None, True
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"SQLiteStore({self.path!r})"

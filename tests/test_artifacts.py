@@ -1,0 +1,154 @@
+"""LocalArtifacts: safetensors files by key, verified by sha256, written atomically."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from evoarena.store import ArtifactError, LocalArtifacts, open_artifacts
+
+
+def raw(t: torch.Tensor) -> bytes:
+    return t.detach().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
+
+
+def sample_tensors() -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(0)
+    weight = torch.randn(16, 8, generator=g)
+    weight[0, 0] = float("nan")
+    return {
+        "conv.weight": weight,
+        "conv.bias": torch.randn(16, generator=g, dtype=torch.float64),
+        "half": torch.randn(5, generator=g).to(torch.float16),
+        "bf16": torch.randn(5, generator=g).to(torch.bfloat16),
+        "steps": torch.tensor(41, dtype=torch.int64),
+        "mask": torch.tensor([True, False, True]),
+        "empty": torch.zeros(0, 3),
+    }
+
+
+@pytest.fixture
+def artifacts(tmp_path: Path) -> LocalArtifacts:
+    return LocalArtifacts(tmp_path / "artifacts")
+
+
+def test_round_trip_is_bit_exact(artifacts):
+    tensors = sample_tensors()
+    back = artifacts.get(artifacts.put("genome-00012.g3", tensors))
+    assert back.keys() == tensors.keys()
+    for name, t in tensors.items():
+        assert (back[name].dtype, back[name].shape) == (t.dtype, t.shape), name
+        assert raw(back[name]) == raw(t), name
+
+
+def test_put_returns_absolute_file_uri_and_key_exists(artifacts):
+    assert not artifacts.exists("g1")
+    uri = artifacts.put("g1", {"w": torch.ones(2)})
+    assert uri == (artifacts.root / "g1.safetensors").as_uri() and uri.startswith("file:///")
+    assert artifacts.exists("g1")
+
+
+def test_metadata_round_trips(artifacts):
+    uri = artifacts.put("g1", {"w": torch.ones(2)}, metadata={"genome": "g1", "generation": "3"})
+    assert artifacts.metadata(uri) == {"genome": "g1", "generation": "3"}
+
+
+def test_get_never_calls_torch_load(artifacts, monkeypatch):
+    def forbidden(*args, **kwargs):
+        raise AssertionError("torch.load must never read artifacts")
+
+    monkeypatch.setattr(torch, "load", forbidden)
+    uri = artifacts.put("g1", {"w": torch.arange(4.0)})
+    assert torch.equal(artifacts.get(uri)["w"], torch.arange(4.0))
+
+
+def test_corrupting_one_byte_is_detected(artifacts):
+    uri = artifacts.put("g1", {"w": torch.zeros(64)})
+    path = artifacts.root / "g1.safetensors"
+    data = bytearray(path.read_bytes())
+    data[-10] ^= 0x01  # one bit in the tensor data, still a loadable file
+    path.write_bytes(bytes(data))
+    with pytest.raises(ArtifactError, match="corrupt"):
+        artifacts.get(uri)
+
+
+def test_missing_file_is_an_artifact_error(artifacts):
+    with pytest.raises(ArtifactError, match="missing"):
+        artifacts.get((artifacts.root / "never-written.safetensors").as_uri())
+
+
+def test_missing_checksum_is_an_artifact_error(artifacts):
+    uri = artifacts.put("g1", {"w": torch.zeros(2)})
+    (artifacts.root / "g1.sha256").unlink()
+    with pytest.raises(ArtifactError, match="checksum"):
+        artifacts.get(uri)
+
+
+def test_uri_outside_the_store_is_refused(artifacts, tmp_path):
+    other = LocalArtifacts(tmp_path / "elsewhere")
+    uri = other.put("g1", {"w": torch.zeros(2)})
+    with pytest.raises(ArtifactError, match="not a .safetensors file in"):
+        artifacts.get(uri)
+
+
+@pytest.mark.parametrize(
+    "key",
+    ["", "../escape", "a/b", "a..b", "x" * 201, ".hidden", "with space", "ü", "a\\b", "a\x00"],
+)
+def test_bad_key_rejected_and_nothing_written(artifacts, key):
+    with pytest.raises(ValueError, match="artifact key"):
+        artifacts.put(key, {"w": torch.zeros(2)})
+    assert list(artifacts.root.iterdir()) == []
+    assert list(artifacts.root.parent.iterdir()) == [artifacts.root]
+
+
+def test_longest_allowed_key_accepted(artifacts):
+    key = "k" * 200
+    artifacts.put(key, {"w": torch.zeros(1)})
+    assert artifacts.exists(key)
+
+
+def test_failed_write_leaves_no_partial_file(artifacts, monkeypatch):
+    def disk_full(fd):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", disk_full)
+    with pytest.raises(OSError, match="No space"):
+        artifacts.put("g1", {"w": torch.zeros(1000)})
+    assert list(artifacts.root.iterdir()) == []
+    assert not artifacts.exists("g1")
+
+
+def test_failed_overwrite_keeps_the_old_artifact(artifacts, monkeypatch):
+    uri = artifacts.put("g1", {"w": torch.ones(3)})
+    monkeypatch.setattr(os, "fsync", lambda fd: (_ for _ in ()).throw(OSError("disk gone")))
+    with pytest.raises(OSError):
+        artifacts.put("g1", {"w": torch.zeros(3)})
+    monkeypatch.undo()
+    assert torch.equal(artifacts.get(uri)["w"], torch.ones(3))
+    assert sorted(p.name for p in artifacts.root.iterdir()) == ["g1.safetensors", "g1.sha256"]
+
+
+def test_unserializable_input_writes_nothing(artifacts):
+    with pytest.raises(TypeError):
+        artifacts.put("g1", {"w": torch.zeros(2)}, metadata={"generation": 3})  # not a str
+    assert list(artifacts.root.iterdir()) == []
+
+
+def test_open_artifacts_from_path_and_file_url(tmp_path):
+    assert open_artifacts(str(tmp_path / "a")).root == tmp_path / "a"
+    assert open_artifacts((tmp_path / "b").as_uri()).root == tmp_path / "b"
+
+
+def test_open_artifacts_s3_not_yet():
+    with pytest.raises(NotImplementedError, match="fleet issue"):
+        open_artifacts("s3://bucket/prefix")
+
+
+@pytest.mark.parametrize("url", ["gs://bucket/x", "file://relative/dir"])
+def test_open_artifacts_unknown_url_refused(url):
+    with pytest.raises(ValueError, match="artifact URL"):
+        open_artifacts(url)

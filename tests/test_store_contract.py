@@ -1,0 +1,302 @@
+"""The ResultStore contract: every backend must pass every test that takes the `store` fixture."""
+
+from __future__ import annotations
+
+import math
+import multiprocessing
+import random
+import sqlite3
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
+from pathlib import Path
+
+import pytest
+
+from evoarena.store import ResultStore, SQLiteStore, open_store
+
+
+@contextmanager
+def sqlite_file(tmp_path: Path) -> Iterator[ResultStore]:
+    with SQLiteStore(tmp_path / "nested" / "results.db") as store:
+        yield store
+
+
+@contextmanager
+def sqlite_memory(tmp_path: Path) -> Iterator[ResultStore]:
+    with open_store("sqlite://:memory:") as store:
+        yield store
+
+
+# Each backend: (test id, factory yielding a fresh empty store and cleaning up after it).
+# mongomock and a real MongoDB (when EVOARENA_TEST_MONGO_URL is set) get appended here.
+BACKENDS: list[tuple[str, Callable[[Path], AbstractContextManager[ResultStore]]]] = [
+    ("sqlite-file", sqlite_file),
+    ("sqlite-memory", sqlite_memory),
+]
+
+
+@pytest.fixture(params=[factory for _, factory in BACKENDS], ids=[name for name, _ in BACKENDS])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[ResultStore]:
+    with request.param(tmp_path) as s:
+        yield s
+
+
+def result(_id: str, generation: int = 0, op: str = "evaluate", experiment: str = "exp", **more):
+    return {"_id": _id, "experiment": experiment, "generation": generation, "op": op, **more}
+
+
+# results
+
+
+def test_result_round_trips(store):
+    doc = result("r1", fitness=0.5, genome={"deltas": [[3, 0.02, "all"]]})
+    store.put_result(doc)
+    assert store.get_result("r1") == doc
+
+
+def test_unknown_result_is_none(store):
+    assert store.get_result("nope") is None
+
+
+def test_upsert_replaces_whole_doc_not_duplicates(store):
+    store.put_result(result("r1", fitness=0.1, stale="yes"))
+    store.put_result(result("r1", fitness=0.9))
+    assert store.get_result("r1") == result("r1", fitness=0.9)
+    assert store.count_results("exp") == 1
+
+
+def test_upsert_can_move_result_to_other_generation_and_op(store):
+    store.put_result(result("r1", generation=0, op="evaluate"))
+    store.put_result(result("r1", generation=3, op="match"))
+    assert store.find_results("exp", generation=0) == []
+    assert [d["_id"] for d in store.find_results("exp", generation=3, op="match")] == ["r1"]
+
+
+def test_redelivered_batch_does_not_duplicate(store):
+    batch = [result(f"r{i}", fitness=i) for i in range(5)]
+    store.put_results(batch)
+    store.put_results(batch)
+    assert store.count_results("exp") == 5
+
+
+def test_put_results_is_all_or_nothing(store):
+    bad = {"_id": "r2", "experiment": "exp", "op": "evaluate"}
+    with pytest.raises(ValueError, match="generation"):
+        store.put_results([result("r1"), bad])
+    assert store.count_results("exp") == 0
+
+
+@pytest.mark.parametrize("key", ["_id", "experiment", "generation", "op"])
+def test_missing_key_rejected_with_key_named(store, key):
+    doc = result("r1")
+    del doc[key]
+    with pytest.raises(ValueError, match=repr(key)):
+        store.put_result(doc)
+    assert store.count_results("exp") == 0
+
+
+@pytest.mark.parametrize("generation", ["3", 3.0, True, None])
+def test_mistyped_generation_rejected(store, generation):
+    with pytest.raises(ValueError, match="'generation'"):
+        store.put_result(result("r1", generation=generation))
+
+
+def test_find_filters_by_experiment_generation_and_op(store):
+    store.put_results(
+        [
+            result("a", 0, "evaluate"),
+            result("b", 0, "match"),
+            result("c", 1, "evaluate"),
+            result("d", 1, "match"),
+            result("e", 1, "match", experiment="other"),
+        ]
+    )
+    ids = lambda docs: [d["_id"] for d in docs]  # noqa: E731
+    assert ids(store.find_results("exp")) == ["a", "b", "c", "d"]
+    assert ids(store.find_results("exp", generation=1)) == ["c", "d"]
+    assert ids(store.find_results("exp", op="match")) == ["b", "d"]
+    assert ids(store.find_results("exp", generation=1, op="match")) == ["d"]
+    assert ids(store.find_results("exp", generation=0, op="cross_train")) == []
+    assert ids(store.find_results("other")) == ["e"]
+
+
+def test_find_sorts_by_generation_then_id(store):
+    docs = [result(f"g{g}-{i}", generation=g) for g in (10, 2, 0) for i in (3, 1, 2)]
+    random.Random(0).shuffle(docs)
+    for doc in docs:
+        store.put_result(doc)
+    found = [(d["generation"], d["_id"]) for d in store.find_results("exp")]
+    # generation 10 after 2: the order is numeric, not the text order of ids
+    assert found == sorted(found) and found[-1] == (10, "g10-3")
+
+
+def test_counts_match_filters(store):
+    store.put_results([result(f"r{i}", generation=i % 3, op=("a", "b")[i % 2]) for i in range(12)])
+    assert store.count_results("exp") == 12
+    assert store.count_results("exp", generation=0) == 4
+    assert store.count_results("exp", op="a") == 6
+    assert store.count_results("exp", generation=0, op="a") == 2
+    assert store.count_results("missing") == 0
+
+
+def test_nan_and_inf_round_trip(store):
+    store.put_result(result("r1", fitness=math.nan, loss=math.inf, low=-math.inf))
+    doc = store.get_result("r1")
+    assert math.isnan(doc["fitness"]) and doc["loss"] == math.inf and doc["low"] == -math.inf
+
+
+def test_floats_round_trip_exactly(store):
+    values = [0.1 + 0.2, 1e-310, 2.0**-1074, 1.7976931348623157e308, -0.0] + [
+        random.Random(1).random() for _ in range(20)
+    ]
+    store.put_result(result("r1", values=values))
+    back = store.get_result("r1")["values"]
+    assert [v.hex() for v in back] == [v.hex() for v in values]
+
+
+def test_returned_docs_are_copies(store):
+    store.put_experiment("exp", {"spec": {"population": 8}})
+    store.put_result(result("r1", scores=[1, 2]))
+    store.put_generation("exp", 0, {"best": {"fitness": 1.0}})
+    store.get_experiment("exp")["spec"]["population"] = 999
+    store.get_result("r1")["scores"].append(3)
+    store.find_results("exp")[0]["op"] = "changed"
+    store.get_generation("exp", 0)["best"]["fitness"] = -1
+    store.list_generations("exp")[0]["extra"] = True
+    assert store.get_experiment("exp")["spec"] == {"population": 8}
+    assert store.get_result("r1") == result("r1", scores=[1, 2])
+    assert store.get_generation("exp", 0) == {
+        "_id": "exp:000000", "experiment": "exp", "generation": 0, "best": {"fitness": 1.0}
+    }
+
+
+def test_stored_docs_do_not_alias_caller_docs(store):
+    doc = result("r1", scores=[1])
+    store.put_result(doc)
+    doc["scores"].append(2)
+    assert store.get_result("r1")["scores"] == [1]
+
+
+# generations
+
+
+def test_generation_doc_gets_id_experiment_and_generation(store):
+    store.put_generation("exp", 7, {"best_fitness": 0.25})
+    assert store.get_generation("exp", 7) == {
+        "_id": "exp:000007", "experiment": "exp", "generation": 7, "best_fitness": 0.25
+    }
+    assert store.get_generation("exp", 8) is None
+
+
+def test_generation_upsert_replaces(store):
+    store.put_generation("exp", 0, {"status": "running", "partial": True})
+    store.put_generation("exp", 0, {"status": "done"})
+    assert [g["status"] for g in store.list_generations("exp")] == ["done"]
+    assert "partial" not in store.get_generation("exp", 0)
+
+
+def test_list_generations_sorted_by_generation(store):
+    for g in (10, 2, 0, 1):
+        store.put_generation("exp", g, {})
+    store.put_generation("other", 5, {})
+    assert [g["generation"] for g in store.list_generations("exp")] == [0, 1, 2, 10]
+
+
+def test_last_generation_is_highest_with_generation_doc(store):
+    assert store.last_generation("exp") is None
+    store.put_result(result("r1", generation=99))  # results alone do not make a generation
+    assert store.last_generation("exp") is None
+    for g in (2, 10, 9):
+        store.put_generation("exp", g, {})
+    store.put_generation("other", 50, {})
+    assert store.last_generation("exp") == 10
+
+
+# experiments
+
+
+def test_experiments_listed_sorted_and_upserted(store):
+    assert store.list_experiments() == []
+    assert store.get_experiment("b") is None
+    store.put_experiment("b", {"kind": "ga", "old": 1})
+    store.put_experiment("a", {"kind": "arena"})
+    store.put_experiment("b", {"kind": "ga"})
+    assert store.list_experiments() == ["a", "b"]
+    assert store.get_experiment("b") == {"_id": "b", "kind": "ga"}
+
+
+# SQLite only
+
+
+def _write_results(path: str, worker: int, n: int) -> None:
+    with SQLiteStore(path) as store:
+        for i in range(n):
+            store.put_result(result(f"w{worker}-{i:04d}", generation=i % 7, worker=worker))
+
+
+def test_two_processes_write_concurrently_and_all_land(tmp_path):
+    path = str(tmp_path / "shared.db")
+    SQLiteStore(path).close()  # create the schema before both start
+    ctx = multiprocessing.get_context("spawn")
+    procs = [ctx.Process(target=_write_results, args=(path, w, 200)) for w in (0, 1)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(timeout=120)
+    assert [p.exitcode for p in procs] == [0, 0]
+    with SQLiteStore(path) as store:
+        assert store.count_results("exp") == 400
+        assert {d["worker"] for d in store.find_results("exp")} == {0, 1}
+
+
+def _write_one_from_child(store: SQLiteStore) -> None:
+    store.put_result(result("from-child"))
+
+
+def test_store_opened_before_fork_works_in_child(tmp_path):
+    store = SQLiteStore(tmp_path / "forked.db")
+    store.put_result(result("from-parent"))
+    child = multiprocessing.get_context("fork").Process(target=_write_one_from_child, args=(store,))
+    child.start()
+    child.join(timeout=60)
+    assert child.exitcode == 0
+    assert [d["_id"] for d in store.find_results("exp")] == ["from-child", "from-parent"]
+    store.close()
+
+
+def test_sqlite_file_uses_wal(tmp_path):
+    SQLiteStore(tmp_path / "w.db").close()
+    with sqlite3.connect(tmp_path / "w.db") as conn:
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def test_closed_store_refuses_use(tmp_path):
+    store = SQLiteStore(tmp_path / "c.db")
+    store.close()
+    with pytest.raises(RuntimeError, match="closed"):
+        store.get_result("r1")
+
+
+# open_store URLs
+
+
+def test_open_store_relative_and_absolute_paths(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with open_store("sqlite:///runs/rel.db") as store:
+        store.put_experiment("x", {})
+    assert (tmp_path / "runs" / "rel.db").is_file()
+    with open_store(f"sqlite:///{tmp_path}/abs.db") as store:  # tmp_path starts with "/"
+        store.put_experiment("x", {})
+    assert (tmp_path / "abs.db").is_file()
+
+
+@pytest.mark.parametrize("url", ["mongodb://localhost:27017/evo", "mongodb+srv://cluster/evo"])
+def test_open_store_mongo_not_yet(url):
+    with pytest.raises(NotImplementedError, match="fleet issue"):
+        open_store(url)
+
+
+@pytest.mark.parametrize("url", ["postgres://x/y", "runs/x.db", "sqlite:///", ""])
+def test_open_store_unknown_url_lists_accepted(url):
+    with pytest.raises(ValueError, match="sqlite:///"):
+        open_store(url)
