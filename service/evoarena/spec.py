@@ -1,0 +1,495 @@
+"""The experiment spec: one YAML file describes one experiment, and these models check it.
+
+Each model is one section of the file and each field's docstring is its documentation, so
+`ExperimentSpec.model_fields` is the reference for what a YAML file may say. Anything wrong in
+a file becomes one `SpecError` line naming the file, the field, the value and what is accepted:
+
+    experiments/bad.yaml: ga.mutation.sigma = -1: must be greater than 0
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from types import UnionType
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
+
+import yaml
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
+
+NAME_MAX_LENGTH = 53
+_NAME_PATTERN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+
+
+def _name_problem(name: str) -> str | None:
+    """Why `name` cannot be an experiment name, or None when it can."""
+    if len(name) > NAME_MAX_LENGTH:
+        return (
+            f"is {len(name)} characters; at most {NAME_MAX_LENGTH} are accepted "
+            "(it becomes an S3 key and a Kubernetes name)"
+        )
+    if not _NAME_PATTERN.match(name):
+        return (
+            "must be a DNS-1123 label: lowercase letters, digits and '-', "
+            "starting and ending with a letter or digit"
+        )
+    return None
+
+
+def validate_name(name: str) -> str:
+    """Return `name` if it can name an experiment (a DNS-1123 label); raise ValueError if not."""
+    problem = _name_problem(name)
+    if problem is not None:
+        raise ValueError(f"experiment name {name!r} {problem}")
+    return name
+
+
+def _check_name(name: str) -> str:
+    problem = _name_problem(name)
+    if problem is not None:
+        raise ValueError(problem)  # the field and the value are named by SpecError
+    return name
+
+
+class SpecModel(BaseModel):
+    """Base of every spec section: unknown keys are errors and a loaded spec never changes."""
+
+    # strict: YAML already types its scalars, so `generations: yes` or `sigma: "0.1"` is a
+    # mistake to report, not a value to convert.
+    model_config = ConfigDict(
+        extra="forbid",
+        strict=True,
+        frozen=True,
+        allow_inf_nan=False,
+        use_attribute_docstrings=True,
+    )
+
+
+# --- the problem: what is being optimised -------------------------------------------------
+
+Side = Annotated[int, Field(strict=True, ge=1, le=1024)]
+
+
+class MemorizeSpec(SpecModel):
+    """Memorize random labels for a fixed set of random images (seed 003's benchmark)."""
+
+    kind: Literal["memorize"]
+    """Which problem this is; `memorize` is the only one so far."""
+    image: tuple[Side, Side, Side] = Field((3, 64, 64), strict=False)  # YAML gives a list
+    """Image shape as [channels, height, width]; each 1..1024."""
+    classes: int = Field(10, ge=2, le=1000)
+    """Number of labels an image can have."""
+    batch_size: int = Field(32, ge=1, le=4096)
+    """Images per batch."""
+    train_batches: int = Field(16, ge=1, le=10_000)
+    """Batches of images to memorize; fitness is measured on these."""
+    val_batches: int = Field(2, ge=0, le=10_000)
+    """Batches of fresh random images, to show that nothing but memorization happens."""
+    data_seed: int = Field(0, ge=0)
+    """Seed of the random images and labels."""
+
+
+# One member today; a `gan` problem joins this union later, told apart by `kind`.
+ProblemSpec = Annotated[Union[MemorizeSpec], Field(discriminator="kind")]
+
+
+# --- the network that the genomes encode --------------------------------------------------
+
+
+class ConvSpec(SpecModel):
+    """One convolution (no padding) followed by a ReLU."""
+
+    channels: int = Field(ge=1, le=4096)
+    """Output channels."""
+    kernel: int = Field(ge=1, le=64)
+    """Kernel height and width."""
+    stride: int = Field(1, ge=1, le=64)
+    """Step between kernel positions, in both directions."""
+
+
+def _seed_003_convs() -> list[ConvSpec]:
+    return [
+        ConvSpec(channels=32, kernel=8, stride=4),
+        ConvSpec(channels=64, kernel=4, stride=2),
+        ConvSpec(channels=64, kernel=3, stride=1),
+    ]
+
+
+class NetworkSpec(SpecModel):
+    """Convolutions, a flatten, hidden linear layers, then a linear layer to the classes."""
+
+    convs: list[ConvSpec] = Field(default_factory=_seed_003_convs)
+    """Convolution stack, applied in order; the default is seed 003's."""
+    hidden: list[Annotated[int, Field(ge=1, le=65_536)]] = [512]
+    """Widths of the hidden linear layers after the flatten; each 1..65536."""
+
+
+def conv_shapes(image: tuple[int, int, int], convs: list[ConvSpec]) -> list[tuple[int, int, int]]:
+    """The (channels, height, width) entering the stack and leaving each conv, in order.
+
+    A size below 1 means the stack does not fit the image; a validated spec never has one.
+    """
+    shapes = [tuple(image)]
+    for conv in convs:
+        _, height, width = shapes[-1]
+        shapes.append(
+            (
+                conv.channels,
+                (height - conv.kernel) // conv.stride + 1,
+                (width - conv.kernel) // conv.stride + 1,
+            )
+        )
+    return shapes
+
+
+def parameter_count(image: tuple[int, int, int], classes: int, network: NetworkSpec) -> int:
+    """Number of weights and biases in the network built for this image shape and class count."""
+    shapes = conv_shapes(image, network.convs)
+    count = 0
+    for (in_channels, _, _), conv in zip(shapes, network.convs):
+        count += in_channels * conv.channels * conv.kernel**2 + conv.channels
+    channels, height, width = shapes[-1]
+    widths = [channels * height * width, *network.hidden, classes]
+    for fan_in, fan_out in zip(widths, widths[1:]):
+        count += fan_in * fan_out + fan_out
+    return count
+
+
+# --- the genetic algorithm -----------------------------------------------------------------
+
+
+def _field_error(field: str, value: Any, reason: str) -> PydanticCustomError:
+    """An error that involves several fields; `field` is relative to the model raising it."""
+    return PydanticCustomError(
+        "spec_field",
+        "{field} = {value}: {reason}",
+        {"field": field, "value": value, "reason": reason},
+    )
+
+
+class MutationSpec(SpecModel):
+    """How a child's weights are perturbed from its parent's.
+
+    gaussian: Gaussian noise on every parameter. layer: Gaussian noise on one randomly chosen
+    layer. norm: norm-preserving; each tensor keeps its norm. adaptive: self-adaptive; each
+    parameter has a log-rate that mutates too, with standard deviation `tau`.
+    """
+
+    kind: Literal["gaussian", "layer", "norm", "adaptive"] = "gaussian"
+    """Mutation operator: gaussian, layer, norm or adaptive (see above)."""
+    sigma: float = Field(0.02, gt=0, le=10)
+    """Standard deviation of the Gaussian noise added to the weights."""
+    tau: float = Field(0.1, ge=0, le=10)
+    """Standard deviation of the log-rate mutation; used by `adaptive` only."""
+
+
+class GASpec(SpecModel):
+    """Truncation selection: the best `parents` each have `children_per_parent` mutated children."""
+
+    generations: int = Field(ge=1, le=1_000_000)
+    """Generations to run after generation 0."""
+    parents: int = Field(1, ge=1, le=10_000)
+    """Truncation size T: how many of the best individuals reproduce."""
+    children_per_parent: int = Field(16, ge=1, le=100_000)
+    """Children each parent has per generation."""
+    elites: int = Field(1, ge=0, le=10_000)
+    """Best individuals carried over unchanged (and re-evaluated); at most `parents`."""
+    mutation: MutationSpec = Field(default_factory=MutationSpec)
+    """How children are mutated."""
+    crossover_rate: float = Field(0.0, ge=0, le=1)
+    """Probability that a child is a one-point crossover of two distinct parents, then mutated."""
+    initial_population: int | None = Field(None, ge=1)
+    """Size of generation 0; when unset, `population`."""
+    checkpoint_every: int = Field(0, ge=0)
+    """Every N generations, save the best weights and rebase descendants on them; 0 = never."""
+
+    @property
+    def population(self) -> int:
+        """Individuals evaluated per generation after generation 0: the children plus the elites."""
+        return self.parents * self.children_per_parent + self.elites
+
+    @property
+    def generation_zero_size(self) -> int:
+        """Individuals drawn at random for generation 0."""
+        return self.initial_population or self.population
+
+    @model_validator(mode="after")
+    def _check_counts(self) -> GASpec:
+        if self.elites > self.parents:
+            raise _field_error(
+                "elites", self.elites, f"must be at most ga.parents ({self.parents})"
+            )
+        if self.crossover_rate > 0 and self.parents < 2:
+            raise _field_error(
+                "crossover_rate",
+                self.crossover_rate,
+                f"needs ga.parents >= 2 to cross distinct parents; ga.parents is {self.parents}",
+            )
+        return self
+
+
+# --- infrastructure -------------------------------------------------------------------------
+
+
+class NoiseSpec(SpecModel):
+    """The shared table of Gaussian noise that compact genomes index into."""
+
+    seed: int = Field(1234, ge=0)
+    """Seed the table is generated from; every worker generates the same table."""
+    size: int = Field(2**24, ge=2**16, le=2**31)
+    """Number of float32 entries; at least twice the network's parameter count."""
+
+
+class ExecutorSpec(SpecModel):
+    """Where individuals are evaluated."""
+
+    kind: Literal["local", "celery"] = "local"
+    """local: worker processes on this machine; celery: tasks on a fleet."""
+    workers: int = Field(2, ge=1, le=1024)
+    """Number of workers evaluating individuals in parallel."""
+    cache_mb: int = Field(512, ge=1, le=1_000_000)
+    """Memory each worker may use to cache materialized parents, in MiB."""
+
+
+class BaselineSpec(SpecModel):
+    """The gradient-descent baseline the GA is compared with."""
+
+    epochs: int = Field(100, ge=1, le=100_000)
+    """Passes over the training batches."""
+    lr: float = Field(1e-3, gt=0, le=10)
+    """Learning rate."""
+
+
+class ExperimentSpec(SpecModel):
+    """One experiment: the problem, the network, the algorithm and where it runs."""
+
+    name: Annotated[str, AfterValidator(_check_name)]
+    """A DNS-1123 label of at most 53 characters: it becomes an S3 key and a Kubernetes name."""
+    seed: int = Field(0, ge=0)
+    """Seed of the scheduler's choices (which parents, which noise offsets)."""
+    problem: ProblemSpec = MemorizeSpec(kind="memorize")
+    """What is being optimised; `kind` picks the problem."""
+    network: NetworkSpec = Field(default_factory=NetworkSpec)
+    """The network each genome encodes the weights of."""
+    ga: GASpec
+    """The genetic algorithm."""
+    noise: NoiseSpec = Field(default_factory=NoiseSpec)
+    """The shared noise table."""
+    executor: ExecutorSpec = Field(default_factory=ExecutorSpec)
+    """Where individuals are evaluated."""
+    baseline: BaselineSpec = Field(default_factory=BaselineSpec)
+    """The gradient-descent baseline."""
+    description: str = ""
+    """Free text for people reading the results."""
+
+    @model_validator(mode="after")
+    def _check_network_fits(self) -> ExperimentSpec:
+        image = self.problem.image
+        shapes = conv_shapes(image, self.network.convs)
+        for index, (conv, (_, height, width)) in enumerate(zip(self.network.convs, shapes)):
+            if conv.kernel > min(height, width):
+                raise _field_error(
+                    f"network.convs[{index}].kernel",
+                    conv.kernel,
+                    f"does not fit the {height}x{width} input this conv gets from a "
+                    f"{'x'.join(map(str, image))} image; use a smaller kernel or a larger image",
+                )
+        needed = 2 * parameter_count(image, self.problem.classes, self.network)
+        if self.noise.size < needed:
+            raise _field_error(
+                "noise.size",
+                self.noise.size,
+                f"must be at least 2x the network's {needed // 2} parameters ({needed})",
+            )
+        return self
+
+
+# --- loading -------------------------------------------------------------------------------
+
+
+class SpecError(Exception):
+    """An experiment spec that cannot be used; `str()` is one line: file, field, value and why."""
+
+    def __init__(self, source: str, field: str, reason: str, value: str | None = None):
+        self.source = source
+        """The file (or `<spec>`) the spec came from."""
+        self.field = field
+        """Where the bad field is, like `network.convs[1].kernel`; empty for the whole file."""
+        self.reason = reason
+        """What is wrong and what would be accepted."""
+        self.value = value
+        """The offending value as Python shows it, when there is one."""
+        super().__init__(source, field, reason, value)
+
+    def __str__(self) -> str:
+        where = self.field + (f" = {self.value}" if self.value is not None else "")
+        if not where:
+            return f"{self.source}: {self.reason}"
+        return f"{self.source}: {where}: {self.reason}"
+
+
+def parse_spec(data: Any, source: str = "<spec>") -> ExperimentSpec:
+    """Validate an already-parsed spec (the YAML file's top-level mapping)."""
+    if not isinstance(data, dict):
+        found = "nothing (empty file)" if data is None else type(data).__name__
+        raise SpecError(source, "", f"the top level must be a mapping of fields, got {found}")
+    try:
+        return ExperimentSpec.model_validate(data)
+    except ValidationError as error:
+        raise _to_spec_error(source, error.errors()[0]) from None
+
+
+def load_spec(path: str | os.PathLike) -> ExperimentSpec:
+    """Read and validate an experiment YAML file; every problem is raised as a SpecError."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise SpecError(str(path), "", "file not found") from None
+    except OSError as error:
+        raise SpecError(str(path), "", f"cannot read the file: {error.strerror}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        raise SpecError(str(path), "", _describe_yaml_error(error)) from None
+    return parse_spec(data, source=str(path))
+
+
+def spec_to_dict(spec: ExperimentSpec) -> dict:
+    """The spec as plain JSON-safe data, every default written out; `parse_spec` reads it back."""
+    return spec.model_dump(mode="json")
+
+
+def _describe_yaml_error(error: yaml.YAMLError) -> str:
+    mark = getattr(error, "problem_mark", None)
+    problem = getattr(error, "problem", None) or str(error)
+    where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+    return " ".join(f"invalid YAML: {where}{problem}".split())
+
+
+# --- turning pydantic's errors into one line a person can act on ----------------------------
+
+
+def _to_spec_error(source: str, error: dict) -> SpecError:
+    loc, kind, ctx = error["loc"], error["type"], error.get("ctx", {})
+    path, node = _locate(loc)
+    value = _show(error["input"])
+
+    if kind == "spec_field":  # raised by a model_validator above, relative to its model
+        field = f"{path}.{ctx['field']}" if path else ctx["field"]
+        return SpecError(source, field, ctx["reason"], _show(ctx["value"]))
+    if kind == "extra_forbidden":
+        _, owner = _locate(loc[:-1])
+        accepted = ", ".join(owner.model_fields) if _is_model(owner) else "see the spec models"
+        return SpecError(source, path, f"unknown field; accepted: {accepted}")
+    if kind == "missing" and loc and isinstance(loc[-1], int):  # a tuple with too few items
+        container_path, container = _locate(loc[:-1])
+        reason = f"must be a list of {len(get_args(container))} items"
+        return SpecError(source, container_path, reason, value)
+    if kind == "tuple_type":
+        return SpecError(source, path, f"must be a list of {len(get_args(node))} items", value)
+    if kind == "missing":
+        return SpecError(source, path, "required field missing")
+    if kind == "union_tag_not_found":
+        tags = ", ".join(repr(tag) for tag in _tags(node))
+        return SpecError(source, f"{path}.kind", f"required field missing; accepted: {tags}")
+    if kind == "union_tag_invalid":
+        return SpecError(
+            source, f"{path}.kind", f"must be one of {ctx['expected_tags']}", _show(ctx["tag"])
+        )
+    if kind in ("model_type", "model_attributes_type", "dict_type"):
+        fields = ", ".join(node.model_fields) if _is_model(node) else ""
+        reason = f"must be a mapping with fields: {fields}" if fields else "must be a mapping"
+        return SpecError(source, path, reason, value)
+    if kind == "literal_error":
+        return SpecError(source, path, f"must be one of {ctx['expected']}", value)
+    return SpecError(source, path, _reword(error["msg"]), value)
+
+
+def _locate(loc: tuple) -> tuple[str, Any]:
+    """Pydantic's error location as a user would write it (`network.convs[1].kernel`), and the
+    type declared there (None when the location is not a declared field)."""
+    path, node, next_is_tag = "", ExperimentSpec, False
+    for part in loc:
+        if isinstance(part, int):
+            path += f"[{part}]"
+            args = get_args(node)
+            if get_origin(node) is tuple:
+                node = args[part] if part < len(args) else None
+            else:
+                node = args[0] if args else None
+        elif next_is_tag:  # pydantic names the union member by its tag; the user did not write it
+            node = next((member for member in _members(node) if part in _tags(member)), None)
+            next_is_tag = False
+        else:
+            path = f"{path}.{part}" if path else part
+            field = node.model_fields.get(part) if _is_model(node) else None
+            node = field.annotation if field else None
+            next_is_tag = field is not None and field.discriminator is not None
+    return path, node
+
+
+def _is_model(node: Any) -> bool:
+    return isinstance(node, type) and issubclass(node, BaseModel)
+
+
+def _members(node: Any) -> tuple:
+    return get_args(node) if get_origin(node) in (Union, UnionType) else (node,)
+
+
+def _tags(node: Any) -> list[str]:
+    """The `kind` values that select each member of a discriminated union."""
+    return [
+        tag
+        for member in _members(node)
+        if _is_model(member) and "kind" in member.model_fields
+        for tag in get_args(member.model_fields["kind"].annotation)
+    ]
+
+
+def _show(value: Any, limit: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _reword(message: str) -> str:
+    """Pydantic's message, reworded to follow `field = value:`."""
+    message = message.removeprefix("Value error, ").removeprefix("Assertion failed, ")
+    message = message.replace(" after validation", "")
+    return re.sub(r"^(Input|String|Tuple|List|Dictionary|Value) should", "must", message)
+
+
+# --- where a run keeps its things -----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Per-machine settings, from the environment; the experiment itself is in the spec."""
+
+    store: str = "sqlite:///runs/evoarena.db"
+    """Where runs and their results are recorded (`EVOARENA_STORE`), as a URL."""
+    artifacts: str = "runs/artifacts"
+    """Where checkpoints and other files go (`EVOARENA_ARTIFACTS`): a directory or a URL."""
+    noise_dir: Path = Path("~/.cache/evoarena/noise").expanduser()
+    """Where generated noise tables are cached (`EVOARENA_NOISE_DIR`)."""
+
+    @classmethod
+    def from_env(cls) -> Settings:
+        """Settings from the `EVOARENA_*` variables; one unset or empty keeps its default."""
+        defaults = cls()
+        return cls(
+            store=os.environ.get("EVOARENA_STORE") or defaults.store,
+            artifacts=os.environ.get("EVOARENA_ARTIFACTS") or defaults.artifacts,
+            noise_dir=Path(
+                os.environ.get("EVOARENA_NOISE_DIR") or "~/.cache/evoarena/noise"
+            ).expanduser(),
+        )
