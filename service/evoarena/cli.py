@@ -1,0 +1,160 @@
+"""`evoarena run | status | baseline`: the command line.
+
+Exit codes: 0 done, 1 the run failed, 2 bad input (nothing ran), 130 interrupted (run again to continue).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+from .spec import Settings, SpecError, load_spec, validate_name
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="evoarena", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    run = commands.add_parser("run", help="run an experiment, or continue it where it stopped")
+    run.add_argument("experiment", help="experiment YAML file")
+    run.add_argument("--store", help="result store URL (default: $EVOARENA_STORE or sqlite:///runs/evoarena.db)")
+    run.add_argument("--inline", action="store_true", help="evaluate in this process instead of a worker pool")
+
+    status = commands.add_parser("status", help="where an experiment stands, from the store")
+    status.add_argument("name", help="experiment name (the `name:` in its file)")
+    status.add_argument("--store", help="result store URL")
+
+    baseline = commands.add_parser("baseline", help="train the experiment's network with Adam, for comparison")
+    baseline.add_argument("experiment", help="experiment YAML file")
+    baseline.add_argument("--epochs", type=int, help="override baseline.epochs")
+
+    args = parser.parse_args(argv)
+    settings = Settings.from_env()
+    try:
+        return {"run": cmd_run, "status": cmd_status, "baseline": cmd_baseline}[args.command](args, settings)
+    except SpecError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("\ninterrupted: run the same command again to continue from the last complete generation",
+              file=sys.stderr)
+        return 130
+
+
+def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
+    from . import scheduler  # torch and friends load only once the spec is known to be good
+    from .fleet.executor import InlineExecutor, LocalExecutor
+    from .store import open_store
+    from .worker import WorkerConfig
+
+    spec = load_spec(args.experiment)
+    if spec.executor.kind != "local":
+        raise SpecError(args.experiment, "executor.kind",
+                        "the celery executor arrives with the fleet; accepted here: 'local'", repr(spec.executor.kind))
+    store_url = args.store or settings.store
+    config = WorkerConfig(store_url, settings.artifacts, str(settings.noise_dir), spec.executor.cache_mb << 20)
+    store = open_store(store_url)
+    executor = InlineExecutor(config) if args.inline else LocalExecutor(config, spec.executor.workers)
+    print(f"{spec.name}: {spec.ga.generations} generations of {spec.ga.population} "
+          f"on {'this process' if args.inline else f'{spec.executor.workers} local workers'}; store {store_url}")
+    try:
+        final = scheduler.run(spec, store, executor, on_progress=ProgressLine())
+    except scheduler.ExperimentMismatch as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except RuntimeError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        executor.close()
+        store.close()
+    if final is None:
+        print(f"{spec.name}: already complete")
+    else:
+        best = final["best"]
+        print(f"{spec.name}: done; best fitness {best['fitness']:.6g} "
+              f"(training cross-entropy {-best['fitness']:.6g}), genome {best['genome_id']}")
+    return 0
+
+
+class ProgressLine:
+    """One line per generation; on a terminal the line is rewritten in place."""
+
+    def __init__(self, stream=sys.stdout):
+        self.stream = stream
+        self.tty = stream.isatty()
+
+    def __call__(self, p) -> None:
+        if p.resumed_from is not None:
+            self._emit(f"resumed at generation {p.resumed_from}", final=True)
+        line = (f"gen {p.generation + 1:>5}/{p.generations}  best {p.best:10.5f}  mean {p.mean:10.5f}  "
+                f"evals/s {p.evals_per_s:7.1f}  cache hits {p.hit_rate:6.1%}"
+                + (f"  errors {p.errors}" if p.errors else ""))
+        self._emit(line, final=not self.tty or p.generation + 1 == p.generations)
+
+    def _emit(self, line: str, final: bool) -> None:
+        if self.tty:
+            self.stream.write("\r\x1b[2K" + line + ("\n" if final else ""))
+        else:
+            self.stream.write(line + "\n")
+        self.stream.flush()
+
+
+def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
+    from .store import open_store
+
+    try:
+        validate_name(args.name)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    store = open_store(args.store or settings.store)
+    experiment = store.get_experiment(args.name)
+    if experiment is None:
+        known = ", ".join(store.list_experiments()) or "none"
+        print(f"error: no experiment {args.name!r} in the store; known: {known}", file=sys.stderr)
+        return 2
+    total = experiment["spec"]["ga"]["generations"]
+    last = store.last_generation(args.name)
+    done = 0 if last is None else last + 1
+    partial = store.count_results(args.name, done, "evaluate") if done < total else 0
+    print(f"experiment  {args.name}  ({experiment['status']}, updated {_ago(experiment['updated'])})")
+    print(f"generations {done}/{total} complete" + (f"; generation {done} has {partial} results stored" if partial else ""))
+    if last is not None:
+        doc = store.get_generation(args.name, last)
+        s, best = doc["stats"], doc["best"]
+        print(f"last        best {s['best']:.6g}  mean {s['mean']:.6g}  evals/s {s['evals_per_s']:.1f}  "
+              f"cache hits {s['hit_rate']:.1%}  errors {s['errors']}")
+        m = best["metrics"]
+        print(f"best        genome {best['genome_id']}  train loss {m['train_loss']:.6g}  "
+              f"train acc {m['train_accuracy']:.1%}  val loss {m['val_loss']:.6g}  val acc {m['val_accuracy']:.1%}")
+    print(f"results     {store.count_results(args.name)} stored")
+    return 0
+
+
+def _ago(t: float) -> str:
+    seconds = max(0, time.time() - t)
+    return f"{seconds:.0f}s ago" if seconds < 120 else f"{seconds / 60:.0f} min ago" if seconds < 7200 else f"{seconds / 3600:.1f} h ago"
+
+
+def cmd_baseline(args: argparse.Namespace, settings: Settings) -> int:
+    from .problems import PROBLEMS
+
+    spec = load_spec(args.experiment)
+    epochs = args.epochs or spec.baseline.epochs
+    problem = spec.problem.model_dump(mode="json")
+    print(f"{spec.name}: Adam (lr {spec.baseline.lr}) on the same network, {epochs} epochs")
+    started = time.perf_counter()
+
+    def show(r: dict) -> None:
+        print(f"epoch {r['epoch']:>4}  train loss {r['train_loss']:.3e}  train acc {r['train_accuracy']:6.1%}  "
+              f"val loss {r['val_loss']:.3f}  ({time.perf_counter() - started:.1f}s)", flush=True)
+
+    PROBLEMS[spec.problem.kind].baseline(problem, spec.network.model_dump(mode="json"), epochs,
+                                          spec.baseline.lr, spec.seed, on_epoch=show)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

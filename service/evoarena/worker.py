@@ -1,0 +1,149 @@
+"""What a worker does with a task. The local process pool and the Celery fleet call these same functions.
+
+A task is JSON: the genome to build (never weights), the problem, the noise table, and where the
+result belongs (experiment, generation). The worker builds the genome through its parent cache,
+scores it, writes the result document to the store itself, and returns a short summary.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+import traceback
+from dataclasses import dataclass
+from functools import cached_property
+
+import torch
+
+from .genome import Genome
+from .materialize import Materializer, ParentCache
+from .noise import open_noise
+from .problems import PROBLEMS
+from .store import open_artifacts, open_store
+
+
+def result_id(experiment: str, generation: int, op: str, genome_ids: list[str]) -> str:
+    """The deterministic id of a result document: a redelivered task overwrites, never duplicates."""
+    return f"{experiment}:{generation:06d}:{op}:{'+'.join(genome_ids)}"
+
+
+@dataclass(frozen=True)
+class WorkerConfig:
+    """Where a worker process finds its stores and how much it may cache."""
+
+    store_url: str
+    artifacts_url: str
+    noise_dir: str
+    cache_bytes: int = 512 << 20
+    device: str = "cpu"
+    threads: int = 0  # torch intra-op threads; 0 leaves torch's default
+
+
+class Worker:
+    """The per-process state a worker keeps between tasks: stores, noise tables, caches, datasets."""
+
+    def __init__(self, config: WorkerConfig):
+        self.config = config
+        self.name = f"{socket.gethostname()}-{os.getpid()}"
+        self._materializers: dict[tuple[int, int], Materializer] = {}
+        self._data: dict[str, object] = {}
+        if config.threads:
+            torch.set_num_threads(config.threads)
+
+    @cached_property
+    def store(self):
+        return open_store(self.config.store_url)
+
+    @cached_property
+    def artifacts(self):
+        return open_artifacts(self.config.artifacts_url)
+
+    def materializer(self, noise: dict) -> Materializer:
+        key = (int(noise["seed"]), int(noise["size"]))
+        if key not in self._materializers:
+            self._materializers[key] = Materializer(
+                noise=open_noise(*key, self.config.noise_dir),
+                cache=ParentCache(self.config.cache_bytes),
+                load_checkpoint=self.artifacts.get,
+                device=self.config.device,
+            )
+        return self._materializers[key]
+
+    def data(self, problem: dict):
+        key = repr(sorted(problem.items()))
+        if key not in self._data:
+            self._data[key] = PROBLEMS[problem["kind"]].make_data(problem, self.config.device)
+        return self._data[key]
+
+    def evaluate(self, task: dict) -> dict:
+        """Build the task's genome, score it on its problem, store the result document."""
+        experiment, generation, genome_json = _required(task, "experiment", "generation", "genome")
+        if not isinstance(genome_json, dict) or "id" not in genome_json:
+            raise ValueError("task 'genome' must be a genome JSON object with an 'id'")
+        doc = {
+            "_id": result_id(experiment, generation, "evaluate", [genome_json["id"]]),
+            "experiment": experiment,
+            "generation": generation,
+            "op": "evaluate",
+            "genome_id": genome_json["id"],
+            "genome": genome_json,
+            "parents": genome_json.get("parents", []),
+            "role": task.get("role", "child"),
+            "worker": self.name,
+        }
+        started = time.perf_counter()
+        try:
+            doc.update(self._evaluate(task, Genome.from_json(genome_json)))
+            doc["error"] = None
+        except Exception as exc:  # a poison task: record why against the individual, do not retry
+            doc.update(fitness=None, metrics={}, build=None, checkpoint=None,
+                       error=f"{type(exc).__name__}: {exc}", traceback=traceback.format_exc(limit=5))
+        doc["seconds"] = time.perf_counter() - started
+        self.store.put_result(doc)
+        return {k: doc[k] for k in ("_id", "genome_id", "fitness", "build", "seconds", "worker", "error")}
+
+    def _evaluate(self, task: dict, genome: Genome) -> dict:
+        materializer = self.materializer(task["noise"])
+        before = materializer.stats.as_dict()
+        weights = materializer.build(genome)
+        after = materializer.stats.as_dict()
+        build = next(k for k in ("cached", "from_parent", "from_ancestor", "from_checkpoint", "full_chain") if after[k] != before[k])
+        metrics = PROBLEMS[task["problem"]["kind"]].evaluate(genome.arch, weights.flat, self.data(task["problem"]))
+        checkpoint = None
+        if task.get("save"):
+            checkpoint = self.artifacts.put(genome.id, weights.tensors(genome.arch), {"experiment": task["experiment"]})
+        return {"fitness": metrics.pop("fitness"), "metrics": metrics, "build": build, "checkpoint": checkpoint}
+
+
+def _required(task: dict, *keys: str) -> list:
+    missing = [k for k in keys if k not in task]
+    if missing:
+        raise ValueError(f"task lacks {missing}; a task needs {list(keys)}")
+    return [task[k] for k in keys]
+
+
+OPS = ("evaluate", "train_pair", "match", "cross_train")
+
+_process_worker: Worker | None = None
+
+
+def init_process(config: WorkerConfig) -> None:
+    """Set up this process's Worker (a pool initializer, or Celery's worker_process_init)."""
+    global _process_worker
+    _process_worker = Worker(config)
+
+
+def run_task(op: str, task: dict) -> dict:
+    """Run one task in this process's Worker."""
+    if _process_worker is None:
+        raise RuntimeError("this process has no worker: call init_process(config) first")
+    return run_on(_process_worker, op, task)
+
+
+def run_on(worker: Worker, op: str, task: dict) -> dict:
+    if op == "evaluate":
+        return worker.evaluate(task)
+    if op in OPS:
+        raise NotImplementedError(f"op {op!r} arrives with the GAN arena")
+    raise ValueError(f"unknown op {op!r}; accepted: {', '.join(OPS)}")
