@@ -43,38 +43,41 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
+    spec = load_spec(args.experiment)
+    if spec.executor.kind != "local":
+        raise SpecError(args.experiment, "executor.kind",
+                        "the celery executor arrives with the fleet; accepted here: 'local'", repr(spec.executor.kind))
+
     from . import scheduler  # torch and friends load only once the spec is known to be good
     from .fleet.executor import InlineExecutor, LocalExecutor
     from .store import open_store
     from .worker import WorkerConfig
 
-    spec = load_spec(args.experiment)
-    if spec.executor.kind != "local":
-        raise SpecError(args.experiment, "executor.kind",
-                        "the celery executor arrives with the fleet; accepted here: 'local'", repr(spec.executor.kind))
     store_url = args.store or settings.store
     config = WorkerConfig(store_url, settings.artifacts, str(settings.noise_dir), spec.executor.cache_mb << 20)
     store = open_store(store_url)
+    try:
+        scheduler.register(spec, store)
+    except scheduler.ExperimentMismatch as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if scheduler.complete_generations(store, spec.name) >= spec.ga.generations:
+        print(f"{spec.name}: already complete ({spec.ga.generations} generations); `evoarena status {spec.name}` shows it")
+        return 0
     executor = InlineExecutor(config) if args.inline else LocalExecutor(config, spec.executor.workers)
     print(f"{spec.name}: {spec.ga.generations} generations of {spec.ga.population} "
           f"on {'this process' if args.inline else f'{spec.executor.workers} local workers'}; store {store_url}")
     try:
         final = scheduler.run(spec, store, executor, on_progress=ProgressLine())
-    except scheduler.ExperimentMismatch as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
     except RuntimeError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     finally:
         executor.close()
         store.close()
-    if final is None:
-        print(f"{spec.name}: already complete")
-    else:
-        best = final["best"]
-        print(f"{spec.name}: done; best fitness {best['fitness']:.6g} "
-              f"(training cross-entropy {-best['fitness']:.6g}), genome {best['genome_id']}")
+    best = final["best"]
+    print(f"{spec.name}: done; best fitness {best['fitness']:.6g} "
+          f"(training cross-entropy {-best['fitness']:.6g}), genome {best['genome_id']}")
     return 0
 
 

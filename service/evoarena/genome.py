@@ -2,14 +2,16 @@
 
 A genome is an architecture, an init seed (or a base checkpoint), and the list of deltas applied
 since, oldest first. Its JSON does not grow with the number of parameters: a Gaussian delta over
-four million weights is still ``{"k": "gaussian", "o": 81234, "s": 0.02}``.
+four million weights is still ``{"o": 81234, "s": 0.02}``.
 
-Delta kinds (``k``) and their fields; ``l`` = [lo, hi) range of parametric layers, absent = all:
+Delta kinds (``k``, absent = gaussian, the common case) and their fields; ``l`` = [lo, hi) range
+of parametric layers, absent = all:
     gaussian  o: noise offset, s: sigma          theta += s * noise[o:]
     norm      o, s                               same, then each tensor rescaled to its old norm
     adaptive  o, s, r: rate offset, t: tau       lograte += t * noise[r:]; theta += s * exp(lograte) * noise[o:]
     init      seed                               layers re-initialized from seed (crossover with another founder)
     load      uri                                layers copied from a checkpoint (crossover with a rebased lineage)
+    cross     p: [parent 1 id, parent 2 id], at: point   no-op marking where a crossover child begins
 Noise for a delta covering flat positions [a, b) is read from noise[o : o + b - a].
 
 Every mutation kind acts on each layer separately, which is what makes one-point crossover at a
@@ -19,6 +21,8 @@ those layers, the rest replay parent 2's, and each layer ends bit-identical to i
 Ids are content hashes chained along the list: id_0 hashes (architecture, init seed), and
 id_j = H(id_{j-1}, delta_j). Prefix j of a genome's list is therefore its ancestor j steps from
 the root, with that ancestor's id, and rebasing on a checkpoint (whose id is id_j) keeps every id.
+A `cross` marker restarts the chain from H(parent ids, point): a crossover child's id names its
+parents, not the list that replays them, so it is the same whether the parents were rebased or not.
 """
 
 from __future__ import annotations
@@ -32,7 +36,7 @@ import numpy as np
 
 from .nets import Layout, arch_key, layout
 
-KINDS = ("gaussian", "norm", "adaptive", "init", "load")
+KINDS = ("gaussian", "norm", "adaptive", "init", "load", "cross")
 
 
 @dataclass(frozen=True)
@@ -47,15 +51,21 @@ class Delta:
     tau: float = 0.0
     seed: int = 0
     uri: str = ""
+    mates: tuple[str, ...] = ()  # cross: the two parents' ids
+    point: int = 0  # cross: first layer taken from the second parent
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
             raise ValueError(f"delta kind {self.kind!r} is unknown; accepted: {', '.join(KINDS)}")
+        # Normalize types so that the id (a hash of the JSON form) survives a JSON round trip.
+        for name, kind in (("offset", int), ("sigma", float), ("rate_offset", int), ("tau", float), ("seed", int),
+                           ("point", int), ("mates", tuple)):
+            object.__setattr__(self, name, kind(getattr(self, name)))
         if self.layers is not None:
             object.__setattr__(self, "layers", (int(self.layers[0]), int(self.layers[1])))
 
     def to_json(self) -> dict[str, Any]:
-        d: dict[str, Any] = {"k": self.kind}
+        d: dict[str, Any] = {} if self.kind == "gaussian" else {"k": self.kind}
         if self.kind in ("gaussian", "norm", "adaptive"):
             d["o"], d["s"] = self.offset, self.sigma
         if self.kind == "adaptive":
@@ -64,18 +74,21 @@ class Delta:
             d["seed"] = self.seed
         if self.kind == "load":
             d["uri"] = self.uri
+        if self.kind == "cross":
+            d["p"], d["at"] = list(self.mates), self.point
         if self.layers is not None:
             d["l"] = list(self.layers)
         return d
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> Delta:
-        unknown = set(d) - {"k", "o", "s", "r", "t", "seed", "uri", "l"}
-        if "k" not in d or unknown:
-            raise ValueError(f"delta {d!r}: needs 'k' and only the keys k, o, s, r, t, seed, uri, l")
+        unknown = set(d) - {"k", "o", "s", "r", "t", "seed", "uri", "l", "p", "at"}
+        if not isinstance(d, dict) or unknown:
+            raise ValueError(f"delta {d!r}: a JSON object with only the keys k, o, s, r, t, seed, uri, l, p, at")
         layers = d.get("l")
-        return cls(d["k"], int(d.get("o", 0)), float(d.get("s", 0.0)), tuple(layers) if layers else None,
-                   int(d.get("r", 0)), float(d.get("t", 0.0)), int(d.get("seed", 0)), str(d.get("uri", "")))
+        return cls(d.get("k", "gaussian"), int(d.get("o", 0)), float(d.get("s", 0.0)), tuple(layers) if layers else None,
+                   int(d.get("r", 0)), float(d.get("t", 0.0)), int(d.get("seed", 0)), str(d.get("uri", "")),
+                   tuple(d.get("p", ())), int(d.get("at", 0)))
 
     @property
     def key(self) -> bytes:
@@ -99,8 +112,6 @@ class Genome:
     deltas: tuple[Delta, ...] = ()
     base: Checkpoint | None = None
     parents: tuple[str, ...] = ()
-    # On a crossover child: (point, n) = layers >= point came from parents[1], then n deltas of its own.
-    crossover: tuple[int, int] | None = None
     _prefix_ids: tuple[str, ...] | None = field(default=None, compare=False, repr=False)
 
     @property
@@ -129,7 +140,6 @@ class Genome:
             "base": None if self.base is None else {"id": self.base.id, "uri": self.base.uri},
             "deltas": [d.to_json() for d in self.deltas],
             "parents": list(self.parents),
-            "crossover": None if self.crossover is None else list(self.crossover),
         }
 
     @classmethod
@@ -142,7 +152,6 @@ class Genome:
             deltas=tuple(Delta.from_json(x) for x in d.get("deltas", [])),
             base=Checkpoint(base["id"], base["uri"]) if base else None,
             parents=tuple(d.get("parents", [])),
-            crossover=tuple(d["crossover"]) if d.get("crossover") else None,
         )
         if "id" in d and d["id"] != genome.id:
             raise ValueError(f"genome id {d['id']!r} does not match its content (computed {genome.id!r})")
@@ -158,6 +167,8 @@ def _root_id(arch: dict, init_seed: int) -> str:
 
 
 def _chain(parent_id: str, delta: Delta) -> str:
+    if delta.kind == "cross":
+        return _digest(b"cross:" + delta.key)
     return _digest(parent_id.encode() + b":" + delta.key)
 
 
@@ -175,7 +186,6 @@ def mutate(parent: Genome, delta: Delta) -> Genome:
         parent,
         deltas=parent.deltas + (delta,),
         parents=(parent.id,),
-        crossover=None,
         _prefix_ids=parent.prefix_ids + (_chain(parent.id, delta),),
     )
 
@@ -208,15 +218,16 @@ def crossover(first: Genome, second: Genome, point: int, then: tuple[Delta, ...]
     return Genome(
         arch=first.arch,
         init_seed=first.init_seed,
-        deltas=tuple(deltas) + tuple(then),
+        deltas=tuple(deltas) + (Delta("cross", mates=(first.id, second.id), point=point),) + tuple(then),
         base=first.base,
         parents=(first.id, second.id),
-        crossover=(point, len(then)),
     )
 
 
 def restrict(delta: Delta, lo: int, hi: int, lay: Layout) -> Delta | None:
     """`delta` limited to parametric layers [lo, hi), reading the same noise for the layers it keeps."""
+    if delta.kind == "cross":
+        return None  # markers only name an ancestor; the merged list replays the weights without them
     own_lo, own_hi = delta.layers or (0, lay.n_layers)
     new_lo, new_hi = max(own_lo, lo), min(own_hi, hi)
     if new_lo >= new_hi:

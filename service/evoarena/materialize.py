@@ -45,9 +45,9 @@ class Weights:
     def tensors(self, arch: dict) -> dict[str, torch.Tensor]:
         """A state dict (plus ``rates.*`` for adaptive genomes), as saved in a checkpoint."""
         lay = nets.layout(arch)
-        out = {k: v.contiguous() for k, v in lay.views(self.flat).items()}
+        out = {k: v.clone() for k, v in lay.views(self.flat).items()}
         if self.rates is not None:
-            out.update({f"rates.{k}": v.contiguous() for k, v in lay.views(self.rates).items()})
+            out.update({f"rates.{k}": v.clone() for k, v in lay.views(self.rates).items()})
         return out
 
     @classmethod
@@ -134,6 +134,8 @@ class Materializer:
     def build(self, genome: Genome) -> Weights:
         """The weights of `genome`. The result is shared with the cache: treat it as read-only."""
         weights, how = self._build(genome)
+        if weights.rates is not None and how != "cached" and not weights.rates.any():
+            weights.rates = None  # all-zero log-rates mean "no adaptive delta yet", however built
         setattr(self.stats, how, getattr(self.stats, how) + 1)
         self.cache.put(genome.id, weights)
         return weights
@@ -142,31 +144,45 @@ class Materializer:
         ids = genome.prefix_ids
         if (hit := self.cache.get(genome.id)) is not None:
             return hit, "cached"
-        if genome.crossover is not None and all(p in self.cache for p in genome.parents):
-            return self._from_crossover_parents(genome), "from_parent"
+        if (cross := _last_cross(genome)) is not None and all(p in self.cache for p in genome.deltas[cross].mates):
+            return self._from_crossover_parents(genome, cross), "from_parent"
         for j in range(len(ids) - 2, -1, -1):  # nearest ancestor first
             if (ancestor := self.cache.get(ids[j])) is not None:
-                how = "from_parent" if j == len(ids) - 2 else "from_ancestor"
-                return self._replay(genome, ancestor.clone(), genome.deltas[j:]), how
+                if j == len(ids) - 2:
+                    return self._child(genome, ancestor, genome.deltas[-1]), "from_parent"
+                return self._replay(genome, ancestor.clone(), genome.deltas[j:]), "from_ancestor"
         if genome.base is not None:
             return self._replay(genome, self._load(genome.arch, genome.base.uri), genome.deltas), "from_checkpoint"
         flat = torch.empty(nets.layout(genome.arch).size)
         nets.init_layers(genome.arch, genome.init_seed, flat)
         return self._replay(genome, Weights(flat.to(self.device)), genome.deltas), "full_chain"
 
-    def _from_crossover_parents(self, genome: Genome) -> Weights:
-        first, second = (self.cache.get(p) for p in genome.parents)
-        point, own_deltas = genome.crossover
-        start, _ = nets.layout(genome.arch).span((point, nets.layout(genome.arch).n_layers))
+    def _from_crossover_parents(self, genome: Genome, cross: int) -> Weights:
+        marker = genome.deltas[cross]
+        first, second = (self.cache.get(p) for p in marker.mates)
+        start, _ = nets.layout(genome.arch).span((marker.point, nets.layout(genome.arch).n_layers))
         child = first.clone()
         child.flat[start:] = second.flat[start:]
         if first.rates is not None or second.rates is not None:
             child.rates = _rates(first, child.flat)
             child.rates[start:] = _rates(second, child.flat)[start:]
-        return self._replay(genome, child, genome.deltas[len(genome.deltas) - own_deltas :])
+        return self._replay(genome, child, genome.deltas[cross + 1 :])
+
+    def _child(self, genome: Genome, parent: Weights, delta: Delta) -> Weights:
+        """Parent plus one delta: the hot path. A whole-network Gaussian delta reads the parent and
+        the noise once and writes the child once (no separate copy); the same bits as clone + add_."""
+        if delta.kind == "gaussian" and delta.layers is None:
+            flat = torch.add(parent.flat, self.noise.slice(delta.offset, parent.flat.numel(), parent.flat.device),
+                             alpha=delta.sigma)
+            self.stats.deltas_applied += 1
+            return Weights(flat, None if parent.rates is None else parent.rates.clone())
+        return self._replay(genome, parent.clone(), (delta,))
 
     def _replay(self, genome: Genome, weights: Weights, deltas: tuple[Delta, ...]) -> Weights:
-        for delta in deltas:
+        for i, delta in enumerate(deltas):
+            if i == len(deltas) - 1 and i > 0 and genome.prefix_ids[-2] in genome.parents:
+                # Keep the parent too: its other children, next in line, then cost one delta each.
+                self.cache.put(genome.prefix_ids[-2], weights.clone())
             apply_delta(delta, weights, genome.arch, self.noise, self._load)
         self.stats.deltas_applied += len(deltas)
         return weights
@@ -175,6 +191,16 @@ class Materializer:
         if self.load_checkpoint is None:
             raise RuntimeError(f"genome needs checkpoint {uri} but this materializer has no artifact store")
         return Weights.from_tensors(arch, self.load_checkpoint(uri), self.device)
+
+
+def _last_cross(genome: Genome) -> int | None:
+    """Index of the crossover marker of a crossover child (one with two parents), else None."""
+    if len(genome.parents) != 2:
+        return None
+    for i in range(len(genome.deltas) - 1, -1, -1):
+        if genome.deltas[i].kind == "cross":
+            return i
+    return None
 
 
 def _rates(weights: Weights, like: torch.Tensor) -> torch.Tensor:
@@ -210,6 +236,8 @@ def apply_delta(delta: Delta, w: Weights, arch: dict, noise: NoiseTable, load: C
         theta.copy_(fresh[start:stop])
         if w.rates is not None:
             w.rates[start:stop] = 0
+    elif delta.kind == "cross":
+        pass  # a marker: the deltas before it already replayed the crossover
     elif delta.kind == "load":
         source = load(arch, delta.uri)
         theta.copy_(source.flat[start:stop])

@@ -60,7 +60,7 @@ class NoiseTable:
 
     def slice(self, offset: int, length: int, device: torch.device | str = "cpu") -> torch.Tensor:
         """`length` samples starting at `offset`; raises if the slice would leave the table."""
-        if offset < 0 or offset + length > self.size:
+        if offset < 0 or length < 0 or offset + length > self.size:
             raise ValueError(
                 f"noise slice [{offset}, {offset + length}) is outside the table of {self.size} samples"
             )

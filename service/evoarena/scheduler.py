@@ -48,6 +48,12 @@ def architecture(spec: ExperimentSpec) -> dict:
     return PROBLEMS[spec.problem.kind].architecture(problem, spec.network.model_dump(mode="json"))
 
 
+def complete_generations(store: ResultStore, name: str) -> int:
+    """How many generations of experiment `name` are complete (they are numbered from 0)."""
+    last = store.last_generation(name)
+    return 0 if last is None else last + 1
+
+
 def register(spec: ExperimentSpec, store: ResultStore) -> None:
     """Record the experiment, or check that the stored one is the same experiment.
 
@@ -62,6 +68,12 @@ def register(spec: ExperimentSpec, store: ResultStore) -> None:
             raise ExperimentMismatch(
                 f"experiment {spec.name!r} already exists in the store with a different spec; "
                 "give this one another name, or run the original file to continue it"
+            )
+        complete = complete_generations(store, spec.name)
+        if spec.ga.generations < complete:
+            raise ExperimentMismatch(
+                f"ga.generations = {spec.ga.generations} but experiment {spec.name!r} already has "
+                f"{complete} complete generations; ask for at least {complete}"
             )
     created = time.time() if stored is None else stored["created"]
     store.put_experiment(spec.name, {"spec": wanted, "status": "running", "created": created, "updated": time.time()})

@@ -197,7 +197,7 @@ class GASpec(SpecModel):
     """Truncation selection: the best `parents` each have `children_per_parent` mutated children."""
 
     generations: int = Field(ge=1, le=1_000_000)
-    """Generations to run after generation 0."""
+    """Generations to run, generation 0 (the founders) included."""
     parents: int = Field(1, ge=1, le=10_000)
     """Truncation size T: how many of the best individuals reproduce."""
     children_per_parent: int = Field(16, ge=1, le=100_000)

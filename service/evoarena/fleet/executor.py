@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import signal
 from collections.abc import Iterator
-from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from typing import Protocol
 
+from .routing import AffinityRouter
 from ..worker import Worker, WorkerConfig, init_process, run_on, run_task
 
 
@@ -37,37 +39,58 @@ class InlineExecutor:
         pass
 
 
-class LocalExecutor:
-    """A pool of `workers` processes (spawned: no torch state crosses a fork), each a Worker.
+MAX_BACKLOG = 2  # tasks in flight per worker process: one running, one ready to start
 
-    Tasks are handed out as processes free up, at most `workers` in flight, in the order given:
-    the scheduler lists siblings together, so a process that just built a parent tends to get
-    that parent's next child and finds it in its cache.
+
+class LocalExecutor:
+    """A pool of `workers` processes on this machine, each a Worker with its own parent cache.
+
+    Each process is its own single-worker pool (spawned: no torch state crosses a fork) so that
+    the AffinityRouter can send a child to the process that built its parent.
     """
 
-    def __init__(self, config: WorkerConfig, workers: int):
+    def __init__(self, config: WorkerConfig, workers: int, affinity: bool = True):
         if config.threads == 0:  # share the cores instead of every process taking them all
             config = WorkerConfig(**{**config.__dict__, "threads": max(1, (os.cpu_count() or 1) // workers)})
-        self.workers = workers
-        self.pool = ProcessPoolExecutor(
-            max_workers=workers,
-            mp_context=multiprocessing.get_context("spawn"),
-            initializer=init_process,
-            initargs=(config,),
-        )
+        context = multiprocessing.get_context("spawn")
+        self.pools = [ProcessPoolExecutor(1, mp_context=context, initializer=_init_pool_process, initargs=(config,))
+                      for _ in range(workers)]
+        self.router = AffinityRouter() if affinity else None
 
     def map(self, op: str, tasks: list[dict]) -> Iterator[dict]:
-        pending, queue = set(), list(reversed(tasks))
+        backlog = [0] * len(self.pools)
+        pending: dict[Future, tuple[int, str]] = {}
+        queue = list(tasks)
         try:
             while queue or pending:
-                while queue and len(pending) < self.workers:
-                    pending.add(self.pool.submit(run_task, op, queue.pop()))
-                done, pending = wait(pending, return_when=FIRST_COMPLETED)
+                for worker in range(len(self.pools)):
+                    while queue and backlog[worker] < MAX_BACKLOG:
+                        task = queue.pop(self.router.pick(queue, worker) if self.router else 0)
+                        pending[self.pools[worker].submit(run_task, op, task)] = (worker, _built(task))
+                        backlog[worker] += 1
+                done, _ = wait(pending, return_when=FIRST_COMPLETED)
                 for future in done:
+                    worker, built = pending.pop(future)
+                    backlog[worker] -= 1
+                    for genome_id in built if self.router else ():
+                        self.router.record(worker, genome_id)
                     yield future.result()
         finally:
             for future in pending:
                 future.cancel()
 
     def close(self) -> None:
-        self.pool.shutdown(wait=True, cancel_futures=True)
+        for pool in self.pools:
+            pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _init_pool_process(config: WorkerConfig) -> None:
+    # Ctrl-C reaches the whole process group; the scheduler handles it and closes the pool.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    init_process(config)
+
+
+def _built(task: dict) -> list[str]:
+    """The genomes a worker caches by running `task`: the genome, and its parent unless it is a crossover."""
+    genome = task["genome"]
+    return [genome["id"]] + (genome.get("parents", []) if not genome.get("crossover") else [])

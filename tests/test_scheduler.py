@@ -1,0 +1,441 @@
+"""The scheduler: generations in, documents out, and a run that survives being stopped anywhere.
+
+Every test runs tiny.yaml's problem on an InlineExecutor (one worker in this process) against a
+SQLite file in tmp_path; "the same run" is compared document by document, floats bit for bit.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+import yaml
+
+from evoarena import scheduler
+from evoarena.fleet.executor import InlineExecutor, LocalExecutor
+from evoarena.genome import Genome
+from evoarena.spec import ExperimentSpec, parse_spec
+from evoarena.store import ResultStore, open_store
+from evoarena.worker import WorkerConfig, result_id
+
+TINY = yaml.safe_load((Path(__file__).resolve().parent.parent / "experiments" / "tiny.yaml").read_text())
+GENERATIONS = 8
+
+
+def tiny(name: str = "tiny", generations: int = GENERATIONS, **ga) -> ExperimentSpec:
+    """tiny.yaml with another name, generation count and `ga` fields (`mutation` merges too)."""
+    data = copy.deepcopy(TINY)
+    data["name"] = name
+    mutation = {**data["ga"].get("mutation", {}), **ga.pop("mutation", {})}
+    data["ga"] = {**data["ga"], "generations": generations, **ga, **({"mutation": mutation} if mutation else {})}
+    return parse_spec(data)
+
+
+# --- executors that misbehave on purpose ------------------------------------------------------
+
+
+class Recording:
+    """Passes tasks through and remembers which genome ids were sent, per generation, in order."""
+
+    def __init__(self, inner):
+        self.inner, self.sent = inner, {}
+
+    def map(self, op: str, tasks: list[dict]) -> Iterator[dict]:
+        for task in tasks:
+            self.sent.setdefault(task["generation"], []).append(task["genome"]["id"])
+        yield from self.inner.map(op, tasks)
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+class InterruptAfter:
+    """Stops the scheduler like Ctrl-C once `n` tasks have finished (their results are stored)."""
+
+    def __init__(self, inner, n: int):
+        self.inner, self.n, self.finished = inner, n, 0
+
+    def map(self, op: str, tasks: list[dict]) -> Iterator[dict]:
+        for summary in self.inner.map(op, tasks):
+            yield summary
+            self.finished += 1
+            if self.finished == self.n:
+                raise KeyboardInterrupt
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+class Poisoning:
+    """Hands the worker a corrupted genome in place of the one with id `victim`."""
+
+    def __init__(self, inner, victim: str, corrupt: Callable[[dict], None]):
+        self.inner, self.victim, self.corrupt = inner, victim, corrupt
+
+    def map(self, op: str, tasks: list[dict]) -> Iterator[dict]:
+        tasks = copy.deepcopy(tasks)
+        for task in tasks:
+            if task["genome"]["id"] == self.victim:
+                self.corrupt(task["genome"])
+        yield from self.inner.map(op, tasks)
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+def unknown_delta_kind(genome: dict) -> None:
+    genome["deltas"][-1]["k"] = "gaussain"
+
+
+def content_not_matching_id(genome: dict) -> None:
+    genome["init_seed"] += 1  # the id stays: a forged or corrupted message
+
+
+# --- a lab of stores --------------------------------------------------------------------------
+
+
+class Lab:
+    """Named SQLite stores under one tmp dir; `run` runs the scheduler on a fresh worker."""
+
+    def __init__(self, root: Path):
+        self.root, self.stores = root, {}
+
+    def url(self, store: str) -> str:
+        return f"sqlite:///{self.root / store / 'results.db'}"
+
+    def store(self, store: str = "main") -> ResultStore:
+        if store not in self.stores:
+            self.stores[store] = open_store(self.url(store))
+        return self.stores[store]
+
+    def config(self, store: str) -> WorkerConfig:
+        # One torch thread: these networks are so small that intra-op threads only add waiting.
+        return WorkerConfig(self.url(store), str(self.root / store / "artifacts"), str(self.root / "noise"), threads=1)
+
+    def run(self, spec: ExperimentSpec, store: str = "main", wrap=lambda executor: executor) -> dict:
+        executor = wrap(InlineExecutor(self.config(store)))
+        try:
+            return scheduler.run(spec, self.store(store), executor)
+        finally:
+            executor.close()
+
+    def run_recorded(self, spec: ExperimentSpec, store: str = "main") -> Recording:
+        """Run, and return what was sent to the worker."""
+        recorder = None
+
+        def record(executor):
+            nonlocal recorder
+            recorder = Recording(executor)
+            return recorder
+
+        self.run(spec, store, wrap=record)
+        return recorder
+
+    def close(self) -> None:
+        for store in self.stores.values():
+            store.close()
+
+
+@pytest.fixture
+def lab(tmp_path: Path) -> Iterator[Lab]:
+    lab = Lab(tmp_path)
+    yield lab
+    lab.close()
+
+
+def evolution(store: ResultStore, name: str) -> list[dict]:
+    """The generation docs without what depends on the clock or on how warm the caches were."""
+    kept = ("best", "mean", "median", "worst", "evaluated", "errors")
+    return [
+        {"generation": d["generation"], "parents": d["parents"], "checkpoints": d["checkpoints"],
+         "best": d["best"], "stats": {k: d["stats"][k] for k in kept}}
+        for d in store.list_generations(name)
+    ]
+
+
+def individuals_in(spec: ExperimentSpec) -> int:
+    """How many evaluations a complete run of `spec` stores."""
+    return spec.ga.generation_zero_size + (spec.ga.generations - 1) * spec.ga.population
+
+
+def fitness_by_individual(store: ResultStore, name: str) -> dict[tuple[int, str], float]:
+    return {(d["generation"], d["genome_id"]): d["fitness"] for d in store.find_results(name)}
+
+
+# --- a run ------------------------------------------------------------------------------------
+
+
+def test_best_fitness_improves_over_eight_generations_with_the_default_sigma(lab):
+    spec = tiny()
+    assert spec.ga.mutation.sigma == 0.02  # the default, not a value picked to make this pass
+
+    lab.run(spec)
+
+    best = [g["stats"]["best"] for g in lab.store().list_generations("tiny")]
+    assert len(best) == GENERATIONS
+    assert best[-1] > best[0]
+
+
+def test_each_generation_has_one_result_per_individual_and_one_generation_doc(lab):
+    spec = tiny()
+
+    lab.run(spec)
+
+    store = lab.store()
+    assert [g["generation"] for g in store.list_generations("tiny")] == list(range(GENERATIONS))
+    for generation in range(GENERATIONS):
+        results = store.find_results("tiny", generation, "evaluate")
+        size = spec.ga.generation_zero_size if generation == 0 else spec.ga.population
+        assert len(results) == size
+        assert len({r["genome_id"] for r in results}) == size
+        for r in results:
+            assert r["_id"] == result_id("tiny", generation, "evaluate", [r["genome_id"]])
+            assert r["error"] is None and isinstance(r["fitness"], float)
+    assert store.count_results("tiny") == individuals_in(spec)
+    assert store.get_experiment("tiny")["status"] == "complete"
+
+
+def test_elites_are_the_previous_generations_best_parents_evaluated_again(lab):
+    spec = tiny()
+
+    lab.run(spec)
+
+    store = lab.store()
+    for generation in range(1, GENERATIONS):
+        previous = store.get_generation("tiny", generation - 1)
+        elites = {r["genome_id"] for r in store.find_results("tiny", generation) if r["role"] == "elite"}
+        assert elites == {p["id"] for p in previous["parents"][: spec.ga.elites]}
+
+
+def test_the_stored_best_is_the_fittest_result_of_its_generation(lab):
+    lab.run(tiny())
+
+    store = lab.store()
+    for doc in store.list_generations("tiny"):
+        results = store.find_results("tiny", doc["generation"])
+        fittest = max(results, key=lambda r: r["fitness"])
+        assert doc["best"]["fitness"] == fittest["fitness"] == doc["stats"]["best"]
+        assert doc["best"]["genome_id"] == fittest["genome_id"]
+        assert doc["parents"][0]["id"] == fittest["genome_id"]
+
+
+def test_the_final_generation_doc_is_what_run_returns(lab):
+    final = lab.run(tiny())
+
+    assert final == lab.store().get_generation("tiny", GENERATIONS - 1)
+
+
+def test_running_a_finished_experiment_again_evaluates_nothing(lab):
+    spec = tiny()
+    lab.run(spec)
+    store = lab.store()
+    results, generations = store.count_results("tiny"), store.list_generations("tiny")
+
+    recorder = lab.run_recorded(spec)
+
+    assert recorder.sent == {}
+    assert store.count_results("tiny") == results
+    assert store.list_generations("tiny") == generations
+
+
+# --- the spec a store already holds -----------------------------------------------------------
+
+
+def test_a_spec_with_the_same_name_and_another_sigma_is_refused(lab):
+    lab.run(tiny(generations=3))
+    store = lab.store()
+    results, stored = store.count_results("tiny"), store.get_experiment("tiny")["spec"]
+
+    with pytest.raises(scheduler.ExperimentMismatch, match="'tiny' already exists .* different spec"):
+        lab.run(tiny(generations=3, mutation={"sigma": 0.05}))
+
+    assert store.count_results("tiny") == results
+    assert store.get_experiment("tiny")["spec"] == stored
+
+
+def test_more_generations_extend_a_finished_run_as_if_it_had_been_that_long(lab):
+    lab.run(tiny(generations=3))
+
+    lab.run(tiny(generations=5))
+    lab.run(tiny(generations=5), store="reference")
+
+    assert lab.store().last_generation("tiny") == 4
+    assert lab.store().get_experiment("tiny")["spec"]["ga"]["generations"] == 5
+    assert evolution(lab.store(), "tiny") == evolution(lab.store("reference"), "tiny")
+
+
+# --- interruptions ----------------------------------------------------------------------------
+
+# Generation 0 and 1 have 7 individuals each: stop inside generation 0, after all of generation 0
+# is stored but before its generation doc is written, and inside generation 1.
+STOP_AFTER = {"inside generation 0": 3, "before generation 0's doc": 7, "inside generation 1": 12}
+
+
+@pytest.mark.parametrize("n", STOP_AFTER.values(), ids=STOP_AFTER.keys())
+def test_an_interrupted_run_continues_to_exactly_the_uninterrupted_result(lab, n):
+    spec = tiny()
+    with pytest.raises(KeyboardInterrupt):
+        lab.run(spec, wrap=lambda executor: InterruptAfter(executor, n))
+    assert lab.store().count_results("tiny") == n
+
+    lab.run(spec)
+    lab.run(spec, store="reference")
+
+    store, reference = lab.store(), lab.store("reference")
+    assert evolution(store, "tiny") == evolution(reference, "tiny")
+    assert fitness_by_individual(store, "tiny") == fitness_by_individual(reference, "tiny")
+    ids = [r["_id"] for r in store.find_results("tiny")]
+    assert len(ids) == len(set(ids)) == reference.count_results("tiny")
+
+
+def test_a_resumed_generation_sends_only_the_individuals_without_a_result(lab):
+    spec = tiny()
+    with pytest.raises(KeyboardInterrupt):
+        lab.run(spec, wrap=lambda executor: InterruptAfter(executor, 7 + 5))
+    stored = {r["genome_id"] for r in lab.store().find_results("tiny", 1)}
+    assert len(stored) == 5
+
+    recorder = lab.run_recorded(spec)
+
+    assert 0 not in recorder.sent
+    assert len(recorder.sent[1]) == spec.ga.population - 5
+    assert stored.isdisjoint(recorder.sent[1])
+
+
+# --- poison tasks -----------------------------------------------------------------------------
+
+
+def best_child_of_generation_one(lab: Lab, spec: ExperimentSpec) -> tuple[str, int]:
+    """In a clean run of `spec`: the id of generation 1's best individual, and how many tasks ran
+    up to and including its own."""
+    recorder = lab.run_recorded(spec, store="clean")
+    best = lab.store("clean").get_generation(spec.name, 1)["best"]["genome_id"]
+    return best, len(recorder.sent[0]) + recorder.sent[1].index(best) + 1
+
+
+@pytest.mark.parametrize(
+    ("corrupt", "error"),
+    [(unknown_delta_kind, "delta kind 'gaussain' is unknown"), (content_not_matching_id, "does not match its content")],
+    ids=["unknown delta kind", "content not matching id"],
+)
+def test_a_corrupted_genome_is_recorded_as_an_error_never_selected_and_the_run_completes(lab, corrupt, error):
+    spec = tiny()
+    victim, _ = best_child_of_generation_one(lab, spec)
+
+    lab.run(spec, wrap=lambda executor: Poisoning(executor, victim, corrupt))
+
+    store = lab.store()
+    doc = store.get_result(result_id("tiny", 1, "evaluate", [victim]))
+    assert doc["fitness"] is None
+    assert doc["error"].startswith("ValueError: ") and error in doc["error"]
+    generation_one = store.get_generation("tiny", 1)
+    assert generation_one["stats"]["errors"] == 1
+    assert victim not in {p["id"] for p in generation_one["parents"]}
+    assert victim not in {r["genome_id"] for r in store.find_results("tiny", 2)}
+    assert store.last_generation("tiny") == GENERATIONS - 1
+    assert store.get_experiment("tiny")["status"] == "complete"
+
+
+def test_a_recorded_failure_is_not_sent_again_on_resume(lab):
+    spec = tiny()
+    victim, upto_victim = best_child_of_generation_one(lab, spec)
+    with pytest.raises(KeyboardInterrupt):
+        lab.run(spec, wrap=lambda executor: InterruptAfter(Poisoning(executor, victim, unknown_delta_kind), upto_victim))
+    assert lab.store().get_generation("tiny", 1) is None
+
+    recorder = lab.run_recorded(spec)
+
+    assert victim not in recorder.sent[1]
+    assert lab.store().get_result(result_id("tiny", 1, "evaluate", [victim]))["error"] is not None
+    assert lab.store().get_generation("tiny", 1)["stats"]["errors"] == 1
+
+
+# --- checkpoints ------------------------------------------------------------------------------
+
+
+def test_generation_docs_list_the_checkpoints_saved_every_n_generations(lab):
+    lab.run(tiny(checkpoint_every=2))
+
+    store, listed = lab.store(), set()
+    for doc in store.list_generations("tiny"):
+        ids = {c["id"] for c in doc["checkpoints"]}
+        elites = {r["genome_id"] for r in store.find_results("tiny", doc["generation"]) if r["role"] == "elite"}
+        assert ids - listed == (elites if doc["generation"] in (2, 4, 6) else set())
+        for checkpoint in doc["checkpoints"]:
+            assert Path(checkpoint["uri"].removeprefix("file://")).is_file()
+        listed = ids
+    assert listed
+
+
+def test_checkpointing_changes_no_fitness_bit(lab):
+    lab.run(tiny(checkpoint_every=2))
+    lab.run(tiny(), store="plain")
+
+    checkpointed, plain = fitness_by_individual(lab.store(), "tiny"), fitness_by_individual(lab.store("plain"), "tiny")
+    assert len(checkpointed) == individuals_in(tiny())
+    assert checkpointed == plain
+
+
+def test_checkpointing_with_crossover_changes_no_fitness_bit(lab):
+    # Crossover of rebased parents is written with a `load` delta, so child ids may differ from the
+    # plain run's; the networks, and therefore every fitness, must not.
+    lab.run(tiny(generations=10, crossover_rate=0.5, checkpoint_every=2))
+    lab.run(tiny(generations=10, crossover_rate=0.5), store="plain")
+
+    for generation in range(10):
+        checkpointed = sorted(r["fitness"] for r in lab.store().find_results("tiny", generation))
+        plain = sorted(r["fitness"] for r in lab.store("plain").find_results("tiny", generation))
+        assert checkpointed == plain
+
+
+def test_parents_after_a_checkpoint_are_the_same_genomes_rebased_on_it(lab):
+    lab.run(tiny(checkpoint_every=2))
+    lab.run(tiny(), store="plain")
+
+    for doc, plain_doc in zip(lab.store().list_generations("tiny"), lab.store("plain").list_generations("tiny"), strict=True):
+        for parent, plain in zip(doc["parents"], plain_doc["parents"], strict=True):
+            full = Genome.from_json(plain)
+            assert parent["id"] == full.id
+            if parent["base"] is None:
+                assert parent["deltas"] == plain["deltas"]
+                continue
+            cut = full.prefix_ids.index(parent["base"]["id"])
+            assert cut > 0
+            assert parent["deltas"] == plain["deltas"][cut:]
+            assert any(c["id"] == parent["base"]["id"] for c in doc["checkpoints"])
+    assert all(p["base"] is not None for p in lab.store().get_generation("tiny", GENERATIONS - 1)["parents"])
+
+
+def test_with_every_parent_an_elite_no_parent_carries_more_than_n_deltas_past_its_checkpoint(lab):
+    every = 2
+    lab.run(tiny(generations=10, elites=2, checkpoint_every=every))
+
+    for doc in lab.store().list_generations("tiny")[every:]:
+        for parent in doc["parents"]:
+            assert parent["base"] is not None
+            assert len(parent["deltas"]) <= every
+
+
+# --- across processes -------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_two_worker_processes_give_the_same_run_as_one_inline_worker(lab):
+    spec = tiny(generations=5)
+    lab.run(spec, store="inline")
+
+    executor = LocalExecutor(lab.config("local"), workers=2)
+    try:
+        scheduler.run(spec, lab.store("local"), executor)
+    finally:
+        executor.close()
+
+    local, inline = evolution(lab.store("local"), "tiny"), evolution(lab.store("inline"), "tiny")
+    assert [d["stats"]["best"] for d in local] == [d["stats"]["best"] for d in inline]
+    assert [d["stats"]["mean"] for d in local] == [d["stats"]["mean"] for d in inline]
+    assert local == inline
+    workers = {r["worker"] for r in lab.store("local").find_results("tiny")}
+    assert workers and all(not w.endswith(f"-{os.getpid()}") for w in workers)  # evaluated elsewhere
