@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -35,6 +34,7 @@ from evoarena import nets
 from evoarena.genome import Checkpoint, Genome, founder, mutate, rebase, sample_delta
 from evoarena.materialize import Materializer, ParentCache
 from evoarena.noise import open_noise
+from evoarena.spec import Settings
 
 CONVS = [{"channels": 32, "kernel": 8, "stride": 4}, {"channels": 64, "kernel": 4, "stride": 2}, {"channels": 64, "kernel": 3, "stride": 1}]
 ARCH = nets.convnet([3, 64, 64], CONVS, [4096], 10)
@@ -56,12 +56,8 @@ def checkpoint_uri(genome_id: str) -> str:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument(
-        "--noise-dir",
-        type=Path,
-        default=Path(os.environ.get("EVOARENA_NOISE_DIR") or "~/.cache/evoarena/noise").expanduser(),
-        help="where the noise table is cached (default: $EVOARENA_NOISE_DIR or ~/.cache/evoarena/noise)",
-    )
+    parser.add_argument("--noise-dir", type=Path, default=Settings.from_env().noise_dir,
+                        help="where the noise table is cached (default: $EVOARENA_NOISE_DIR or ~/.cache/evoarena/noise)")
     args = parser.parse_args()
 
     lay = nets.layout(ARCH)

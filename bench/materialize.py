@@ -29,7 +29,6 @@ The noise table (seed 1234, 2**24 samples, 64 MiB) is built once into $EVOARENA_
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import sys
 import time
@@ -42,6 +41,7 @@ from evoarena import nets
 from evoarena.genome import Genome, founder, mutate, sample_delta
 from evoarena.materialize import Materializer, ParentCache
 from evoarena.noise import NoiseTable, open_noise
+from evoarena.spec import Settings
 
 CONVS = [{"channels": 32, "kernel": 8, "stride": 4}, {"channels": 64, "kernel": 4, "stride": 2}, {"channels": 64, "kernel": 3, "stride": 1}]
 NETWORKS = {
@@ -121,12 +121,8 @@ def bench_network(arch: dict, noise: NoiseTable, quick: bool) -> list[dict]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="fewer repetitions (one full chain per deep lineage)")
-    parser.add_argument(
-        "--noise-dir",
-        type=Path,
-        default=Path(os.environ.get("EVOARENA_NOISE_DIR") or "~/.cache/evoarena/noise").expanduser(),
-        help="where the noise table is cached (default: $EVOARENA_NOISE_DIR or ~/.cache/evoarena/noise)",
-    )
+    parser.add_argument("--noise-dir", type=Path, default=Settings.from_env().noise_dir,
+                        help="where the noise table is cached (default: $EVOARENA_NOISE_DIR or ~/.cache/evoarena/noise)")
     args = parser.parse_args()
 
     torch.set_num_threads(1)

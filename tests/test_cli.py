@@ -15,6 +15,7 @@ import pytest
 import yaml
 
 from evoarena.store import ResultStore, open_store
+from conftest import evolution
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = ROOT / "experiments" / "tiny.yaml"
@@ -70,16 +71,6 @@ class Place:
 @pytest.fixture
 def place(tmp_path: Path) -> Place:
     return Place(tmp_path)
-
-
-def evolution(store: ResultStore, name: str) -> list[dict]:
-    """The generation docs minus the experiment's name and what depends on the clock or the caches."""
-    kept = ("best", "mean", "median", "worst", "evaluated", "errors")
-    return [
-        {"generation": d["generation"], "parents": d["parents"], "checkpoints": d["checkpoints"],
-         "best": d["best"], "stats": {k: d["stats"][k] for k in kept}}
-        for d in store.list_generations(name)
-    ]
 
 
 # --- bad input --------------------------------------------------------------------------------

@@ -20,6 +20,7 @@ from evoarena.genome import Genome
 from evoarena.spec import ExperimentSpec, parse_spec
 from evoarena.store import ResultStore, open_store
 from evoarena.worker import WorkerConfig, result_id
+from conftest import evolution
 
 TINY = yaml.safe_load((Path(__file__).resolve().parent.parent / "experiments" / "tiny.yaml").read_text())
 GENERATIONS = 8
@@ -144,16 +145,6 @@ def lab(tmp_path: Path) -> Iterator[Lab]:
     lab = Lab(tmp_path)
     yield lab
     lab.close()
-
-
-def evolution(store: ResultStore, name: str) -> list[dict]:
-    """The generation docs without what depends on the clock or on how warm the caches were."""
-    kept = ("best", "mean", "median", "worst", "evaluated", "errors")
-    return [
-        {"generation": d["generation"], "parents": d["parents"], "checkpoints": d["checkpoints"],
-         "best": d["best"], "stats": {k: d["stats"][k] for k in kept}}
-        for d in store.list_generations(name)
-    ]
 
 
 def individuals_in(spec: ExperimentSpec) -> int:
