@@ -22,7 +22,6 @@ from .problems import PROBLEMS
 from .spec import ExperimentSpec, spec_to_dict
 from .store import ResultStore
 
-KEEP_CHECKPOINTS = 4  # newest checkpoints remembered for rebasing; older lineages died out long ago
 
 
 class ExperimentMismatch(Exception):
@@ -114,8 +113,9 @@ def _run_generation(spec: ExperimentSpec, store: ResultStore, executor: Executor
                     population: list[ga.Individual], previous: dict | None) -> dict:
     started = time.perf_counter()
     save = spec.ga.checkpoint_every > 0 and generation > 0 and generation % spec.ga.checkpoint_every == 0
+    to_save = _checkpoint_carriers(population, previous) if save else {}
     done = {d["genome_id"] for d in store.find_results(spec.name, generation, "evaluate")}
-    tasks = [_task(spec, generation, ind, save and ind.role == "elite")
+    tasks = [_task(spec, generation, ind, to_save.get(ind.genome.id, []))
              for ind in population if ind.genome.id not in done]
     summaries = list(executor.map("evaluate", tasks))
 
@@ -130,8 +130,8 @@ def _run_generation(spec: ExperimentSpec, store: ResultStore, executor: Executor
         raise RuntimeError(f"generation {generation}: every evaluation failed; first error: {errors[0] if errors else '?'}")
 
     checkpoints = [Checkpoint(**c) for c in (previous or {}).get("checkpoints", [])]
-    checkpoints += [Checkpoint(d["genome_id"], d["checkpoint"]) for d in results.values() if d.get("checkpoint")]
-    checkpoints = checkpoints[-KEEP_CHECKPOINTS:]
+    checkpoints += [Checkpoint(**c) for ind in population for c in results[ind.genome.id].get("checkpoints", [])]
+    checkpoints = checkpoints[-2 * spec.ga.parents :]  # the last two rounds; older lineages have died out
     parents = ga.rebase_all(parents, checkpoints)
 
     fitnesses = [s.fitness for s in scored if s.fitness is not None and not math.isnan(s.fitness)]
@@ -161,7 +161,19 @@ def _run_generation(spec: ExperimentSpec, store: ResultStore, executor: Executor
     return store.get_generation(spec.name, generation)
 
 
-def _task(spec: ExperimentSpec, generation: int, ind: ga.Individual, save: bool) -> dict:
+def _checkpoint_carriers(population: list[ga.Individual], previous: dict) -> dict[str, list[dict]]:
+    """Which task saves which parent's weights: each parent rides on the first task that builds it
+    or one of its children, where the worker has (or soon has) the parent in its cache."""
+    carriers: dict[str, list[dict]] = {}
+    for parent in previous["parents"]:
+        for ind in population:
+            if parent["id"] == ind.genome.id or parent["id"] in ind.genome.parents:
+                carriers.setdefault(ind.genome.id, []).append(parent)
+                break
+    return carriers
+
+
+def _task(spec: ExperimentSpec, generation: int, ind: ga.Individual, checkpoint: list[dict]) -> dict:
     return {
         "experiment": spec.name,
         "generation": generation,
@@ -169,5 +181,5 @@ def _task(spec: ExperimentSpec, generation: int, ind: ga.Individual, save: bool)
         "role": ind.role,
         "problem": spec.problem.model_dump(mode="json"),
         "noise": spec.noise.model_dump(mode="json"),
-        "save": save,
+        "checkpoint": checkpoint,  # genomes whose weights this worker should also save
     }

@@ -211,7 +211,7 @@ class GASpec(SpecModel):
     initial_population: int | None = Field(None, ge=1)
     """Size of generation 0; when unset, `population`."""
     checkpoint_every: int = Field(0, ge=0)
-    """Every N generations, save the best weights and rebase descendants on them; 0 = never."""
+    """Every N generations, save every parent's weights and rebase descendants on them (short task messages); 0 = never."""
 
     @property
     def population(self) -> int:

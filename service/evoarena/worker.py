@@ -97,7 +97,7 @@ class Worker:
             doc.update(self._evaluate(task, Genome.from_json(genome_json)))
             doc["error"] = None
         except Exception as exc:  # a poison task: record why against the individual, do not retry
-            doc.update(fitness=None, metrics={}, build=None, checkpoint=None,
+            doc.update(fitness=None, metrics={}, build=None, checkpoints=[],
                        error=f"{type(exc).__name__}: {exc}", traceback=traceback.format_exc(limit=5))
         doc["seconds"] = time.perf_counter() - started
         self.store.put_result(doc)
@@ -110,10 +110,13 @@ class Worker:
         after = materializer.stats.as_dict()
         build = next(k for k in ("cached", "from_parent", "from_ancestor", "from_checkpoint", "full_chain") if after[k] != before[k])
         metrics = PROBLEMS[task["problem"]["kind"]].evaluate(genome.arch, weights.flat, self.data(task["problem"]))
-        checkpoint = None
-        if task.get("save"):
-            checkpoint = self.artifacts.put(genome.id, weights.tensors(genome.arch), {"experiment": task["experiment"]})
-        return {"fitness": metrics.pop("fitness"), "metrics": metrics, "build": build, "checkpoint": checkpoint}
+        checkpoints = [self._save(Genome.from_json(g), materializer, task["experiment"]) for g in task.get("checkpoint", [])]
+        return {"fitness": metrics.pop("fitness"), "metrics": metrics, "build": build, "checkpoints": checkpoints}
+
+    def _save(self, genome: Genome, materializer: Materializer, experiment: str) -> dict:
+        """Save `genome`'s weights (usually a parent still in the cache) so descendants can be rebased on them."""
+        weights = materializer.build(genome)
+        return {"id": genome.id, "uri": self.artifacts.put(genome.id, weights.tensors(genome.arch), {"experiment": experiment})}
 
 
 def _required(task: dict, *keys: str) -> list:
