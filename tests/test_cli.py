@@ -78,8 +78,8 @@ def place(tmp_path: Path) -> Place:
 BAD_FILES = {
     "negative sigma": ("name: bad\nga:\n  generations: 5\n  mutation: {sigma: -1}\n",
                        "ga.mutation.sigma = -1: must be greater than 0"),
-    "celery executor": ("name: bad\nga: {generations: 5}\nexecutor: {kind: celery}\n",
-                        "executor.kind = 'celery': the celery executor arrives with the fleet"),
+    "unknown executor": ("name: bad\nga: {generations: 5}\nexecutor: {kind: slurm}\n",
+                         "executor.kind = 'slurm': must be one of 'local' or 'celery'"),
 }
 
 

@@ -1,18 +1,40 @@
-"""The ResultStore contract: every backend must pass every test that takes the `store` fixture."""
+"""The ResultStore contract: every backend must pass every test that takes the `store` fixture.
+
+The backends: SQLite (a file and in memory), MongoStore on mongomock, and MongoStore on a real
+server when EVOARENA_TEST_MONGO_URL names one (each test gets a fresh database, dropped after).
+"""
 
 from __future__ import annotations
 
+import inspect
 import math
 import multiprocessing
+import os
 import random
 import sqlite3
+import uuid
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
+from unittest import mock
 
+import mongomock
+import pymongo
 import pytest
+from mongomock.collection import BulkOperationBuilder, Collection
+from pymongo.errors import AutoReconnect, DuplicateKeyError, NetworkTimeout, NotPrimaryError
 
-from evoarena.store import ResultStore, SQLiteStore, open_store
+from evoarena.store import (
+    MongoStore,
+    ResultStore,
+    SQLiteStore,
+    StoreUnavailable,
+    mongo,
+    open_store,
+    redact,
+)
+
+MONGO_URL = os.environ.get("EVOARENA_TEST_MONGO_URL")
 
 
 @contextmanager
@@ -27,18 +49,81 @@ def sqlite_memory(tmp_path: Path) -> Iterator[ResultStore]:
         yield store
 
 
+@contextmanager
+def mongomock_accepting_sort() -> Iterator[None]:
+    """mongomock 4.3 predates the `sort` argument pymongo 4.11 passes when ReplaceOne joins a
+    bulk write (mongomock/mongomock#912); accept it while it is None, as it always is here."""
+    original = BulkOperationBuilder.add_replace
+    if "sort" in inspect.signature(original).parameters:
+        yield
+        return
+
+    def add_replace(self, *args, sort=None, **kwargs):
+        if sort is not None:
+            raise NotImplementedError("mongomock cannot sort a bulk replace")
+        return original(self, *args, **kwargs)
+
+    with mock.patch.object(BulkOperationBuilder, "add_replace", add_replace):
+        yield
+
+
+@contextmanager
+def mongomock_db(tmp_path: Path) -> Iterator[tuple[MongoStore, pymongo.database.Database]]:
+    """A MongoStore on mongomock, and the test's own handle on the same database."""
+    client = mongomock.MongoClient()
+    with mongomock_accepting_sort(), MongoStore(client=client, database="evo") as store:
+        yield store, client["evo"]
+
+
+@contextmanager
+def real_mongodb_db(tmp_path: Path) -> Iterator[tuple[MongoStore, pymongo.database.Database]]:
+    """A MongoStore on a fresh database of the server at EVOARENA_TEST_MONGO_URL, dropped after."""
+    database = f"evoarena_test_{uuid.uuid4().hex[:12]}"
+    with pymongo.MongoClient(MONGO_URL) as client:
+        try:
+            with MongoStore(MONGO_URL, database=database) as store:
+                yield store, client[database]
+        finally:
+            client.drop_database(database)
+
+
+@contextmanager
+def mongomock_store(tmp_path: Path) -> Iterator[ResultStore]:
+    with mongomock_db(tmp_path) as (store, _):
+        yield store
+
+
+@contextmanager
+def real_mongodb(tmp_path: Path) -> Iterator[ResultStore]:
+    with real_mongodb_db(tmp_path) as (store, _):
+        yield store
+
+
 # Each backend: (test id, factory yielding a fresh empty store and cleaning up after it).
-# mongomock and a real MongoDB (when EVOARENA_TEST_MONGO_URL is set) get appended here.
 BACKENDS: list[tuple[str, Callable[[Path], AbstractContextManager[ResultStore]]]] = [
     ("sqlite-file", sqlite_file),
     ("sqlite-memory", sqlite_memory),
+    ("mongomock", mongomock_store),
 ]
+MONGO_BACKENDS = [("mongomock", mongomock_db)]
+if MONGO_URL:
+    BACKENDS.append(("mongodb", real_mongodb))
+    MONGO_BACKENDS.append(("mongodb", real_mongodb_db))
 
 
 @pytest.fixture(params=[factory for _, factory in BACKENDS], ids=[name for name, _ in BACKENDS])
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[ResultStore]:
     with request.param(tmp_path) as s:
         yield s
+
+
+@pytest.fixture(
+    params=[factory for _, factory in MONGO_BACKENDS], ids=[name for name, _ in MONGO_BACKENDS]
+)
+def mongo_db(request, tmp_path) -> Iterator[tuple[MongoStore, pymongo.database.Database]]:
+    """A MongoStore, and the test's own handle on its database."""
+    with request.param(tmp_path) as pair:
+        yield pair
 
 
 def result(_id: str, generation: int = 0, op: str = "evaluate", experiment: str = "exp", **more):
@@ -290,13 +375,200 @@ def test_open_store_relative_and_absolute_paths(tmp_path, monkeypatch):
     assert (tmp_path / "abs.db").is_file()
 
 
-@pytest.mark.parametrize("url", ["mongodb://localhost:27017/evo", "mongodb+srv://cluster/evo"])
-def test_open_store_mongo_not_yet(url):
-    with pytest.raises(NotImplementedError, match="fleet issue"):
-        open_store(url)
+@pytest.mark.parametrize(
+    ("url", "database"),
+    [
+        ("mongodb://localhost:27017/evo", "evo"),
+        ("mongodb+srv://user:pw@cluster.example.com/runs?retryWrites=true", "runs"),
+        ("mongodb://db-0:27017,db-1:27017/?replicaSet=rs0", "evoarena"),
+        ("mongodb://localhost", "evoarena"),
+    ],
+)
+def test_open_store_mongo_url_opens_database_it_names(monkeypatch, url, database):
+    clients = {}
+
+    def client_for(url):  # no server here: the store gets mongomock, and the URL is recorded
+        return clients.setdefault(url, mongomock.MongoClient())
+
+    monkeypatch.setattr(mongo, "MongoClient", client_for)
+    with mongomock_accepting_sort(), open_store(url) as store:
+        assert isinstance(store, MongoStore) and store.database == database
+        store.put_result(result("r1"))
+        assert list(clients) == [url]
+        assert clients[url][database].results.find_one({"_id": "r1"}) == result("r1")
 
 
 @pytest.mark.parametrize("url", ["postgres://x/y", "runs/x.db", "sqlite:///", ""])
 def test_open_store_unknown_url_lists_accepted(url):
     with pytest.raises(ValueError, match="sqlite:///"):
         open_store(url)
+
+
+def test_open_store_error_never_shows_a_password():
+    with pytest.raises(ValueError) as error:
+        open_store("postgres://evo:hunter2@db.example/evo")
+    assert "hunter2" not in str(error.value) and "evo:***@db.example" in str(error.value)
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("mongodb://evo:hunter2@db:27017/evo", "mongodb://evo:***@db:27017/evo"),
+        ("mongodb+srv://evo:hun%40ter2@c.example/x", "mongodb+srv://evo:***@c.example/x"),
+        ("mongodb://evo:hun@ter/2@db/evo", "mongodb://evo:***@db/evo"),  # unescaped @ and /
+        ("mongodb://evo@db/evo", "mongodb://evo@db/evo"),  # no password, nothing to hide
+        ("mongodb://db/evo?authSource=admin", "mongodb://db/evo?authSource=admin"),
+        (
+            (
+                "mongodb://db/?tlsCertificateKeyFilePassword=hunter2"
+                "&authMechanismProperties=AWS_SESSION_TOKEN:t0k"
+            ),
+            "mongodb://db/?tlsCertificateKeyFilePassword=***&authMechanismProperties=***",
+        ),
+        ("sqlite:///runs/x.db", "sqlite:///runs/x.db"),
+        ("runs/x.db", "runs/x.db"),
+    ],
+)
+def test_redact_hides_passwords_and_keeps_the_rest(url, shown):
+    assert redact(url) == shown
+
+
+# MongoDB only
+
+
+def test_mongo_indexes_exist_after_opening_and_opening_again_is_harmless(mongo_db):
+    store, db = mongo_db
+    with MongoStore(store.url, database=store.database, client=None if store.url else db.client):
+        pass
+    results = db.results.index_information()
+    assert results["results_by_step"]["key"] == [("experiment", 1), ("generation", 1), ("op", 1)]
+    assert results["results_in_order"]["key"] == [("experiment", 1), ("generation", 1), ("_id", 1)]
+    generations = db.generations.index_information()
+    assert generations["generations_by_step"]["key"] == [("experiment", 1), ("generation", 1)]
+    assert generations["generations_by_step"]["unique"] is True
+
+
+def test_mongo_stores_documents_as_they_are(mongo_db):
+    store, db = mongo_db
+    store.put_result(result("r1", fitness=math.nan, genome={"deltas": [[3, 0.02, "all"]]}))
+    store.put_generation("exp", 4, {"best": 0.5})
+    store.put_experiment("exp", {"kind": "ga"})
+    raw = db.results.find_one({"_id": "r1"})
+    assert math.isnan(raw.pop("fitness"))
+    assert raw == result("r1", genome={"deltas": [[3, 0.02, "all"]]})
+    assert db.generations.find_one() == {
+        "_id": "exp:000004", "experiment": "exp", "generation": 4, "best": 0.5
+    }
+    assert db.experiments.find_one() == {"_id": "exp", "kind": "ga"}
+
+
+def test_mongo_duplicate_ids_in_one_batch_keep_the_last(mongo_db):
+    store, _ = mongo_db
+    store.put_results([result("r1", fitness=1), result("r2"), result("r1", fitness=2)])
+    assert store.get_result("r1")["fitness"] == 2 and store.count_results("exp") == 2
+
+
+def test_mongo_closed_store_refuses_use(mongo_db):
+    store, _ = mongo_db
+    store.close()
+    with pytest.raises(RuntimeError, match="closed"):
+        store.get_result("r1")
+
+
+@pytest.fixture
+def waits(monkeypatch) -> list[float]:
+    """The backoff waits of the retry loop, recorded instead of slept."""
+    waited: list[float] = []
+    monkeypatch.setattr(mongo.time, "sleep", waited.append)
+    return waited
+
+
+def failing(monkeypatch, method: str, times: int, error: Exception) -> list[int]:
+    """Make mongomock's Collection.<method> raise `error` on its first `times` calls."""
+    calls: list[int] = []
+    original = getattr(Collection, method)
+
+    def flaky(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) <= times:
+            raise error
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(Collection, method, flaky)
+    return calls
+
+
+@pytest.mark.parametrize(
+    "error",
+    [AutoReconnect("reset"), NotPrimaryError("not primary"), NetworkTimeout("timed out")],
+    ids=lambda e: type(e).__name__,
+)
+def test_mongo_write_retried_after_connection_failure(monkeypatch, tmp_path, waits, error):
+    with mongomock_store(tmp_path) as store:
+        calls = failing(monkeypatch, "bulk_write", 2, error)
+        store.put_results([result("r1"), result("r2")])
+        assert len(calls) == 3 and waits == [0.2, 0.4]
+        assert store.count_results("exp") == 2
+
+
+def test_mongo_read_retried_after_auto_reconnect(monkeypatch, tmp_path, waits):
+    with mongomock_store(tmp_path) as store:
+        store.put_generation("exp", 3, {"best": 1.0})
+        calls = failing(monkeypatch, "find_one", 2, AutoReconnect("primary stepped down"))
+        assert store.last_generation("exp") == 3
+        assert len(calls) == 3 and waits == [0.2, 0.4]
+
+
+def test_mongo_gives_up_after_bounded_tries_with_clear_error(monkeypatch, waits):
+    client = mongomock.MongoClient()
+    with MongoStore("mongodb://evo:hunter2@db.example/evo", client=client) as store:
+        calls = failing(monkeypatch, "find_one", 100, AutoReconnect("connection refused"))
+        with pytest.raises(StoreUnavailable) as error:
+            store.get_result("r1")
+    message = str(error.value)
+    assert len(calls) == mongo.TRIES == 5 and waits == [0.2, 0.4, 0.8, 1.6]
+    assert "5 tries" in message and "read result 'r1'" in message
+    assert "connection refused" in message and "mongodb://evo:***@db.example/evo" in message
+    assert "hunter2" not in message and isinstance(error.value.__cause__, AutoReconnect)
+
+
+def test_mongo_other_errors_are_not_retried(monkeypatch, tmp_path, waits):
+    with mongomock_store(tmp_path) as store:
+        calls = failing(monkeypatch, "replace_one", 100, DuplicateKeyError("E11000"))
+        with pytest.raises(DuplicateKeyError):
+            store.put_experiment("exp", {})
+        assert len(calls) == 1 and waits == []
+
+
+def test_mongo_store_makes_a_new_client_in_a_forked_child(monkeypatch):
+    made: list[mongomock.MongoClient] = []
+
+    def new_client(url):
+        made.append(mongomock.MongoClient())
+        return made[-1]
+
+    monkeypatch.setattr(mongo, "MongoClient", new_client)
+    store = MongoStore("mongodb://db/evo")
+    store.get_result("r1")
+    assert len(made) == 1
+    monkeypatch.setattr(mongo.os, "getpid", lambda: -42)  # as if this were a forked child
+    store.get_result("r1")
+    assert len(made) == 2 and made[0] in mongo._inherited  # the parent's client is left alone
+    store.close()
+
+
+def _write_one_from_mongo_child(store: MongoStore) -> None:
+    store.put_result(result("from-child"))
+
+
+@pytest.mark.skipif(not MONGO_URL, reason="needs a MongoDB server at EVOARENA_TEST_MONGO_URL")
+def test_mongo_store_opened_before_fork_works_in_child(tmp_path):
+    with real_mongodb(tmp_path) as store:
+        store.put_result(result("from-parent"))
+        child = multiprocessing.get_context("fork").Process(
+            target=_write_one_from_mongo_child, args=(store,)
+        )
+        child.start()
+        child.join(timeout=60)
+        assert child.exitcode == 0
+        assert [d["_id"] for d in store.find_results("exp")] == ["from-child", "from-parent"]

@@ -20,6 +20,15 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("experiment", help="experiment YAML file")
     run.add_argument("--store", help="result store URL (default: $EVOARENA_STORE or sqlite:///runs/evoarena.db)")
     run.add_argument("--inline", action="store_true", help="evaluate in this process instead of a worker pool")
+    run.add_argument("--fleet", action="store_true",
+                     help="send tasks to Celery workers through $EVOARENA_BROKER_URL (same as executor.kind: celery)")
+
+    worker = commands.add_parser("worker", help="serve the fleet: a Celery worker on the shared queue and its own")
+    worker.add_argument("--name", default="evoarena@%h", help="Celery node name (default evoarena@%%h); unique per worker")
+    worker.add_argument("--concurrency", type=int, default=1, help="task processes (one per GPU)")
+    worker.add_argument("--pool", default="prefork", choices=["prefork", "threads", "solo"],
+                        help="prefork (default) keeps answering pings while a task runs; solo cannot")
+    worker.add_argument("--cache-mb", type=int, help="parent-cache budget per process (default $EVOARENA_CACHE_MB or 512)")
 
     status = commands.add_parser("status", help="where an experiment stands, from the store")
     status.add_argument("name", help="experiment name (the `name:` in its file)")
@@ -32,7 +41,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     settings = Settings.from_env()
     try:
-        return {"run": cmd_run, "status": cmd_status, "baseline": cmd_baseline}[args.command](args, settings)
+        commands = {"run": cmd_run, "status": cmd_status, "baseline": cmd_baseline, "worker": cmd_worker}
+        return commands[args.command](args, settings)
     except SpecError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -44,13 +54,11 @@ def main(argv: list[str] | None = None) -> int:
 
 def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
     spec = load_spec(args.experiment)
-    if spec.executor.kind != "local":
-        raise SpecError(args.experiment, "executor.kind",
-                        "the celery executor arrives with the fleet; accepted here: 'local'", repr(spec.executor.kind))
+    fleet = args.fleet or spec.executor.kind == "celery"
 
     from . import scheduler  # torch and friends load only once the spec is known to be good
     from .fleet.executor import InlineExecutor, LocalExecutor
-    from .store import open_store
+    from .store import open_store, redact
     from .worker import WorkerConfig
 
     store_url = args.store or settings.store
@@ -64,9 +72,16 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
     if scheduler.complete_generations(store, spec.name) >= spec.ga.generations:
         print(f"{spec.name}: already complete ({spec.ga.generations} generations); `evoarena status {spec.name}` shows it")
         return 0
-    executor = InlineExecutor(config) if args.inline else LocalExecutor(config, spec.executor.workers)
-    print(f"{spec.name}: {spec.ga.generations} generations of {spec.ga.population} "
-          f"on {'this process' if args.inline else f'{spec.executor.workers} local workers'}; store {store_url}")
+    if fleet:
+        from .fleet.app import broker_url, make_app
+        from .fleet.celery_executor import CeleryExecutor
+
+        executor, where = CeleryExecutor(make_app(), store), f"the fleet at {redact(broker_url())}"
+    elif args.inline:
+        executor, where = InlineExecutor(config), "this process"
+    else:
+        executor, where = LocalExecutor(config, spec.executor.workers), f"{spec.executor.workers} local workers"
+    print(f"{spec.name}: {spec.ga.generations} generations of {spec.ga.population} on {where}; store {redact(store_url)}")
     try:
         final = scheduler.run(spec, store, executor, on_progress=ProgressLine())
     except RuntimeError as exc:
@@ -102,6 +117,19 @@ class ProgressLine:
         else:
             self.stream.write(line + "\n")
         self.stream.flush()
+
+
+def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
+    import os
+
+    if args.cache_mb:
+        os.environ["EVOARENA_CACHE_MB"] = str(args.cache_mb)
+    from .fleet.app import app, shared_queue
+
+    # Consumes the shared queue, plus its own direct queue (worker_direct in the app's config).
+    app.worker_main(["worker", "-n", args.name, "-Q", shared_queue(), "-c", str(args.concurrency),
+                     "-P", args.pool, "-l", "WARNING", "--without-gossip", "--without-mingle"])
+    return 0
 
 
 def cmd_status(args: argparse.Namespace, settings: Settings) -> int:

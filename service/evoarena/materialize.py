@@ -180,7 +180,8 @@ class Materializer:
 
     def _replay(self, genome: Genome, weights: Weights, deltas: tuple[Delta, ...]) -> Weights:
         for i, delta in enumerate(deltas):
-            if i == len(deltas) - 1 and i > 0 and genome.prefix_ids[-2] in genome.parents:
+            parent_id = genome.prefix_ids[-2] if len(genome.prefix_ids) > 1 else None
+            if i == len(deltas) - 1 and parent_id in genome.parents and parent_id not in self.cache:
                 # Keep the parent too: its other children, next in line, then cost one delta each.
                 self.cache.put(genome.prefix_ids[-2], weights.clone())
             apply_delta(delta, weights, genome.arch, self.noise, self._load)

@@ -21,6 +21,7 @@ from .genome import Checkpoint, Genome
 from .problems import PROBLEMS
 from .spec import ExperimentSpec, spec_to_dict
 from .store import ResultStore
+from .worker import result_id
 
 
 
@@ -118,11 +119,16 @@ def _run_generation(spec: ExperimentSpec, store: ResultStore, executor: Executor
     tasks = [_task(spec, generation, ind, to_save.get(ind.genome.id, []))
              for ind in population if ind.genome.id not in done]
     summaries = list(executor.map("evaluate", tasks))
+    _record_lost(spec, store, generation, population, summaries)
 
     results = {d["genome_id"]: d for d in store.find_results(spec.name, generation, "evaluate")}
     missing = [ind.genome.id for ind in population if ind.genome.id not in results]
     if missing:
         raise RuntimeError(f"generation {generation}: {len(missing)} results never reached the store (first: {missing[0]})")
+    errors = [results[ind.genome.id] for ind in population if results[ind.genome.id].get("error")]
+    if errors and spec.ga.on_error == "stop":
+        raise RuntimeError(f"generation {generation}: individual {errors[0]['genome_id']} failed "
+                           f"({errors[0]['error']}); stopping because ga.on_error = stop")
     scored = [ga.Scored(ind.genome, results[ind.genome.id]["fitness"]) for ind in population]
     parents, elites = ga.select(scored, spec.ga)
     if not parents:
@@ -159,6 +165,25 @@ def _run_generation(spec: ExperimentSpec, store: ResultStore, executor: Executor
     }
     store.put_generation(spec.name, generation, doc)
     return store.get_generation(spec.name, generation)
+
+
+def _record_lost(spec: ExperimentSpec, store: ResultStore, generation: int,
+                 population: list[ga.Individual], summaries: list[dict]) -> None:
+    """Record the error of a task that failed before its worker could store a result (it
+    crashed its worker, or timed out), so the individual has a document and is not sent again."""
+    failed = {s["genome_id"]: s["error"] for s in summaries if s.get("error")}
+    if not failed:
+        return
+    stored = {d["genome_id"] for d in store.find_results(spec.name, generation, "evaluate")}
+    for ind in population:
+        if ind.genome.id in failed and ind.genome.id not in stored:
+            store.put_result({
+                "_id": result_id(spec.name, generation, "evaluate", [ind.genome.id]),
+                "experiment": spec.name, "generation": generation, "op": "evaluate",
+                "genome_id": ind.genome.id, "genome": ind.genome.to_json(), "parents": list(ind.genome.parents),
+                "role": ind.role, "fitness": None, "metrics": {}, "build": None, "checkpoints": [],
+                "error": failed[ind.genome.id], "worker": None, "node": None,
+            })
 
 
 def _checkpoint_carriers(population: list[ga.Individual], previous: dict) -> dict[str, list[dict]]:

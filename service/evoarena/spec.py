@@ -210,6 +210,8 @@ class GASpec(SpecModel):
     """Probability that a child is a one-point crossover of two distinct parents, then mutated."""
     initial_population: int | None = Field(None, ge=1)
     """Size of generation 0; when unset, `population`."""
+    on_error: Literal["skip", "stop"] = "skip"
+    """A failed evaluation: skip (recorded, never selected, the run goes on) or stop the run."""
     checkpoint_every: int = Field(0, ge=0)
     """Every N generations, save every parent's weights and rebase descendants on them (short task messages); 0 = never."""
 

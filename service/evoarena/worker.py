@@ -46,6 +46,7 @@ class Worker:
     def __init__(self, config: WorkerConfig):
         self.config = config
         self.name = f"{socket.gethostname()}-{os.getpid()}"
+        self.node: str | None = None  # the Celery node name, when this worker serves a fleet
         self._materializers: dict[tuple[int, int], Materializer] = {}
         self._data: dict[str, object] = {}
         if config.threads:
@@ -91,6 +92,7 @@ class Worker:
             "parents": genome_json.get("parents", []),
             "role": task.get("role", "child"),
             "worker": self.name,
+            "node": self.node,
         }
         started = time.perf_counter()
         try:
@@ -131,6 +133,23 @@ OPS = ("evaluate", "train_pair", "match", "cross_train")
 _process_worker: Worker | None = None
 
 
+def config_from_env() -> WorkerConfig:
+    """A fleet worker's configuration: Settings from the environment, plus EVOARENA_CACHE_MB,
+    EVOARENA_THREADS and EVOARENA_DEVICE (default: cuda when there is a GPU)."""
+    from .spec import Settings
+
+    settings = Settings.from_env()
+    device = os.environ.get("EVOARENA_DEVICE") or ("cuda" if torch.cuda.is_available() else "cpu")
+    return WorkerConfig(
+        store_url=settings.store,
+        artifacts_url=settings.artifacts,
+        noise_dir=str(settings.noise_dir),
+        cache_bytes=int(os.environ.get("EVOARENA_CACHE_MB", "512")) << 20,
+        device=device,
+        threads=int(os.environ.get("EVOARENA_THREADS", "0")),
+    )
+
+
 def init_process(config: WorkerConfig) -> None:
     """Set up this process's Worker (a pool initializer, or Celery's worker_process_init)."""
     global _process_worker
@@ -142,6 +161,14 @@ def run_task(op: str, task: dict) -> dict:
     if _process_worker is None:
         raise RuntimeError("this process has no worker: call init_process(config) first")
     return run_on(_process_worker, op, task)
+
+
+def process_worker() -> Worker:
+    """This process's Worker, created from the environment on first use (a Celery pool process:
+    CUDA is touched here, after the worker process started, never in the parent)."""
+    if _process_worker is None:
+        init_process(config_from_env())
+    return _process_worker
 
 
 def run_on(worker: Worker, op: str, task: dict) -> dict:

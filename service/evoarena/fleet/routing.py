@@ -9,6 +9,7 @@ the head of the queue when it holds none (an idle worker costs more than one reb
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Hashable
 
 
 class AffinityRouter:
@@ -16,17 +17,17 @@ class AffinityRouter:
         self.remember = remember
         self._holder: OrderedDict[str, int] = OrderedDict()
 
-    def record(self, worker: int, genome_id: str) -> None:
+    def record(self, worker: Hashable, genome_id: str) -> None:
         """`worker` has built `genome_id` (and so caches it, for a while)."""
         self._holder[genome_id] = worker
         self._holder.move_to_end(genome_id)
         if len(self._holder) > self.remember:
             self._holder.popitem(last=False)
 
-    def holder(self, genome_id: str) -> int | None:
+    def holder(self, genome_id: str) -> Hashable | None:
         return self._holder.get(genome_id)
 
-    def pick(self, queue: list[dict], worker: int, lookahead: int = 256) -> int:
+    def pick(self, queue: list[dict], worker: Hashable, lookahead: int = 256) -> int:
         """Index in `queue` of the task `worker` should take next: the first task whose genome or
         parent it holds, else the head of the queue (an idle worker costs more than a rebuild)."""
         for i, task in enumerate(queue[:lookahead]):

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import re
+
 from .artifacts import ArtifactError, ArtifactStore, LocalArtifacts, open_artifacts
 from .base import RESULT_KEYS, ResultStore, check_result, generation_id
+from .mongo import MongoStore, StoreUnavailable
+from .s3 import S3Artifacts
 from .sqlite import SQLiteStore
 
 __all__ = [
@@ -11,12 +15,16 @@ __all__ = [
     "ArtifactError",
     "ArtifactStore",
     "LocalArtifacts",
+    "MongoStore",
     "ResultStore",
+    "S3Artifacts",
     "SQLiteStore",
+    "StoreUnavailable",
     "check_result",
     "generation_id",
     "open_artifacts",
     "open_store",
+    "redact",
 ]
 
 ACCEPTED_URLS = (
@@ -26,17 +34,41 @@ ACCEPTED_URLS = (
 
 
 def open_store(url: str) -> ResultStore:
-    """The result store a URL names, e.g. "sqlite:///runs/evoarena.db"."""
+    """The result store a URL names, e.g. "sqlite:///runs/evoarena.db" or
+    "mongodb://user:password@host:27017/evoarena" (the database defaults to evoarena)."""
     if url in ("sqlite://:memory:", "sqlite:///:memory:"):
         return SQLiteStore(":memory:")
     if url.startswith("sqlite:///"):
         path = url.removeprefix("sqlite:///")  # "rel/x.db", or "/abs/x.db" from sqlite:////
         if not path:
-            raise ValueError(f"store URL {url!r} names no file; accepted: {ACCEPTED_URLS}")
+            raise ValueError(f"store URL {redact(url)!r} names no file; accepted: {ACCEPTED_URLS}")
         return SQLiteStore(path)
     if url.startswith(("mongodb://", "mongodb+srv://")):
-        raise NotImplementedError(
-            f"store URL {url!r}: the MongoDB store arrives with the fleet issue; "
-            "use sqlite:///path.db for now"
-        )
-    raise ValueError(f"unknown store URL {url!r}; accepted: {ACCEPTED_URLS}")
+        return MongoStore(url)
+    raise ValueError(f"unknown store URL {redact(url)!r}; accepted: {ACCEPTED_URLS}")
+
+
+# Query options of a MongoDB (or any) URL whose values are secrets.
+_SECRET_OPTION = re.compile(r"(?i)pass|secret|token|authmechanismproperties")
+
+
+def redact(url: str) -> str:
+    """`url` with the password of its user info and the values of secret-looking query
+    options replaced by "***": what may appear in logs and error messages."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return url
+    if "@" in rest:
+        # The last "@" ends the user info even when a password holds an unescaped "@", "/"
+        # or "?"; should it be in a query value instead, more is hidden, never less.
+        user_info, _, rest = rest.rpartition("@")
+        user, colon, _password = user_info.partition(":")
+        rest = f"{user}{colon and ':***'}@{rest}"
+    before, question, query = rest.partition("?")
+    if question:
+        options = []
+        for option in query.split("&"):
+            name, equals, _value = option.partition("=")
+            options.append(f"{name}=***" if equals and _SECRET_OPTION.search(name) else option)
+        query = "&".join(options)
+    return f"{scheme}://{before}{question}{query}"

@@ -54,6 +54,12 @@ def check_key(key: str) -> None:
         )
 
 
+def safetensors_metadata(data: bytes) -> dict[str, str]:
+    """The `__metadata__` of a safetensors file, read from its header alone."""
+    (header_len,) = struct.unpack("<Q", data[:8])  # safetensors: u64 length, JSON header
+    return json.loads(data[8 : 8 + header_len]).get("__metadata__", {})
+
+
 def _write_atomically(path: Path, data: bytes) -> None:
     """Write `data` to `path` so that readers see the old file or the new, never a part."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -126,22 +132,19 @@ class LocalArtifacts:
 
     def metadata(self, uri: str) -> dict[str, str]:
         """The metadata stored with the tensors at `uri` (verified like get)."""
-        data = self._verified_bytes(uri)
-        (header_len,) = struct.unpack("<Q", data[:8])  # safetensors: u64 length, JSON header
-        return json.loads(data[8 : 8 + header_len]).get("__metadata__", {})
+        return safetensors_metadata(self._verified_bytes(uri))
 
     def __repr__(self) -> str:
         return f"LocalArtifacts({str(self.root)!r})"
 
 
 def open_artifacts(url_or_path: str | os.PathLike[str]) -> ArtifactStore:
-    """The artifact store a directory path or file:// URL names."""
+    """The artifact store a directory path, file:// URL or s3://bucket/prefix URL names."""
     text = str(url_or_path)
     if text.startswith("s3://"):
-        raise NotImplementedError(
-            f"artifact URL {text!r}: the S3 store arrives with the fleet issue; "
-            "use a directory path or file:// URL for now"
-        )
+        from .s3 import S3Artifacts  # here, not at the top: s3.py builds on this module
+
+        return S3Artifacts(text)
     if text.startswith("file://"):
         parsed = urlparse(text)
         if parsed.netloc not in ("", "localhost"):

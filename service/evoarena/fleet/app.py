@@ -1,0 +1,92 @@
+"""The Celery app of the fleet: JSON only, late acks, one task at a time per process.
+
+Workers consume the shared queue (`EVOARENA_QUEUE`, default "evoarena") and, with
+`worker_direct`, a queue of their own (`<node>.dq2`) through which the scheduler sends a child
+to the worker that holds its parent. Tasks are thin: each calls `worker.run_on`, the same
+function the local executors call.
+
+Time limits: a task is killed after its op's hard limit. RabbitMQ's consumer_timeout (the time
+a delivery may stay unacknowledged; the chart sets it) must be longer than the longest hard
+limit, or the broker closes the channel of a worker that is still busy.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import time
+
+from celery import Celery
+from kombu import Queue
+
+from .. import worker as work
+
+# (soft, hard) limits in seconds per op. Long training is split into chunks below these.
+TIME_LIMITS = {
+    "evaluate": (600, 900),
+    "train_pair": (1500, 1800),
+    "match": (1500, 1800),
+    "cross_train": (1500, 1800),
+}
+LONGEST_TASK_S = max(hard for _, hard in TIME_LIMITS.values())
+
+
+def broker_url() -> str:
+    return os.environ.get("EVOARENA_BROKER_URL") or "amqp://guest:guest@127.0.0.1:5672//"
+
+
+def shared_queue() -> str:
+    return os.environ.get("EVOARENA_QUEUE") or "evoarena"
+
+
+def make_app(broker: str | None = None, queue: str | None = None) -> Celery:
+    queue = queue or shared_queue()
+    app = Celery("evoarena", broker=broker or broker_url(), backend="rpc://")
+    app.conf.update(
+        # invariant 7: nothing but JSON crosses the broker, in either direction
+        task_serializer="json",
+        result_serializer="json",
+        accept_content=["json"],
+        result_accept_content=["json"],
+        # a task is acknowledged when it is done, and requeued if its worker dies mid-way
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        worker_cancel_long_running_tasks_on_connection_loss=True,
+        task_default_queue=queue,
+        task_queues=[Queue(queue, durable=True)],
+        worker_direct=True,
+        task_default_delivery_mode="persistent",
+        broker_connection_retry_on_startup=True,
+        broker_connection_max_retries=None,
+        result_expires=3600,
+        worker_hijack_root_logger=False,
+        worker_redirect_stdouts=False,  # the per-task JSON lines go to stdout as they are
+        worker_send_task_events=False,
+    )
+    for op in work.OPS:
+        _register(app, op)
+    return app
+
+
+def _register(app: Celery, op: str) -> None:
+    soft, hard = TIME_LIMITS[op]
+
+    @app.task(name=f"evoarena.{op}", bind=True, soft_time_limit=soft, time_limit=hard)
+    def task(self, payload: dict) -> dict:
+        started = time.perf_counter()
+        worker = work.process_worker()
+        worker.node = self.request.hostname
+        summary = work.run_on(worker, op, payload)
+        summary["node"] = worker.node
+        # one JSON line per task on stdout, for `kubectl logs`
+        print(json.dumps({"op": op, "genome": payload.get("genome", {}).get("id"), "node": summary["node"],
+                          "build": summary.get("build"), "error": summary.get("error"),
+                          "seconds": round(time.perf_counter() - started, 4)}), file=sys.stdout, flush=True)
+        return summary
+
+
+app = make_app()
+logging.getLogger("celery").setLevel(os.environ.get("EVOARENA_LOG_LEVEL", "WARNING"))

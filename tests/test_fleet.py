@@ -1,0 +1,252 @@
+"""The fleet against the real RabbitMQ on 127.0.0.1:5672: worker processes, kills, poison, a broker restart.
+
+Each test gets its own shared queue and worker names, so tests never see each other's tasks.
+The store is a SQLite file every process opens (the fleet's MongoDB is covered by the store
+contract suite); what is checked is what the broker and the workers do.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from conftest import evolution
+from evoarena import scheduler
+from evoarena.fleet.app import make_app
+from evoarena.fleet.celery_executor import CeleryExecutor
+from evoarena.fleet.executor import InlineExecutor
+from evoarena.spec import parse_spec
+from evoarena.store import open_store
+from evoarena.worker import WorkerConfig
+
+pytestmark = pytest.mark.slow
+BROKER = "amqp://guest:guest@127.0.0.1:5672//"
+
+
+def broker_up() -> bool:
+    try:
+        with make_app(BROKER, "probe").connection_for_write() as conn:
+            conn.ensure_connection(max_retries=1)
+        return True
+    except Exception:
+        return False
+
+
+if not broker_up():
+    pytest.fail("RabbitMQ is not reachable on 127.0.0.1:5672: start it with `rabbitmq-server -detached` "
+                "(.ci/run does)", pytrace=False)
+
+
+def spec_dict(name: str, generations: int = 5, slow: bool = False) -> dict:
+    """tiny.yaml, or with `slow` a problem whose evaluations take a few hundred ms."""
+    problem = {"kind": "memorize", "image": [3, 16, 16], "classes": 4, "batch_size": 8, "train_batches": 2,
+               "val_batches": 1}
+    network = {"convs": [{"channels": 4, "kernel": 4, "stride": 2}], "hidden": [16]}
+    if slow:
+        problem.update(image=[3, 64, 64], batch_size=64, train_batches=8)
+        network = {"convs": [{"channels": 32, "kernel": 8, "stride": 4}], "hidden": [64]}
+    return {"name": name, "problem": problem, "network": network, "noise": {"size": 1 << 20},
+            "ga": {"generations": generations, "parents": 2, "children_per_parent": 3, "elites": 1}}
+
+
+class Fleet:
+    """Worker processes on a private queue, and a scheduler-side app and store to drive them."""
+
+    def __init__(self, tmp: Path):
+        self.tmp = tmp
+        self.tag = uuid.uuid4().hex[:8]
+        self.queue = f"evoarena-test-{self.tag}"
+        self.env = {**os.environ, "EVOARENA_BROKER_URL": BROKER, "EVOARENA_QUEUE": self.queue,
+                    "EVOARENA_STORE": f"sqlite:///{tmp}/fleet.db", "EVOARENA_ARTIFACTS": str(tmp / "artifacts"),
+                    "EVOARENA_NOISE_DIR": str(tmp / "noise"), "EVOARENA_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+        self.app = make_app(BROKER, self.queue)
+        self.store = open_store(self.env["EVOARENA_STORE"])
+        self.workers: dict[str, subprocess.Popen] = {}
+
+    def start(self, name: str) -> str:
+        node = f"{name}-{self.tag}@test"
+        log = open(self.tmp / f"{name}.log", "w")
+        self.workers[node] = subprocess.Popen(
+            [sys.executable, "-m", "evoarena.cli", "worker", "--name", node],
+            env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        return node
+
+    def wait_ready(self, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            alive = {n for r in self.app.control.ping(destination=list(self.workers), timeout=1.0) for n in r}
+            if alive >= set(self.workers):
+                return
+        raise AssertionError(f"workers {set(self.workers)} did not answer within {timeout}s")
+
+    def kill(self, node: str) -> None:
+        os.killpg(self.workers[node].pid, signal.SIGKILL)
+        self.workers[node].wait()
+
+    def executor(self) -> CeleryExecutor:
+        return CeleryExecutor(self.app, self.store, ping_every=1.0, store_every=1.0)
+
+    def log(self, node: str) -> str:
+        return (self.tmp / f"{node.split('-')[0]}.log").read_text()
+
+    def close(self) -> None:
+        for proc in self.workers.values():
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGTERM)
+        for proc in self.workers.values():
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+        with self.app.connection_for_write() as conn:
+            channel = conn.default_channel
+            for name in [self.queue, *(f"{n}.dq2" for n in self.workers)]:
+                try:
+                    channel.queue_delete(name)
+                except Exception:
+                    channel = conn.channel()
+        self.store.close()
+
+
+@pytest.fixture
+def fleet(tmp_path):
+    f = Fleet(tmp_path)
+    yield f
+    f.close()
+
+
+def local_reference(tmp: Path, spec) -> list[dict]:
+    store = open_store(f"sqlite:///{tmp}/reference.db")
+    config = WorkerConfig(store_url=f"sqlite:///{tmp}/reference.db", artifacts_url=str(tmp / "ref-artifacts"),
+                          noise_dir=str(tmp / "noise"), threads=1)
+    scheduler.run(spec, store, InlineExecutor(config))
+    return evolution(store, spec.name)
+
+
+def assert_one_result_per_individual(store, spec) -> None:
+    for generation in range(spec.ga.generations):
+        docs = store.find_results(spec.name, generation, "evaluate")
+        ids = [d["genome_id"] for d in docs]
+        assert len(ids) == len(set(ids)) == (spec.ga.initial_population or spec.ga.population)
+
+
+def test_two_workers_run_the_same_experiment_as_a_local_run(fleet, tmp_path):
+    spec = parse_spec(spec_dict("fleet-e2e", generations=6))
+    for name in ("alpha", "beta"):
+        fleet.start(name)
+    fleet.wait_ready()
+
+    scheduler.run(spec, fleet.store, fleet.executor())
+
+    assert evolution(fleet.store, spec.name) == local_reference(tmp_path, spec)
+    assert_one_result_per_individual(fleet.store, spec)
+    nodes = {d["node"] for d in fleet.store.find_results(spec.name)}
+    assert nodes == set(fleet.workers)  # both workers took part
+    assert '"op": "evaluate"' in fleet.log("alpha")  # one JSON line per task for kubectl logs
+
+
+def test_a_worker_killed_mid_task_loses_nothing_and_duplicates_nothing(fleet, tmp_path):
+    spec = parse_spec(spec_dict("fleet-kill", generations=5, slow=True))
+    victim, survivor = fleet.start("victim"), fleet.start("survivor")
+    fleet.wait_ready()
+
+    def kill_when_busy():
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:  # once the victim has finished a few tasks it is mid-way through another
+            if fleet.log(victim).count('"op"') >= 4:
+                fleet.kill(victim)
+                return
+            time.sleep(0.05)
+
+    killer = threading.Thread(target=kill_when_busy)
+    killer.start()
+    scheduler.run(spec, fleet.store, fleet.executor())
+    killer.join()
+
+    assert fleet.workers[victim].returncode is not None, "the victim was never killed"
+    assert evolution(fleet.store, spec.name) == local_reference(tmp_path, spec)
+    assert_one_result_per_individual(fleet.store, spec)
+    later = [d for d in fleet.store.find_results(spec.name) if d["generation"] >= 3]
+    assert {d["node"] for d in later} == {survivor}
+
+
+def test_a_poison_genome_is_recorded_once_and_the_run_goes_on(fleet):
+    spec = parse_spec(spec_dict("fleet-poison", generations=4))
+    fleet.start("alpha")
+    fleet.wait_ready()
+    executor = fleet.executor()
+    poisoned = []
+
+    class Poisoning:
+        def map(self, op, tasks):
+            for task in tasks:
+                if task["generation"] == 1 and not poisoned and task["role"] == "child":
+                    task["genome"]["deltas"][-1]["k"] = "no-such-kind"  # cannot be built
+                    poisoned.append(task["genome"]["id"])
+            return executor.map(op, tasks)
+
+        def close(self):
+            pass
+
+    scheduler.run(spec, fleet.store, Poisoning())
+
+    doc = fleet.store.get_result(f"fleet-poison:000001:evaluate:{poisoned[0]}")
+    assert doc["fitness"] is None and "no-such-kind" in doc["error"]
+    assert fleet.log("alpha").count(poisoned[0]) == 1  # delivered once, not redelivered
+    assert all(poisoned[0] not in [p["id"] for p in g["parents"]] for g in fleet.store.list_generations(spec.name))
+    assert fleet.store.last_generation(spec.name) == spec.ga.generations - 1
+
+
+def test_a_poison_genome_stops_the_run_when_the_spec_says_so(fleet):
+    spec = parse_spec({**spec_dict("fleet-poison-stop", generations=4),
+                       "ga": {**spec_dict("x")["ga"], "generations": 4, "on_error": "stop"}})
+    fleet.start("alpha")
+    fleet.wait_ready()
+    executor = fleet.executor()
+
+    class Poisoning:
+        def map(self, op, tasks):
+            tasks[-1]["genome"]["deltas"].append({"k": "no-such-kind"})  # the id check fails too
+            return executor.map(op, tasks)
+
+        def close(self):
+            pass
+
+    with pytest.raises(RuntimeError, match="failed .*stopping because ga.on_error = stop"):
+        scheduler.run(spec, fleet.store, Poisoning())
+    assert fleet.store.last_generation(spec.name) is None
+
+
+@pytest.mark.skipif(shutil.which("rabbitmqctl") is None, reason="needs rabbitmqctl to restart the broker")
+def test_the_run_survives_a_broker_restart(fleet, tmp_path):
+    spec = parse_spec(spec_dict("fleet-restart", generations=8, slow=True))
+    fleet.start("alpha")
+    fleet.start("beta")
+    fleet.wait_ready()
+
+    def restart_broker():
+        while fleet.store.last_generation(spec.name) is None:
+            time.sleep(0.1)
+        subprocess.run(["rabbitmqctl", "stop_app"], check=True, capture_output=True)
+        time.sleep(3)
+        subprocess.run(["rabbitmqctl", "start_app"], check=True, capture_output=True)
+
+    restarter = threading.Thread(target=restart_broker)
+    restarter.start()
+    try:
+        scheduler.run(spec, fleet.store, fleet.executor())
+    finally:
+        restarter.join()
+        subprocess.run(["rabbitmqctl", "start_app"], capture_output=True)  # never leave the broker stopped
+
+    assert evolution(fleet.store, spec.name) == local_reference(tmp_path, spec)
+    assert_one_result_per_individual(fleet.store, spec)
