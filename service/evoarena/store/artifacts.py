@@ -60,6 +60,14 @@ def safetensors_metadata(data: bytes) -> dict[str, str]:
     return json.loads(data[8 : 8 + header_len]).get("__metadata__", {})
 
 
+def verified(data: bytes, expected: str, what: str, source: str) -> bytes:
+    """`data` if its sha256 is `expected`; ArtifactError naming `what` and the checksum's `source` if not."""
+    actual = hashlib.sha256(data).hexdigest()
+    if actual != expected:
+        raise ArtifactError(f"{what} is corrupt: sha256 {actual}, expected {expected} from {source}")
+    return data
+
+
 def _write_atomically(path: Path, data: bytes) -> None:
     """Write `data` to `path` so that readers see the old file or the new, never a part."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -119,13 +127,7 @@ class LocalArtifacts:
             expected = sum_path.read_text().split()[0]
         except (FileNotFoundError, IndexError) as e:
             raise ArtifactError(f"artifact {uri!r} is missing or has no checksum: {e}") from None
-        actual = hashlib.sha256(data).hexdigest()
-        if actual != expected:
-            raise ArtifactError(
-                f"artifact {uri!r} is corrupt: sha256 {actual}, "
-                f"expected {expected} from {sum_path.name}"
-            )
-        return data
+        return verified(data, expected, f"artifact {uri!r}", sum_path.name)
 
     def get(self, uri: str) -> dict[str, torch.Tensor]:
         return load_safetensors(self._verified_bytes(uri))

@@ -24,7 +24,7 @@ from botocore.exceptions import ClientError
 from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 
-from .artifacts import ArtifactError, check_key, safetensors_metadata
+from .artifacts import ArtifactError, check_key, safetensors_metadata, verified
 
 ENDPOINT_ENV = "EVOARENA_S3_ENDPOINT_URL"
 SUFFIX = ".safetensors"
@@ -126,13 +126,7 @@ class S3Artifacts:
             raise ArtifactError(
                 f"artifact {key!r} at {uri} has no checksum (object metadata 'sha256')"
             )
-        actual = hashlib.sha256(data).hexdigest()
-        if actual != expected:
-            raise ArtifactError(
-                f"artifact {key!r} at {uri} is corrupt: sha256 {actual}, "
-                f"expected {expected} from its object metadata"
-            )
-        return data
+        return verified(data, expected, f"artifact {key!r} at {uri}", "its object metadata")
 
     def get(self, uri: str) -> dict[str, torch.Tensor]:
         return load_safetensors(self._verified_bytes(uri))
