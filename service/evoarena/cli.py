@@ -1,4 +1,4 @@
-"""`evoarena run | status | baseline`: the command line.
+"""`evoarena run | status | baseline | worker | submit`: the command line.
 
 Exit codes: 0 done, 1 the run failed, 2 bad input (nothing ran), 130 interrupted (run again to continue).
 """
@@ -9,6 +9,7 @@ import argparse
 import sys
 import time
 
+from . import submit
 from .spec import Settings, SpecError, load_spec, validate_name
 
 
@@ -38,10 +39,13 @@ def main(argv: list[str] | None = None) -> int:
     baseline.add_argument("experiment", help="experiment YAML file")
     baseline.add_argument("--epochs", type=int, help="override baseline.epochs")
 
+    submit.add_parser(commands)
+
     args = parser.parse_args(argv)
     settings = Settings.from_env()
     try:
-        commands = {"run": cmd_run, "status": cmd_status, "baseline": cmd_baseline, "worker": cmd_worker}
+        commands = {"run": cmd_run, "status": cmd_status, "baseline": cmd_baseline, "worker": cmd_worker,
+                    "submit": submit.cmd_submit}
         return commands[args.command](args, settings)
     except SpecError as exc:
         print(f"error: {exc}", file=sys.stderr)

