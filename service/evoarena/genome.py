@@ -259,6 +259,16 @@ def rebase(genome: Genome, checkpoint: Checkpoint) -> Genome:
     return replace(genome, base=checkpoint, deltas=genome.deltas[j:], _prefix_ids=ids[j:])
 
 
+def ancestor(genome: Genome, ancestor_id: str) -> Genome:
+    """The ancestor of `genome` whose id is `ancestor_id`, rebuilt from the front of its own delta
+    list (so a message that names an ancestor need not carry it). ValueError if it is not there."""
+    ids = genome.prefix_ids
+    if ancestor_id not in ids:
+        raise ValueError(f"{ancestor_id} is not an ancestor in the delta list of genome {genome.id}")
+    j = ids.index(ancestor_id)
+    return replace(genome, deltas=genome.deltas[:j], parents=(ids[j - 1],) if j > 0 else (), _prefix_ids=ids[: j + 1])
+
+
 def sample_delta(rng: np.random.Generator, kind: str, sigma: float, tau: float, lay: Layout, noise_size: int) -> Delta:
     """A random mutation of the given kind (spec: ga.mutation) for a network laid out as `lay`."""
 

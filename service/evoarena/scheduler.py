@@ -186,19 +186,20 @@ def _record_lost(spec: ExperimentSpec, store: ResultStore, generation: int,
             })
 
 
-def _checkpoint_carriers(population: list[ga.Individual], previous: dict) -> dict[str, list[dict]]:
-    """Which task saves which parent's weights: each parent rides on the first task that builds it
-    or one of its children, where the worker has (or soon has) the parent in its cache."""
-    carriers: dict[str, list[dict]] = {}
+def _checkpoint_carriers(population: list[ga.Individual], previous: dict) -> dict[str, list[str]]:
+    """Which task saves which parent's weights: each parent rides, by id, on the first task whose
+    genome lists it as an ancestor (itself, or a mutation child), whose worker has (or soon has)
+    the parent in its cache. A parent whose children are all crossovers waits for the next round."""
+    carriers: dict[str, list[str]] = {}
     for parent in previous["parents"]:
         for ind in population:
-            if parent["id"] == ind.genome.id or parent["id"] in ind.genome.parents:
-                carriers.setdefault(ind.genome.id, []).append(parent)
+            if parent["id"] in ind.genome.prefix_ids[-2:]:
+                carriers.setdefault(ind.genome.id, []).append(parent["id"])
                 break
     return carriers
 
 
-def _task(spec: ExperimentSpec, generation: int, ind: ga.Individual, checkpoint: list[dict]) -> dict:
+def _task(spec: ExperimentSpec, generation: int, ind: ga.Individual, checkpoint: list[str]) -> dict:
     return {
         "experiment": spec.name,
         "generation": generation,
@@ -206,5 +207,5 @@ def _task(spec: ExperimentSpec, generation: int, ind: ga.Individual, checkpoint:
         "role": ind.role,
         "problem": spec.problem.model_dump(mode="json"),
         "noise": spec.noise.model_dump(mode="json"),
-        "checkpoint": checkpoint,  # genomes whose weights this worker should also save
+        "checkpoint": checkpoint,  # ids of ancestors in the genome's list whose weights to save too
     }

@@ -16,7 +16,7 @@ from functools import cached_property
 
 import torch
 
-from .genome import Genome
+from .genome import Genome, ancestor
 from .materialize import Materializer, ParentCache
 from .noise import open_noise
 from .problems import PROBLEMS
@@ -112,7 +112,7 @@ class Worker:
         after = materializer.stats.as_dict()
         build = next(k for k in ("cached", "from_parent", "from_ancestor", "from_checkpoint", "full_chain") if after[k] != before[k])
         metrics = PROBLEMS[task["problem"]["kind"]].evaluate(genome.arch, weights.flat, self.data(task["problem"]))
-        checkpoints = [self._save(Genome.from_json(g), materializer, task["experiment"]) for g in task.get("checkpoint", [])]
+        checkpoints = [self._save(ancestor(genome, i), materializer, task["experiment"]) for i in task.get("checkpoint", [])]
         return {"fitness": metrics.pop("fitness"), "metrics": metrics, "build": build, "checkpoints": checkpoints}
 
     def _save(self, genome: Genome, materializer: Materializer, experiment: str) -> dict:
