@@ -37,6 +37,9 @@ bench: install
 	$(PY) bench/encoding.py
 	$(PY) bench/materialize.py
 	$(PY) bench/memorize.py
+	$(PY) bench/message.py
+	$(PY) bench/dispatch.py      # these two need RabbitMQ on 127.0.0.1:5672
+	$(PY) bench/affinity.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .hypothesis

@@ -68,6 +68,12 @@ def make_app(broker: str | None = None, queue: str | None = None) -> Celery:
     )
     for op in work.OPS:
         _register(app, op)
+
+    @app.task(name="evoarena.noop", bind=True)
+    def noop(self) -> dict:
+        """Does nothing: bench/dispatch.py measures the fleet's per-task overhead with it."""
+        return {"node": self.request.hostname}
+
     return app
 
 

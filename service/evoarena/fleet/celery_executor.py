@@ -62,12 +62,13 @@ class CeleryExecutor:
     def map(self, op: str, tasks: list[dict]) -> Iterator[dict]:
         queue = list(tasks)
         pending: dict[str, Sent] = {}
+        started: set[str] = set()
         deadline = TIME_LIMITS[op][1] * 2 + 60  # a task this late crashed every worker that took it
         if self.nodes is None:
             self.nodes = self._ping()
         last_ping = last_store = time.monotonic()
         while queue or pending:
-            self._dispatch(op, queue, pending)
+            self._dispatch(op, queue, pending, started)
             yield from self._collect(pending, timeout=0.25, first_only=bool(queue))
             now = time.monotonic()
             if now - last_store > self.store_every:
@@ -83,20 +84,28 @@ class CeleryExecutor:
 
     # --- sending ----------------------------------------------------------------------------
 
-    def _dispatch(self, op: str, queue: list[dict], pending: dict[str, Sent]) -> None:
+    def _dispatch(self, op: str, queue: list[dict], pending: dict[str, Sent], started: set[str]) -> None:
+        """Send what can be sent now. `started`: parents with a child already sent in this map call."""
         live = sorted(self.nodes)
         held = {n: sum(1 for s in pending.values() if s.node == n) for n in live}
         shared_busy = any(s.node is None for s in pending.values())
         # tasks nobody live holds go to the shared queue at once
         for task in [t for t in queue if self._holder(t) is None]:
             queue.remove(task)
-            self._send(op, task, None, pending)
+            self._send(op, task, None, pending, started)
         for node in live:
             while queue and held[node] < self.backlog:
                 index = self.router.pick(queue, node) if self.router else 0
-                if self._holder(queue[index]) != node and (held[node] > 0 or shared_busy):
-                    break  # only an idle worker takes another holder's task
-                self._send(op, queue.pop(index), node, pending)
+                if self._holder(queue[index]) != node:
+                    if held[node] > 0 or shared_busy:
+                        break  # only an idle worker takes another holder's task
+                    # It takes a whole sibling group the holder has not started (else the task the
+                    # holder would reach last), and the group's parent with it: the siblings then
+                    # follow it through its direct queue, which runs in order, and find the parent cached.
+                    index = next((i for i, t in enumerate(queue) if _parent(t) not in started), len(queue) - 1)
+                    if self.router and (parent := _parent(queue[index])):
+                        self.router.record(node, parent)
+                self._send(op, queue.pop(index), node, pending, started)
                 held[node] += 1
 
     def _holder(self, task: dict) -> str | None:
@@ -109,7 +118,8 @@ class CeleryExecutor:
                 return node
         return None
 
-    def _send(self, op: str, task: dict, node: str | None, pending: dict[str, Sent]) -> None:
+    def _send(self, op: str, task: dict, node: str | None, pending: dict[str, Sent], started: set[str]) -> None:
+        started.add(_parent(task))
         task_id = result_id(task["experiment"], task["generation"], op, [task["genome"]["id"]])
         options = {"queue": worker_direct(node)} if node else {}
         result = self.app.send_task(f"evoarena.{op}", args=(task,), task_id=task_id, retry=True,
@@ -187,7 +197,7 @@ class CeleryExecutor:
             if sent.node in dead:
                 log.warning("worker %s is gone; sending %s to the shared queue", sent.node, task_id)
                 del pending[task_id]
-                self._send(op, sent.task, None, pending)
+                self._send(op, sent.task, None, pending, set())
         for node in dead:
             self._delete_direct_queue(node)
 
@@ -198,3 +208,9 @@ class CeleryExecutor:
                 conn.default_channel.queue_delete(worker_direct(node).name)
         except (OperationalError, ConnectionError, OSError) as exc:
             log.warning("could not delete the queue of %s (%s)", node, exc)
+
+
+def _parent(task: dict) -> str | None:
+    """The one parent of a mutation child (None for founders and crossover children)."""
+    parents = task["genome"].get("parents", [])
+    return parents[0] if len(parents) == 1 else None
