@@ -38,7 +38,8 @@ import tempfile
 from collections import Counter
 from pathlib import Path
 
-from dispatch import Workers, stop_on_sigterm
+from dispatch import stop_on_sigterm
+from evoarena.fleet.local_workers import LocalWorkers
 
 from evoarena import scheduler
 from evoarena.fleet.celery_executor import CeleryExecutor
@@ -57,7 +58,7 @@ def run_mode(spec, affinity: bool, tmp: Path, verbose: bool) -> dict:
            "EVOARENA_NOISE_DIR": str(Settings.from_env().noise_dir), "EVOARENA_THREADS": "1"}
     store = open_store(env["EVOARENA_STORE"])
     try:
-        with Workers(tmp, env) as fleet:
+        with LocalWorkers(tmp, env, label="bench") as fleet:
             for name in ("alpha", "beta"):
                 fleet.start(name)
             fleet.wait_ready()

@@ -18,7 +18,7 @@ The workers and their queues are removed at the end, also when the bench fails o
     python bench/dispatch.py                 # RabbitMQ on $EVOARENA_BROKER_URL or 127.0.0.1:5672
     python bench/dispatch.py --tasks 2000 --samples 500
 
-`Workers` is also what bench/affinity.py starts its fleet with.
+Worker processes come from `evoarena.fleet.local_workers`, as in bench/affinity.py and the tests.
 """
 
 from __future__ import annotations
@@ -27,78 +27,18 @@ import argparse
 import os
 import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
-import uuid
 from collections import Counter
 from pathlib import Path
 
 from celery.result import ResultSet
 
-from evoarena.fleet.app import broker_url, make_app
+from evoarena.fleet.app import broker_url
+from evoarena.fleet.local_workers import LocalWorkers
 
 P50_BAR_MS = 10.0
-
-
-class Workers:
-    """Worker processes on a private shared queue; a context manager that removes them and their queues."""
-
-    def __init__(self, logs: Path, env: dict[str, str] | None = None, tag: str | None = None):
-        self.tag = tag or uuid.uuid4().hex[:8]
-        self.queue = f"evoarena-bench-{self.tag}"
-        self.logs = logs
-        self.env = {**os.environ, "EVOARENA_BROKER_URL": broker_url(), "EVOARENA_QUEUE": self.queue,
-                    "PYTHONUNBUFFERED": "1", **(env or {})}
-        self.app = make_app(broker_url(), self.queue)
-        self.procs: dict[str, subprocess.Popen] = {}
-
-    def start(self, name: str) -> str:
-        """Start one worker; its node name is returned (and its output goes to `logs`/<name>.log)."""
-        node = f"{name}-{self.tag}@bench"
-        log = open(self.logs / f"{name}-{self.tag}.log", "w")
-        self.procs[node] = subprocess.Popen(
-            [sys.executable, "-m", "evoarena.cli", "worker", "--name", node],
-            env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        return node
-
-    def wait_ready(self, timeout: float = 90) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            for node, proc in self.procs.items():
-                if proc.poll() is not None:
-                    raise RuntimeError(f"worker {node} exited with code {proc.returncode}; see {self.logs}")
-            alive = {n for r in self.app.control.ping(destination=list(self.procs), timeout=1.0) for n in r}
-            if alive >= set(self.procs):
-                return
-        raise RuntimeError(f"workers {sorted(set(self.procs) - alive)} did not answer within {timeout:.0f} s")
-
-    def __enter__(self) -> Workers:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def close(self) -> None:
-        for proc in self.procs.values():
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGTERM)
-        for proc in self.procs.values():
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
-        # the shared queue and the direct queues are durable: nothing else would delete them
-        with self.app.connection_for_write() as conn:
-            channel = conn.default_channel
-            for name in [self.queue, *(f"{node}.dq2" for node in self.procs)]:
-                try:
-                    channel.queue_delete(name)
-                except Exception as exc:  # noqa: BLE001 - cleanup goes on with the next queue
-                    print(f"warning: could not delete queue {name}: {exc}", file=sys.stderr)
-                    channel = conn.channel()
 
 
 def stop_on_sigterm() -> None:
@@ -145,7 +85,7 @@ def main() -> int:
     print(header)
     print("-" * len(header))
     failures = []
-    with tempfile.TemporaryDirectory() as tmp, Workers(Path(tmp)) as fleet:
+    with tempfile.TemporaryDirectory() as tmp, LocalWorkers(Path(tmp), label="bench") as fleet:
         for count, name in enumerate(("alpha", "beta"), start=1):
             fleet.start(name)
             fleet.wait_ready()

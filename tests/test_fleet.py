@@ -7,14 +7,10 @@ contract suite); what is checked is what the broker and the workers do.
 
 from __future__ import annotations
 
-import os
 import shutil
-import signal
 import subprocess
-import sys
 import threading
 import time
-import uuid
 from pathlib import Path
 
 import pytest
@@ -24,6 +20,7 @@ from evoarena import scheduler
 from evoarena.fleet.app import make_app
 from evoarena.fleet.celery_executor import CeleryExecutor
 from evoarena.fleet.executor import InlineExecutor
+from evoarena.fleet.local_workers import LocalWorkers
 from evoarena.spec import parse_spec
 from evoarena.store import open_store
 from evoarena.worker import WorkerConfig
@@ -58,62 +55,23 @@ def spec_dict(name: str, generations: int = 5, slow: bool = False) -> dict:
             "ga": {"generations": generations, "parents": 2, "children_per_parent": 3, "elites": 1}}
 
 
-class Fleet:
-    """Worker processes on a private queue, and a scheduler-side app and store to drive them."""
+class Fleet(LocalWorkers):
+    """Worker processes on a private queue, and a scheduler-side store to drive them."""
 
     def __init__(self, tmp: Path):
-        self.tmp = tmp
-        self.tag = uuid.uuid4().hex[:8]
-        self.queue = f"evoarena-test-{self.tag}"
-        self.env = {**os.environ, "EVOARENA_BROKER_URL": BROKER, "EVOARENA_QUEUE": self.queue,
-                    "EVOARENA_STORE": f"sqlite:///{tmp}/fleet.db", "EVOARENA_ARTIFACTS": str(tmp / "artifacts"),
-                    "EVOARENA_NOISE_DIR": str(tmp / "noise"), "EVOARENA_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-        self.app = make_app(BROKER, self.queue)
+        super().__init__(tmp, {"EVOARENA_STORE": f"sqlite:///{tmp}/fleet.db", "EVOARENA_ARTIFACTS": str(tmp / "artifacts"),
+                               "EVOARENA_NOISE_DIR": str(tmp / "noise"), "EVOARENA_THREADS": "1"}, label="test")
         self.store = open_store(self.env["EVOARENA_STORE"])
-        self.workers: dict[str, subprocess.Popen] = {}
 
-    def start(self, name: str) -> str:
-        node = f"{name}-{self.tag}@test"
-        log = open(self.tmp / f"{name}.log", "w")
-        self.workers[node] = subprocess.Popen(
-            [sys.executable, "-m", "evoarena.cli", "worker", "--name", node],
-            env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        return node
-
-    def wait_ready(self, timeout: float = 60) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            alive = {n for r in self.app.control.ping(destination=list(self.workers), timeout=1.0) for n in r}
-            if alive >= set(self.workers):
-                return
-        raise AssertionError(f"workers {set(self.workers)} did not answer within {timeout}s")
-
-    def kill(self, node: str) -> None:
-        os.killpg(self.workers[node].pid, signal.SIGKILL)
-        self.workers[node].wait()
+    @property
+    def workers(self) -> dict[str, subprocess.Popen]:
+        return self.procs
 
     def executor(self) -> CeleryExecutor:
         return CeleryExecutor(self.app, self.store, ping_every=1.0, store_every=1.0)
 
-    def log(self, node: str) -> str:
-        return (self.tmp / f"{node.split('-')[0]}.log").read_text()
-
     def close(self) -> None:
-        for proc in self.workers.values():
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGTERM)
-        for proc in self.workers.values():
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-        with self.app.connection_for_write() as conn:
-            channel = conn.default_channel
-            for name in [self.queue, *(f"{n}.dq2" for n in self.workers)]:
-                try:
-                    channel.queue_delete(name)
-                except Exception:
-                    channel = conn.channel()
+        super().close()
         self.store.close()
 
 
@@ -162,7 +120,7 @@ def test_a_worker_killed_mid_task_loses_nothing_and_duplicates_nothing(fleet, tm
     def kill_when_busy():
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:  # once the victim has finished a few tasks it is mid-way through another
-            if fleet.log(victim).count('"op"') >= 4:
+            if fleet.log("victim").count('"op"') >= 4:
                 fleet.kill(victim)
                 return
             time.sleep(0.05)

@@ -123,7 +123,7 @@ def test_reproduce_with_crossover_rate_one_gives_every_child_two_parents():
         assert child.parents[1] in {p.id for p in parents} - {first.id}
         marker, own = child.deltas[-2], child.deltas[-1:]  # crossover, then one mutation
         assert marker.kind == "cross" and marker.mates == child.parents
-        assert 1 <= marker.point < n_layers
+        assert marker.point in range(1, n_layers)
         assert own[0].kind == "gaussian"
 
 
