@@ -71,6 +71,12 @@ class Worker:
             )
         return self._materializers[key]
 
+    def hit_rate(self) -> float:
+        """Share of this worker's builds that came from its cache (all noise tables together)."""
+        stats = [m.stats for m in self._materializers.values()]
+        builds = sum(s.builds for s in stats)
+        return sum(s.hit_rate * s.builds for s in stats) / builds if builds else 0.0
+
     def data(self, problem: dict):
         key = repr(sorted(problem.items()))
         if key not in self._data:

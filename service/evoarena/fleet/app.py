@@ -89,7 +89,8 @@ def _register(app: Celery, op: str) -> None:
         summary["node"] = worker.node
         # one JSON line per task on stdout, for `kubectl logs`
         print(json.dumps({"op": op, "genome": payload.get("genome", {}).get("id"), "node": summary["node"],
-                          "build": summary.get("build"), "error": summary.get("error"),
+                          "build": summary.get("build"), "hit_rate": round(worker.hit_rate(), 4),
+                          "error": summary.get("error"),
                           "seconds": round(time.perf_counter() - started, 4)}), file=sys.stdout, flush=True)
         return summary
 
