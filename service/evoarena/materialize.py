@@ -133,12 +133,16 @@ class Materializer:
 
     def build(self, genome: Genome) -> Weights:
         """The weights of `genome`. The result is shared with the cache: treat it as read-only."""
+        return self.build_how(genome)[0]
+
+    def build_how(self, genome: Genome) -> tuple[Weights, str]:
+        """`build`, plus which path built it: a field name of Stats ("cached", "from_parent", ...)."""
         weights, how = self._build(genome)
         if weights.rates is not None and how != "cached" and not weights.rates.any():
             weights.rates = None  # all-zero log-rates mean "no adaptive delta yet", however built
         setattr(self.stats, how, getattr(self.stats, how) + 1)
         self.cache.put(genome.id, weights)
-        return weights
+        return weights, how
 
     def _build(self, genome: Genome) -> tuple[Weights, str]:
         ids = genome.prefix_ids
@@ -179,11 +183,11 @@ class Materializer:
         return self._replay(genome, parent.clone(), (delta,))
 
     def _replay(self, genome: Genome, weights: Weights, deltas: tuple[Delta, ...]) -> Weights:
+        parent_id = genome.prefix_ids[-2] if len(genome.prefix_ids) > 1 else None
         for i, delta in enumerate(deltas):
-            parent_id = genome.prefix_ids[-2] if len(genome.prefix_ids) > 1 else None
             if i == len(deltas) - 1 and parent_id in genome.parents and parent_id not in self.cache:
                 # Keep the parent too: its other children, next in line, then cost one delta each.
-                self.cache.put(genome.prefix_ids[-2], weights.clone())
+                self.cache.put(parent_id, weights.clone())
             apply_delta(delta, weights, genome.arch, self.noise, self._load)
         self.stats.deltas_applied += len(deltas)
         return weights

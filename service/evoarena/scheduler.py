@@ -130,7 +130,7 @@ def _run_generation(spec: ExperimentSpec, store: ResultStore, executor: Executor
         raise RuntimeError(f"generation {generation}: individual {errors[0]['genome_id']} failed "
                            f"({errors[0]['error']}); stopping because ga.on_error = stop")
     scored = [ga.Scored(ind.genome, results[ind.genome.id]["fitness"]) for ind in population]
-    parents, elites = ga.select(scored, spec.ga)
+    parents, _ = ga.select(scored, spec.ga)  # the elites are parents[:E]; _population takes them from there
     if not parents:
         errors = sorted({d["error"] for d in results.values() if d.get("error")})
         raise RuntimeError(f"generation {generation}: every evaluation failed; first error: {errors[0] if errors else '?'}")

@@ -113,10 +113,7 @@ class Worker:
 
     def _evaluate(self, task: dict, genome: Genome) -> dict:
         materializer = self.materializer(task["noise"])
-        before = materializer.stats.as_dict()
-        weights = materializer.build(genome)
-        after = materializer.stats.as_dict()
-        build = next(k for k in ("cached", "from_parent", "from_ancestor", "from_checkpoint", "full_chain") if after[k] != before[k])
+        weights, build = materializer.build_how(genome)
         metrics = PROBLEMS[task["problem"]["kind"]].evaluate(genome.arch, weights.flat, self.data(task["problem"]))
         checkpoints = [self._save(ancestor(genome, i), materializer, task["experiment"]) for i in task.get("checkpoint", [])]
         return {"fitness": metrics.pop("fitness"), "metrics": metrics, "build": build, "checkpoints": checkpoints}
