@@ -130,8 +130,24 @@ BAD_FILES = {
         "ga.initial_population = 0: must be greater than or equal to 1",
     ),
     "unknown problem kind": (
-        "name: x\nproblem: {kind: gan}\nga: {generations: 1}\n",
-        "problem.kind = 'gan': must be one of 'memorize'",
+        "name: x\nproblem: {kind: atari}\nga: {generations: 1}\n",
+        "problem.kind = 'atari': must be one of 'memorize', 'gan'",
+    ),
+    "gan problem under a GA": (
+        "name: x\nproblem: {kind: gan, data: {kind: ring}}\nga: {generations: 1}\n",
+        "problem.kind = 'gan': a GA runs the memorize problem; a gan problem needs arena:",
+    ),
+    "arena on the memorize problem": (
+        "name: x\narena: {rounds: 2}\n",
+        "problem.kind = 'memorize': an arena needs a gan problem",
+    ),
+    "arena with an unknown data kind": (
+        "name: x\nproblem: {kind: gan, data: {kind: spiral}}\narena: {rounds: 2}\n",
+        "problem.data.kind = 'spiral': must be one of 'ring', 'grid', 'digits', 'npz'",
+    ),
+    "npz without a checksum": (
+        "name: x\nproblem: {kind: gan, data: {kind: npz, uri: x.npz}}\narena: {rounds: 2}\n",
+        "problem.data.sha256: required field missing",
     ),
     "problem without kind": (
         "name: x\nproblem: {classes: 4}\nga: {generations: 1}\n",

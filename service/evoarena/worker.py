@@ -28,6 +28,25 @@ def result_id(experiment: str, generation: int, op: str, genome_ids: list[str]) 
     return f"{experiment}:{generation:06d}:{op}:{'+'.join(genome_ids)}"
 
 
+def task_id(op: str, task: dict) -> str:
+    """The result id of `task`: an evaluation is named by its genome, an arena task by its `key`
+    (the ids of the members it concerns). The master, the executors and the worker all use this."""
+    for key in ("experiment", "generation"):
+        if key not in task:
+            raise ValueError(f"task lacks {key!r}")
+    if not isinstance(task["experiment"], str) or not isinstance(task["generation"], int) or task["generation"] < 0:
+        raise ValueError("task 'experiment' must be a string and 'generation' an integer >= 0")
+    if "key" in task:
+        names = task["key"]
+    elif isinstance(task.get("genome"), dict) and "id" in task["genome"]:
+        names = [task["genome"]["id"]]
+    else:
+        raise ValueError("task needs a 'key' (arena ops) or a 'genome' JSON object with an 'id'")
+    if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
+        raise ValueError("task 'key' must be a non-empty list of ids")
+    return result_id(task["experiment"], task["generation"], op, names)
+
+
 @dataclass(frozen=True)
 class WorkerConfig:
     """Where a worker process finds its stores and how much it may cache."""

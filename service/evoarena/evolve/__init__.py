@@ -1,0 +1,45 @@
+"""Algorithms: what the master runs. The master (scheduler.py) knows none of them.
+
+An algorithm turns the stored state of the last complete step into the next step's tasks, and
+that step's results into the next state:
+
+    state = None                                   (nothing done yet)
+    for index in range(algorithm.steps):
+        step  = algorithm.plan(index, state)       an op and a JSON payload per task
+        results = run every task of step           (workers write the result documents)
+        state = algorithm.advance(index, state, step, results)   stored as step `index`
+
+A state is a JSON document; the scheduler stores it once every task of its step has a result,
+and starts from the newest stored one after a crash. `plan` must be a pure function of
+(index, state) so that an interrupted step is planned again identically, and only the tasks
+whose results are missing are sent again.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol
+
+
+@dataclass(frozen=True)
+class Step:
+    """One step's work: every task runs `op`; a payload's result id is `worker.task_id(op, payload)`."""
+
+    op: str
+    tasks: list[dict]
+    about: list = field(default_factory=list)
+    """The algorithm's own objects behind the tasks, in task order (never sent; tasks may be altered in flight)."""
+
+
+class Algorithm(Protocol):
+    steps: int
+    """How many steps the experiment has in all."""
+
+    def plan(self, index: int, state: dict | None) -> Step:
+        """The tasks of step `index`, from the state after step index - 1 (None before step 0)."""
+
+    def advance(self, index: int, state: dict | None, step: Step, results: list[dict]) -> dict:
+        """The state after step `index`; `results` are the stored result documents, one per task, in order."""
+
+    def line(self, index: int, state: dict) -> str:
+        """One line saying what step `index` achieved, for the progress output."""

@@ -28,9 +28,9 @@ from celery.utils import worker_direct
 from kombu.exceptions import OperationalError
 
 from ..store import ResultStore
-from ..worker import result_id
+from ..worker import task_id as result_id_of
 from .app import TIME_LIMITS
-from .routing import AffinityRouter
+from .routing import AffinityRouter, built, wanted
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +79,7 @@ class CeleryExecutor:
                 last_ping = now
             for task_id in [t for t, s in pending.items() if now - s.at > deadline]:
                 sent = pending.pop(task_id)
-                yield {"_id": task_id, "genome_id": sent.task["genome"]["id"], "fitness": None, "build": None,
+                yield {"_id": task_id, "genome_id": _genome_id(sent.task), "fitness": None, "build": None,
                        "error": f"no result after {deadline:.0f} s: the task may crash the workers that take it"}
 
     # --- sending ----------------------------------------------------------------------------
@@ -111,8 +111,7 @@ class CeleryExecutor:
     def _holder(self, task: dict) -> str | None:
         if not self.router:
             return None
-        genome = task["genome"]
-        for genome_id in (genome["id"], *genome.get("parents", [])):
+        for genome_id in wanted(task):
             node = self.router.holder(genome_id)
             if node in self.nodes:
                 return node
@@ -120,11 +119,11 @@ class CeleryExecutor:
 
     def _send(self, op: str, task: dict, node: str | None, pending: dict[str, Sent], started: set[str]) -> None:
         started.add(_parent(task))
-        task_id = result_id(task["experiment"], task["generation"], op, [task["genome"]["id"]])
+        _id = result_id_of(op, task)
         options = {"queue": worker_direct(node)} if node else {}
-        result = self.app.send_task(f"evoarena.{op}", args=(task,), task_id=task_id, retry=True,
+        result = self.app.send_task(f"evoarena.{op}", args=(task,), task_id=_id, retry=True,
                                     retry_policy=RETRY_POLICY, **options)
-        pending[task_id] = Sent(task, result, node, time.monotonic())
+        pending[_id] = Sent(task, result, node, time.monotonic())
 
     # --- receiving --------------------------------------------------------------------------
 
@@ -151,19 +150,17 @@ class CeleryExecutor:
     def _summary(self, task_id: str, sent: Sent, meta: dict) -> dict:
         if meta.get("status") == "SUCCESS":
             summary = meta["result"]
-            self._learn(summary.get("node"), sent.task)
+            self._learn(summary.get("node"), sent.task, summary)
             return summary
-        return {"_id": task_id, "genome_id": sent.task["genome"]["id"], "fitness": None, "build": None,
+        return {"_id": task_id, "genome_id": _genome_id(sent.task), "fitness": None, "build": None,
                 "error": f"task failed on the worker: {meta.get('result')}"}
 
-    def _learn(self, node: str | None, task: dict) -> None:
+    def _learn(self, node: str | None, task: dict, summary: dict | None = None) -> None:
         if not node:
             return
         self.nodes.add(node)
         if self.router:
-            genome = task["genome"]
-            built = [genome["id"]] + ([] if len(genome.get("parents", [])) > 1 else genome.get("parents", []))
-            for genome_id in built:
+            for genome_id in built(task, summary):
                 self.router.record(node, genome_id)
 
     def _from_store(self, pending: dict[str, Sent]) -> Iterator[dict]:
@@ -171,8 +168,10 @@ class CeleryExecutor:
             doc = self.store.get_result(task_id)
             if doc is not None:
                 sent = pending.pop(task_id)
-                self._learn(doc.get("node"), sent.task)
-                yield {k: doc.get(k) for k in ("_id", "genome_id", "fitness", "build", "seconds", "worker", "error", "node")}
+                summary = {k: doc.get(k) for k in ("_id", "genome_id", "fitness", "build", "seconds", "worker", "error",
+                                                   "node", "holds")}
+                self._learn(doc.get("node"), sent.task, summary)
+                yield summary
 
     # --- liveness ---------------------------------------------------------------------------
 
@@ -211,6 +210,11 @@ class CeleryExecutor:
 
 
 def _parent(task: dict) -> str | None:
-    """The one parent of a mutation child (None for founders and crossover children)."""
-    parents = task["genome"].get("parents", [])
+    """The one parent of an evaluation's mutation child (None for founders, crossover children
+    and arena tasks)."""
+    parents = task.get("genome", {}).get("parents", [])
     return parents[0] if len(parents) == 1 else None
+
+
+def _genome_id(task: dict) -> str | None:
+    return task.get("genome", {}).get("id")

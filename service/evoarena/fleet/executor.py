@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from typing import Protocol
 
-from .routing import AffinityRouter
+from .routing import AffinityRouter, built
 from ..worker import Worker, WorkerConfig, init_process, run_on, run_task
 
 
@@ -66,15 +66,16 @@ class LocalExecutor:
                 for worker in range(len(self.pools)):
                     while queue and backlog[worker] < MAX_BACKLOG:
                         task = queue.pop(self.router.pick(queue, worker) if self.router else 0)
-                        pending[self.pools[worker].submit(run_task, op, task)] = (worker, _built(task))
+                        pending[self.pools[worker].submit(run_task, op, task)] = (worker, task)
                         backlog[worker] += 1
                 done, _ = wait(pending, return_when=FIRST_COMPLETED)
                 for future in done:
-                    worker, built = pending.pop(future)
+                    worker, task = pending.pop(future)
                     backlog[worker] -= 1
-                    for genome_id in built if self.router else ():
+                    summary = future.result()
+                    for genome_id in built(task, summary) if self.router else ():
                         self.router.record(worker, genome_id)
-                    yield future.result()
+                    yield summary
         finally:
             for future in pending:
                 future.cancel()
@@ -88,9 +89,3 @@ def _init_pool_process(config: WorkerConfig) -> None:
     # Ctrl-C reaches the whole process group; the scheduler handles it and closes the pool.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     init_process(config)
-
-
-def _built(task: dict) -> list[str]:
-    """The genomes a worker caches by running `task`: the genome, and its parent unless it is a crossover."""
-    genome = task["genome"]
-    return [genome["id"]] + (genome.get("parents", []) if not genome.get("crossover") else [])

@@ -31,7 +31,27 @@ class AffinityRouter:
         """Index in `queue` of the task `worker` should take next: the first task whose genome or
         parent it holds, else the head of the queue (an idle worker costs more than a rebuild)."""
         for i, task in enumerate(queue[:lookahead]):
-            genome = task["genome"]
-            if any(self._holder.get(g) == worker for g in (genome["id"], *genome.get("parents", []))):
+            if any(self._holder.get(g) == worker for g in wanted(task)):
                 return i
         return 0
+
+
+def task_genomes(task: dict) -> list[dict]:
+    """The genomes (JSON) a task builds: an evaluation's one, or an arena task's `genomes`."""
+    return task["genomes"] if "genomes" in task else [task["genome"]]
+
+
+def wanted(task: dict) -> list[str]:
+    """Ids whose holder builds `task` cheaply: its genomes and their parents."""
+    return [i for g in task_genomes(task) for i in (g["id"], *g.get("parents", []))]
+
+
+def built(task: dict, summary: dict | None = None) -> list[str]:
+    """Ids a worker holds in its cache after running `task`: each genome, the one parent of a
+    mutation child (a crossover child's parents are not rebuilt), and what the summary says it
+    made (`holds`: the genomes an arena task trained)."""
+    ids = []
+    for genome in task_genomes(task):
+        parents = genome.get("parents", [])
+        ids += [genome["id"]] + (parents if len(parents) == 1 else [])
+    return ids + list((summary or {}).get("holds") or [])
