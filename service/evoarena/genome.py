@@ -12,11 +12,18 @@ of parametric layers, absent = all:
     init      seed                               layers re-initialized from seed (crossover with another founder)
     load      uri                                layers copied from a checkpoint (crossover with a rebased lineage)
     cross     p: [parent 1 id, parent 2 id], at: point   no-op marking where a crossover child begins
+    morph     e: {"src": architecture before, ...the edit}, p: [other parent id], uri: its checkpoint
+              an architecture edit (arch.py): the weights become `arch.apply_edit(src, theta, edit)`,
+              a network of another shape; a crossover edit also reads the other parent's weights
 Noise for a delta covering flat positions [a, b) is read from noise[o : o + b - a].
 
 Every mutation kind acts on each layer separately, which is what makes one-point crossover at a
 layer boundary exact: the child's layers below the point replay parent 1's deltas restricted to
 those layers, the rest replay parent 2's, and each layer ends bit-identical to its parent's.
+
+A genome's `arch` is its architecture after its last delta. Before a `morph` delta the network
+had the architecture that delta names as `src` (`Genome.arch_at`), so the init seed, a base
+checkpoint and every delta apply to the architecture of their own point in the list.
 
 Ids are content hashes chained along the list: id_0 hashes (architecture, init seed), and
 id_j = H(id_{j-1}, delta_j). Prefix j of a genome's list is therefore its ancestor j steps from
@@ -36,7 +43,7 @@ import numpy as np
 
 from .nets import Layout, arch_key, layout
 
-KINDS = ("gaussian", "norm", "adaptive", "init", "load", "cross")
+KINDS = ("gaussian", "norm", "adaptive", "init", "load", "cross", "morph")
 
 
 @dataclass(frozen=True)
@@ -53,6 +60,7 @@ class Delta:
     uri: str = ""
     mates: tuple[str, ...] = ()  # cross: the two parents' ids
     point: int = 0  # cross: first layer taken from the second parent
+    edit: str = ""  # morph: canonical JSON of {"src": architecture before, **the edit}
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -76,23 +84,39 @@ class Delta:
             d["uri"] = self.uri
         if self.kind == "cross":
             d["p"], d["at"] = list(self.mates), self.point
+        if self.kind == "morph":
+            d["e"] = json.loads(self.edit)
+            if self.mates:
+                d["p"], d["uri"] = list(self.mates), self.uri
         if self.layers is not None:
             d["l"] = list(self.layers)
         return d
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> Delta:
-        unknown = set(d) - {"k", "o", "s", "r", "t", "seed", "uri", "l", "p", "at"}
-        if not isinstance(d, dict) or unknown:
-            raise ValueError(f"delta {d!r}: a JSON object with only the keys k, o, s, r, t, seed, uri, l, p, at")
+        if not isinstance(d, dict) or set(d) - {"k", "o", "s", "r", "t", "seed", "uri", "l", "p", "at", "e"}:
+            raise ValueError(f"delta {d!r}: a JSON object with only the keys k, o, s, r, t, seed, uri, l, p, at, e")
         layers = d.get("l")
+        edit = d.get("e")
+        if edit is not None and not (isinstance(edit, dict) and isinstance(edit.get("src"), dict)):
+            raise ValueError(f"delta {d!r}: 'e' must be an edit object with the 'src' architecture")
         return cls(d.get("k", "gaussian"), int(d.get("o", 0)), float(d.get("s", 0.0)), tuple(layers) if layers else None,
                    int(d.get("r", 0)), float(d.get("t", 0.0)), int(d.get("seed", 0)), str(d.get("uri", "")),
-                   tuple(d.get("p", ())), int(d.get("at", 0)))
+                   tuple(d.get("p", ())), int(d.get("at", 0)), canonical(edit) if edit is not None else "")
 
     @property
     def key(self) -> bytes:
-        return json.dumps(self.to_json(), sort_keys=True, separators=(",", ":")).encode()
+        return canonical(self.to_json()).encode()
+
+    @property
+    def source_arch(self) -> dict:
+        """morph: the architecture the edit starts from."""
+        return json.loads(self.edit)["src"]
+
+
+def canonical(data: Any) -> str:
+    """The one JSON form of `data` that ids hash (key order does not matter)."""
+    return json.dumps(data, sort_keys=True, separators=(",", ":"))
 
 
 @dataclass(frozen=True)
@@ -118,7 +142,7 @@ class Genome:
     def prefix_ids(self) -> tuple[str, ...]:
         """prefix_ids[j] is the id of this genome's first j deltas (j = 0: the root or the base)."""
         if self._prefix_ids is None:
-            ids = [self.base.id if self.base else _root_id(self.arch, self.init_seed)]
+            ids = [self.base.id if self.base else _root_id(self.arch_at(0), self.init_seed)]
             for delta in self.deltas:
                 ids.append(_chain(ids[-1], delta))
             object.__setattr__(self, "_prefix_ids", tuple(ids))
@@ -131,6 +155,10 @@ class Genome:
     @property
     def depth(self) -> int:
         return len(self.deltas)
+
+    def arch_at(self, j: int) -> dict:
+        """The architecture after the first j deltas: the `src` of the next morph, else `arch`."""
+        return next((d.source_arch for d in self.deltas[j:] if d.kind == "morph"), self.arch)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -266,7 +294,7 @@ def ancestor(genome: Genome, ancestor_id: str) -> Genome:
     if ancestor_id not in ids:
         raise ValueError(f"{ancestor_id} is not an ancestor in the delta list of genome {genome.id}")
     j = ids.index(ancestor_id)
-    return replace(genome, deltas=genome.deltas[:j], parents=(ids[j - 1],) if j > 0 else (), _prefix_ids=ids[: j + 1])
+    return replace(genome, arch=genome.arch_at(j), deltas=genome.deltas[:j], parents=(ids[j - 1],) if j > 0 else (), _prefix_ids=ids[: j + 1])
 
 
 def sample_delta(rng: np.random.Generator, kind: str, sigma: float, tau: float, lay: Layout, noise_size: int) -> Delta:
@@ -286,3 +314,40 @@ def sample_delta(rng: np.random.Generator, kind: str, sigma: float, tau: float, 
     if kind == "adaptive":
         return Delta("adaptive", offset(lay.size), sigma, rate_offset=offset(lay.size), tau=tau)
     raise ValueError(f"mutation kind {kind!r} is unknown; accepted: gaussian, layer, norm, adaptive")
+
+
+def morph(parent: Genome, edit: dict, other: Genome | None = None) -> Genome:
+    """The child of an architecture edit of `parent` (arch.py: add, delete, change, crossover).
+
+    The child's weights are a pure function of the parent's, the edit (its seed included) and,
+    for a crossover edit, the other parent's, so any worker holding the parent builds it. The other
+    parent is named by id and checkpoint: it must be a checkpoint with no deltas after it.
+    """
+    from .arch import edited_arch  # arch.py builds on nets; genomes only need it for this edit
+
+    if (edit.get("op") == "crossover") != (other is not None):
+        raise ValueError("a crossover edit needs the other parent, and only a crossover edit takes one")
+    delta = Delta("morph", edit=canonical({**edit, "src": parent.arch}))
+    if other is not None:
+        if other.base is None or other.deltas:
+            raise ValueError(f"crossover parent {other.id} must be a checkpoint with no deltas after it")
+        delta = replace(delta, mates=(other.id,), uri=other.base.uri)
+    return replace(
+        parent,
+        arch=edited_arch(parent.arch, edit),
+        deltas=parent.deltas + (delta,),
+        parents=(parent.id,) + ((other.id,) if other is not None else ()),
+        _prefix_ids=parent.prefix_ids + (_chain(parent.id, delta),),
+    )
+
+
+def trained(parent: Genome, how: dict, uri: str) -> Genome:
+    """A genome whose weights came from gradient training of `parent` (no seed can replay them):
+    the checkpoint at `uri`. Its id hashes the parent's id and `how` (the training task's
+    description), so a redelivered task names the same genome."""
+    return Genome(arch=parent.arch, init_seed=0, base=Checkpoint(trained_id(parent.id, how), uri), parents=(parent.id,))
+
+
+def trained_id(parent_id: str, how: dict) -> str:
+    """The id `trained` gives, before the checkpoint exists (the checkpoint is saved under it)."""
+    return _digest(b"trained:" + parent_id.encode() + b":" + canonical(how).encode())

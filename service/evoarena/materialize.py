@@ -16,6 +16,7 @@ function to the same input bits, whichever path got there.
 
 from __future__ import annotations
 
+import json
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -155,10 +156,11 @@ class Materializer:
                 if j == len(ids) - 2:
                     return self._child(genome, ancestor, genome.deltas[-1]), "from_parent"
                 return self._replay(genome, ancestor.clone(), genome.deltas[j:]), "from_ancestor"
+        root = genome.arch_at(0)
         if genome.base is not None:
-            return self._replay(genome, self._load(genome.arch, genome.base.uri), genome.deltas), "from_checkpoint"
-        flat = torch.empty(nets.layout(genome.arch).size)
-        nets.init_layers(genome.arch, genome.init_seed, flat)
+            return self._replay(genome, self._load(root, genome.base.uri), genome.deltas), "from_checkpoint"
+        flat = torch.empty(nets.layout(root).size)
+        nets.init_layers(root, genome.init_seed, flat)
         return self._replay(genome, Weights(flat.to(self.device)), genome.deltas), "full_chain"
 
     def _from_crossover_parents(self, genome: Genome, cross: int) -> Weights:
@@ -184,15 +186,20 @@ class Materializer:
 
     def _replay(self, genome: Genome, weights: Weights, deltas: tuple[Delta, ...]) -> Weights:
         parent_id = genome.prefix_ids[-2] if len(genome.prefix_ids) > 1 else None
+        first = genome.depth - len(deltas)
+        morphs = any(d.kind == "morph" for d in deltas)  # else every delta acts on genome.arch
         for i, delta in enumerate(deltas):
             if i == len(deltas) - 1 and parent_id in genome.parents and parent_id not in self.cache:
                 # Keep the parent too: its other children, next in line, then cost one delta each.
                 self.cache.put(parent_id, weights.clone())
-            apply_delta(delta, weights, genome.arch, self.noise, self._load)
+            apply_delta(delta, weights, genome.arch_at(first + i) if morphs else genome.arch, self.noise, self._load)
         self.stats.deltas_applied += len(deltas)
         return weights
 
-    def _load(self, arch: dict, uri: str) -> Weights:
+    def _load(self, arch: dict, uri: str, genome_id: str = "") -> Weights:
+        """The weights saved at `uri` (genome `genome_id`, taken from the cache when it is there)."""
+        if genome_id and (cached := self.cache.get(genome_id)) is not None:
+            return cached.clone()
         if self.load_checkpoint is None:
             raise RuntimeError(f"genome needs checkpoint {uri} but this materializer has no artifact store")
         return Weights.from_tensors(arch, self.load_checkpoint(uri), self.device)
@@ -212,8 +219,10 @@ def _rates(weights: Weights, like: torch.Tensor) -> torch.Tensor:
     return weights.rates.clone() if weights.rates is not None else torch.zeros_like(like)
 
 
-def apply_delta(delta: Delta, w: Weights, arch: dict, noise: NoiseTable, load: Callable[[dict, str], Weights]) -> None:
-    """Apply one delta to `w` in place. The only place where the delta kinds get their meaning."""
+def apply_delta(delta: Delta, w: Weights, arch: dict, noise: NoiseTable, load: Callable[..., Weights]) -> None:
+    """Apply one delta to `w` in place (a morph replaces `w.flat` with a vector of the new shape).
+    The only place where the delta kinds get their meaning. `arch` is the network's architecture
+    before this delta; `load(arch, uri, genome_id)` gives saved weights."""
     lay = nets.layout(arch)
     start, stop = lay.span(delta.layers)
     theta = w.flat[start:stop]
@@ -243,6 +252,14 @@ def apply_delta(delta: Delta, w: Weights, arch: dict, noise: NoiseTable, load: C
             w.rates[start:stop] = 0
     elif delta.kind == "cross":
         pass  # a marker: the deltas before it already replayed the crossover
+    elif delta.kind == "morph":
+        from .arch import apply_edit  # arch.py builds on nets; only architecture edits need it
+
+        edit = json.loads(delta.edit)
+        other = None
+        if delta.mates:  # a crossover edit: the other parent is a checkpoint, in the cache or at its uri
+            other = load(edit["other_arch"], delta.uri, delta.mates[0]).flat
+        w.flat, w.rates = apply_edit(edit["src"], w.flat, edit, other), None
     elif delta.kind == "load":
         source = load(arch, delta.uri)
         theta.copy_(source.flat[start:stop])
