@@ -572,3 +572,322 @@ def test_mongo_store_opened_before_fork_works_in_child(tmp_path):
         child.join(timeout=60)
         assert child.exitcode == 0
         assert [d["_id"] for d in store.find_results("exp")] == ["from-child", "from-parent"]
+
+
+# arena collections (pure_gen, pure_disc, pure_match_trace)
+
+from evoarena.store.base import ARENA_COLLECTIONS  # noqa: E402  (the lead exports it from store)
+
+
+def arena_doc(_id: str, experiment: str = "exp", **more):
+    return {"_id": _id, "experiment": experiment, **more}
+
+
+def ids(docs):
+    return [d["_id"] for d in docs]
+
+
+@pytest.mark.parametrize("collection", ARENA_COLLECTIONS)
+def test_arena_doc_round_trips_in_each_collection(store, collection):
+    doc = arena_doc("g1", round=3, player=1, role="gen", trace="t1", losses=[0.5, 0.25], alive=True)
+    store.put_docs(collection, [doc])
+    assert store.get_doc(collection, "g1") == doc
+    assert store.get_doc(collection, "g2") is None
+
+
+def test_gen_doc_points_to_its_trace_doc(store):
+    store.put_docs("pure_match_trace", [arena_doc("t-r3-g1-d2", losses=[0.7, 0.6, 0.4])])
+    store.put_docs("pure_gen", [arena_doc("g1", round=3, trace="t-r3-g1-d2")])
+    trace = store.get_doc("pure_match_trace", store.get_doc("pure_gen", "g1")["trace"])
+    assert trace == arena_doc("t-r3-g1-d2", losses=[0.7, 0.6, 0.4])
+
+
+def test_arena_upsert_replaces_whole_doc_and_redelivery_never_duplicates(store):
+    store.put_docs("pure_gen", [arena_doc("g1", fitness=0.1, stale="yes")])
+    store.put_docs("pure_gen", [arena_doc("g1", fitness=0.9)])
+    store.put_docs("pure_gen", [arena_doc("g1", fitness=0.9)])
+    assert store.get_doc("pure_gen", "g1") == arena_doc("g1", fitness=0.9)
+    assert store.count_docs("pure_gen", "exp") == 1
+
+
+def test_arena_upsert_can_move_doc_to_other_experiment(store):
+    store.put_docs("pure_disc", [arena_doc("d1", experiment="old")])
+    store.put_docs("pure_disc", [arena_doc("d1", experiment="new")])
+    assert store.find_docs("pure_disc", "old") == []
+    assert store.find_docs("pure_disc", "new") == [arena_doc("d1", experiment="new")]
+
+
+def test_arena_duplicate_ids_in_one_batch_keep_the_last(store):
+    store.put_docs("pure_gen", [arena_doc("g1", v=1), arena_doc("g2"), arena_doc("g1", v=2)])
+    assert store.get_doc("pure_gen", "g1") == arena_doc("g1", v=2)
+    assert store.count_docs("pure_gen", "exp") == 2
+
+
+def test_put_docs_is_all_or_nothing(store):
+    bad = {"_id": "g2", "round": 0}
+    with pytest.raises(ValueError, match="'experiment'"):
+        store.put_docs("pure_gen", [arena_doc("g1"), bad, arena_doc("g3")])
+    assert store.count_docs("pure_gen", "exp") == 0
+    assert store.get_doc("pure_gen", "g1") is None
+
+
+def test_put_docs_of_nothing_writes_nothing(store):
+    store.put_docs("pure_gen", [])
+    assert store.count_docs("pure_gen", "exp") == 0
+
+
+@pytest.mark.parametrize("key", ["_id", "experiment"])
+def test_arena_doc_missing_key_refused_naming_it(store, key):
+    doc = arena_doc("g1")
+    del doc[key]
+    with pytest.raises(ValueError, match=f"pure_gen doc lacks the required key '{key}'"):
+        store.put_docs("pure_gen", [doc])
+    assert store.find_docs("pure_gen", "exp") == []
+
+
+@pytest.mark.parametrize(
+    ("key", "value"), [("_id", 7), ("_id", None), ("experiment", b"exp"), ("experiment", ["exp"])]
+)
+def test_arena_doc_mistyped_key_refused_naming_it(store, key, value):
+    doc = {**arena_doc("g1"), key: value}
+    with pytest.raises(ValueError, match=f"pure_disc doc key '{key}' must be str"):
+        store.put_docs("pure_disc", [doc])
+    assert store.count_docs("pure_disc", "exp") == 0
+
+
+def test_arena_doc_that_is_not_a_dict_refused(store):
+    with pytest.raises(ValueError, match="a pure_gen doc must be a dict, got list"):
+        store.put_docs("pure_gen", [["_id", "g1"]])
+
+
+@pytest.mark.parametrize(
+    "use",
+    [
+        lambda s: s.put_docs("pure_gene", [arena_doc("g1")]),
+        lambda s: s.get_doc("pure_gene", "g1"),
+        lambda s: s.find_docs("pure_gene", "exp"),
+        lambda s: s.count_docs("pure_gene", "exp", round=1),
+    ],
+    ids=["put_docs", "get_doc", "find_docs", "count_docs"],
+)
+def test_unknown_collection_refused_listing_accepted(store, use):
+    with pytest.raises(ValueError) as error:
+        use(store)
+    assert str(error.value) == (
+        "unknown arena collection 'pure_gene'; accepted: pure_gen, pure_disc, pure_match_trace"
+    )
+
+
+@pytest.mark.parametrize("collection", ["results", "experiments", "pure_gen; DROP TABLE results"])
+def test_other_tables_are_not_arena_collections(store, collection):
+    store.put_result(result("r1"))
+    with pytest.raises(ValueError, match="unknown arena collection"):
+        store.find_docs(collection, "exp")
+    assert store.get_result("r1") == result("r1")
+
+
+def _arena_population(store):
+    store.put_docs(
+        "pure_gen",
+        [
+            arena_doc("g-r1-p2", round=1, player=2, role="gen"),
+            arena_doc("g-r3-p1", round=3, player=1, role="gen"),
+            arena_doc("g-r3-p2", round=3, player=2, role="gen"),
+            arena_doc("d-r3-p1", round=3, player=1, role="disc"),
+            arena_doc("a-r3-p1", round=3, player=1, role="gen"),
+            arena_doc("x-r3-p1", experiment="other", round=3, player=1, role="gen"),
+        ],
+    )
+
+
+def test_find_docs_filters_by_experiment_and_fields_sorted_by_id(store):
+    _arena_population(store)
+    assert ids(store.find_docs("pure_gen", "exp")) == [
+        "a-r3-p1", "d-r3-p1", "g-r1-p2", "g-r3-p1", "g-r3-p2"
+    ]
+    assert ids(store.find_docs("pure_gen", "exp", round=3)) == [
+        "a-r3-p1", "d-r3-p1", "g-r3-p1", "g-r3-p2"
+    ]
+    assert ids(store.find_docs("pure_gen", "exp", role="disc")) == ["d-r3-p1"]
+    assert ids(store.find_docs("pure_gen", "exp", round=3, player=1, role="gen")) == [
+        "a-r3-p1", "g-r3-p1"
+    ]
+    assert ids(store.find_docs("pure_gen", "exp", round=1, player=1)) == []
+    assert ids(store.find_docs("pure_gen", "exp", missing_field=1)) == []
+    assert ids(store.find_docs("pure_gen", "other", round=3)) == ["x-r3-p1"]
+    assert store.find_docs("pure_gen", "nobody") == []
+
+
+def test_find_docs_returns_whole_docs(store):
+    _arena_population(store)
+    assert store.find_docs("pure_gen", "exp", round=1) == [
+        arena_doc("g-r1-p2", round=1, player=2, role="gen")
+    ]
+
+
+def test_count_docs_matches_find_docs(store):
+    _arena_population(store)
+    assert store.count_docs("pure_gen", "exp") == 5
+    assert store.count_docs("pure_gen", "exp", round=3) == 4
+    assert store.count_docs("pure_gen", "exp", round=3, player=1, role="gen") == 2
+    assert store.count_docs("pure_gen", "exp", role="judge") == 0
+    assert store.count_docs("pure_gen", "other") == 1
+    assert store.count_docs("pure_disc", "exp") == 0
+
+
+def test_filter_compares_values_with_their_types(store):
+    store.put_docs(
+        "pure_disc",
+        [
+            arena_doc("bool-true", v=True),
+            arena_doc("int-1", v=1),
+            arena_doc("float-1", v=1.0),
+            arena_doc("str-1", v="1"),
+            arena_doc("list-1", v=[1, "1"]),
+            arena_doc("dict-1", v={"1": 1}),
+            arena_doc("none", v=None),
+            arena_doc("bool-false", v=False),
+            arena_doc("int-0", v=0),
+        ],
+    )
+    assert ids(store.find_docs("pure_disc", "exp", v=True)) == ["bool-true"]
+    assert ids(store.find_docs("pure_disc", "exp", v=False)) == ["bool-false"]
+    assert ids(store.find_docs("pure_disc", "exp", v=0)) == ["int-0"]
+    # 1 and 1.0 are the same number (as in MongoDB); True is not 1, "1" is not 1
+    assert [i for i in ids(store.find_docs("pure_disc", "exp", v=1)) if i != "list-1"] == [
+        "float-1", "int-1"
+    ]
+    assert ids(store.find_docs("pure_disc", "exp", v=1.0)) == ids(
+        store.find_docs("pure_disc", "exp", v=1)
+    )
+    assert [i for i in ids(store.find_docs("pure_disc", "exp", v="1")) if i != "list-1"] == [
+        "str-1"
+    ]
+    assert ids(store.find_docs("pure_disc", "exp", v='{"1":1}')) == []
+    assert ids(store.find_docs("pure_disc", "exp", v="null")) == []
+
+
+def test_filter_on_non_ascii_and_quoted_strings(store):
+    name = 'gén 😀 "q" \\ x'
+    store.put_docs("pure_gen", [arena_doc("g1", name=name), arena_doc("g2", name="gen")])
+    assert ids(store.find_docs("pure_gen", "exp", name=name)) == ["g1"]
+
+
+def test_docs_with_nan_or_infinity_are_still_filtered(store):
+    # SQLite's JSON functions cannot parse NaN or Infinity; such docs must still be found.
+    store.put_docs(
+        "pure_gen",
+        [
+            arena_doc("g1", round=3, fitness=math.nan),
+            arena_doc("g2", round=3, fitness=0.5),
+            arena_doc("g3", round=4, fitness=math.inf),
+            arena_doc("g4", round=3, fitness=-math.inf, role="gen"),
+        ],
+    )
+    assert ids(store.find_docs("pure_gen", "exp", round=3)) == ["g1", "g2", "g4"]
+    assert ids(store.find_docs("pure_gen", "exp", round=4)) == ["g3"]
+    assert ids(store.find_docs("pure_gen", "exp", fitness=math.inf)) == ["g3"]
+    assert ids(store.find_docs("pure_gen", "exp", round=3, role="gen")) == ["g4"]
+    assert store.count_docs("pure_gen", "exp", round=3) == 3
+    assert store.count_docs("pure_gen", "exp", round=4) == 1
+
+
+@pytest.mark.parametrize(
+    "key",
+    [
+        "round') OR 1=1 --",
+        "x', '$.y",
+        "$where",
+        "a.b",
+        "1st",
+        "round; DROP TABLE pure_gen",
+        "",
+    ],
+)
+def test_hostile_filter_key_refused(store, key):
+    store.put_docs("pure_gen", [arena_doc("g1", round=3)])
+    with pytest.raises(ValueError, match="is not a plain field name"):
+        store.find_docs("pure_gen", "exp", **{key: 3})
+    with pytest.raises(ValueError, match="is not a plain field name"):
+        store.count_docs("pure_gen", "exp", **{key: 3})
+    assert store.find_docs("pure_gen", "exp") == [arena_doc("g1", round=3)]
+
+
+@pytest.mark.parametrize(
+    "value",
+    [None, {"$ne": 0}, [3], math.nan, b"3"],
+    ids=["None", "operator", "list", "NaN", "bytes"],
+)
+def test_filter_value_that_is_not_a_scalar_refused(store, value):
+    store.put_docs("pure_gen", [arena_doc("g1", round=3)])
+    with pytest.raises(ValueError, match=r"filter round=.*accepted values are str, int, bool"):
+        store.find_docs("pure_gen", "exp", round=value)
+
+
+def test_arena_collections_are_separate(store):
+    store.put_docs("pure_gen", [arena_doc("p1", role="gen")])
+    store.put_docs("pure_disc", [arena_doc("p1", role="disc")])
+    assert store.get_doc("pure_gen", "p1") == arena_doc("p1", role="gen")
+    assert store.get_doc("pure_disc", "p1") == arena_doc("p1", role="disc")
+    assert store.get_doc("pure_match_trace", "p1") is None
+    assert ids(store.find_docs("pure_disc", "exp", role="gen")) == []
+    assert store.count_docs("pure_match_trace", "exp") == 0
+    assert store.get_result("p1") is None
+
+
+def test_arena_nan_infinity_and_floats_round_trip_exactly(store):
+    values = [0.1 + 0.2, 1e-310, 2.0**-1074, 1.7976931348623157e308, -0.0]
+    store.put_docs("pure_match_trace", [arena_doc("t1", loss=math.nan, high=math.inf, v=values)])
+    back = store.get_doc("pure_match_trace", "t1")
+    assert math.isnan(back["loss"]) and back["high"] == math.inf
+    assert [v.hex() for v in back["v"]] == [v.hex() for v in values]
+    [found] = store.find_docs("pure_match_trace", "exp")
+    assert [v.hex() for v in found["v"]] == [v.hex() for v in values]
+
+
+def test_arena_returned_docs_are_copies_and_do_not_alias_caller_docs(store):
+    doc = arena_doc("g1", round=3, losses=[1.0])
+    store.put_docs("pure_gen", [doc])
+    doc["losses"].append(2.0)
+    store.get_doc("pure_gen", "g1")["losses"].append(3.0)
+    store.find_docs("pure_gen", "exp")[0]["round"] = 99
+    store.find_docs("pure_gen", "exp", round=3)[0]["losses"].clear()
+    assert store.get_doc("pure_gen", "g1") == arena_doc("g1", round=3, losses=[1.0])
+
+
+def test_sqlite_arena_tables_have_the_documented_columns(tmp_path):
+    SQLiteStore(tmp_path / "a.db").close()
+    with sqlite3.connect(tmp_path / "a.db") as conn:
+        for name in ARENA_COLLECTIONS:
+            columns = [row[1] for row in conn.execute(f"PRAGMA table_info({name})")]
+            assert columns == ["_id", "experiment", "doc"]
+
+
+def test_mongo_arena_indexes_exist(mongo_db):
+    _, db = mongo_db
+    for name in ARENA_COLLECTIONS:
+        index = db[name].index_information()[f"{name}_by_experiment"]
+        assert index["key"] == [("experiment", 1), ("_id", 1)]
+
+
+def test_mongo_stores_arena_documents_as_they_are(mongo_db):
+    store, db = mongo_db
+    store.put_docs("pure_gen", [arena_doc("g1", round=3, trace="t1")])
+    assert db.pure_gen.find_one() == arena_doc("g1", round=3, trace="t1")
+    assert db.pure_disc.count_documents({}) == 0
+
+
+def test_mongo_put_docs_retried_after_connection_failure(monkeypatch, tmp_path, waits):
+    with mongomock_store(tmp_path) as store:
+        calls = failing(monkeypatch, "bulk_write", 2, AutoReconnect("reset"))
+        store.put_docs("pure_disc", [arena_doc("d1"), arena_doc("d2")])
+        assert len(calls) == 3 and waits == [0.2, 0.4]
+        assert store.count_docs("pure_disc", "exp") == 2
+
+
+def test_mongo_find_docs_gives_up_after_bounded_tries(monkeypatch, tmp_path, waits):
+    with mongomock_store(tmp_path) as store:
+        calls = failing(monkeypatch, "find", 100, AutoReconnect("connection refused"))
+        with pytest.raises(StoreUnavailable, match="find pure_gen"):
+            store.find_docs("pure_gen", "exp", round=3)
+        assert len(calls) == mongo.TRIES and waits == [0.2, 0.4, 0.8, 1.6]

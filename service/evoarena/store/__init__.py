@@ -5,12 +5,13 @@ from __future__ import annotations
 import re
 
 from .artifacts import ArtifactError, ArtifactStore, LocalArtifacts, open_artifacts
-from .base import RESULT_KEYS, ResultStore, check_result, generation_id
+from .base import ARENA_COLLECTIONS, RESULT_KEYS, ResultStore, check_result, generation_id
 from .mongo import MongoStore, StoreUnavailable
 from .s3 import S3Artifacts
 from .sqlite import SQLiteStore
 
 __all__ = [
+    "ARENA_COLLECTIONS",
     "RESULT_KEYS",
     "ArtifactError",
     "ArtifactStore",

@@ -4,14 +4,30 @@ Documents are JSON-able dicts shaped as MongoDB would hold them: each has an `_i
 writing a document whose `_id` already exists replaces the whole document (DESIGN.md
 invariant 5: a redelivered task overwrites, never duplicates). Every document a store returns
 is a fresh dict: mutating it never changes what is stored.
+
+Beside results, a store keeps the GAN arena's collections (ARENA_COLLECTIONS, named as in the
+seed project GAN_evo): generator and discriminator docs, and the traces of their encounters,
+which a gen or disc doc points to by the trace doc's `_id`.
 """
 
 from __future__ import annotations
 
+import math
+import re
 from typing import Any, Protocol, Self
 
 #: The keys every result document must carry, with the type each must have.
 RESULT_KEYS: dict[str, type] = {"_id": str, "experiment": str, "generation": int, "op": str}
+
+#: The GAN arena's collections: generators, discriminators, and their encounter traces.
+ARENA_COLLECTIONS = ("pure_gen", "pure_disc", "pure_match_trace")
+
+#: The keys every arena document must carry, with the type each must have.
+ARENA_DOC_KEYS: dict[str, type] = {"_id": str, "experiment": str}
+
+# A find_docs filter key: a plain top-level field name. No "." (a path into the doc), no "$"
+# (a MongoDB operator), nothing that could leave a SQL string.
+_FIELD_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
 class ResultStore(Protocol):
@@ -62,6 +78,25 @@ class ResultStore(Protocol):
     def last_generation(self, experiment: str) -> int | None:
         """The highest generation that has a generation doc, or None when there is none."""
 
+    def put_docs(self, collection: str, docs: list[dict[str, Any]]) -> None:
+        """Insert each doc into `collection`, one of ARENA_COLLECTIONS, or replace the whole
+        stored doc with the same `_id`; all or nothing: one bad doc writes none of them.
+
+        Raises ValueError naming the key when one of ARENA_DOC_KEYS is missing or mistyped,
+        or listing ARENA_COLLECTIONS when `collection` is not one of them.
+        """
+
+    def get_doc(self, collection: str, id: str) -> dict[str, Any] | None:
+        """The doc of `collection` with that `_id`, or None."""
+
+    def find_docs(self, collection: str, experiment: str, **where: Any) -> list[dict[str, Any]]:
+        """Docs of `experiment` in `collection` whose top-level fields equal `where`
+        (e.g. round=3, player=1, role="gen"), sorted by `_id`. See check_where for what a
+        filter may hold and matches() for what equal means."""
+
+    def count_docs(self, collection: str, experiment: str, **where: Any) -> int:
+        """How many docs find_docs would return for the same arguments."""
+
     def close(self) -> None:
         """Release connections; the store must not be used afterwards."""
 
@@ -77,17 +112,70 @@ def generation_id(experiment: str, generation: int) -> str:
 
 def check_result(doc: dict[str, Any]) -> None:
     """Raise ValueError naming the first key of RESULT_KEYS that `doc` lacks or mistypes."""
-    if not isinstance(doc, dict):
-        raise ValueError(f"a result must be a dict, got {type(doc).__name__}")
-    for key, kind in RESULT_KEYS.items():
-        if key not in doc:
+    _check_keys(doc, RESULT_KEYS, "result doc")
+
+
+def check_collection(collection: str) -> None:
+    """Raise ValueError listing ARENA_COLLECTIONS unless `collection` is one of them."""
+    if collection not in ARENA_COLLECTIONS:
+        raise ValueError(
+            f"unknown arena collection {collection!r}; accepted: {', '.join(ARENA_COLLECTIONS)}"
+        )
+
+
+def check_arena_docs(collection: str, docs: list[dict[str, Any]]) -> None:
+    """Raise ValueError unless `collection` is an arena collection and every doc carries
+    ARENA_DOC_KEYS with their types; the message names the collection and the key."""
+    check_collection(collection)
+    for doc in docs:
+        _check_keys(doc, ARENA_DOC_KEYS, f"{collection} doc")
+
+
+def check_where(where: dict[str, Any]) -> None:
+    """Raise ValueError unless every find_docs filter key is a plain field name (letters,
+    digits, "_") and every value is a str, an int, a bool or a float other than NaN."""
+    for key, value in where.items():
+        if not isinstance(key, str) or not _FIELD_NAME.fullmatch(key):
             raise ValueError(
-                f"result doc lacks the required key {key!r} (needs {list(RESULT_KEYS)})"
+                f"filter key {key!r} is not a plain field name; accepted: letters, digits and "
+                f"'_', not starting with a digit"
             )
+        if not isinstance(value, str | int | float) or (
+            isinstance(value, float) and math.isnan(value)
+        ):
+            raise ValueError(
+                f"filter {key}={value!r} ({type(value).__name__}): accepted values are "
+                f"str, int, bool and float other than NaN"
+            )
+
+
+def matches(doc: dict[str, Any], where: dict[str, Any]) -> bool:
+    """Whether every field of `where` is in `doc` and equal to it, as find_docs means equal:
+    a bool equals only a bool (True is not 1), a number any number of the same value (3 is
+    3.0), a str only a str. Array fields are not compared element-wise here, unlike MongoDB:
+    do not filter on them."""
+    return all(key in doc and _same(doc[key], value) for key, value in where.items())
+
+
+def _same(stored: Any, wanted: Any) -> bool:
+    if isinstance(wanted, bool) or isinstance(stored, bool):
+        return type(stored) is type(wanted) and stored == wanted
+    if isinstance(wanted, int | float):
+        return isinstance(stored, int | float) and stored == wanted
+    return isinstance(stored, str) and stored == wanted
+
+
+def _check_keys(doc: dict[str, Any], keys: dict[str, type], what: str) -> None:
+    """Raise ValueError naming the first of `keys` that `doc` lacks or mistypes."""
+    if not isinstance(doc, dict):
+        raise ValueError(f"a {what} must be a dict, got {type(doc).__name__}")
+    for key, kind in keys.items():
+        if key not in doc:
+            raise ValueError(f"{what} lacks the required key {key!r} (needs {list(keys)})")
         value = doc[key]
         # bool is an int subclass, but generation=True is a bug, not generation 1.
         if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
             raise ValueError(
-                f"result doc key {key!r} must be {kind.__name__}, "
+                f"{what} key {key!r} must be {kind.__name__}, "
                 f"got {value!r} ({type(value).__name__})"
             )

@@ -1,9 +1,10 @@
 """The fleet's result store: MongoDB, written by every worker as its tasks finish.
 
 Documents are stored as they are, `_id` included, in the collections `experiments`,
-`results` and `generations` of one database. Every write is a whole-document upsert by `_id`
-(DESIGN.md invariant 5), so sending a write again after a dropped connection can only
-rewrite the same documents: that is what makes retrying writes as safe as retrying reads.
+`results`, `generations` and the arena's (ARENA_COLLECTIONS) of one database. Every write is
+a whole-document upsert by `_id` (DESIGN.md invariant 5), so sending a write again after a
+dropped connection can only rewrite the same documents: that is what makes retrying writes
+as safe as retrying reads.
 """
 
 from __future__ import annotations
@@ -22,7 +23,14 @@ from pymongo.database import Database
 from pymongo.errors import ConnectionFailure
 from pymongo.write_concern import WriteConcern
 
-from .base import check_result, generation_id
+from .base import (
+    ARENA_COLLECTIONS,
+    check_arena_docs,
+    check_collection,
+    check_result,
+    check_where,
+    generation_id,
+)
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +44,9 @@ INDEXES = [
     ("results", "results_by_step", [("experiment", 1), ("generation", 1), ("op", 1)], False),
     ("results", "results_in_order", [("experiment", 1), ("generation", 1), ("_id", 1)], False),
     ("generations", "generations_by_step", [("experiment", 1), ("generation", 1)], True),
+] + [
+    (name, f"{name}_by_experiment", [("experiment", 1), ("_id", 1)], False)
+    for name in ARENA_COLLECTIONS
 ]
 
 # Clients inherited across fork are never closed in the child (closing one there would end
@@ -153,14 +164,18 @@ class MongoStore:
     def put_results(self, docs: list[dict[str, Any]]) -> None:
         for doc in docs:  # check everything before writing anything
             check_result(doc)
-        # One write per _id, the last one winning, as if the docs were written in turn.
+        self._replace_all("results", docs)
+
+    def _replace_all(self, collection: str, docs: list[dict[str, Any]]) -> None:
+        """Upsert checked docs by `_id`: one write per _id, the last one winning, as if the
+        docs were written in turn."""
         latest = {doc["_id"]: doc for doc in docs}
         if not latest:
             return
         writes = [ReplaceOne({"_id": _id}, doc, upsert=True) for _id, doc in latest.items()]
         self._retrying(
-            f"write {len(writes)} results",
-            lambda db: db.results.bulk_write(writes, ordered=False),
+            f"write {len(writes)} {collection}",
+            lambda db: db[collection].bulk_write(writes, ordered=False),
         )
 
     def get_result(self, id: str) -> dict[str, Any] | None:
@@ -229,6 +244,41 @@ class MongoStore:
         )
         return None if doc is None else doc["generation"]
 
+    # arena collections
+
+    def put_docs(self, collection: str, docs: list[dict[str, Any]]) -> None:
+        docs = list(docs)
+        check_arena_docs(collection, docs)  # check everything before writing anything
+        self._replace_all(collection, docs)
+
+    def get_doc(self, collection: str, id: str) -> dict[str, Any] | None:
+        check_collection(collection)
+        return self._retrying(
+            f"read {collection} {id!r}", lambda db: db[collection].find_one({"_id": id})
+        )
+
+    @staticmethod
+    def _arena_filter(collection: str, experiment: str, where: dict[str, Any]) -> dict[str, Any]:
+        check_collection(collection)
+        check_where(where)  # plain field names only: no "$" operator, no "." path
+        query: dict[str, Any] = {"experiment": experiment}
+        for key, value in where.items():
+            query[key] = {"$eq": value, "$type": _bson_type(value)}
+        return query
+
+    def find_docs(self, collection: str, experiment: str, **where: Any) -> list[dict[str, Any]]:
+        query = self._arena_filter(collection, experiment, where)
+        return self._retrying(
+            f"find {collection} {query}",
+            lambda db: list(db[collection].find(query).sort("_id", ASCENDING)),
+        )
+
+    def count_docs(self, collection: str, experiment: str, **where: Any) -> int:
+        query = self._arena_filter(collection, experiment, where)
+        return self._retrying(
+            f"count {collection} {query}", lambda db: db[collection].count_documents(query)
+        )
+
     # lifetime
 
     def close(self) -> None:
@@ -245,6 +295,14 @@ class MongoStore:
 
     def __repr__(self) -> str:
         return f"MongoStore({self.shown_url!r}, database={self.database!r})"
+
+
+def _bson_type(value: Any) -> str:
+    """The BSON type a stored field must have to equal the find_docs filter `value`, so that
+    True matches only true, never 1, as base.matches says (mongomock alone would match 1)."""
+    if isinstance(value, bool):
+        return "bool"
+    return "number" if isinstance(value, int | float) else "string"
 
 
 def _create_indexes(db: Database) -> None:

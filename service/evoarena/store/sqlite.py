@@ -16,7 +16,15 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Self
 
-from .base import check_result, generation_id
+from .base import (
+    ARENA_COLLECTIONS,
+    check_arena_docs,
+    check_collection,
+    check_result,
+    check_where,
+    generation_id,
+    matches,
+)
 
 BUSY_TIMEOUT_MS = 30_000
 
@@ -30,7 +38,13 @@ CREATE TABLE IF NOT EXISTS generations (
     _id TEXT PRIMARY KEY, experiment TEXT NOT NULL, generation INTEGER NOT NULL,
     doc TEXT NOT NULL);
 CREATE INDEX IF NOT EXISTS generations_by_step ON generations (experiment, generation);
+""" + "".join(
+    f"""CREATE TABLE IF NOT EXISTS {name} (
+    _id TEXT PRIMARY KEY, experiment TEXT NOT NULL, doc TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS {name}_by_experiment ON {name} (experiment, _id);
 """
+    for name in ARENA_COLLECTIONS
+)
 
 # Connections inherited across fork are never closed in the child: closing one there can
 # release the parent's POSIX locks or checkpoint under it. They are kept alive here instead.
@@ -40,6 +54,24 @@ _inherited: list[sqlite3.Connection] = []
 def _dump(doc: dict[str, Any]) -> str:
     # allow_nan: a diverged network's fitness is NaN and must still be recorded.
     return json.dumps(doc, allow_nan=True, separators=(",", ":"))
+
+
+def _json_where(where: dict[str, Any]) -> tuple[str, list[Any]]:
+    """SQL true for a doc whose fields equal `where` as base.matches means equal. json_extract
+    alone would not do: it gives 1 for true, and the text of an array for an array."""
+    clauses, params = [], []
+    for key, value in where.items():
+        path = f"$.{key}"  # check_where let only plain field names through; bound, not pasted
+        if isinstance(value, bool):
+            clauses.append("json_type(doc, ?) = ?")
+            params += [path, "true" if value else "false"]
+        elif isinstance(value, int | float):
+            clauses.append("json_type(doc, ?) IN ('integer', 'real') AND json_extract(doc, ?) = ?")
+            params += [path, path, value]
+        else:
+            clauses.append("json_type(doc, ?) = 'text' AND json_extract(doc, ?) = ?")
+            params += [path, path, value]
+    return " AND ".join(clauses), params
 
 
 class SQLiteStore:
@@ -184,6 +216,53 @@ class SQLiteStore:
             "SELECT MAX(generation) FROM generations WHERE experiment = ?", (experiment,)
         )
         return rows[0][0]
+
+    # arena collections
+
+    def put_docs(self, collection: str, docs: list[dict[str, Any]]) -> None:
+        docs = list(docs)
+        check_arena_docs(collection, docs)  # check everything before writing anything
+        rows = [(d["_id"], d["experiment"], _dump(d)) for d in docs]
+        with self._write() as conn:
+            conn.executemany(
+                f"INSERT INTO {collection} (_id, experiment, doc) VALUES (?, ?, ?)"
+                " ON CONFLICT(_id) DO UPDATE SET experiment = excluded.experiment,"
+                " doc = excluded.doc",
+                rows,
+            )
+
+    def get_doc(self, collection: str, id: str) -> dict[str, Any] | None:
+        check_collection(collection)
+        return self._doc(f"SELECT doc FROM {collection} WHERE _id = ?", (id,))
+
+    def find_docs(self, collection: str, experiment: str, **where: Any) -> list[dict[str, Any]]:
+        return [json.loads(text) for text in self._matching(collection, experiment, where)]
+
+    def count_docs(self, collection: str, experiment: str, **where: Any) -> int:
+        return len(self._matching(collection, experiment, where, texts=False))
+
+    def _matching(
+        self, collection: str, experiment: str, where: dict[str, Any], texts: bool = True
+    ) -> list[str | None]:
+        """The JSON text of each doc find_docs returns, in its order; None in place of the
+        text of docs compared in SQL when `texts` is false (counting needs no text)."""
+        check_collection(collection)
+        check_where(where)
+        shown = "doc" if texts else "NULL"
+        if not where:
+            sql = f"SELECT {shown} FROM {collection} WHERE experiment = ? ORDER BY _id"
+            return [row[0] for row in self._query(sql, (experiment,))]
+        # SQLite's JSON functions reject the NaN and Infinity that _dump writes (json_extract
+        # raises "malformed JSON"). CASE keeps them away from such docs; those are fetched
+        # whole and compared in Python, by the rule the SQL implements.
+        clauses, params = _json_where(where)
+        rows = self._query(
+            f"SELECT json_valid(doc), CASE WHEN json_valid(doc) THEN {shown} ELSE doc END"
+            f" FROM {collection} WHERE experiment = ?"
+            f" AND CASE WHEN json_valid(doc) THEN {clauses} ELSE 1 END ORDER BY _id",
+            (experiment, *params),
+        )
+        return [text for valid, text in rows if valid or matches(json.loads(text), where)]
 
     # lifetime
 
