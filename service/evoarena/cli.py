@@ -73,8 +73,9 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
     except scheduler.ExperimentMismatch as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    if scheduler.complete_generations(store, spec.name) >= spec.ga.generations:
-        print(f"{spec.name}: already complete ({spec.ga.generations} generations); `evoarena status {spec.name}` shows it")
+    algo = scheduler.algorithm(spec)
+    if scheduler.complete_generations(store, spec.name) >= algo.steps:
+        print(f"{spec.name}: already complete ({_size(spec)}); `evoarena status {spec.name}` shows it")
         return 0
     if fleet:
         from .fleet.app import broker_url, make_app
@@ -85,7 +86,7 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
         executor, where = InlineExecutor(config), "this process"
     else:
         executor, where = LocalExecutor(config, spec.executor.workers), f"{spec.executor.workers} local workers"
-    print(f"{spec.name}: {spec.ga.generations} generations of {spec.ga.population} on {where}; store {redact(store_url)}")
+    print(f"{spec.name}: {_size(spec)} on {where}; store {redact(store_url)}")
     try:
         final = scheduler.run(spec, store, executor, on_progress=ProgressLine())
     except RuntimeError as exc:
@@ -94,10 +95,26 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
     finally:
         executor.close()
         store.close()
+    if spec.algorithm == "arena":
+        from .evolve.arena import quality_text
+
+        s = final["stats"]
+        print(f"{spec.name}: done; best generator {s['best_member']} (fitness {s['best']:.4g}) "
+              f"{quality_text(s['best_quality'])}")
+        return 0
     best = final["best"]
     print(f"{spec.name}: done; best fitness {best['fitness']:.6g} "
           f"(training cross-entropy {-best['fitness']:.6g}), genome {best['genome_id']}")
     return 0
+
+
+def _size(spec) -> str:
+    """What the run is, in a few words."""
+    if spec.algorithm == "arena":
+        a = spec.arena
+        return (f"{a.rounds} rounds of {a.players} players x ({a.generators} generators + "
+                f"{a.discriminators} discriminators)")
+    return f"{spec.ga.generations} generations of {spec.ga.population}"
 
 
 class ProgressLine:
@@ -110,10 +127,7 @@ class ProgressLine:
     def __call__(self, p) -> None:
         if p.resumed_from is not None:
             self._emit(f"resumed at generation {p.resumed_from}", final=True)
-        line = (f"gen {p.generation + 1:>5}/{p.generations}  best {p.best:10.5f}  mean {p.mean:10.5f}  "
-                f"evals/s {p.evals_per_s:7.1f}  cache hits {p.hit_rate:6.1%}"
-                + (f"  errors {p.errors}" if p.errors else ""))
-        self._emit(line, final=not self.tty or p.generation + 1 == p.generations)
+        self._emit(p.line, final=not self.tty or p.generation + 1 == p.generations or " match " in p.line)
 
     def _emit(self, line: str, final: bool) -> None:
         if self.tty:
@@ -150,11 +164,24 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
         known = ", ".join(store.list_experiments()) or "none"
         print(f"error: no experiment {args.name!r} in the store; known: {known}", file=sys.stderr)
         return 2
-    total = experiment["spec"]["ga"]["generations"]
+    from . import scheduler
+    from .spec import parse_spec
+
+    spec = parse_spec(experiment["spec"], source=f"the stored spec of {args.name}")
+    algo = scheduler.algorithm(spec)
     last = store.last_generation(args.name)
     done = 0 if last is None else last + 1
-    partial = store.count_results(args.name, done, "evaluate") if done < total else 0
     print(f"experiment  {args.name}  ({experiment['status']}, updated {_ago(experiment['updated'])})")
+    if spec.algorithm == "arena":
+        print(f"steps       {done}/{algo.steps} complete ({len(algo.phases)} per round)")
+        for index in range(max(0, done - len(algo.phases)), done):  # the last round's steps
+            print(f"            {algo.line(index, store.get_generation(args.name, index))}")
+        print(f"results     {store.count_results(args.name)} stored; "
+              f"{store.count_docs('pure_gen', args.name)} generators and {store.count_docs('pure_disc', args.name)} "
+              "discriminators recorded")
+        return 0
+    total = algo.steps
+    partial = store.count_results(args.name, done, "evaluate") if done < total else 0
     print(f"generations {done}/{total} complete" + (f"; generation {done} has {partial} results stored" if partial else ""))
     if last is not None:
         doc = store.get_generation(args.name, last)

@@ -41,12 +41,12 @@ class Progress:
     resumed_from: int | None = None
 
 
-def algorithm(spec: ExperimentSpec) -> Algorithm:
-    """The algorithm that runs `spec`: the GA, or the GAN arena."""
+def algorithm(spec: ExperimentSpec, store: ResultStore | None = None) -> Algorithm:
+    """The algorithm that runs `spec`: the GA, or the GAN arena (which records its members in `store`)."""
     if spec.algorithm == "arena":
         from .evolve.arena import Arena
 
-        return Arena(spec)
+        return Arena(spec, store)
     from .evolve.ga import GA
 
     return GA(spec)
@@ -89,7 +89,7 @@ def run(spec: ExperimentSpec, store: ResultStore, executor: Executor,
         on_progress: Callable[[Progress], None] | None = None) -> dict:
     """Run (or continue) experiment `spec` to its last step; return the last step's document."""
     register(spec, store)
-    algo = algorithm(spec)
+    algo = algorithm(spec, store)
     last = store.last_generation(spec.name)
     index = 0 if last is None else last + 1
     resumed_from = None if last is None else index

@@ -430,8 +430,6 @@ class ArenaSpec(SpecModel):
     """Share of discriminators that lie in matches (report the opposite verdict)."""
     schedule: list[Annotated[int, Field(ge=1, le=1000)]] = []
     """Bottleneck cycles: generators and discriminators per player in round r is schedule[r % len]; empty: constant."""
-    mode: Literal["sync", "async"] = "sync"
-    """sync: a barrier between rounds; async: a pair that finishes training is matched at once (seed 001)."""
     on_error: Literal["skip", "stop"] = "stop"
     """A failed task: stop the run, or skip (the members it concerned get no fitness and are not selected)."""
 

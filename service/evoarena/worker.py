@@ -102,6 +102,38 @@ class Worker:
             self._data[key] = PROBLEMS[problem["kind"]].make_data(problem, self.config.device)
         return self._data[key]
 
+    def gan_data(self, problem: dict):
+        """The real data of a gan problem, made (or downloaded and checked) once per process."""
+        from .problems import gan_data
+
+        key = repr(problem["data"])
+        if key not in self._data:
+            self._data[key] = gan_data.make_data(problem["data"], self.models_dir)
+        return self._data[key]
+
+    @property
+    def models_dir(self):
+        from .arena_worker import models_dir
+
+        return models_dir(self.config.noise_dir)
+
+    def arena(self, op: str, task: dict) -> dict:
+        """Run an arena op (arena_worker.py) and store its result document, or its error."""
+        from . import arena_worker
+
+        _id = task_id(op, task)
+        doc = {"_id": _id, "experiment": task["experiment"], "generation": task["generation"], "op": op,
+               "round": task.get("round"), "key": task["key"], "worker": self.name, "node": self.node}
+        started = time.perf_counter()
+        try:
+            doc.update(getattr(arena_worker, op)(self, task, _id))
+            doc["error"] = None
+        except Exception as exc:  # a poison task: record why, do not retry
+            doc.update(build=None, holds=[], error=f"{type(exc).__name__}: {exc}", traceback=traceback.format_exc(limit=5))
+        doc["seconds"] = time.perf_counter() - started
+        self.store.put_result(doc)
+        return {k: doc.get(k) for k in ("_id", "build", "seconds", "worker", "error", "holds")}
+
     def evaluate(self, task: dict) -> dict:
         """Build the task's genome, score it on its problem, store the result document."""
         experiment, generation, genome_json = _required(task, "experiment", "generation", "genome")
@@ -197,5 +229,5 @@ def run_on(worker: Worker, op: str, task: dict) -> dict:
     if op == "evaluate":
         return worker.evaluate(task)
     if op in OPS:
-        raise NotImplementedError(f"op {op!r} arrives with the GAN arena")
+        return worker.arena(op, task)
     raise ValueError(f"unknown op {op!r}; accepted: {', '.join(OPS)}")

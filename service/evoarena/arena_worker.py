@@ -1,0 +1,116 @@
+"""What a worker does with the arena's tasks: train_pair, match and cross_train.
+
+Each function takes the process's Worker and a task (JSON: members as genome + meta, never
+weights), builds the networks through the worker's parent cache, runs the op of problems/gan.py,
+and returns the fields of the result document. Gradient-trained weights cannot be replayed from
+seeds: they are saved as a safetensors checkpoint under the id `genome.trained` gives, the
+result names the new genome (rebased on that checkpoint), and the worker keeps the weights in its
+cache so that the next task about that member, routed back here, starts without a download.
+
+A task's randomness comes from its `seed` only; the same task gives the same bits on the same
+device type, so a redelivered task writes the same checkpoint and the same document.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from .genome import Genome, trained, trained_id
+from .materialize import Materializer, Weights
+from .problems import gan, gan_metrics
+
+
+def train_pair(worker, task: dict, result_id: str) -> dict:
+    """A player's generator and discriminator trained together for `steps` steps."""
+    m = worker.materializer(task["noise"])
+    (g, g_flat, g_build), (d, d_flat, d_build) = _build(m, task["gen"]), _build(m, task["disc"])
+    data = worker.gan_data(task["problem"])
+    with torch.random.fork_rng(devices=[]):  # the op seeds its own generator; keep the process's RNG out of it
+        g_new, d_new, trace = gan.train_pair(g.arch, g_flat, task["gen"]["meta"], d.arch, d_flat, task["disc"]["meta"],
+                                             data.train.to(g_flat.device), task["steps"], task["batch_size"], task["seed"])
+    how = {"task": result_id}
+    new_g, new_d = _save(worker, m, g, g_new, how, task), _save(worker, m, d, d_new, how, task)
+    return {"gen": {"id": task["gen"]["id"], "genome": new_g.to_json()},
+            "disc": {"id": task["disc"]["id"], "genome": new_d.to_json()},
+            "trace": trace, "last": _tail_mean(trace), "build": _worst(g_build, d_build), "holds": [new_g.id, new_d.id]}
+
+
+def cross_train(worker, task: dict, result_id: str) -> dict:
+    """A member trained against a frozen foreign opponent: a generator against a discriminator,
+    or a discriminator against a generator's samples."""
+    m = worker.materializer(task["noise"])
+    (own, own_flat, build), (opp, opp_flat, _) = _build(m, task["member"]), _build(m, task["opponent"])
+    meta, steps, batch, seed = task["member"]["meta"], task["steps"], task["batch_size"], task["seed"]
+    with torch.random.fork_rng(devices=[]):
+        if task["side"] == "gen":
+            new_flat, trace = gan.train_generator(own.arch, own_flat, meta, opp.arch, opp_flat, steps, batch, seed)
+        elif task["side"] == "disc":
+            real = worker.gan_data(task["problem"]).train.to(own_flat.device)
+            new_flat, trace = gan.train_discriminator(own.arch, own_flat, meta, real, opp.arch, opp_flat, steps, batch, seed)
+        else:
+            raise ValueError(f"cross_train side {task['side']!r}: accepted gen, disc")
+    new = _save(worker, m, own, new_flat, {"task": result_id}, task)
+    return {"member": {"id": task["member"]["id"], "genome": new.to_json()}, "opponent": task["opponent"]["id"],
+            "trace": trace, "last": _tail_mean(trace), "build": build, "holds": [new.id]}
+
+
+def match(worker, task: dict, result_id: str) -> dict:
+    """A block of generators against a block of discriminators: their block of the encounter
+    matrix, each discriminator's acceptance of held-out real data, and (with `metrics`) each
+    generator's quality on `metric_samples` samples of its own."""
+    m = worker.materializer(task["noise"])
+    gens = [_build(m, member) for member in task["gens"]]
+    discs = [_build(m, member) for member in task["discs"]]
+    data = worker.gan_data(task["problem"])
+    device = gens[0][1].device
+    with torch.random.fork_rng(devices=[]):
+        block = gan.match_block([(g.arch, f) for g, f, _ in gens], [(d.arch, f) for d, f, _ in discs],
+                                data.heldout.to(device), task["samples"], task["seed"], frozenset(task.get("liars", [])))
+        quality = []
+        if task.get("metrics"):
+            for i, (g, flat, _) in enumerate(gens):
+                rng = torch.Generator(device=device).manual_seed(task["seed"] + 7919 * (i + 1))
+                samples = gan.generate(g.arch, flat, task["metric_samples"], rng).cpu()
+                quality.append(gan_metrics.quality(samples, data, worker.models_dir))
+    return {"gens": [x["id"] for x in task["gens"]], "discs": [x["id"] for x in task["discs"]],
+            "matrix": block["matrix"], "real_accept": block["real_accept"], "quality": quality,
+            "build": _worst(*(b for _, _, b in gens + discs))}
+
+
+# --- helpers ------------------------------------------------------------------------------------
+
+
+def _build(m: Materializer, member: dict) -> tuple[Genome, torch.Tensor, str]:
+    genome = Genome.from_json(member["genome"])
+    weights, how = m.build_how(genome)
+    return genome, weights.flat, how
+
+
+def _save(worker, m: Materializer, parent: Genome, flat: torch.Tensor, how: dict, task: dict) -> Genome:
+    """Checkpoint the trained weights; the genome named by them, cached on this worker."""
+    weights = Weights(flat.detach().contiguous())
+    uri = worker.artifacts.put(trained_id(parent.id, how), weights.tensors(parent.arch), {"experiment": task["experiment"]})
+    genome = trained(parent, how, uri)
+    m.cache.put(genome.id, weights)
+    return genome
+
+
+def _tail_mean(trace: list[dict], n: int = 10) -> dict:
+    """The mean of each traced value over the last `n` steps: how the training ended."""
+    tail = trace[-n:]
+    return {k: sum(row[k] for row in tail) / len(tail) for k in tail[0]} if tail else {}
+
+
+_ORDER = ("cached", "from_parent", "from_ancestor", "from_checkpoint", "full_chain")
+
+
+def _worst(*builds: str) -> str:
+    """The costliest of several build paths: what the task's cache hit rate counts."""
+    return max(builds, key=_ORDER.index)
+
+
+def models_dir(noise_dir: str) -> Path:
+    """Where a worker keeps models it trains once (the digits classifier): beside the noise tables."""
+    return Path(noise_dir).expanduser().parent / "models"

@@ -1,0 +1,436 @@
+"""The GAN arena (seeds 000, 001, 004; Kucharavy et al., arXiv 2006.04720): players own
+generators (pathogens) and discriminators (hosts), and only the fittest reproduce.
+
+    founders: P players, each with G generators and D discriminators of the spec's architectures,
+              each from its own init seed (plus `founder_mutations` architecture edits: standing variation)
+    every round r:
+        train-pair   a player's generator i trains with its discriminator i, `train_steps`
+                     steps in chunks of at most `chunk_steps` (one step of the master per chunk)
+        match        every generator against every discriminator, in blocks of generators;
+                     Byzantine discriminators lie; each generator's quality is measured
+        fitness      from the encounter matrix, over the encounters that count (speciation)
+        cross-train  each generator against the foreign discriminator that caught it most,
+                     each discriminator against the foreign generator that fooled it most
+        select       per side, the `survivors` share by fitness (`low_performers` of them drawn
+                     at random among the rest)
+        reproduce    each player's pool refilled with offspring of survivors: crossover,
+                     architecture and meta-parameter mutation; a child may join another player
+    (the last round keeps its whole population: nothing is selected after it)
+
+Each step's state is the population (members: a genome, meta-parameters, player, lineage) plus,
+after a match, the encounter matrix and the fitness. Everything random is drawn from generators
+seeded by (experiment seed, round, phase), so an interrupted step is planned again identically.
+The store gets, per round, every generator in `pure_gen`, every discriminator in `pure_disc`,
+each pointing to its encounters in `pure_match_trace` (the seed project's collections).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import statistics
+
+import numpy as np
+
+from .. import arch as archs
+from ..genome import Genome, founder, morph
+from ..nets import layout
+from ..spec import ArenaSpec, ExperimentSpec
+from . import Step, fitness
+
+SIDES = ("gen", "disc")
+
+
+class Arena:
+    """The arena as the master's algorithm: a round is `len(self.phases)` steps."""
+
+    def __init__(self, spec: ExperimentSpec, store=None):
+        self.spec, self.arena, self.store = spec, spec.arena, store
+        self.problem = spec.problem.model_dump(mode="json")
+        self.noise = spec.noise.model_dump(mode="json")
+        self.shape = sample_shape(self.problem["data"])
+        self.chunks = [min(spec.arena.chunk_steps, spec.arena.train_steps - start)
+                       for start in range(0, spec.arena.train_steps, spec.arena.chunk_steps)]
+        self.phases = ["train"] * len(self.chunks) + ["match"] + (["cross"] if spec.arena.cross_train_steps else [])
+        self.steps = spec.arena.rounds * len(self.phases)
+
+    def where(self, index: int) -> tuple[int, int, str]:
+        """(round, phase index, phase name) of step `index`."""
+        round, phase = divmod(index, len(self.phases))
+        return round, phase, self.phases[phase]
+
+    # --- the algorithm ------------------------------------------------------------------------
+
+    def plan(self, index: int, state: dict | None) -> Step:
+        round, phase, name = self.where(index)
+        members = self.founders() if state is None else state["members"]
+        alive = [m for m in members if not m.get("failed")]
+        if name == "train":
+            pairs = training_pairs(alive)
+            return Step("train_pair", [self._train_task(index, round, g, d, self.chunks[phase]) for g, d in pairs], pairs)
+        if name == "match":
+            gens, discs = side(alive, "gen"), side(alive, "disc")
+            liars = byzantine(len(discs), self.arena.byzantine, self._rng(round, "byzantine"))
+            blocks = [gens[i : i + self.arena.match_block] for i in range(0, len(gens), self.arena.match_block)]
+            return Step("match", [self._match_task(index, round, block, discs, liars) for block in blocks],
+                        {"gens": gens, "discs": discs, "liars": liars})
+        opponents = toughest_opponents(state)
+        tasks = [self._cross_task(index, round, m, opp) for m, opp in opponents]
+        return Step("cross_train", tasks, opponents)
+
+    def advance(self, index: int, state: dict | None, step: Step, results: list[dict]) -> dict:
+        round, phase, name = self.where(index)
+        members = [dict(m) for m in (self.founders() if state is None else state["members"])]
+        failed = self._failures(index, results)
+        if name == "train":
+            members = trained_members(members, results, failed)
+            doc = {"members": members, "train": _mean_of([r["last"] for r in results if not r.get("error")])}
+        elif name == "match":
+            doc = self._after_match(round, members, step, results)
+        else:
+            members = trained_members(members, results, failed)
+            doc = {**{k: state[k] for k in ("matrix", "stats")}, "members": members,
+                   "cross": _mean_of([r["last"] for r in results if not r.get("error")])}
+        if phase == len(self.phases) - 1 and round + 1 < self.arena.rounds:
+            doc["members"] = self.reproduce(round, doc["members"])
+        return {"round": round, "phase": name, **doc}
+
+    def line(self, index: int, state: dict) -> str:
+        round, phase, name = self.where(index)
+        head = f"round {round + 1:>3}/{self.arena.rounds} {name:<5}"
+        if name == "train":
+            t = state["train"]
+            return f"{head} chunk {phase + 1}/{len(self.chunks)}  " + "  ".join(f"{k} {v:.3f}" for k, v in sorted(t.items()))
+        if name == "cross":
+            return f"{head} " + "  ".join(f"{k} {v:.3f}" for k, v in sorted(state["cross"].items()))
+        s, m = state["stats"], state["matrix"]
+        return (f"{head} best gen fitness {s['best']:.3f} {quality_text(s['best_quality'])}  "
+                f"matrix mean {m['mean']:.2f} [{m['min']:.2f}, {m['max']:.2f}]  real accepted {m['real_accept']:.2f}")
+
+    # --- population ---------------------------------------------------------------------------
+
+    def founders(self) -> list[dict]:
+        """Round 0's population: every player's pools, each member from its own init seed."""
+        rng = self._rng(0, "founders")
+        members = []
+        for player in range(self.arena.players):
+            for side_name in SIDES:
+                for slot in range(self.arena.pool(0, side_name)):
+                    genome = founder(self.founding_arch(side_name), int(rng.integers(2**31 - 1)))
+                    for _ in range(self.arena.variation.founder_mutations):
+                        if (edit := archs.sample_mutation(rng, genome.arch, self.output(side_name))) is not None:
+                            genome = morph(genome, edit)
+                    member_id = f"{side_name}-{_digest('founder', self.spec.seed, player, slot, side_name)}"
+                    members.append({"id": member_id, "side": side_name, "player": player, "genome": genome.to_json(),
+                                    "meta": self.founding_meta(side_name), "lineage": member_id, "parents": [], "born": 0})
+        return members
+
+    def founding_arch(self, side_name: str) -> dict:
+        net = self.arena.generator if side_name == "gen" else self.arena.discriminator
+        images = len(self.shape) > 1
+        if side_name == "gen":
+            out_act = "tanh" if images else None
+            if net.family == "conv":
+                return archs.conv_generator_arch(self.problem["latent"], net.channels, self.shape, out_act=out_act)
+            return archs.generator_arch(self.problem["latent"], net.hidden, self.shape, out_act=out_act)
+        if net.family == "conv":
+            return archs.conv_discriminator_arch(self.shape, net.channels)
+        return archs.discriminator_arch(self.shape, net.hidden)
+
+    def founding_meta(self, side_name: str) -> dict:
+        meta = self.arena.meta.model_dump(mode="json")
+        return meta if side_name == "gen" else {k: v for k, v in meta.items() if k != "loss"}
+
+    def output(self, side_name: str) -> tuple:
+        """The output shape every architecture of a side must keep."""
+        return tuple(self.shape) if side_name == "gen" else (1,)
+
+    def reproduce(self, round: int, members: list[dict]) -> list[dict]:
+        """Selection, then each player's pools refilled with offspring of the survivors."""
+        rng, nxt = self._rng(round, "reproduce"), []
+        for side_name in SIDES:
+            pool = self.arena.pool(round + 1, side_name)
+            survivors = select(side(members, side_name), self.arena, self.arena.players * pool, rng)
+            for player in range(self.arena.players):
+                own = [m for m in survivors if m["player"] == player][:pool]
+                nxt += [{k: v for k, v in m.items() if k not in ("fitness", "quality", "partner")} for m in own]
+                for slot in range(pool - len(own)):
+                    nxt.append(self.child(rng, round, player, slot, side_name, own, survivors))
+        return nxt
+
+    def child(self, rng: np.random.Generator, round: int, player: int, slot: int, side_name: str,
+              own: list[dict], survivors: list[dict]) -> dict:
+        """One offspring for `player`: parent from its own survivors unless it migrates (or has none)."""
+        v = self.arena.variation
+        others = [m for m in survivors if m["player"] != player]
+        migrate = (rng.random() < v.migration and others) or not own
+        parent = _pick(rng, others if migrate and others else own or survivors)
+        genome, parents = Genome.from_json(parent["genome"]), [parent["id"]]
+        if rng.random() < v.crossover_rate:
+            mates = [m for m in survivors if m["id"] != parent["id"]
+                     and (v.mixing == "between" or m["player"] == parent["player"])]
+            if mates:
+                mate = _pick(rng, mates)
+                edit = archs.sample_crossover(rng, genome.arch, mate["genome"]["arch"], self.output(side_name))
+                if edit is not None:
+                    genome = morph(genome, edit, other=Genome.from_json(mate["genome"]))
+                    parents.append(mate["id"])
+        if rng.random() < v.arch_rate:
+            edit = archs.sample_mutation(rng, genome.arch, self.output(side_name), large=v.large)
+            if edit is not None:
+                genome = morph(genome, edit)
+        meta = mutate_meta(rng, parent["meta"]) if rng.random() < v.meta_rate else dict(parent["meta"])
+        member_id = f"{side_name}-{_digest('child', self.spec.seed, round, player, slot, *parents)}"
+        return {"id": member_id, "side": side_name, "player": player, "genome": genome.to_json(), "meta": meta,
+                "lineage": parent["lineage"], "parents": parents, "born": round + 1, "elo": parent.get("elo")}
+
+    # --- after a match: fitness, and the seed project's collections ---------------------------
+
+    def _after_match(self, round: int, members: list[dict], step: Step, results: list[dict]) -> dict:
+        gens, discs, liars = step.about["gens"], step.about["discs"], step.about["liars"]
+        ok = [r for r in results if not r.get("error")]
+        rows = {g: row for r in ok for g, row in zip(r["gens"], r["matrix"])}
+        quality = {g: q for r in ok for g, q in zip(r["gens"], r["quality"])}
+        gens = [g for g in gens if g["id"] in rows]  # a failed block's generators get no fitness (on_error: skip)
+        matrix = [rows[g["id"]] for g in gens]
+        real_accept = ok[0]["real_accept"] if ok else [math.nan] * len(discs)
+        disc_index = {d["id"]: j for j, d in enumerate(discs)}
+        judged = fitness.judged_mask([g["player"] for g in gens], [d["player"] for d in discs], self.arena.speciation,
+                                     [disc_index.get(g.get("partner")) for g in gens])
+        f = self.arena.fitness
+        params = {"seed001": {"rac_weight": f.rac_weight, "target": f.target},
+                  "host_pathogen": {"autoimmunity": f.autoimmunity, "virulence": f.virulence},
+                  "elo": {"k": f.elo_k}}[f.kind]
+        previous = ([g.get("elo") or 1500.0 for g in gens], [d.get("elo") or 1500.0 for d in discs])
+        gen_fit, disc_fit = fitness.score(f.kind, matrix, real_accept, judged, params, previous) if gens else ([], [])
+        scores = {g["id"]: x for g, x in zip(gens, gen_fit)} | {d["id"]: x for d, x in zip(discs, disc_fit)}
+        for m in members:
+            m["fitness"] = scores.get(m["id"])
+            if m["side"] == "gen":
+                m["quality"] = quality.get(m["id"])
+            if f.kind == "elo" and m["id"] in scores:
+                m["elo"] = scores[m["id"]]
+        encounters = {"gens": [g["id"] for g in gens], "discs": [d["id"] for d in discs], "matrix": matrix,
+                      "real_accept": real_accept, "judged": judged, "liars": liars}
+        self._record(round, members, encounters)
+        return {"members": members, "matrix": matrix_summary(encounters),
+                "stats": population_stats(members)}
+
+    def _record(self, round: int, members: list[dict], enc: dict) -> None:
+        """pure_gen / pure_disc: each member of the round; pure_match_trace: its encounters."""
+        if self.store is None:
+            return
+        name = self.spec.name
+        traces, docs = [], {"pure_gen": [], "pure_disc": []}
+        for m in members:
+            if m.get("failed"):
+                continue
+            trace_id = f"{name}:{round:06d}:{m['id']}:encounters"
+            if m["side"] == "gen" and m["id"] in enc["gens"]:
+                i = enc["gens"].index(m["id"])
+                seen = {d: enc["matrix"][i][j] for j, d in enumerate(enc["discs"]) if enc["judged"][i][j]}
+            elif m["side"] == "disc":
+                j = enc["discs"].index(m["id"])
+                seen = {g: enc["matrix"][i][j] for i, g in enumerate(enc["gens"]) if enc["judged"][i][j]}
+            else:
+                seen = {}
+            traces.append({"_id": trace_id, "experiment": name, "round": round, "member": m["id"],
+                           "side": m["side"], "encounters": seen, "liar": m["side"] == "disc"
+                           and enc["discs"].index(m["id"]) in enc["liars"]})
+            genome = Genome.from_json(m["genome"])
+            docs["pure_gen" if m["side"] == "gen" else "pure_disc"].append({
+                "_id": f"{name}:{round:06d}:{m['id']}", "experiment": name, "round": round, "member": m["id"],
+                "player": m["player"], "lineage": m["lineage"], "parents": m["parents"], "born": m["born"],
+                "genome_id": genome.id, "genome": m["genome"], "hyper_parameters": m["meta"],
+                "parameters": layout(genome.arch).size, "fitness_map": {self.arena.fitness.kind: m.get("fitness")},
+                "quality": m.get("quality"), "encounter_trace": trace_id,
+            })
+        traces.append({"_id": f"{name}:{round:06d}:matrix", "experiment": name, "round": round, **enc})
+        self.store.put_docs("pure_match_trace", traces)
+        for collection, batch in docs.items():
+            self.store.put_docs(collection, batch)
+
+    # --- tasks --------------------------------------------------------------------------------
+
+    def _base(self, index: int, round: int, key: list[str], genomes: list[dict]) -> dict:
+        return {"experiment": self.spec.name, "generation": index, "round": round, "key": key, "genomes": genomes,
+                "problem": self.problem, "noise": self.noise, "batch_size": self.arena.batch_size,
+                "seed": int(_digest("task", self.spec.seed, index, *key), 16) % 2**31}
+
+    def _train_task(self, index: int, round: int, g: dict, d: dict, steps: int) -> dict:
+        return {**self._base(index, round, [g["id"], d["id"]], [g["genome"], d["genome"]]),
+                "gen": _carried(g), "disc": _carried(d), "steps": steps}
+
+    def _match_task(self, index: int, round: int, block: list[dict], discs: list[dict], liars: list[int]) -> dict:
+        return {**self._base(index, round, [g["id"] for g in block], [m["genome"] for m in block + discs]),
+                "gens": [_carried(g) for g in block], "discs": [_carried(d) for d in discs], "liars": liars,
+                "samples": self.arena.match_samples, "metrics": True, "metric_samples": self.problem["metric_samples"]}
+
+    def _cross_task(self, index: int, round: int, member: dict, opponent: dict) -> dict:
+        return {**self._base(index, round, [member["id"], opponent["id"]], [member["genome"], opponent["genome"]]),
+                "side": member["side"], "member": _carried(member), "opponent": _carried(opponent),
+                "steps": self.arena.cross_train_steps}
+
+    def _failures(self, index: int, results: list[dict]) -> set[str]:
+        """Ids of the members whose task failed; on_error = stop ends the run at the first."""
+        bad = [r for r in results if r.get("error")]
+        if bad and self.arena.on_error == "stop":
+            raise RuntimeError(f"step {index}: task {bad[0]['_id']} failed ({bad[0]['error']}); "
+                               "stopping because arena.on_error = stop")
+        return {member for r in bad for member in r.get("key", [])}
+
+    def _rng(self, round: int, purpose: str) -> np.random.Generator:
+        return np.random.default_rng([self.spec.seed, round, int(_digest(purpose), 16) % 2**32])
+
+
+# --- the steps, as functions of the population ----------------------------------------------------
+
+
+def side(members: list[dict], side_name: str) -> list[dict]:
+    return [m for m in members if m["side"] == side_name and not m.get("failed")]
+
+
+def training_pairs(members: list[dict]) -> list[tuple[dict, dict]]:
+    """Each player's generator i with its discriminator i (a player with more of one side trains
+    only as many pairs as it has of the other; the rest wait for the match and cross-training)."""
+    players = sorted({m["player"] for m in members})
+    return [pair for p in players
+            for pair in zip(side([m for m in members if m["player"] == p], "gen"),
+                            side([m for m in members if m["player"] == p], "disc"))]
+
+
+def trained_members(members: list[dict], results: list[dict], failed: set[str]) -> list[dict]:
+    """The population with each trained member's genome replaced by its trained one."""
+    new = {}
+    for r in results:
+        if r.get("error"):
+            continue
+        for key in ("gen", "disc", "member"):
+            if key in r:
+                new[r[key]["id"]] = r[key]["genome"]
+        if "gen" in r:  # a training pair: who trained with whom, for the partner rule of the match
+            new[("partner", r["gen"]["id"])] = r["disc"]["id"]
+    out = []
+    for m in members:
+        m = {**m, "genome": new.get(m["id"], m["genome"])}
+        if ("partner", m["id"]) in new:
+            m["partner"] = new[("partner", m["id"])]
+        if m["id"] in failed:
+            m["failed"] = True
+        out.append(m)
+    return out
+
+
+def toughest_opponents(state: dict) -> list[tuple[dict, dict]]:
+    """Cross-training pairs: each generator with the judging discriminator that took the least of
+    its samples for real, each discriminator with the judged generator that fooled it most."""
+    members = {m["id"]: m for m in state["members"]}
+    matrix, judged = state["matrix"]["values"], state["matrix"]["judged"]
+    gen_ids, disc_ids = state["matrix"]["gens"], state["matrix"]["discs"]
+    pairs = []
+    for i, g in enumerate(gen_ids):
+        judges = [j for j in range(len(disc_ids)) if judged[i][j]]
+        if judges:
+            pairs.append((members[g], members[disc_ids[min(judges, key=lambda j: (matrix[i][j], j))]]))
+    for j, d in enumerate(disc_ids):
+        victims = [i for i in range(len(gen_ids)) if judged[i][j]]
+        if victims:
+            pairs.append((members[d], members[gen_ids[max(victims, key=lambda i: (matrix[i][j], -i))]]))
+    return pairs
+
+
+def select(members: list[dict], arena: ArenaSpec, capacity: int, rng: np.random.Generator) -> list[dict]:
+    """Truncation by fitness (failed or unjudged members last; ties by id), `low_performers` of the
+    survivors drawn at random among the rest (seed 000's tolerance to low performers)."""
+    ranked = sorted(members, key=lambda m: (-_score(m), m["id"]))
+    keep = min(capacity, max(1, round(arena.survivors * len(ranked))))
+    low = min(arena.low_performers, keep - 1, len(ranked) - keep)
+    best, rest = ranked[: keep - low], ranked[keep - low :]
+    lucky = [rest[i] for i in sorted(rng.choice(len(rest), size=low, replace=False))] if low > 0 else []
+    return best + lucky
+
+
+def byzantine(n_discs: int, share: float, rng: np.random.Generator) -> list[int]:
+    """Indices of the discriminators that lie in this round's match."""
+    count = int(round(share * n_discs))
+    return sorted(int(i) for i in rng.choice(n_discs, size=count, replace=False)) if count else []
+
+
+def mutate_meta(rng: np.random.Generator, meta: dict) -> dict:
+    """One meta-parameter changed: the optimizer, the learning rate (x e^N(0, 0.5)), or the
+    generator loss (E-GAN's variation operators)."""
+    meta = dict(meta)
+    fields = ["optimizer", "lr"] + (["loss"] if "loss" in meta else [])
+    what = fields[int(rng.integers(len(fields)))]
+    if what == "lr":
+        meta["lr"] = float(min(1.0, max(1e-6, meta["lr"] * math.exp(rng.normal(0, 0.5)))))
+    else:
+        choices = [c for c in {"optimizer": ("adam", "sgd", "rmsprop"), "loss": ("ns", "ls", "hinge")}[what]
+                   if c != meta[what]]
+        meta[what] = choices[int(rng.integers(len(choices)))]
+    return meta
+
+
+def matrix_summary(enc: dict) -> dict:
+    """The encounter matrix (kept whole, with who is who) and the numbers the progress line shows."""
+    matrix, judged = enc["matrix"], enc["judged"]
+    counted = [matrix[i][j] for i in range(len(matrix)) for j in range(len(matrix[i])) if judged[i][j]]
+    finite = [x for x in enc["real_accept"] if not math.isnan(x)]
+    return {"values": matrix, "judged": judged, "gens": enc["gens"], "discs": enc["discs"],
+            "real_accept_each": enc["real_accept"], "liars": enc["liars"],
+            "mean": statistics.fmean(counted) if counted else math.nan,
+            "min": min(counted, default=math.nan), "max": max(counted, default=math.nan),
+            "real_accept": statistics.fmean(finite) if finite else math.nan}
+
+
+def population_stats(members: list[dict]) -> dict:
+    """Best and mean generator fitness, and the best generator's quality."""
+    gens = [m for m in side(members, "gen") if _score(m) > -math.inf]
+    if not gens:
+        return {"best": math.nan, "mean": math.nan, "best_quality": {}, "best_member": None, "errors": 0}
+    best = min(gens, key=lambda m: (-m["fitness"], m["id"]))
+    return {"best": best["fitness"], "mean": statistics.fmean(m["fitness"] for m in gens),
+            "best_quality": best.get("quality") or {}, "best_member": best["id"],
+            "errors": sum(1 for m in members if m.get("failed"))}
+
+
+def quality_text(q: dict) -> str:
+    if "modes_covered" in q:
+        return f"modes {q['modes_covered']}/{q['modes']} hq {q['high_quality']:.2f} rkl {q['reverse_kl']:.2f}"
+    if "frechet" in q:
+        return f"FD {q['frechet']:.1f} classes {q['classes_covered']} tv {q['class_tv']:.2f}"
+    return ""
+
+
+def sample_shape(data: dict) -> tuple[int, ...]:
+    """One real sample's shape, known without loading the data (but for a user's npz file)."""
+    if data["kind"] in ("ring", "grid"):
+        return (2,)
+    if data["kind"] == "digits":
+        return (1, 8, 8)
+    from ..problems.gan_data import make_data
+
+    return tuple(make_data(data).shape)
+
+
+def _carried(m: dict) -> dict:
+    """What a task carries of a member: its id, genome and meta-parameters."""
+    return {"id": m["id"], "genome": m["genome"], "meta": m["meta"]}
+
+
+def _score(m: dict) -> float:
+    f = m.get("fitness")
+    return -math.inf if f is None or math.isnan(f) or m.get("failed") else f
+
+
+def _pick(rng: np.random.Generator, items: list):
+    return items[int(rng.integers(len(items)))]
+
+
+def _mean_of(rows: list[dict]) -> dict:
+    keys = sorted({k for r in rows for k in r})
+    return {k: statistics.fmean(r[k] for r in rows if k in r) for k in keys}
+
+
+def _digest(*parts) -> str:
+    return hashlib.blake2b(":".join(map(str, parts)).encode(), digest_size=8).hexdigest()
