@@ -313,7 +313,7 @@ def test_parameter_count_matches_the_torch_network_it_describes():
     assert torch_count == 605_866
 
 
-@pytest.mark.parametrize("path", sorted(EXPERIMENTS.glob("*.yaml")), ids=lambda p: p.name)
+@pytest.mark.parametrize("path", sorted(EXPERIMENTS.glob("**/*.yaml")), ids=lambda p: p.name)
 def test_every_experiment_file_loads_and_round_trips(path):
     spec = load_spec(path)
     stored = json.loads(json.dumps(spec_to_dict(spec)))

@@ -1,0 +1,228 @@
+"""The GAN arena on tiny networks, in this process: what each step stores, and the rules of a round.
+
+One tiny run (2 rounds, 2 players, 2 generators and 2 discriminators each) is shared by most
+tests; the others change one switch and compare with it.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from pathlib import Path
+
+import pytest
+
+from evoarena import scheduler
+from evoarena.fleet.executor import InlineExecutor
+from evoarena.genome import Genome
+from evoarena.spec import parse_spec
+from evoarena.store import open_store
+from evoarena.worker import WorkerConfig, task_id
+
+TINY = {
+    "name": "arena-tiny",
+    "problem": {"kind": "gan", "latent": 4, "metric_samples": 200,
+                "data": {"kind": "ring", "train": 2000, "heldout": 500}},
+    "arena": {"rounds": 2, "players": 2, "generators": 2, "discriminators": 2,
+              "generator": {"hidden": [16]}, "discriminator": {"hidden": [16]},
+              "train_steps": 50, "chunk_steps": 20, "cross_train_steps": 10, "batch_size": 32,
+              "match_samples": 128, "match_block": 3,
+              "variation": {"arch_rate": 1.0, "crossover_rate": 0.3, "meta_rate": 0.5}},
+    "noise": {"size": 65536},
+}
+
+
+def tiny(**arena) -> dict:
+    data = copy.deepcopy(TINY)
+    data["arena"].update(arena)
+    return data
+
+
+class Run:
+    """An arena run into its own SQLite store, on one worker in this process."""
+
+    def __init__(self, root: Path, data: dict):
+        self.spec = parse_spec(data)
+        url = f"sqlite:///{root / 'results.db'}"
+        self.store = open_store(url)
+        self.config = WorkerConfig(url, str(root / "artifacts"), str(root.parent / "noise"), threads=1)
+        self.algo = scheduler.algorithm(self.spec, self.store)
+
+    def run(self) -> dict:
+        executor = InlineExecutor(self.config)
+        return scheduler.run(self.spec, self.store, executor)
+
+    def steps(self) -> list[dict]:
+        return self.store.list_generations(self.spec.name)
+
+    def results(self, index: int, op: str) -> list[dict]:
+        return self.store.find_results(self.spec.name, index, op)
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory) -> Run:
+    run = Run(tmp_path_factory.mktemp("tiny") / "run", tiny())
+    run.run()
+    return run
+
+
+def match_index(run: Run, round: int) -> int:
+    return round * len(run.algo.phases) + run.algo.phases.index("match")
+
+
+# --- a round's steps -------------------------------------------------------------------------------
+
+
+def test_a_round_is_train_chunks_then_match_then_cross_train(tiny_run):
+    assert tiny_run.algo.phases == ["train", "train", "train", "match", "cross"]
+    assert [d["phase"] for d in tiny_run.steps()] == tiny_run.algo.phases * 2
+    assert [d["round"] for d in tiny_run.steps()] == [0] * 5 + [1] * 5
+
+
+def test_long_training_is_split_into_chunks_of_at_most_chunk_steps(tiny_run):
+    # 50 steps in chunks of 20: 20, 20, then 10, one trace entry per step
+    lengths = [{len(r["trace"]) for r in tiny_run.results(i, "train_pair")} for i in range(3)]
+    assert lengths == [{20}, {20}, {10}]
+
+
+def test_every_task_of_every_step_has_exactly_one_result(tiny_run):
+    state = None
+    for index, doc in enumerate(tiny_run.steps()):
+        step = tiny_run.algo.plan(index, state)
+        stored = {r["_id"] for r in tiny_run.results(index, step.op)}
+        assert stored == {task_id(step.op, t) for t in step.tasks}
+        assert all(r["error"] is None for r in tiny_run.results(index, step.op))
+        state = doc
+
+
+def test_training_chains_checkpoints_from_the_previous_chunk(tiny_run):
+    first, second = tiny_run.steps()[0], tiny_run.steps()[1]
+    for before, after in zip(first["members"], second["members"]):
+        genome = Genome.from_json(after["genome"])
+        assert genome.base is not None and genome.parents == (Genome.from_json(before["genome"]).id,)
+
+
+# --- the match and fitness ---------------------------------------------------------------------------
+
+
+def test_speciation_means_no_discriminator_judges_its_own_players_generators(tiny_run):
+    doc = tiny_run.steps()[match_index(tiny_run, 0)]
+    players = {m["id"]: m["player"] for m in doc["members"]}
+    m = doc["matrix"]
+    for i, g in enumerate(m["gens"]):
+        for j, d in enumerate(m["discs"]):
+            assert m["judged"][i][j] == (players[g] != players[d])
+
+
+def test_generator_fitness_is_the_mean_share_of_judging_discriminators_fooled(tiny_run):
+    doc = tiny_run.steps()[match_index(tiny_run, 0)]
+    m, fitness = doc["matrix"], {x["id"]: x["fitness"] for x in doc["members"]}
+    for i, g in enumerate(m["gens"]):
+        fooled = [m["values"][i][j] for j in range(len(m["discs"])) if m["judged"][i][j]]
+        assert fitness[g] == pytest.approx(sum(fooled) / len(fooled), abs=1e-12)
+
+
+def test_discriminator_fitness_weighs_real_accepted_against_foreign_fakes_caught(tiny_run):
+    doc = tiny_run.steps()[match_index(tiny_run, 0)]
+    m, fitness = doc["matrix"], {x["id"]: x["fitness"] for x in doc["members"]}
+    for j, d in enumerate(m["discs"]):
+        fooled = [m["values"][i][j] for i in range(len(m["gens"])) if m["judged"][i][j]]
+        expected = 0.5 * m["real_accept_each"][j] + 0.5 * (1 - sum(fooled) / len(fooled))
+        assert fitness[d] == pytest.approx(expected, abs=1e-12)
+
+
+def test_every_generator_has_its_quality_measured_each_round(tiny_run):
+    for round in range(2):
+        doc = tiny_run.steps()[match_index(tiny_run, round)]
+        for member in (x for x in doc["members"] if x["side"] == "gen"):
+            q = member["quality"]
+            assert q["modes"] == 8 and 0 <= q["modes_covered"] <= 8 and 0 <= q["high_quality"] <= 1
+
+
+def test_byzantine_discriminators_report_the_opposite_verdict(tmp_path, tiny_run):
+    liar_run = Run(tmp_path / "liars", {**tiny(byzantine=1.0), "name": "arena-tiny"})
+    liar_run.run()
+    honest = tiny_run.steps()[match_index(tiny_run, 0)]["matrix"]
+    lying = liar_run.steps()[match_index(liar_run, 0)]["matrix"]
+    assert lying["liars"] == [0, 1, 2, 3] and honest["liars"] == []
+    assert lying["gens"] == honest["gens"] and lying["discs"] == honest["discs"]  # training is untouched
+    for row_h, row_l in zip(honest["values"], lying["values"]):
+        assert [1 - x for x in row_h] == pytest.approx(row_l, abs=1e-12)
+    assert [1 - x for x in honest["real_accept_each"]] == pytest.approx(lying["real_accept_each"], abs=1e-12)
+
+
+# --- selection and reproduction ----------------------------------------------------------------------
+
+
+def test_the_fittest_half_survives_and_the_rest_are_their_offspring(tiny_run):
+    end_of_round = tiny_run.steps()[len(tiny_run.algo.phases) - 1]
+    scored = tiny_run.steps()[match_index(tiny_run, 0)]["members"]
+    for side in ("gen", "disc"):
+        ranked = sorted((m for m in scored if m["side"] == side), key=lambda m: (-m["fitness"], m["id"]))
+        survivors = {m["id"] for m in ranked[:2]}  # survivors 0.5 of 4
+        nxt = [m for m in end_of_round["members"] if m["side"] == side]
+        assert len(nxt) == 4
+        assert survivors <= {m["id"] for m in nxt}
+        for child in (m for m in nxt if m["id"] not in survivors):
+            assert child["born"] == 1 and set(child["parents"]) <= {m["id"] for m in ranked}
+            assert child["parents"][0] in survivors
+
+
+def test_architecture_mutants_are_built_by_the_worker_from_the_parent_checkpoint(tiny_run):
+    # arch_rate 1.0: every child carries a morph edit, and the next round trains it
+    children = [m for m in tiny_run.steps()[len(tiny_run.algo.phases) - 1]["members"] if m["born"] == 1]
+    assert children
+    for child in children:
+        genome = Genome.from_json(child["genome"])
+        assert genome.deltas[-1].kind == "morph"
+        trained = next(r for r in tiny_run.results(len(tiny_run.algo.phases), "train_pair") if child["id"] in r["key"])
+        assert trained["error"] is None
+
+
+# --- the seed project's collections ------------------------------------------------------------------
+
+
+def test_every_member_of_every_round_is_in_pure_gen_or_pure_disc_with_its_encounter_trace(tiny_run):
+    store, name = tiny_run.store, tiny_run.spec.name
+    for round in range(2):
+        doc = tiny_run.steps()[match_index(tiny_run, round)]
+        for member in doc["members"]:
+            collection = "pure_gen" if member["side"] == "gen" else "pure_disc"
+            stored = store.get_doc(collection, f"{name}:{round:06d}:{member['id']}")
+            assert stored["fitness_map"] == {"seed001": member["fitness"]}
+            assert stored["hyper_parameters"] == member["meta"] and stored["lineage"] == member["lineage"]
+            trace = store.get_doc("pure_match_trace", stored["encounter_trace"])
+            assert trace["member"] == member["id"] and len(trace["encounters"]) == 2  # the other player's two
+    assert store.count_docs("pure_gen", name) == 8 and store.count_docs("pure_disc", name) == 8
+
+
+def test_rerunning_a_finished_arena_changes_nothing(tiny_run):
+    before = [r["seconds"] for r in tiny_run.store.find_results(tiny_run.spec.name)]
+    tiny_run.run()
+    assert [r["seconds"] for r in tiny_run.store.find_results(tiny_run.spec.name)] == before
+
+
+# --- bad input ---------------------------------------------------------------------------------------
+
+
+def test_an_npz_whose_checksum_differs_stops_the_run_naming_the_file(tmp_path):
+    import numpy as np
+
+    path = tmp_path / "images.npz"
+    np.savez(path, x=np.zeros((20, 8, 8), dtype=np.uint8))
+    data = tiny()
+    data["problem"]["data"] = {"kind": "npz", "uri": str(path), "sha256": "0" * 64, "heldout": 5}
+    with pytest.raises(ValueError, match="sha256"):
+        Run(tmp_path / "bad", data).run()
+
+
+def test_host_pathogen_fitness_is_floored_and_elo_ratings_move(tmp_path):
+    run = Run(tmp_path / "hp", tiny(rounds=1, fitness={"kind": "host_pathogen"}))
+    run.run()
+    members = run.steps()[match_index(run, 0)]["members"]
+    assert all(m["fitness"] >= (0.05 if m["side"] == "gen" else 0.01) for m in members)
+    elo = Run(tmp_path / "elo", tiny(rounds=1, fitness={"kind": "elo"}))
+    elo.run()
+    ratings = [m["fitness"] for m in elo.steps()[match_index(elo, 0)]["members"]]
+    assert not all(math.isclose(r, 1500.0) for r in ratings)
+    assert sum(ratings) == pytest.approx(1500.0 * len(ratings))  # Elo moves points, it does not create them
