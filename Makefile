@@ -1,13 +1,13 @@
 # evoarena: the commands the README promises.
 #   make install   virtualenv in .venv with evoarena, its tests' tools, and the right torch
-#   make run       the main job: the memorization GA, locally, on the embedded store
+#   make run       the main job: the GAN arena on the 8-Gaussian ring, locally, on the embedded store
 #   make test      the whole test suite (what CI runs)
 #   make bench     every benchmark; each exits non-zero when its bar is missed
 SHELL := /bin/bash
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
-EXP ?= experiments/memorize.yaml
+EXP ?= experiments/arena-ring.yaml
 # A machine without an NVIDIA driver gets the CPU build of torch; pip would otherwise
 # resolve a bare `torch` to a multi-GB CUDA build. Override TORCH to pin another build.
 HAS_GPU := $(shell command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1 && echo 1)

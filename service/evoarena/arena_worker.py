@@ -13,6 +13,8 @@ device type, so a redelivered task writes the same checkpoint and the same docum
 
 from __future__ import annotations
 
+import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -27,14 +29,15 @@ def train_pair(worker, task: dict, result_id: str) -> dict:
     m = worker.materializer(task["noise"])
     (g, g_flat, g_build), (d, d_flat, d_build) = _build(m, task["gen"]), _build(m, task["disc"])
     data = worker.gan_data(task["problem"])
-    with torch.random.fork_rng(devices=[]):  # the op seeds its own generator; keep the process's RNG out of it
+    with _op() as clock:
         g_new, d_new, trace = gan.train_pair(g.arch, g_flat, task["gen"]["meta"], d.arch, d_flat, task["disc"]["meta"],
                                              data.train.to(g_flat.device), task["steps"], task["batch_size"], task["seed"])
     how = {"task": result_id}
     new_g, new_d = _save(worker, m, g, g_new, how, task), _save(worker, m, d, d_new, how, task)
     return {"gen": {"id": task["gen"]["id"], "genome": new_g.to_json()},
             "disc": {"id": task["disc"]["id"], "genome": new_d.to_json()},
-            "trace": trace, "last": _tail_mean(trace), "build": _worst(g_build, d_build), "holds": [new_g.id, new_d.id]}
+            "trace": trace, "last": _tail_mean(trace), "build": _worst(g_build, d_build), "holds": [new_g.id, new_d.id],
+            "compute_seconds": clock.seconds}
 
 
 def cross_train(worker, task: dict, result_id: str) -> dict:
@@ -43,7 +46,7 @@ def cross_train(worker, task: dict, result_id: str) -> dict:
     m = worker.materializer(task["noise"])
     (own, own_flat, build), (opp, opp_flat, _) = _build(m, task["member"]), _build(m, task["opponent"])
     meta, steps, batch, seed = task["member"]["meta"], task["steps"], task["batch_size"], task["seed"]
-    with torch.random.fork_rng(devices=[]):
+    with _op() as clock:
         if task["side"] == "gen":
             new_flat, trace = gan.train_generator(own.arch, own_flat, meta, opp.arch, opp_flat, steps, batch, seed)
         elif task["side"] == "disc":
@@ -53,7 +56,7 @@ def cross_train(worker, task: dict, result_id: str) -> dict:
             raise ValueError(f"cross_train side {task['side']!r}: accepted gen, disc")
     new = _save(worker, m, own, new_flat, {"task": result_id}, task)
     return {"member": {"id": task["member"]["id"], "genome": new.to_json()}, "opponent": task["opponent"]["id"],
-            "trace": trace, "last": _tail_mean(trace), "build": build, "holds": [new.id]}
+            "trace": trace, "last": _tail_mean(trace), "build": build, "holds": [new.id], "compute_seconds": clock.seconds}
 
 
 def match(worker, task: dict, result_id: str) -> dict:
@@ -65,7 +68,7 @@ def match(worker, task: dict, result_id: str) -> dict:
     discs = [_build(m, member) for member in task["discs"]]
     data = worker.gan_data(task["problem"])
     device = gens[0][1].device
-    with torch.random.fork_rng(devices=[]):
+    with _op() as clock:
         block = gan.match_block([(g.arch, f) for g, f, _ in gens], [(d.arch, f) for d, f, _ in discs],
                                 data.heldout.to(device), task["samples"], task["seed"], frozenset(task.get("liars", [])))
         quality = []
@@ -76,10 +79,24 @@ def match(worker, task: dict, result_id: str) -> dict:
                 quality.append(gan_metrics.quality(samples, data, worker.models_dir))
     return {"gens": [x["id"] for x in task["gens"]], "discs": [x["id"] for x in task["discs"]],
             "matrix": block["matrix"], "real_accept": block["real_accept"], "quality": quality,
-            "build": _worst(*(b for _, _, b in gens + discs))}
+            "build": _worst(*(b for _, _, b in gens + discs)), "compute_seconds": clock.seconds}
 
 
 # --- helpers ------------------------------------------------------------------------------------
+
+
+class _Clock:
+    seconds = 0.0
+
+
+@contextmanager
+def _op():
+    """Around an op of problems/gan.py: the process's RNG is kept out of it (the op seeds its own
+    generator), and the time spent inside is measured (bench/arena_fleet.py: compute vs overhead)."""
+    clock, started = _Clock(), time.perf_counter()
+    with torch.random.fork_rng(devices=[]):
+        yield clock
+    clock.seconds = time.perf_counter() - started
 
 
 def _build(m: Materializer, member: dict) -> tuple[Genome, torch.Tensor, str]:
