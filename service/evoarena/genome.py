@@ -106,7 +106,13 @@ class Delta:
 
     @property
     def key(self) -> bytes:
-        return canonical(self.to_json()).encode()
+        """What ids hash. A morph names its other parent by id: where that parent's checkpoint is
+        stored (the uri) says nothing about the weights, so the same run gives the same ids
+        whatever its artifact store."""
+        d = self.to_json()
+        if self.kind == "morph":
+            d.pop("uri", None)
+        return canonical(d).encode()
 
     @property
     def source_arch(self) -> dict:
