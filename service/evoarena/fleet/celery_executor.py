@@ -30,7 +30,8 @@ from kombu.exceptions import OperationalError
 from ..store import ResultStore
 from ..worker import task_id as result_id_of
 from .app import TIME_LIMITS
-from .routing import AffinityRouter, built, wanted
+from .executor import Feed, queue_of
+from .routing import BACKLOG, AffinityRouter, built, wanted
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +47,7 @@ class Sent:
 
 
 class CeleryExecutor:
-    def __init__(self, app: Celery, store: ResultStore, affinity: bool = True, backlog: int = 2,
+    def __init__(self, app: Celery, store: ResultStore, affinity: bool = True, backlog: int | None = None,
                  ping_every: float = 3.0, store_every: float = 2.0):
         self.app = app
         self.store = store
@@ -60,16 +61,17 @@ class CeleryExecutor:
         pass
 
     def map(self, op: str, tasks: list[dict]) -> Iterator[dict]:
-        queue = list(tasks)
+        queue = queue_of(tasks)
         pending: dict[str, Sent] = {}
         started: set[str] = set()
         deadline = TIME_LIMITS[op][1] * 2 + 60  # a task this late crashed every worker that took it
         if self.nodes is None:
-            self.nodes = self._ping()
+            self.nodes = self._discover()
         last_ping = last_store = time.monotonic()
         while queue or pending:
             self._dispatch(op, queue, pending, started)
-            yield from self._collect(pending, timeout=0.25, first_only=bool(queue))
+            # with tasks waiting (or a feed that may grow), return after one result so they go out at once
+            yield from self._collect(pending, timeout=0.25, first_only=bool(queue) or isinstance(queue, Feed))
             now = time.monotonic()
             if now - last_store > self.store_every:
                 yield from self._from_store(pending)
@@ -94,7 +96,7 @@ class CeleryExecutor:
             queue.remove(task)
             self._send(op, task, None, pending, started)
         for node in live:
-            while queue and held[node] < self.backlog:
+            while queue and held[node] < (self.backlog or BACKLOG[op]):
                 index = self.router.pick(queue, node) if self.router else 0
                 if self._holder(queue[index]) != node:
                     if held[node] > 0 or shared_busy:
@@ -174,6 +176,17 @@ class CeleryExecutor:
                 yield summary
 
     # --- liveness ---------------------------------------------------------------------------
+
+    def _discover(self) -> set[str]:
+        """The live workers that consume this app's shared queue: a broker may serve several fleets
+        (or test runs), and a task sent to another fleet's worker lands in another store."""
+        try:
+            replies = self.app.control.inspect(timeout=1.0).active_queues() or {}
+        except (OperationalError, ConnectionError, OSError) as exc:
+            log.warning("cannot reach the workers (%s); learning them from their results", exc)
+            return set()
+        queue = self.app.conf.task_default_queue
+        return {node for node, queues in replies.items() if any(q.get("name") == queue for q in queues or [])}
 
     def _ping(self, nodes: list[str] | None = None) -> set[str]:
         """The workers among `nodes` (all, for None) that answer within a second."""

@@ -14,13 +14,24 @@ from collections.abc import Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from typing import Protocol
 
-from .routing import AffinityRouter, built
+from .routing import BACKLOG, AffinityRouter, built
 from ..worker import Worker, WorkerConfig, init_process, run_on, run_task
+
+
+class Feed(list):
+    """A task list the caller may extend while `map` runs over it: an event-driven algorithm
+    (the arena's asynchronous fight) adds a task each time one finishes. Executors consume it."""
+
+
+def queue_of(tasks: list[dict]) -> list[dict]:
+    """What an executor takes tasks from: a Feed itself (it grows while map runs), else a copy."""
+    return tasks if isinstance(tasks, Feed) else list(tasks)
 
 
 class Executor(Protocol):
     def map(self, op: str, tasks: list[dict]) -> Iterator[dict]:
-        """Run `op` on every task; yield each task's summary as it finishes (any order)."""
+        """Run `op` on every task; yield each task's summary as it finishes (any order). A Feed
+        may grow while its summaries are consumed: the tasks added are run too."""
 
     def close(self) -> None: ...
 
@@ -32,14 +43,14 @@ class InlineExecutor:
         self.worker = Worker(config)
 
     def map(self, op: str, tasks: list[dict]) -> Iterator[dict]:
-        for task in tasks:
-            yield run_on(self.worker, op, task)
+        queue = queue_of(tasks)
+        while queue:
+            yield run_on(self.worker, op, queue.pop(0))
 
     def close(self) -> None:
         pass
 
 
-MAX_BACKLOG = 2  # tasks in flight per worker process: one running, one ready to start
 
 
 class LocalExecutor:
@@ -60,11 +71,11 @@ class LocalExecutor:
     def map(self, op: str, tasks: list[dict]) -> Iterator[dict]:
         backlog = [0] * len(self.pools)
         pending: dict[Future, tuple[int, str]] = {}
-        queue = list(tasks)
+        queue = queue_of(tasks)
         try:
             while queue or pending:
                 for worker in range(len(self.pools)):
-                    while queue and backlog[worker] < MAX_BACKLOG:
+                    while queue and backlog[worker] < BACKLOG[op]:
                         task = queue.pop(self.router.pick(queue, worker) if self.router else 0)
                         pending[self.pools[worker].submit(run_task, op, task)] = (worker, task)
                         backlog[worker] += 1

@@ -12,6 +12,12 @@ from collections import OrderedDict
 from collections.abc import Hashable
 
 
+# Tasks that may wait on one worker (running plus queued) while it holds what they need. An
+# evaluation takes milliseconds: a second one ready to start hides the round trip. Arena tasks
+# take seconds: a queued second one only keeps an idle worker from taking it (bench/arena_fleet.py).
+BACKLOG = {"evaluate": 2, "train_pair": 1, "match": 1, "cross_train": 1}
+
+
 class AffinityRouter:
     def __init__(self, remember: int = 100_000):
         self.remember = remember
