@@ -73,10 +73,12 @@ def match_index(run: Run, round: int) -> int:
 # --- a round's steps -------------------------------------------------------------------------------
 
 
-def test_a_round_is_train_chunks_then_match_then_cross_train(tiny_run):
+def test_a_round_is_train_chunks_then_match_then_cross_train_but_the_last_ends_at_its_match(tiny_run):
     assert tiny_run.algo.phases == ["train", "train", "train", "match", "cross"]
-    assert [d["phase"] for d in tiny_run.steps()] == tiny_run.algo.phases * 2
-    assert [d["round"] for d in tiny_run.steps()] == [0] * 5 + [1] * 5
+    # the last round ends at its match: nothing is selected after it
+    assert [d["phase"] for d in tiny_run.steps()] == ["train", "train", "train", "match", "cross",
+                                                      "train", "train", "train", "match"]
+    assert [d["round"] for d in tiny_run.steps()] == [0] * 5 + [1] * 4
 
 
 def test_long_training_is_split_into_chunks_of_at_most_chunk_steps(tiny_run):
@@ -226,3 +228,74 @@ def test_host_pathogen_fitness_is_floored_and_elo_ratings_move(tmp_path):
     ratings = [m["fitness"] for m in elo.steps()[match_index(elo, 0)]["members"]]
     assert not all(math.isclose(r, 1500.0) for r in ratings)
     assert sum(ratings) == pytest.approx(1500.0 * len(ratings))  # Elo moves points, it does not create them
+
+
+# --- the asynchronous fight ----------------------------------------------------------------------------
+
+
+class StopAfter:
+    """Stops the master like Ctrl-C once `n` tasks have finished (their results are stored)."""
+
+    def __init__(self, inner, n: int):
+        self.inner, self.n = inner, n
+
+    def map(self, op, tasks):
+        for done, summary in enumerate(self.inner.map(op, tasks), start=1):
+            yield summary
+            if done == self.n:
+                raise KeyboardInterrupt
+
+    def close(self):
+        self.inner.close()
+
+
+def async_spec(**arena) -> dict:
+    return tiny(mode="async", rounds=2, train_steps=20, chunk_steps=10, cross_train_steps=0, **arena)
+
+
+def test_the_async_fight_gives_every_pair_its_share_of_fights_and_one_result_each(tmp_path):
+    run = Run(tmp_path / "fight", async_spec())
+    final = run.run()
+    results = run.store.find_results(run.spec.name, op="train_pair")
+    # 4 pairs (2 players x 2) x rounds 2 x 20 steps / 10 per fight = 16 fights, each one stored result
+    assert final["budget"] == 16 and final["done"] == 16 and final["inflight"] == []
+    assert len(results) == 16 and all(r["error"] is None for r in results)
+    assert all(len(r["trace"]) == 10 and len(r["match"]["gens"]) == 3 for r in results)  # itself + 2 foreign
+    # every fight is recorded: the pair's generator and discriminator, with their encounters
+    assert run.store.count_docs("pure_gen", run.spec.name) == 16 == run.store.count_docs("pure_disc", run.spec.name)
+
+
+def test_a_pair_inherits_from_the_best_opponent_of_its_fight_only_when_beaten(tmp_path):
+    run = Run(tmp_path / "fight", async_spec())
+    run.run()
+    events = run.steps()[1:]
+    inherited = 0
+    for event in events:
+        last = event["last"]
+        trace = run.store.get_doc("pure_match_trace", f"{run.spec.name}:{last['fight']:06d}:matrix")
+        me = trace["gens"].index(last["gen"])
+        judged = [j for j in range(len(trace["discs"])) if trace["judged"][me][j]]
+        mine = sum(trace["matrix"][me][j] for j in judged) / len(judged)
+        assert last["gen_fitness"] == pytest.approx(mine, abs=1e-12)
+        rivals = {}
+        for i, g in enumerate(trace["gens"]):
+            js = [j for j in range(len(trace["discs"])) if trace["judged"][i][j]]
+            rivals[g] = sum(trace["matrix"][i][j] for j in js) / len(js)
+        beaten = max(rivals.values()) > mine
+        assert ("gen" in last["inherits"]) == beaten
+        if beaten:
+            inherited += 1
+            assert rivals[last["inherits"]["gen"][0]] == max(rivals.values())
+    assert inherited > 0  # the rule was exercised, not only its negative
+
+
+def test_the_async_fight_resumes_after_an_interruption_and_trains_nothing_twice(tmp_path):
+    run = Run(tmp_path / "fight", async_spec())
+    with pytest.raises(KeyboardInterrupt):
+        scheduler.run(run.spec, run.store, StopAfter(InlineExecutor(run.config), 6))
+    before = {r["_id"]: (r["seconds"], r["worker"]) for r in run.store.find_results(run.spec.name)}
+    assert 6 <= len(before) < 16
+    final = run.run()
+    after = {r["_id"]: (r["seconds"], r["worker"]) for r in run.store.find_results(run.spec.name)}
+    assert final["done"] == 16 and len(after) == 16
+    assert {k: after[k] for k in before} == before  # not one of them was trained again

@@ -34,10 +34,18 @@ def train_pair(worker, task: dict, result_id: str) -> dict:
                                              data.train.to(g_flat.device), task["steps"], task["batch_size"], task["seed"])
     how = {"task": result_id}
     new_g, new_d = _save(worker, m, g, g_new, how, task), _save(worker, m, d, d_new, how, task)
-    return {"gen": {"id": task["gen"]["id"], "genome": new_g.to_json()},
-            "disc": {"id": task["disc"]["id"], "genome": new_d.to_json()},
-            "trace": trace, "last": _tail_mean(trace), "build": _worst(g_build, d_build), "holds": [new_g.id, new_d.id],
-            "compute_seconds": clock.seconds}
+    doc = {"gen": {"id": task["gen"]["id"], "genome": new_g.to_json()},
+           "disc": {"id": task["disc"]["id"], "genome": new_d.to_json()},
+           "trace": trace, "last": _tail_mean(trace), "build": _worst(g_build, d_build), "holds": [new_g.id, new_d.id],
+           "compute_seconds": clock.seconds}
+    if "opponents" in task:  # the asynchronous fight: matched at once against the opponents of the moment
+        opponents = task["opponents"]
+        fight = {**task, "gens": [{**task["gen"], "genome": doc["gen"]["genome"]}, *opponents["gens"]],
+                 "discs": [{**task["disc"], "genome": doc["disc"]["genome"]}, *opponents["discs"]]}
+        matched = match(worker, fight, result_id)
+        doc["match"] = {k: matched[k] for k in ("gens", "discs", "matrix", "real_accept", "quality")}
+        doc["compute_seconds"] += matched["compute_seconds"]
+    return doc
 
 
 def cross_train(worker, task: dict, result_id: str) -> dict:

@@ -73,8 +73,7 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
     except scheduler.ExperimentMismatch as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    algo = scheduler.algorithm(spec)
-    if scheduler.complete_generations(store, spec.name) >= algo.steps:
+    if scheduler.finished(spec, store):
         print(f"{spec.name}: already complete ({_size(spec)}); `evoarena status {spec.name}` shows it")
         return 0
     if fleet:
@@ -172,10 +171,16 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
     last = store.last_generation(args.name)
     done = 0 if last is None else last + 1
     print(f"experiment  {args.name}  ({experiment['status']}, updated {_ago(experiment['updated'])})")
-    if spec.algorithm == "arena":
+    if spec.algorithm == "arena" and algo.steps is None:  # the asynchronous fight: events, not steps
+        state = store.get_generation(args.name, last) if last is not None else None
+        if state is not None:
+            print(f"fights      {state['done']}/{state['budget']} done, {len(state['inflight'])} in flight")
+            print(f"last        {algo.line(last, state)}")
+    elif spec.algorithm == "arena":
         print(f"steps       {done}/{algo.steps} complete ({len(algo.phases)} per round)")
         for index in range(max(0, done - len(algo.phases)), done):  # the last round's steps
             print(f"            {algo.line(index, store.get_generation(args.name, index))}")
+    if spec.algorithm == "arena":
         print(f"results     {store.count_results(args.name)} stored; "
               f"{store.count_docs('pure_gen', args.name)} generators and {store.count_docs('pure_disc', args.name)} "
               "discriminators recorded")

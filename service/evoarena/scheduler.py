@@ -15,8 +15,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from .evolve import Algorithm, Step
-from .fleet.executor import Executor
+from .evolve import Algorithm, EventAlgorithm, Step
+from .fleet.executor import Executor, Feed
 from .spec import ExperimentSpec, spec_to_dict
 from .store import ResultStore
 from .worker import task_id
@@ -41,15 +41,26 @@ class Progress:
     resumed_from: int | None = None
 
 
-def algorithm(spec: ExperimentSpec, store: ResultStore | None = None) -> Algorithm:
-    """The algorithm that runs `spec`: the GA, or the GAN arena (which records its members in `store`)."""
+def algorithm(spec: ExperimentSpec, store: ResultStore | None = None) -> Algorithm | EventAlgorithm:
+    """The algorithm that runs `spec`: the GA, or the GAN arena in rounds or as an asynchronous
+    fight (the arena records its members in `store`)."""
     if spec.algorithm == "arena":
         from .evolve.arena import Arena
+        from .evolve.fight import Fight
 
-        return Arena(spec, store)
+        return Fight(spec, store) if spec.arena.mode == "async" else Arena(spec, store)
     from .evolve.ga import GA
 
     return GA(spec)
+
+
+def finished(spec: ExperimentSpec, store: ResultStore) -> bool:
+    """Whether experiment `spec` has run to its end."""
+    algo = algorithm(spec)
+    if hasattr(algo, "react"):  # an EventAlgorithm
+        last = store.last_generation(spec.name)
+        return last is not None and algo.finished(store.get_generation(spec.name, last))
+    return complete_generations(store, spec.name) >= algo.steps
 
 
 def complete_generations(store: ResultStore, name: str) -> int:
@@ -74,8 +85,8 @@ def register(spec: ExperimentSpec, store: ResultStore) -> None:
                 f"experiment {spec.name!r} already exists in the store with a different spec; "
                 "give this one another name, or run the original file to continue it"
             )
-        complete, steps = complete_generations(store, spec.name), algorithm(spec).steps
-        if steps < complete:
+        complete, steps = complete_generations(store, spec.name), getattr(algorithm(spec), "steps", None)
+        if steps is not None and steps < complete:
             field = "arena.rounds" if spec.algorithm == "arena" else "ga.generations"
             raise ExperimentMismatch(
                 f"{field} = {spec.steps_wanted} but experiment {spec.name!r} already has "
@@ -90,6 +101,8 @@ def run(spec: ExperimentSpec, store: ResultStore, executor: Executor,
     """Run (or continue) experiment `spec` to its last step; return the last step's document."""
     register(spec, store)
     algo = algorithm(spec, store)
+    if hasattr(algo, "react"):
+        return run_events(spec, store, executor, algo, on_progress)
     last = store.last_generation(spec.name)
     index = 0 if last is None else last + 1
     resumed_from = None if last is None else index
@@ -112,6 +125,45 @@ def run(spec: ExperimentSpec, store: ResultStore, executor: Executor,
     return state
 
 
+def run_events(spec: ExperimentSpec, store: ResultStore, executor: Executor, algo: EventAlgorithm,
+               on_progress: Callable[[Progress], None] | None = None) -> dict:
+    """Run an event-driven algorithm: each result, as it arrives, becomes a new state (stored as
+    event `index`) whose new tasks are sent at once. A task whose result is already stored (sent
+    before a crash) is consumed without being sent again."""
+    last = store.last_generation(spec.name)
+    index, resumed_from = (0, None) if last is None else (last, last)
+    state = algo.start() if last is None else store.get_generation(spec.name, last)
+    if last is None:
+        store.put_generation(spec.name, 0, {**state, "updated": time.time()})
+    feed, sent, stream, started = Feed(), set(), None, time.perf_counter()
+    while not algo.finished(state):
+        inflight = {task_id(algo.op, t): t for t in state["inflight"]}
+        ready = next((i for i in sorted(inflight) if store.get_result(i) is not None), None)
+        if ready is not None:
+            state = algo.react(state, inflight[ready], store.get_result(ready))
+            index += 1
+            store.put_generation(spec.name, index, {**state, "updated": time.time()})
+            if on_progress:
+                on_progress(Progress(index, index, algo.line(index, state), state["stats"].get("best", math.nan),
+                                     state["stats"].get("mean", math.nan), index / (time.perf_counter() - started),
+                                     0.0, state["stats"].get("errors", 0), resumed_from))
+                resumed_from = None
+            continue
+        feed.extend(t for i, t in inflight.items() if i not in sent)
+        sent.update(inflight)
+        stream = stream or executor.map(algo.op, feed)
+        summary = next(stream, None)
+        if summary is None:  # the executor has nothing left in flight: the next loop sends anew
+            stream = None
+            if not feed and not any(store.get_result(i) for i in inflight):
+                raise RuntimeError(f"event {index}: {len(inflight)} tasks in flight but none running")
+            continue
+        if summary["_id"] in inflight:
+            _record_lost(spec.name, store, inflight[summary["_id"]]["generation"], algo.op, [summary])
+    store.put_experiment(spec.name, {**store.get_experiment(spec.name), "status": "complete", "updated": time.time()})
+    return state
+
+
 def run_step(experiment: str, store: ResultStore, executor: Executor, index: int, step: Step) -> tuple[list[dict], dict]:
     """Send the step's tasks that have no stored result; return every task's result document (in
     task order) and the step's bookkeeping (seconds, tasks per second, cache hit rate)."""
@@ -120,7 +172,7 @@ def run_step(experiment: str, store: ResultStore, executor: Executor, index: int
     done = {d["_id"] for d in store.find_results(experiment, index, step.op)}
     todo = [t for i, t in zip(ids, step.tasks) if i not in done]
     summaries = list(executor.map(step.op, todo)) if todo else []
-    _record_lost(experiment, store, index, step.op, summaries, done)
+    _record_lost(experiment, store, index, step.op, summaries)
 
     stored = {d["_id"]: d for d in store.find_results(experiment, index, step.op)}
     missing = [i for i in ids if i not in stored]
@@ -134,7 +186,7 @@ def run_step(experiment: str, store: ResultStore, executor: Executor, index: int
     return [stored[i] for i in ids], stats
 
 
-def _record_lost(experiment: str, store: ResultStore, index: int, op: str, summaries: list[dict], done: set[str]) -> None:
+def _record_lost(experiment: str, store: ResultStore, index: int, op: str, summaries: list[dict]) -> None:
     """Record the error of a task that failed before its worker could store a result (it crashed
     its worker, or timed out), so that it has a document and is not sent again."""
     failed = {s["_id"]: s for s in summaries if s.get("error")}

@@ -430,6 +430,9 @@ class ArenaSpec(SpecModel):
     """Share of discriminators that lie in matches (report the opposite verdict)."""
     schedule: list[Annotated[int, Field(ge=1, le=1000)]] = []
     """Bottleneck cycles: generators and discriminators per player in round r is schedule[r % len]; empty: constant."""
+    mode: Literal["sync", "async"] = "sync"
+    """sync: rounds with a barrier; async: seed 001's asynchronous fight, where a pair that finishes
+    training is matched at once against the opponents of the moment and chooses whom to inherit from."""
     on_error: Literal["skip", "stop"] = "stop"
     """A failed task: stop the run, or skip (the members it concerned get no fitness and are not selected)."""
 

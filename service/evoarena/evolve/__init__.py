@@ -9,6 +9,15 @@ that step's results into the next state:
         results = run every task of step           (workers write the result documents)
         state = algorithm.advance(index, state, step, results)   stored as step `index`
 
+An event-driven algorithm (the arena's asynchronous fight) has no steps: it reacts to each
+task's result as it arrives and may send new tasks at once, so a slow worker never holds the
+others back:
+
+    state = algorithm.start()                      its `inflight` tasks are sent
+    until algorithm.finished(state):
+        task, result = the next task to finish
+        state = algorithm.react(state, task, result)   stored; new tasks in its `inflight` are sent
+
 A state is a JSON document; the scheduler stores it once every task of its step has a result,
 and starts from the newest stored one after a crash. `plan` must be a pure function of
 (index, state) so that an interrupted step is planned again identically, and only the tasks
@@ -43,3 +52,20 @@ class Algorithm(Protocol):
 
     def line(self, index: int, state: dict) -> str:
         """One line saying what step `index` achieved, for the progress output."""
+
+
+class EventAlgorithm(Protocol):
+    op: str
+    """The op of every task."""
+
+    def start(self) -> dict:
+        """The first state; the tasks of its `inflight` list are sent."""
+
+    def react(self, state: dict, task: dict, result: dict) -> dict:
+        """The state after `task`'s result: `task` leaves `inflight`, the tasks it causes join it."""
+
+    def finished(self, state: dict) -> bool:
+        """Whether the run is over (nothing in flight, nothing more to send)."""
+
+    def line(self, index: int, state: dict) -> str:
+        """One line saying what event `index` changed."""

@@ -15,7 +15,7 @@ generators (pathogens) and discriminators (hosts), and only the fittest reproduc
                      at random among the rest)
         reproduce    each player's pool refilled with offspring of survivors: crossover,
                      architecture and meta-parameter mutation; a child may join another player
-    (the last round keeps its whole population: nothing is selected after it)
+    (the last round ends at its match and keeps its whole population: nothing is selected after it)
 
 Each step's state is the population (members: a genome, meta-parameters, player, lineage) plus,
 after a match, the encounter matrix and the fitness. Everything random is drawn from generators
@@ -52,7 +52,9 @@ class Arena:
         self.chunks = [min(spec.arena.chunk_steps, spec.arena.train_steps - start)
                        for start in range(0, spec.arena.train_steps, spec.arena.chunk_steps)]
         self.phases = ["train"] * len(self.chunks) + ["match"] + (["cross"] if spec.arena.cross_train_steps else [])
-        self.steps = spec.arena.rounds * len(self.phases)
+        # the last round ends at its match: nothing is selected after it, so cross-training would
+        # only move the final generators away from the ones that were matched and measured
+        self.steps = spec.arena.rounds * len(self.phases) - (self.phases[-1] == "cross")
 
     def where(self, index: int) -> tuple[int, int, str]:
         """(round, phase index, phase name) of step `index`."""
@@ -197,12 +199,9 @@ class Arena:
         disc_index = {d["id"]: j for j, d in enumerate(discs)}
         judged = fitness.judged_mask([g["player"] for g in gens], [d["player"] for d in discs], self.arena.speciation,
                                      [disc_index.get(g.get("partner")) for g in gens])
-        f = self.arena.fitness
-        params = {"seed001": {"rac_weight": f.rac_weight, "target": f.target},
-                  "host_pathogen": {"autoimmunity": f.autoimmunity, "virulence": f.virulence},
-                  "elo": {"k": f.elo_k}}[f.kind]
         previous = ([g.get("elo") or 1500.0 for g in gens], [d.get("elo") or 1500.0 for d in discs])
-        gen_fit, disc_fit = fitness.score(f.kind, matrix, real_accept, judged, params, previous) if gens else ([], [])
+        gen_fit, disc_fit = self.fitness(matrix, real_accept, judged, previous) if gens else ([], [])
+        f = self.arena.fitness
         scores = {g["id"]: x for g, x in zip(gens, gen_fit)} | {d["id"]: x for d, x in zip(discs, disc_fit)}
         for m in members:
             m["fitness"] = scores.get(m["id"])
@@ -215,6 +214,15 @@ class Arena:
         self._record(round, members, encounters)
         return {"members": members, "matrix": matrix_summary(encounters),
                 "stats": population_stats(members)}
+
+    def fitness(self, matrix, real_accept, judged, previous) -> tuple[list[float], list[float]]:
+        """(generator, discriminator) fitness from an encounter matrix, by the spec's fitness kind;
+        `previous` are the Elo ratings before it (used by elo only)."""
+        f = self.arena.fitness
+        params = {"seed001": {"rac_weight": f.rac_weight, "target": f.target},
+                  "host_pathogen": {"autoimmunity": f.autoimmunity, "virulence": f.virulence},
+                  "elo": {"k": f.elo_k}}[f.kind]
+        return fitness.score(f.kind, matrix, real_accept, judged, params, previous)
 
     def _record(self, round: int, members: list[dict], enc: dict) -> None:
         """pure_gen / pure_disc: each member of the round; pure_match_trace: its encounters."""
@@ -414,8 +422,8 @@ def sample_shape(data: dict) -> tuple[int, ...]:
 
 
 def _carried(m: dict) -> dict:
-    """What a task carries of a member: its id, genome and meta-parameters."""
-    return {"id": m["id"], "genome": m["genome"], "meta": m["meta"]}
+    """What a task carries of a member: its id, genome, meta-parameters, and whose it is."""
+    return {k: m[k] for k in ("id", "genome", "meta", "player", "lineage")}
 
 
 def _score(m: dict) -> float:
