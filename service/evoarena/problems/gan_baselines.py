@@ -1,0 +1,93 @@
+"""What the arena is measured against, at equal gradient steps: one GAN, and the best of n restarts.
+
+    single_gan         ONE generator and ONE discriminator trained together for all `steps`
+                       steps with problems/gan.py's `train_pair`, in chunks of `chunk` steps, as
+                       the arena trains its pairs: each chunk starts fresh optimizers (Adam's
+                       moments restart) and draws its latents and real batches from its own seed
+    best_of_restarts   the seed project's brute-force comparator: n independent single GANs of
+                       steps // n steps each (the same total gradient steps, spread over n pairs;
+                       the steps % n left over are not used), the one whose `score` is highest kept
+
+Seeds: a pair's generator starts from ``nets.init_layers(g_arch, sub_seed(seed, "gen"))``, its
+discriminator from ``sub_seed(seed, "disc")``, chunk k trains with ``sub_seed(seed, "chunk", k)``;
+restart i of best_of_restarts is exactly ``single_gan(..., seed=restart_seed(seed, i))``. The same
+call gives the same bits on the CPU.
+
+The discriminator uses the generator's meta-parameters but its loss, which is always the BCE
+(problems/gan.py). A problem is the arena spec's ``problem`` as JSON (``{"kind": "gan", "latent",
+"data": {...}, ...}``); only its ``data`` is used here.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable
+from functools import lru_cache
+
+import torch
+
+from .. import nets
+from . import gan
+from .gan_data import GanData, make_data
+
+
+def sub_seed(seed: int, *parts) -> int:
+    """A seed for one use of `seed` (the generator's init, the discriminator's, a chunk's draws)."""
+    digest = hashlib.blake2b(":".join(map(str, ("baseline", seed, *parts))).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") >> 1
+
+
+def restart_seed(seed: int, i: int) -> int:
+    """The seed of restart `i` of `best_of_restarts(..., seed=seed)`."""
+    return sub_seed(seed, "restart", i)
+
+
+def single_gan(problem: dict, gen_arch: dict, disc_arch: dict, meta: dict, steps: int, batch_size: int, seed: int,
+               chunk: int = 500) -> tuple[dict, torch.Tensor]:
+    """One GAN pair trained for `steps` train_pair steps, in chunks of at most `chunk` steps, each
+    chunk with fresh optimizers; returns the generator (g_arch, g_flat)."""
+    if isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1:
+        raise ValueError(f"chunk = {chunk!r}: must be an integer >= 1")
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"steps = {steps!r}: must be an integer >= 1")
+    real = _data(problem["data"]).train
+    g_flat, d_flat = _init(gen_arch, sub_seed(seed, "gen")), _init(disc_arch, sub_seed(seed, "disc"))
+    d_meta = {k: v for k, v in meta.items() if k != "loss"}
+    for k, start in enumerate(range(0, steps, chunk)):
+        g_flat, d_flat, _ = gan.train_pair(gen_arch, g_flat, meta, disc_arch, d_flat, d_meta, real,
+                                           min(chunk, steps - start), batch_size, sub_seed(seed, "chunk", k))
+    return gen_arch, g_flat
+
+
+def best_of_restarts(problem: dict, gen_arch: dict, disc_arch: dict, meta: dict, steps: int, batch_size: int,
+                     seed: int, n: int, score: Callable[[dict, torch.Tensor], float],
+                     chunk: int = 500) -> tuple[dict, torch.Tensor, list[float]]:
+    """n single GANs of steps // n steps each (seeds `restart_seed(seed, i)`); returns the generator
+    with the highest `score` (the first on ties) and every restart's score, in restart order."""
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ValueError(f"n = {n!r}: must be an integer >= 1")
+    if steps // n < 1:
+        raise ValueError(f"steps = {steps!r} cannot be split over n = {n} restarts: each needs at least one step")
+    best, scores = None, []
+    for i in range(n):
+        g_arch, g_flat = single_gan(problem, gen_arch, disc_arch, meta, steps // n, batch_size, restart_seed(seed, i), chunk)
+        scores.append(float(score(g_arch, g_flat)))
+        if best is None or scores[-1] > scores[best[0]]:
+            best = (i, g_arch, g_flat)
+    return best[1], best[2], scores
+
+
+def _init(arch: dict, seed: int) -> torch.Tensor:
+    flat = torch.empty(nets.layout(arch).size)
+    nets.init_layers(arch, seed, flat)
+    return flat
+
+
+def _data(data_spec: dict) -> GanData:
+    return _data_of(json.dumps(data_spec, sort_keys=True))
+
+
+@lru_cache(maxsize=4)
+def _data_of(key: str) -> GanData:
+    return make_data(json.loads(key))
