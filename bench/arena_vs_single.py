@@ -26,8 +26,8 @@ Which arena generator is scored:
 Every generator is scored by problems/gan_metrics.quality on the problem's `metric_samples` (2,500)
 samples drawn from the same seed for every method (the report samples); the picks above use other
 samples (the check samples). Ring: modes covered, then high-quality share; digits: -Fréchet.
-The arena's final generators have had the last round's cross-training, so they are scored afresh
-here, not by the quality the arena stored at its last match.
+The arena's final generators (its last round ends at its match) are rebuilt from their
+checkpoints and scored afresh on the report samples, like every other method's.
 
 Bar (exit 1 when missed): on the ring, the arena's fitness-picked generator covers at least as
 many modes on average over the seeds as the single GAN.

@@ -55,7 +55,11 @@ class CeleryExecutor:
         self.backlog = backlog
         self.ping_every = ping_every
         self.store_every = store_every
-        self.nodes: set[str] | None = None  # live workers; None until the first ping
+        # Live workers, learned from the results they return: a worker that ran a task of ours
+        # consumes our queue. Nothing is asked up front: a first ping waits its whole timeout
+        # (1 s, 13% of a short arena run in bench/arena_fleet.py), may be answered by another
+        # fleet's workers on the same broker, and is useless while nobody holds anything yet.
+        self.nodes: set[str] = set()
 
     def close(self) -> None:
         pass
@@ -65,8 +69,6 @@ class CeleryExecutor:
         pending: dict[str, Sent] = {}
         started: set[str] = set()
         deadline = TIME_LIMITS[op][1] * 2 + 60  # a task this late crashed every worker that took it
-        if self.nodes is None:
-            self.nodes = self._discover()
         last_ping = last_store = time.monotonic()
         while queue or pending:
             self._dispatch(op, queue, pending, started)
@@ -176,17 +178,6 @@ class CeleryExecutor:
                 yield summary
 
     # --- liveness ---------------------------------------------------------------------------
-
-    def _discover(self) -> set[str]:
-        """The live workers that consume this app's shared queue: a broker may serve several fleets
-        (or test runs), and a task sent to another fleet's worker lands in another store."""
-        try:
-            replies = self.app.control.inspect(timeout=1.0).active_queues() or {}
-        except (OperationalError, ConnectionError, OSError) as exc:
-            log.warning("cannot reach the workers (%s); learning them from their results", exc)
-            return set()
-        queue = self.app.conf.task_default_queue
-        return {node for node, queues in replies.items() if any(q.get("name") == queue for q in queues or [])}
 
     def _ping(self, nodes: list[str] | None = None) -> set[str]:
         """The workers among `nodes` (all, for None) that answer within a second."""
