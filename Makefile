@@ -38,8 +38,10 @@ bench: install
 	$(PY) bench/materialize.py
 	$(PY) bench/memorize.py
 	$(PY) bench/message.py
-	$(PY) bench/dispatch.py      # these two need RabbitMQ on 127.0.0.1:5672
+	$(PY) bench/arena_vs_single.py
+	$(PY) bench/dispatch.py      # these three need RabbitMQ on 127.0.0.1:5672
 	$(PY) bench/affinity.py
+	$(PY) bench/arena_fleet.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .hypothesis
