@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
-from evoarena.store import ResultStore
+from pathlib import Path
+
+import pytest
+
+from evoarena.fleet.app import make_app
+from evoarena.fleet.celery_executor import CeleryExecutor
+from evoarena.fleet.local_workers import LocalWorkers
+from evoarena.store import ResultStore, open_store
 
 
 def evolution(store: ResultStore, name: str) -> list[dict]:
@@ -13,3 +20,43 @@ def evolution(store: ResultStore, name: str) -> list[dict]:
          "best": d["best"], "stats": {k: d["stats"][k] for k in kept}}
         for d in store.list_generations(name)
     ]
+
+
+class Fleet(LocalWorkers):
+    """Worker processes on a private queue, and a scheduler-side store to drive them."""
+
+    def __init__(self, tmp: Path):
+        super().__init__(tmp, {"EVOARENA_STORE": f"sqlite:///{tmp}/fleet.db", "EVOARENA_ARTIFACTS": str(tmp / "artifacts"),
+                               "EVOARENA_NOISE_DIR": str(tmp / "noise"), "EVOARENA_THREADS": "1"}, label="test")
+        self.store = open_store(self.env["EVOARENA_STORE"])
+
+    @property
+    def workers(self):
+        return self.procs
+
+    def executor(self) -> CeleryExecutor:
+        return CeleryExecutor(self.app, self.store, ping_every=1.0, store_every=1.0)
+
+    def close(self) -> None:
+        super().close()
+        self.store.close()
+
+
+def broker_up() -> bool:
+    try:
+        with make_app(None, "probe").connection_for_write() as conn:
+            conn.ensure_connection(max_retries=1)
+        return True
+    except Exception:  # noqa: BLE001 - any failure to connect means the same: no broker
+        return False
+
+
+@pytest.fixture
+def fleet(tmp_path):
+    """Celery workers on the real RabbitMQ (127.0.0.1:5672), started by each test, removed after."""
+    if not broker_up():
+        pytest.fail("RabbitMQ is not reachable on 127.0.0.1:5672: start it with `rabbitmq-server -detached` "
+                    "(.ci/run does)", pytrace=False)
+    f = Fleet(tmp_path)
+    yield f
+    f.close()

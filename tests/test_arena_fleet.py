@@ -19,16 +19,12 @@ import pytest
 import yaml
 
 from evoarena import scheduler
-from evoarena.fleet.app import make_app
-from evoarena.fleet.celery_executor import CeleryExecutor
 from evoarena.fleet.executor import InlineExecutor
-from evoarena.fleet.local_workers import LocalWorkers
 from evoarena.spec import ExperimentSpec, parse_spec
 from evoarena.store import ResultStore, open_store
 from evoarena.worker import WorkerConfig, task_id
 
 pytestmark = pytest.mark.slow
-BROKER = "amqp://guest:guest@127.0.0.1:5672//"
 MATCH_STEP = 2  # round 0 is steps 0 and 1 (train chunks), 2 (match) and 3 (cross-train)
 
 
@@ -59,62 +55,22 @@ def outcome(store: ResultStore, name: str) -> list[dict]:
     ]
 
 
-def set_aside(artifacts: Path) -> None:
-    """Move a finished reference run's checkpoints away, so that the run compared with it writes its
-    own at the same location: a crossover child's genome id hashes its mate's checkpoint URI."""
-    artifacts.rename(artifacts.with_name(artifacts.name + "-reference"))
-
-
-def inline_reference(root: Path, spec: ExperimentSpec, artifacts: Path) -> ResultStore:
-    """`spec` run to the end by one worker in this process, into a store of its own."""
+def inline_reference(root: Path, spec: ExperimentSpec) -> ResultStore:
+    """`spec` run to the end by one worker in this process, into a store and artifacts of its own
+    (where checkpoints are stored must not change any id)."""
     url = f"sqlite:///{root}/reference.db"
     store = open_store(url)
-    scheduler.run(spec, store, InlineExecutor(WorkerConfig(url, str(artifacts), str(root / "ref-noise"), threads=1)))
-    set_aside(artifacts)
+    config = WorkerConfig(url, str(root / "ref-artifacts"), str(root / "ref-noise"), threads=1)
+    scheduler.run(spec, store, InlineExecutor(config))
     return store
 
 
 # --- two Celery workers -------------------------------------------------------------------------
 
 
-def broker_up() -> bool:
-    try:
-        with make_app(BROKER, "probe").connection_for_write() as conn:
-            conn.ensure_connection(max_retries=1)
-        return True
-    except Exception:
-        return False
-
-
-class Fleet(LocalWorkers):
-    """Worker processes on a private queue, and a scheduler-side store to drive them."""
-
-    def __init__(self, tmp: Path):
-        super().__init__(tmp, {"EVOARENA_STORE": f"sqlite:///{tmp}/fleet.db", "EVOARENA_ARTIFACTS": str(tmp / "artifacts"),
-                               "EVOARENA_NOISE_DIR": str(tmp / "noise"), "EVOARENA_THREADS": "1"}, label="arena")
-        self.store = open_store(self.env["EVOARENA_STORE"])
-
-    def executor(self) -> CeleryExecutor:
-        return CeleryExecutor(self.app, self.store, ping_every=1.0, store_every=1.0)
-
-    def close(self) -> None:
-        super().close()
-        self.store.close()
-
-
-@pytest.fixture
-def fleet(tmp_path):
-    if not broker_up():
-        pytest.fail("RabbitMQ is not reachable on 127.0.0.1:5672: start it with `rabbitmq-server -detached` "
-                    "(.ci/run does)", pytrace=False)
-    f = Fleet(tmp_path)
-    yield f
-    f.close()
-
-
 def test_arena_on_two_real_celery_workers_writes_exactly_one_document_per_task(fleet, tmp_path):
     spec = parse_spec(arena_dict("arena-fleet"))
-    reference = inline_reference(tmp_path, spec, Path(fleet.env["EVOARENA_ARTIFACTS"]))
+    reference = inline_reference(tmp_path, spec)
     nodes = {fleet.start("alpha"), fleet.start("beta")}
     fleet.wait_ready()
 
@@ -200,11 +156,10 @@ def kill_mid_first_round(place: Place) -> int:
 
 
 def test_arena_resumes_after_kill_9_mid_round_and_trains_nothing_twice(tmp_path):
-    uninterrupted = Place(tmp_path / "uninterrupted", "arena-kill", tmp_path / "artifacts")
+    uninterrupted = Place(tmp_path / "uninterrupted", "arena-kill", tmp_path / "uninterrupted-artifacts")
     done = uninterrupted.run()
     assert done.returncode == 0, done.stderr
-    set_aside(uninterrupted.artifacts)
-    place = Place(tmp_path / "killed", "arena-kill", tmp_path / "artifacts")
+    place = Place(tmp_path / "killed", "arena-kill", tmp_path / "killed-artifacts")
     complete = kill_mid_first_round(place)
     assert complete in (1, 2), f"the kill came after the round's match ({complete} steps complete)"
     with place.store() as store:

@@ -17,32 +17,12 @@ import pytest
 
 from conftest import evolution
 from evoarena import scheduler
-from evoarena.fleet.app import make_app
-from evoarena.fleet.celery_executor import CeleryExecutor
 from evoarena.fleet.executor import InlineExecutor
-from evoarena.fleet.local_workers import LocalWorkers
 from evoarena.spec import parse_spec
 from evoarena.store import open_store
 from evoarena.worker import WorkerConfig
 
 pytestmark = pytest.mark.slow
-BROKER = "amqp://guest:guest@127.0.0.1:5672//"
-
-
-def broker_up() -> bool:
-    try:
-        with make_app(BROKER, "probe").connection_for_write() as conn:
-            conn.ensure_connection(max_retries=1)
-        return True
-    except Exception:
-        return False
-
-
-if not broker_up():
-    pytest.fail("RabbitMQ is not reachable on 127.0.0.1:5672: start it with `rabbitmq-server -detached` "
-                "(.ci/run does)", pytrace=False)
-
-
 def spec_dict(name: str, generations: int = 5, slow: bool = False) -> dict:
     """tiny.yaml, or with `slow` a problem whose evaluations take a few hundred ms."""
     problem = {"kind": "memorize", "image": [3, 16, 16], "classes": 4, "batch_size": 8, "train_batches": 2,
@@ -53,33 +33,6 @@ def spec_dict(name: str, generations: int = 5, slow: bool = False) -> dict:
         network = {"convs": [{"channels": 32, "kernel": 8, "stride": 4}], "hidden": [64]}
     return {"name": name, "problem": problem, "network": network, "noise": {"size": 1 << 20},
             "ga": {"generations": generations, "parents": 2, "children_per_parent": 3, "elites": 1}}
-
-
-class Fleet(LocalWorkers):
-    """Worker processes on a private queue, and a scheduler-side store to drive them."""
-
-    def __init__(self, tmp: Path):
-        super().__init__(tmp, {"EVOARENA_STORE": f"sqlite:///{tmp}/fleet.db", "EVOARENA_ARTIFACTS": str(tmp / "artifacts"),
-                               "EVOARENA_NOISE_DIR": str(tmp / "noise"), "EVOARENA_THREADS": "1"}, label="test")
-        self.store = open_store(self.env["EVOARENA_STORE"])
-
-    @property
-    def workers(self) -> dict[str, subprocess.Popen]:
-        return self.procs
-
-    def executor(self) -> CeleryExecutor:
-        return CeleryExecutor(self.app, self.store, ping_every=1.0, store_every=1.0)
-
-    def close(self) -> None:
-        super().close()
-        self.store.close()
-
-
-@pytest.fixture
-def fleet(tmp_path):
-    f = Fleet(tmp_path)
-    yield f
-    f.close()
 
 
 def local_reference(tmp: Path, spec) -> list[dict]:
