@@ -299,3 +299,33 @@ def test_the_async_fight_resumes_after_an_interruption_and_trains_nothing_twice(
     after = {r["_id"]: (r["seconds"], r["worker"]) for r in run.store.find_results(run.spec.name)}
     assert final["done"] == 16 and len(after) == 16
     assert {k: after[k] for k in before} == before  # not one of them was trained again
+
+
+# --- the command line ----------------------------------------------------------------------------------
+
+
+def test_evoarena_run_then_status_of_an_arena(tmp_path, monkeypatch, capsys):
+    import yaml
+
+    from evoarena import cli
+
+    path = tmp_path / "arena.yaml"
+    path.write_text(yaml.safe_dump(tiny(rounds=1)))
+    monkeypatch.setenv("EVOARENA_STORE", f"sqlite:///{tmp_path / 'cli.db'}")
+    monkeypatch.setenv("EVOARENA_ARTIFACTS", str(tmp_path / "artifacts"))
+    monkeypatch.setenv("EVOARENA_NOISE_DIR", str(tmp_path / "noise"))
+
+    assert cli.main(["run", str(path), "--inline"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith("arena-tiny: 1 rounds of 2 players x (2 generators + 2 discriminators) on this process")
+    assert [line.split()[2] for line in out[1:-1]] == ["train", "train", "train", "match"]  # one line per step
+    assert "modes" in out[4] and "matrix mean" in out[4]
+    assert out[-1].startswith("arena-tiny: done; best generator gen-")
+
+    assert cli.main(["status", "arena-tiny"]) == 0
+    status = capsys.readouterr().out.splitlines()
+    assert "steps       4/4 complete (5 per round)" in status
+    # 3 train chunks x 4 pairs + 2 match blocks (4 generators, 3 per block)
+    assert "results     14 stored; 4 generators and 4 discriminators recorded" in status
+    assert cli.main(["run", str(path), "--inline"]) == 0
+    assert "already complete" in capsys.readouterr().out

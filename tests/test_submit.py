@@ -122,6 +122,15 @@ def test_dry_run_prints_the_experiment_in_a_configmap_and_a_job_that_runs_it_on_
     assert pod["restartPolicy"] == "Never"
 
 
+def test_an_arena_experiment_is_submitted_unchanged_like_a_ga(capsys):
+    ring = TINY.parent / "arena-ring.yaml"
+    config_map, job = dry_run(capsys, str(ring))
+
+    assert config_map["data"] == {"arena-ring.yaml": ring.read_text()}
+    (container,) = job["spec"]["template"]["spec"]["containers"]
+    assert container["args"] == ["run", "/experiment/arena-ring.yaml", "--fleet"]
+
+
 def test_the_master_gets_the_releases_environment_and_identity(capsys):
     _, job = dry_run(capsys, str(TINY), "--release", "lab")
     pod = job["spec"]["template"]["spec"]
