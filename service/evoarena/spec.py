@@ -20,12 +20,13 @@ import yaml
 from pydantic import (
     AfterValidator,
     BaseModel,
-    ConfigDict,
     Field,
     ValidationError,
     model_validator,
 )
-from pydantic_core import PydanticCustomError
+
+from .spec_arena import ArenaSpec, GanSpec
+from .spec_base import SpecModel, _field_error
 
 NAME_MAX_LENGTH = 53
 _NAME_PATTERN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
@@ -61,20 +62,6 @@ def _check_name(name: str) -> str:
     return name
 
 
-class SpecModel(BaseModel):
-    """Base of every spec section: unknown keys are errors and a loaded spec never changes."""
-
-    # strict: YAML already types its scalars, so `generations: yes` or `sigma: "0.1"` is a
-    # mistake to report, not a value to convert.
-    model_config = ConfigDict(
-        extra="forbid",
-        strict=True,
-        frozen=True,
-        allow_inf_nan=False,
-        use_attribute_docstrings=True,
-    )
-
-
 # --- the problem: what is being optimised -------------------------------------------------
 
 Side = Annotated[int, Field(strict=True, ge=1, le=1024)]
@@ -97,93 +84,6 @@ class MemorizeSpec(SpecModel):
     """Batches of fresh random images, to show that nothing but memorization happens."""
     data_seed: int = Field(0, ge=0)
     """Seed of the random images and labels."""
-
-
-# --- GAN data (the arena's problem) -----------------------------------------------------------
-
-Count = Annotated[int, Field(strict=True, ge=1, le=10_000_000)]
-
-
-class RingData(SpecModel):
-    """A mixture of equal-weight Gaussians whose centres are evenly spaced on a circle."""
-
-    kind: Literal["ring"]
-    """A ring of modes (the usual benchmark: 8 modes, radius 2, std 0.02)."""
-    modes: int = Field(8, ge=1, le=1000)
-    """Number of modes, at angles 2*pi*k/modes."""
-    radius: float = Field(2.0, gt=0)
-    """Radius of the circle of centres."""
-    std: float = Field(0.02, gt=0)
-    """Standard deviation of each mode."""
-    train: Count = 20_000
-    """Samples to train on."""
-    heldout: Count = 2_500
-    """Samples never trained on: discriminators' acceptance of real data is measured on them."""
-    seed: int = Field(0, ge=0)
-    """Seed of the samples."""
-
-
-class GridData(SpecModel):
-    """A mixture of equal-weight Gaussians on a square grid centred on the origin."""
-
-    kind: Literal["grid"]
-    """A grid of modes (the usual benchmark: 5x5, spacing 2, std 0.05)."""
-    side: int = Field(5, ge=1, le=100)
-    """Modes per side (side x side modes)."""
-    spacing: float = Field(2.0, gt=0)
-    """Distance between neighbouring centres."""
-    std: float = Field(0.05, gt=0)
-    """Standard deviation of each mode."""
-    train: Count = 20_000
-    """Samples to train on."""
-    heldout: Count = 2_500
-    """Samples never trained on."""
-    seed: int = Field(0, ge=0)
-    """Seed of the samples."""
-
-
-class DigitsData(SpecModel):
-    """scikit-learn's bundled 8x8 digits (1,797 images; nothing is downloaded), scaled to [-1, 1]."""
-
-    kind: Literal["digits"]
-    """The 8x8 digits."""
-    heldout: int = Field(297, ge=1, le=1000)
-    """Images kept apart from training (the rest are trained on)."""
-    seed: int = Field(0, ge=0)
-    """Seed of the train / held-out split."""
-
-
-class NpzData(SpecModel):
-    """A user's own images: an .npz file at a local path or an s3:// URI, checked by sha256."""
-
-    kind: Literal["npz"]
-    """Images from an .npz file."""
-    uri: str = Field(min_length=1)
-    """Local path or s3://bucket/key of the .npz file."""
-    sha256: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
-    """The file's sha256 (64 lowercase hex digits); a file that differs is refused."""
-    key: str = "x"
-    """Name of the image array in the file: [N, H, W] or [N, C, H, W], uint8 or float."""
-    heldout: int = Field(1000, ge=1)
-    """Images kept apart from training."""
-    seed: int = Field(0, ge=0)
-    """Seed of the train / held-out split."""
-
-
-DataSpec = Annotated[Union[RingData, GridData, DigitsData, NpzData], Field(discriminator="kind")]
-
-
-class GanSpec(SpecModel):
-    """Learn to generate samples of a data set (the GAN arena's problem)."""
-
-    kind: Literal["gan"]
-    """A generative problem: generators against discriminators."""
-    data: DataSpec
-    """The real data; `kind` picks ring, grid, digits or npz."""
-    latent: int = Field(8, ge=1, le=4096)
-    """Size of the generators' latent vector (z ~ N(0, I))."""
-    metric_samples: int = Field(2500, ge=10, le=1_000_000)
-    """Samples per generator for the quality metrics (2,500 as in VEEGAN and PacGAN)."""
 
 
 ProblemSpec = Annotated[Union[MemorizeSpec, GanSpec], Field(discriminator="kind")]
@@ -254,15 +154,6 @@ def parameter_count(image: tuple[int, int, int], classes: int, network: NetworkS
 # --- the genetic algorithm -----------------------------------------------------------------
 
 
-def _field_error(field: str, value: Any, reason: str) -> PydanticCustomError:
-    """An error that involves several fields; `field` is relative to the model raising it."""
-    return PydanticCustomError(
-        "spec_field",
-        "{field} = {value}: {reason}",
-        {"field": field, "value": value, "reason": reason},
-    )
-
-
 class MutationSpec(SpecModel):
     """How a child's weights are perturbed from its parent's.
 
@@ -324,123 +215,6 @@ class GASpec(SpecModel):
                 f"needs ga.parents >= 2 to cross distinct parents; ga.parents is {self.parents}",
             )
         return self
-
-
-# --- the GAN arena ----------------------------------------------------------------------------
-
-
-class GanNetSpec(SpecModel):
-    """The founders' architecture of one side (generators or discriminators); mutation changes it."""
-
-    family: Literal["mlp", "conv"] = "mlp"
-    """mlp: linear layers; conv: (de)convolutions for images (8x8 digits)."""
-    hidden: list[Annotated[int, Field(ge=1, le=65_536)]] = [64, 64]
-    """mlp: widths of the hidden layers."""
-    channels: list[Annotated[int, Field(ge=1, le=4096)]] = [32, 16]
-    """conv: channels of the (de)convolutions."""
-
-
-class MetaSpec(SpecModel):
-    """A network's training meta-parameters at the start; mutation changes them (E-GAN's operators)."""
-
-    optimizer: Literal["adam", "sgd", "rmsprop"] = "adam"
-    """Optimizer of gradient training."""
-    lr: float = Field(1e-3, gt=0, le=1)
-    """Learning rate."""
-    loss: Literal["ns", "ls", "hinge"] = "ns"
-    """Generator loss: ns (non-saturating, seed 004), ls (least squares) or hinge; discriminators use BCE."""
-
-
-class FitnessSpec(SpecModel):
-    """How the encounter matrix becomes fitness."""
-
-    kind: Literal["seed001", "host_pathogen", "elo"] = "seed001"
-    """seed001: share of foreign discriminators fooled; host_pathogen: the seed project's Weibull loads; elo: ratings."""
-    rac_weight: float = Field(0.5, ge=0, le=1)
-    """seed001: weight of accepting real data against catching fakes in a discriminator's fitness."""
-    target: Literal["cluster", "single"] = "cluster"
-    """seed001: a generator scores the mean share fooled (cluster) or its best single victim (single)."""
-    autoimmunity: float = Field(20.0, gt=0)
-    """host_pathogen: a, the cost of rejecting real data."""
-    virulence: float = Field(20.0, gt=0)
-    """host_pathogen: v, the cost of letting fakes through."""
-    elo_k: float = Field(32.0, gt=0)
-    """elo: the K factor."""
-
-
-class VariationSpec(SpecModel):
-    """How offspring differ from their parents (seed 001)."""
-
-    arch_rate: float = Field(0.2, ge=0, le=1)
-    """Probability that a child's architecture mutates (add, delete or change a layer)."""
-    large: bool = False
-    """Large architecture mutations (several layers, widths x2 or /2) instead of small ones."""
-    meta_rate: float = Field(0.3, ge=0, le=1)
-    """Probability that a child's optimizer, learning rate or generator loss mutates."""
-    crossover_rate: float = Field(0.1, ge=0, le=1)
-    """Probability that a child is a one-point crossover of two parents (then maybe mutated)."""
-    mixing: Literal["within", "between"] = "between"
-    """Crossover mates from the same player only (within) or from any player (between)."""
-    migration: float = Field(0.1, ge=0, le=1)
-    """Probability that a child joins another player than its parent's."""
-    founder_mutations: int = Field(0, ge=0, le=20)
-    """Architecture mutations applied to each founder: standing variation before selection starts."""
-
-
-class ArenaSpec(SpecModel):
-    """Players own generators and discriminators; each round: train-pair, match, cross-train, select."""
-
-    rounds: int = Field(ge=1, le=100_000)
-    """Rounds to run."""
-    players: int = Field(2, ge=1, le=1000)
-    """Number of players."""
-    generators: int = Field(2, ge=1, le=1000)
-    """Generators per player (the pool size; `schedule` may change it per round)."""
-    discriminators: int = Field(2, ge=1, le=1000)
-    """Discriminators per player."""
-    generator: GanNetSpec = Field(default_factory=GanNetSpec)
-    """Founding generators' architecture."""
-    discriminator: GanNetSpec = Field(default_factory=GanNetSpec)
-    """Founding discriminators' architecture."""
-    meta: MetaSpec = Field(default_factory=MetaSpec)
-    """Founders' meta-parameters."""
-    train_steps: int = Field(200, ge=0, le=10_000_000)
-    """Gradient steps of each train-pair per round (each step: one discriminator and one generator update)."""
-    chunk_steps: int = Field(1000, ge=1, le=1_000_000)
-    """Most steps in one task: longer training is split into chunks well under the broker's delivery timeout."""
-    cross_train_steps: int = Field(50, ge=0, le=1_000_000)
-    """Steps of each cross-train per round (0: no cross-training)."""
-    batch_size: int = Field(64, ge=1, le=65_536)
-    """Samples per gradient step."""
-    match_samples: int = Field(512, ge=1, le=1_000_000)
-    """Samples each generator shows each discriminator in a match."""
-    match_block: int = Field(4, ge=1, le=1000)
-    """Generators per match task (each task scores them against every discriminator)."""
-    fitness: FitnessSpec = Field(default_factory=FitnessSpec)
-    """How fitness is computed from the encounter matrix."""
-    survivors: float = Field(0.5, gt=0, le=1)
-    """Share of each pool (generators, discriminators) that survives a round by fitness."""
-    low_performers: int = Field(0, ge=0, le=1000)
-    """Of the survivors, how many are drawn at random among the rest (tolerance to low performers)."""
-    variation: VariationSpec = Field(default_factory=VariationSpec)
-    """How offspring differ from their parents."""
-    speciation: bool = True
-    """Discriminators judge only other players' generators (else all but their own training partner)."""
-    byzantine: float = Field(0.0, ge=0, le=1)
-    """Share of discriminators that lie in matches (report the opposite verdict)."""
-    schedule: list[Annotated[int, Field(ge=1, le=1000)]] = []
-    """Bottleneck cycles: generators and discriminators per player in round r is schedule[r % len]; empty: constant."""
-    mode: Literal["sync", "async"] = "sync"
-    """sync: rounds with a barrier; async: seed 001's asynchronous fight, where a pair that finishes
-    training is matched at once against the opponents of the moment and chooses whom to inherit from."""
-    on_error: Literal["skip", "stop"] = "stop"
-    """A failed task: stop the run, or skip (the members it concerned get no fitness and are not selected)."""
-
-    def pool(self, round: int, side: str) -> int:
-        """Members per player of `side` ("gen" or "disc") in `round`."""
-        if self.schedule:
-            return self.schedule[round % len(self.schedule)]
-        return self.generators if side == "gen" else self.discriminators
 
 
 # --- infrastructure -------------------------------------------------------------------------
