@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 
 from evoarena.spec import (
     ExperimentSpec,
@@ -293,7 +293,7 @@ def test_initial_population_sets_generation_zero_only():
 
 def test_a_loaded_spec_cannot_be_changed():
     spec = parse_spec({"name": "x", "ga": {"generations": 1}})
-    with pytest.raises(Exception):
+    with pytest.raises(ValidationError, match="frozen"):
         spec.ga.generations = 2
 
 

@@ -140,6 +140,13 @@ def _step(optimizer: torch.optim.Optimizer, loss: torch.Tensor, params: list[tor
     optimizer.step()
 
 
+def _trainable(arch: dict, flat: torch.Tensor, meta: dict) -> tuple[torch.nn.Module, list[torch.Tensor], torch.optim.Optimizer]:
+    """A trainable copy of `(arch, flat)`, its parameters, and the optimizer its meta names."""
+    module = nets.to_module(arch, flat)
+    params = list(module.parameters())
+    return module, params, make_optimizer(meta, params)
+
+
 # ---------------------------------------------------------------- the ops
 
 
@@ -163,9 +170,7 @@ def train_pair(g_arch: dict, g_flat: torch.Tensor, g_meta: dict, d_arch: dict, d
     _check_schedule(steps, batch_size)
     _check_real(real, d_arch)
     g_loss_of = generator_loss(g_meta)
-    g, d = nets.to_module(g_arch, g_flat), nets.to_module(d_arch, d_flat)
-    g_params, d_params = list(g.parameters()), list(d.parameters())
-    g_opt, d_opt = make_optimizer(g_meta, g_params), make_optimizer(d_meta, d_params)
+    (g, g_params, g_opt), (d, d_params, d_opt) = _trainable(g_arch, g_flat, g_meta), _trainable(d_arch, d_flat, d_meta)
     rng = torch.Generator(device=g_flat.device).manual_seed(seed)
     rows = []
     for _ in range(steps):
@@ -192,9 +197,7 @@ def train_generator(g_arch: dict, g_flat: torch.Tensor, g_meta: dict, d_arch: di
     """
     _check_schedule(steps, batch_size)
     g_loss_of = generator_loss(g_meta)
-    g = nets.to_module(g_arch, g_flat)
-    g_params = list(g.parameters())
-    g_opt = make_optimizer(g_meta, g_params)
+    g, g_params, g_opt = _trainable(g_arch, g_flat, g_meta)
     rng = torch.Generator(device=g_flat.device).manual_seed(seed)
     rows = []
     for _ in range(steps):
@@ -214,9 +217,7 @@ def train_discriminator(d_arch: dict, d_flat: torch.Tensor, d_meta: dict, real: 
     """
     _check_schedule(steps, batch_size)
     _check_real(real, d_arch)
-    d = nets.to_module(d_arch, d_flat)
-    d_params = list(d.parameters())
-    d_opt = make_optimizer(d_meta, d_params)
+    d, d_params, d_opt = _trainable(d_arch, d_flat, d_meta)
     rng = torch.Generator(device=d_flat.device).manual_seed(seed)
     rows = []
     for _ in range(steps):
