@@ -29,7 +29,8 @@ MATCH_STEP = 2  # round 0 is steps 0 and 1 (train chunks), 2 (match) and 3 (cros
 
 
 def arena_dict(name: str, workers: int = 1) -> dict:
-    """A tiny arena on the ring: 2 players x (2 generators + 2 discriminators), 2 rounds, 8 steps."""
+    """A tiny arena on the ring: 2 players x (2 generators + 2 discriminators), 2 rounds, 7 steps
+    (round 1 ends at its match)."""
     return {
         "name": name,
         "problem": {"kind": "gan", "latent": 4, "metric_samples": 200,
