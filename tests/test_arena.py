@@ -329,3 +329,39 @@ def test_evoarena_run_then_status_of_an_arena(tmp_path, monkeypatch, capsys):
     assert "results     14 stored; 4 generators and 4 discriminators recorded" in status
     assert cli.main(["run", str(path), "--inline"]) == 0
     assert "already complete" in capsys.readouterr().out
+
+
+class Corrupting:
+    """Hands the worker a forged genome (its id no longer matches its content) in the first train task."""
+
+    def __init__(self, inner):
+        self.inner, self.done = inner, False
+
+    def map(self, op, tasks):
+        tasks = copy.deepcopy(tasks)
+        if op == "train_pair" and not self.done:
+            tasks[0]["gen"]["genome"]["init_seed"] += 1
+            self.done = True
+        yield from self.inner.map(op, tasks)
+
+    def close(self):
+        self.inner.close()
+
+
+def test_a_poisoned_task_stops_the_run_naming_it_and_keeps_what_was_stored(tmp_path):
+    run = Run(tmp_path / "stop", tiny(rounds=1))
+    with pytest.raises(RuntimeError, match="does not match its content.*on_error = stop"):
+        scheduler.run(run.spec, run.store, Corrupting(InlineExecutor(run.config)))
+    results = run.results(0, "train_pair")
+    assert len(results) == 4 and sum(r["error"] is not None for r in results) == 1  # the other pairs' work is kept
+
+
+def test_with_on_error_skip_the_poisoned_pair_sits_out_and_the_round_goes_on(tmp_path):
+    run = Run(tmp_path / "skip", tiny(rounds=2, on_error="skip"))
+    scheduler.run(run.spec, run.store, Corrupting(InlineExecutor(run.config)))
+    failed = {m["id"] for m in run.steps()[0]["members"] if m.get("failed")}
+    assert len(failed) == 2  # the generator and the discriminator of the poisoned pair
+    match = run.steps()[match_index(run, 0)]
+    assert failed.isdisjoint(match["matrix"]["gens"] + match["matrix"]["discs"])
+    assert len(run.steps()) == run.algo.steps  # the run went to its end
+    assert failed.isdisjoint(m["id"] for m in run.steps()[-1]["members"])  # and they did not reproduce
