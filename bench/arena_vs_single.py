@@ -224,7 +224,10 @@ def main() -> int:
     parser.add_argument("--restarts", type=int, default=4, help="N of best of N restarts")
     parser.add_argument("--workers", type=int, default=2, help="arena worker processes")
     parser.add_argument("--datasets", nargs="+", default=["ring", "digits"], choices=["ring", "digits"])
+    parser.add_argument("--ring", type=Path, default=SPECS["ring"],
+                        help="the ring arena's file (default experiments/arena-ring.yaml); e.g. one of experiments/questions/")
     args = parser.parse_args()
+    SPECS["ring"] = args.ring.resolve()
     noise_dir = str(Settings.from_env().noise_dir)
     cache_dir = str(models_dir(noise_dir))
     torch.set_num_threads(1)  # the bench process only draws samples and scores them
@@ -264,7 +267,7 @@ def main() -> int:
 
     for dataset, text in tables:
         title = "8 Gaussians on a ring" if dataset == "ring" else "8x8 digits"
-        print(f"\n### {title} (experiments/{SPECS[dataset].name}): mean ± std over {args.seeds} seeds\n")
+        print(f"\n### {title} ({SPECS[dataset].relative_to(ROOT)}): mean ± std over {args.seeds} seeds\n")
         print(text)
     print(f"\nArena (oracle pick) and best of {args.restarts} restarts pick their generator with the quality metric "
           "(on check samples, then scored on the report samples); arena (fitness pick) uses the arena's fitness only.")
