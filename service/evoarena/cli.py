@@ -126,7 +126,10 @@ class ProgressLine:
     def __call__(self, p) -> None:
         if p.resumed_from is not None:
             self._emit(f"resumed at generation {p.resumed_from}", final=True)
-        self._emit(p.line, final=not self.tty or p.generation + 1 == p.generations or " match " in p.line)
+        # On a terminal a line is rewritten by the next, but for the last one, and an arena round's
+        # match line (the round's result) and every event of the asynchronous fight, which stay.
+        keep = p.generation + 1 == p.generations or " match " in p.line or p.line.startswith("fight ")
+        self._emit(p.line, final=not self.tty or keep)
 
     def _emit(self, line: str, final: bool) -> None:
         if self.tty:
