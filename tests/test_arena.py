@@ -365,3 +365,18 @@ def test_with_on_error_skip_the_poisoned_pair_sits_out_and_the_round_goes_on(tmp
     assert failed.isdisjoint(match["matrix"]["gens"] + match["matrix"]["discs"])
     assert len(run.steps()) == run.algo.steps  # the run went to its end
     assert failed.isdisjoint(m["id"] for m in run.steps()[-1]["members"])  # and they did not reproduce
+
+
+def test_a_failed_run_is_recorded_as_failed_with_its_reason_and_status_says_so(tmp_path, capsys, monkeypatch):
+    from evoarena import cli
+
+    run = Run(tmp_path / "failed", tiny(rounds=1))
+    with pytest.raises(RuntimeError):
+        scheduler.run(run.spec, run.store, Corrupting(InlineExecutor(run.config)))
+    doc = run.store.get_experiment(run.spec.name)
+    assert doc["status"] == "failed" and "does not match its content" in doc["reason"]
+
+    monkeypatch.setenv("EVOARENA_STORE", f"sqlite:///{tmp_path / 'failed' / 'results.db'}")
+    assert cli.main(["status", run.spec.name]) == 0
+    first = capsys.readouterr().out.splitlines()[0]
+    assert first.startswith("experiment  arena-tiny  (failed: RuntimeError: step 0: task arena-tiny:000000:train_pair:")

@@ -98,6 +98,17 @@ def test_a_bad_experiment_file_exits_2_with_one_error_line_and_creates_nothing(p
     assert sorted(p.name for p in place.root.iterdir()) == ["bad.yaml"]
 
 
+def test_a_binary_experiment_file_exits_2_with_one_line_not_a_traceback(place):
+    bad = place.root / "picture.yaml"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\xff\xfe")
+
+    done = place.run("run", bad)
+
+    assert done.returncode == 2
+    assert done.stderr.splitlines() == [f"error: {bad}: not a UTF-8 text file (byte 0: 0x89); an experiment file is YAML text"]
+    assert not place.db.exists()
+
+
 # --- a run and its status ---------------------------------------------------------------------
 
 

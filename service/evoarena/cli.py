@@ -173,7 +173,8 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
     algo = scheduler.algorithm(spec)
     last = store.last_generation(args.name)
     done = 0 if last is None else last + 1
-    print(f"experiment  {args.name}  ({experiment['status']}, updated {_ago(experiment['updated'])})")
+    reason = f": {experiment['reason']}" if experiment["status"] == "failed" and experiment.get("reason") else ""
+    print(f"experiment  {args.name}  ({experiment['status']}{reason}, updated {_ago(experiment['updated'])})")
     if spec.algorithm == "arena" and algo.steps is None:  # the asynchronous fight: events, not steps
         state = store.get_generation(args.name, last) if last is not None else None
         if state is not None:

@@ -94,15 +94,30 @@ def register(spec: ExperimentSpec, store: ResultStore) -> None:
             )
     created = time.time() if stored is None else stored["created"]
     store.put_experiment(spec.name, {"spec": wanted, "status": "running", "created": created, "updated": time.time()})
+    # (a new run drops the reason of an earlier failure: the document is replaced whole)
 
 
 def run(spec: ExperimentSpec, store: ResultStore, executor: Executor,
         on_progress: Callable[[Progress], None] | None = None) -> dict:
-    """Run (or continue) experiment `spec` to its last step; return the last step's document."""
+    """Run (or continue) experiment `spec` to its last step; return the last step's document.
+
+    A run that fails is recorded as `failed`, with the reason, in the experiment's document
+    (running the same command again continues from the last complete step)."""
     register(spec, store)
     algo = algorithm(spec, store)
-    if hasattr(algo, "react"):
-        return run_events(spec, store, executor, algo, on_progress)
+    try:
+        if hasattr(algo, "react"):
+            return run_events(spec, store, executor, algo, on_progress)
+        return run_steps(spec, store, executor, algo, on_progress)
+    except Exception as exc:
+        store.put_experiment(spec.name, {**store.get_experiment(spec.name), "status": "failed",
+                                         "reason": f"{type(exc).__name__}: {exc}", "updated": time.time()})
+        raise
+
+
+def run_steps(spec: ExperimentSpec, store: ResultStore, executor: Executor, algo: Algorithm,
+              on_progress: Callable[[Progress], None] | None = None) -> dict:
+    """Run a step-by-step algorithm (the GA, the arena's rounds) to its last step."""
     last = store.last_generation(spec.name)
     index = 0 if last is None else last + 1
     resumed_from = None if last is None else index

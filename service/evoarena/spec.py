@@ -362,6 +362,9 @@ def load_spec(path: str | os.PathLike) -> ExperimentSpec:
         raise SpecError(str(path), "", "file not found") from None
     except OSError as error:
         raise SpecError(str(path), "", f"cannot read the file: {error.strerror}") from None
+    except UnicodeDecodeError as error:
+        raise SpecError(str(path), "", f"not a UTF-8 text file (byte {error.start}: {error.object[error.start]:#04x}); "
+                        "an experiment file is YAML text") from None
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as error:
