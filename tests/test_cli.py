@@ -209,6 +209,47 @@ def stop(place: Place, name: str, sig: signal.Signals) -> tuple[subprocess.Popen
     return proc, out, err, complete
 
 
+def children(pid: int) -> set[int]:
+    """The live processes whose parent is `pid` (from /proc)."""
+    found = set()
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:  # the process ended while we looked
+            continue
+        if int(fields[1]) == pid and fields[0] != "Z":
+            found.add(int(stat.parent.name))
+    return found
+
+
+def alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+@pytest.mark.slow
+def test_kill_9_of_the_master_alone_leaves_no_pool_process_behind(place):
+    spec = place.spec_file("orphans", LONG, WORKERS)
+    proc = place.start("run", spec)
+    try:
+        wait_for_generations(place, "orphans", 2, proc)
+        pool = children(proc.pid)
+        assert len(pool) >= WORKERS  # the worker processes (and multiprocessing's resource tracker)
+        proc.kill()  # SIGKILL to the master only, not its process group: nothing tells the pool
+        proc.wait(timeout=30)
+        deadline = time.monotonic() + 15
+        while any(alive(p) for p in pool) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not [p for p in pool if alive(p)]
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
+
+
 def assert_resumed_to_the_reference(place: Place, name: str, complete: int, reference: ResultStore) -> None:
     again = place.run("run", place.root / f"{name}.yaml", timeout=300)
 

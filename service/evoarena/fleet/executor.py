@@ -10,6 +10,8 @@ from __future__ import annotations
 import multiprocessing
 import os
 import signal
+import threading
+import time
 from collections.abc import Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from typing import Protocol
@@ -99,4 +101,17 @@ class LocalExecutor:
 def _init_pool_process(config: WorkerConfig) -> None:
     # Ctrl-C reaches the whole process group; the scheduler handles it and closes the pool.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _exit_with_parent(os.getppid())
     init_process(config)
+
+
+def _exit_with_parent(parent: int, every: float = 1.0) -> None:
+    """End this pool process when the master that started it is gone (`kill -9` of a run would
+    otherwise leave it behind, holding torch and its caches): a daemon thread watches the parent pid."""
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(every)
+        os._exit(1)  # the master is gone: nobody will read this process's results
+
+    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
