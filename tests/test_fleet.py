@@ -161,3 +161,58 @@ def test_the_run_survives_a_broker_restart(fleet, tmp_path):
 
     assert evolution(fleet.store, spec.name) == local_reference(tmp_path, spec)
     assert_one_result_per_individual(fleet.store, spec)
+
+
+# --- a message of the wrong shape ----------------------------------------------------------------
+
+
+def test_a_malformed_message_is_rejected_in_one_line_and_the_worker_goes_on(fleet):
+    import json
+    import uuid
+
+    from kombu import Connection, Producer
+
+    node = fleet.start("alpha")
+    fleet.wait_ready()
+    # the exact message that used to stop every worker that took it
+    with Connection(fleet.env["EVOARENA_BROKER_URL"]) as conn:
+        Producer(conn).publish(json.dumps({"hello": "world"}), routing_key=fleet.queue, exchange="",
+                               headers={"task": "evoarena.evaluate", "id": str(uuid.uuid4())},
+                               content_type="application/json", content_encoding="utf-8", serializer=None)
+    deadline = time.monotonic() + 30
+    while '"rejected"' not in fleet.log("alpha") and time.monotonic() < deadline:
+        time.sleep(0.2)
+
+    rejected = [line for line in fleet.log("alpha").splitlines() if '"rejected"' in line]
+    assert [json.loads(line)["why"] for line in rejected] == ["a body that is not [args, kwargs, embed]"]
+    assert fleet.procs[node].poll() is None  # still running
+    with fleet.app.connection_for_write() as conn:
+        assert conn.default_channel.queue_declare(fleet.queue, passive=True).message_count == 0  # not requeued
+    assert fleet.app.send_task("evoarena.noop").get(timeout=30) == {"node": node}  # and it still works
+
+
+class Message:
+    """What `malformed` reads of a kombu message."""
+
+    def __init__(self, payload, headers=None):
+        self.payload, self.headers = payload, {"id": "t1", "task": "evoarena.evaluate"} if headers is None else headers
+
+
+@pytest.mark.parametrize(("payload", "headers", "why"), [
+    ({"hello": "world"}, None, "a body that is not [args, kwargs, embed]"),
+    ([[], {}, {}], None, "arguments that are not one JSON object (the task)"),
+    ([["x"], {}, {}], None, "arguments that are not one JSON object (the task)"),
+    ([[{}, {}], {}, {}], None, "arguments that are not one JSON object (the task)"),
+    ([[{}], {"a": 1}, {}], None, "keyword arguments, or an embed that is not an object"),
+    ([[{}], {}, {}], {"task": "evoarena.evaluate"}, "no task id in its headers"),
+])
+def test_malformed_names_what_is_wrong_with_a_message(payload, headers, why):
+    from evoarena.fleet.app import malformed
+
+    assert malformed(Message(payload, headers)) == why
+
+
+def test_malformed_accepts_what_the_master_sends():
+    from evoarena.fleet.app import malformed
+
+    assert malformed(Message([[{"experiment": "x", "generation": 0}], {}, {"callbacks": None}])) is None

@@ -77,10 +77,52 @@ def make_app(broker: str | None = None, queue: str | None = None) -> Celery:
     return app
 
 
+def malformed(message) -> str | None:
+    """Why a task message is not one our master sends (Celery's protocol 2 with one JSON object as
+    the only argument), or None. Celery itself unpacks the body in the worker's main process, so a
+    body of another shape (`{"hello": "world"}`) would stop the worker, and every worker after it."""
+    headers = message.headers or {}
+    if not isinstance(headers.get("id"), str):
+        return "no task id in its headers"
+    try:
+        body = message.payload
+    except Exception as exc:  # noqa: BLE001 - whatever the decoder says, the message is unreadable
+        return f"an undecodable body ({type(exc).__name__})"
+    if not (isinstance(body, (list, tuple)) and len(body) == 3):
+        return "a body that is not [args, kwargs, embed]"
+    args, kwargs, embed = body
+    if not (isinstance(args, list) and len(args) == 1 and isinstance(args[0], dict)):
+        return "arguments that are not one JSON object (the task)"
+    if kwargs or not isinstance(kwargs, dict) or not isinstance(embed, dict):
+        return "keyword arguments, or an embed that is not an object"
+    return None
+
+
+def checked_strategy(task, app, consumer, **kwargs):
+    """Celery's default strategy behind `malformed`: a message of the wrong shape is rejected
+    (dead-lettered where the queue has a dead-letter exchange, else dropped) with one log line,
+    before Celery parses it, and the worker goes on."""
+    from celery.worker.strategy import default
+
+    handler = default(task, app, consumer, **kwargs)
+
+    def checked(message, body, ack, reject, callbacks, **kw):
+        problem = malformed(message)
+        if problem is None:
+            return handler(message, body, ack, reject, callbacks, **kw)
+        print(json.dumps({"rejected": task.name, "id": (message.headers or {}).get("id"), "why": problem}),
+              file=sys.stdout, flush=True)
+        message.reject_log_error(logging.getLogger(__name__), consumer.connection_errors, requeue=False)
+        return None
+
+    return checked
+
+
 def _register(app: Celery, op: str) -> None:
     soft, hard = TIME_LIMITS[op]
 
-    @app.task(name=f"evoarena.{op}", bind=True, soft_time_limit=soft, time_limit=hard)
+    @app.task(name=f"evoarena.{op}", bind=True, soft_time_limit=soft, time_limit=hard,
+              Strategy="evoarena.fleet.app:checked_strategy")
     def task(self, payload: dict) -> dict:
         started = time.perf_counter()
         worker = work.process_worker()
