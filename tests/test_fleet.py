@@ -216,3 +216,29 @@ def test_malformed_accepts_what_the_master_sends():
     from evoarena.fleet.app import malformed
 
     assert malformed(Message([[{"experiment": "x", "generation": 0}], {}, {"callbacks": None}])) is None
+
+
+def test_the_direct_queue_of_a_worker_that_stopped_is_deleted_by_the_broker(tmp_path, monkeypatch):
+    from amqp.exceptions import NotFound, PreconditionFailed
+
+    from conftest import Fleet
+    from evoarena.fleet.app import direct_queue
+
+    monkeypatch.setenv("EVOARENA_DIRECT_QUEUE_EXPIRES_S", "2")  # the master's side; the worker gets the same
+    fleet = Fleet(tmp_path)
+    fleet.env["EVOARENA_DIRECT_QUEUE_EXPIRES_S"] = "2"
+    try:
+        node = fleet.start("alpha")
+        fleet.wait_ready()
+        assert direct_queue(node).queue_arguments == {"x-expires": 2000}
+        # the master reaches the worker through the queue as the worker declared it
+        assert fleet.app.send_task("evoarena.noop", queue=direct_queue(node)).get(timeout=30) == {"node": node}
+        with fleet.app.connection_for_write() as conn, pytest.raises(PreconditionFailed, match="x-expires"):
+            conn.default_channel.queue_declare(f"{node}.dq2", durable=True, auto_delete=False)  # Celery's, no expiry
+        fleet.procs[node].terminate()  # a normal stop (SIGTERM: Celery's warm shutdown)
+        fleet.procs[node].wait(timeout=30)
+        time.sleep(4)
+        with fleet.app.connection_for_write() as conn, pytest.raises(NotFound):
+            conn.default_channel.queue_declare(f"{node}.dq2", passive=True)
+    finally:
+        fleet.close()

@@ -1,8 +1,8 @@
 """The Celery app of the fleet: JSON only, late acks, one task at a time per process.
 
-Workers consume the shared queue (`EVOARENA_QUEUE`, default "evoarena") and, with
-`worker_direct`, a queue of their own (`<node>.dq2`) through which the scheduler sends a child
-to the worker that holds its parent. Tasks are thin: each calls `worker.run_on`, the same
+Workers consume the shared queue (`EVOARENA_QUEUE`, default "evoarena") and a queue of their
+own (`direct_queue`: `<node>.dq2`, deleted by the broker when unused for an hour), through which
+the scheduler sends a child to the worker that holds its parent. Tasks are thin: each calls `worker.run_on`, the same
 function the local executors call.
 
 Time limits: a task is killed after its op's hard limit. RabbitMQ's consumer_timeout (the time
@@ -19,7 +19,8 @@ import sys
 import time
 
 from celery import Celery
-from kombu import Queue
+from celery.signals import celeryd_after_setup
+from kombu import Exchange, Queue
 
 from .. import worker as work
 
@@ -41,6 +42,17 @@ def shared_queue() -> str:
     return os.environ.get("EVOARENA_QUEUE") or "evoarena"
 
 
+def direct_queue(node: str) -> Queue:
+    """Worker `node`'s own queue (Celery's `<node>.dq2` on the C.dq2 exchange), which the broker
+    deletes once nobody has used it for EVOARENA_DIRECT_QUEUE_EXPIRES_S seconds (default an hour):
+    a worker that stopped, normally or not, leaves nothing behind for long. The worker and the
+    master declare it through this one function, and must see the same setting (the chart gives
+    both the same environment): RabbitMQ refuses a redeclaration with other arguments."""
+    expires_s = float(os.environ.get("EVOARENA_DIRECT_QUEUE_EXPIRES_S") or 3600)
+    return Queue(f"{node}.dq2", Exchange("C.dq2", type="direct"), routing_key=node, durable=True,
+                 queue_arguments={"x-expires": int(expires_s * 1000)})
+
+
 def make_app(broker: str | None = None, queue: str | None = None) -> Celery:
     queue = queue or shared_queue()
     app = Celery("evoarena", broker=broker or broker_url(), backend="rpc://")
@@ -57,7 +69,7 @@ def make_app(broker: str | None = None, queue: str | None = None) -> Celery:
         worker_cancel_long_running_tasks_on_connection_loss=True,
         task_default_queue=queue,
         task_queues=[Queue(queue, durable=True)],
-        worker_direct=True,
+        worker_direct=False,  # each worker adds direct_queue(its node) itself: Celery's has no expiry
         task_default_delivery_mode="persistent",
         broker_connection_retry_on_startup=True,
         broker_connection_max_retries=None,
@@ -75,6 +87,12 @@ def make_app(broker: str | None = None, queue: str | None = None) -> Celery:
         return {"node": self.request.hostname}
 
     return app
+
+
+@celeryd_after_setup.connect
+def _consume_direct_queue(sender: str, instance, **kwargs) -> None:
+    """A worker consumes its own direct queue besides the shared one."""
+    instance.app.amqp.queues.select_add(direct_queue(sender))
 
 
 def malformed(message) -> str | None:

@@ -24,12 +24,11 @@ from dataclasses import dataclass
 from celery import Celery
 from celery.exceptions import TimeoutError as CeleryTimeout
 from celery.result import AsyncResult, ResultSet
-from celery.utils import worker_direct
 from kombu.exceptions import OperationalError
 
 from ..store import ResultStore
 from ..worker import task_id as result_id_of
-from .app import TIME_LIMITS
+from .app import TIME_LIMITS, direct_queue
 from .executor import Feed, queue_of
 from .routing import BACKLOG, AffinityRouter, built, wanted
 
@@ -124,7 +123,7 @@ class CeleryExecutor:
     def _send(self, op: str, task: dict, node: str | None, pending: dict[str, Sent], started: set[str]) -> None:
         started.add(_parent(task))
         _id = result_id_of(op, task)
-        options = {"queue": worker_direct(node)} if node else {}
+        options = {"queue": direct_queue(node)} if node else {}
         result = self.app.send_task(f"evoarena.{op}", args=(task,), task_id=_id, retry=True,
                                     retry_policy=RETRY_POLICY, **options)
         pending[_id] = Sent(task, result, node, time.monotonic())
@@ -208,7 +207,7 @@ class CeleryExecutor:
         """A dead worker's direct queue is durable; once its tasks are re-sent, nothing should read it."""
         try:
             with self.app.connection_for_write() as conn:
-                conn.default_channel.queue_delete(worker_direct(node).name)
+                conn.default_channel.queue_delete(direct_queue(node).name)
         except (OperationalError, ConnectionError, OSError) as exc:
             log.warning("could not delete the queue of %s (%s)", node, exc)
 
