@@ -380,3 +380,35 @@ def test_a_failed_run_is_recorded_as_failed_with_its_reason_and_status_says_so(t
     assert cli.main(["status", run.spec.name]) == 0
     first = capsys.readouterr().out.splitlines()[0]
     assert first.startswith("experiment  arena-tiny  (failed: RuntimeError: step 0: task arena-tiny:000000:train_pair:")
+
+
+# --- a worker process that dies -------------------------------------------------------------------------
+
+
+def test_a_local_worker_process_that_dies_costs_its_task_an_error_and_the_rest_run(tmp_path):
+    import os
+    import signal
+    import threading
+    import time
+
+    from evoarena.fleet.executor import LocalExecutor
+
+    run = Run(tmp_path / "crash", tiny(rounds=1, train_steps=2000, chunk_steps=2000))
+    tasks = run.algo.plan(0, None).tasks  # 4 train_pair tasks of 2000 steps: a second or two each
+    executor = LocalExecutor(run.config, workers=1, affinity=False)
+    try:
+        (warm,) = executor.map("train_pair", tasks[:1])  # starts the pool's one process
+        assert warm["error"] is None
+        (pid,) = executor.pools[0]._processes
+
+        def kill_soon():
+            time.sleep(0.5)  # task 0 of the next map is running by then
+            os.kill(pid, signal.SIGKILL)  # as the kernel's OOM killer would
+
+        threading.Thread(target=kill_soon).start()
+        results = list(executor.map("train_pair", [{**t, "seed": t["seed"] + 1} for t in tasks]))
+    finally:
+        executor.close()
+    errors = [s for s in results if s["error"]]
+    assert len(results) == 4 and len(errors) == 1  # the task it was running, once; the other three ran
+    assert "worker process died" in errors[0]["error"] and errors[0]["key"] == tasks[0]["key"]

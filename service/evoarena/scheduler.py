@@ -212,6 +212,6 @@ def _record_lost(experiment: str, store: ResultStore, index: int, op: str, summa
         if _id not in stored:
             store.put_result({
                 "_id": _id, "experiment": experiment, "generation": index, "op": op,
-                "genome_id": summary.get("genome_id"), "fitness": None, "metrics": {}, "build": None,
+                "genome_id": summary.get("genome_id"), "key": summary.get("key"), "fitness": None, "metrics": {}, "build": None,
                 "checkpoints": [], "error": summary["error"], "worker": None, "node": None,
             })

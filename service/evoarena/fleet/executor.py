@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import itertools
 import multiprocessing
 import os
 import signal
@@ -14,10 +15,11 @@ import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 from typing import Protocol
 
 from .routing import BACKLOG, AffinityRouter, built
-from ..worker import Worker, WorkerConfig, init_process, run_on, run_task
+from ..worker import Worker, WorkerConfig, init_process, run_on, run_task, task_id
 
 
 class Feed(list):
@@ -65,25 +67,36 @@ class LocalExecutor:
     def __init__(self, config: WorkerConfig, workers: int, affinity: bool = True):
         if config.threads == 0:  # share the cores instead of every process taking them all
             config = WorkerConfig(**{**config.__dict__, "threads": max(1, (os.cpu_count() or 1) // workers)})
-        context = multiprocessing.get_context("spawn")
-        self.pools = [ProcessPoolExecutor(1, mp_context=context, initializer=_init_pool_process, initargs=(config,))
-                      for _ in range(workers)]
+        self.config = config
+        self.pools = [self._pool() for _ in range(workers)]
         self.router = AffinityRouter() if affinity else None
+
+    def _pool(self) -> ProcessPoolExecutor:
+        return ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"),
+                                   initializer=_init_pool_process, initargs=(self.config,))
 
     def map(self, op: str, tasks: list[dict]) -> Iterator[dict]:
         backlog = [0] * len(self.pools)
-        pending: dict[Future, tuple[int, str]] = {}
+        pending: dict[Future, tuple[int, dict, int]] = {}  # future -> (worker, task, order sent)
         queue = queue_of(tasks)
+        sent = itertools.count()
         try:
             while queue or pending:
                 for worker in range(len(self.pools)):
                     while queue and backlog[worker] < BACKLOG[op]:
                         task = queue.pop(self.router.pick(queue, worker) if self.router else 0)
-                        pending[self.pools[worker].submit(run_task, op, task)] = (worker, task)
+                        pending[self.pools[worker].submit(run_task, op, task)] = (worker, task, next(sent))
                         backlog[worker] += 1
                 done, _ = wait(pending, return_when=FIRST_COMPLETED)
-                for future in done:
-                    worker, task = pending.pop(future)
+                for future in sorted(done, key=lambda f: pending[f][2]):
+                    if future not in pending:  # already handled with its broken pool
+                        continue
+                    worker, task, _ = pending[future]
+                    if isinstance(future.exception(), BrokenProcessPool):
+                        yield self._crashed(op, worker, pending, queue)
+                        backlog[worker] = 0
+                        continue
+                    del pending[future]
                     backlog[worker] -= 1
                     summary = future.result()
                     for genome_id in built(task, summary) if self.router else ():
@@ -92,6 +105,22 @@ class LocalExecutor:
         finally:
             for future in pending:
                 future.cancel()
+
+    def _crashed(self, op: str, worker: int, pending: dict, queue: list[dict]) -> dict:
+        """Worker process `worker` died (killed, out of memory, a crash in native code): the task it
+        was running, its oldest, gets an error summary (the scheduler records it once, as the fleet's
+        deadline does, so it is never sent again); the task queued behind it goes back to the queue;
+        the worker gets a fresh process."""
+        own = sorted((order, f, task) for f, (w, task, order) in pending.items() if w == worker)
+        for _, future, _ in own:
+            del pending[future]
+        (_, _, culprit), *behind = own
+        queue[:0] = [task for _, _, task in behind]
+        self.pools[worker].shutdown(wait=False, cancel_futures=True)
+        self.pools[worker] = self._pool()
+        return {"_id": task_id(op, culprit), "genome_id": culprit.get("genome", {}).get("id"), "key": culprit.get("key"),
+                "fitness": None,
+                "build": None, "error": "the worker process died running this task (killed, out of memory, or a crash)"}
 
     def close(self) -> None:
         for pool in self.pools:
