@@ -8,15 +8,23 @@ The table is generated chunk by chunk from ``numpy.random.default_rng([seed, chu
 (PCG64, platform independent), written once to a file, and memory-mapped by every process that
 needs it: the OS page cache shares one copy between all workers on a machine, and a restart
 finds the file already built.
+
+NumPy promises no stable streams across versions. The file is named by a fingerprint of the
+table (a hash of its first and last chunks as this NumPy generates them), and opening checks the
+file's first and last chunks against a fresh generation: a file written by another stream, or any
+file of the right size, is rebuilt rather than trusted. tests/test_noise.py pins known values,
+so an upgrade that changes the stream fails there first.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import tempfile
 import threading
 import warnings
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -77,8 +85,31 @@ _open: dict[tuple[int, int, str], NoiseTable] = {}
 _lock = threading.Lock()
 
 
+def _ends(seed: int, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """The table's first chunk and its last (partial) chunk: what its fingerprint hashes."""
+    last = (size - 1) // CHUNK
+    first = _chunk(seed, 0)[: min(CHUNK, size)]
+    return first, (first if last == 0 else _chunk(seed, last)[: size - last * CHUNK])
+
+
+@lru_cache(maxsize=64)
+def fingerprint(seed: int, size: int) -> str:
+    """A short hash of the table for (seed, size) as this NumPy generates it."""
+    first, last = _ends(seed, size)
+    return hashlib.blake2b(first.tobytes() + last.tobytes(), digest_size=8).hexdigest()
+
+
 def table_path(directory: str | Path, seed: int, size: int) -> Path:
-    return Path(directory).expanduser() / f"noise-seed{seed}-size{size}.f32"
+    return Path(directory).expanduser() / f"noise-seed{seed}-size{size}-{fingerprint(seed, size)}.f32"
+
+
+def _holds_the_table(path: Path, seed: int, size: int) -> bool:
+    """Whether the file at `path` is the table: its size, then its first and last chunks."""
+    if not path.exists() or path.stat().st_size != size * 4:
+        return False
+    first, last = _ends(seed, size)
+    array = np.memmap(path, dtype=np.float32, mode="r", shape=(size,))
+    return bool(np.array_equal(array[: len(first)], first) and np.array_equal(array[size - len(last):], last))
 
 
 def open_noise(seed: int, size: int, directory: str | Path) -> NoiseTable:
@@ -88,7 +119,7 @@ def open_noise(seed: int, size: int, directory: str | Path) -> NoiseTable:
     with _lock:
         if key in _open:
             return _open[key]
-        if not path.exists() or path.stat().st_size != size * 4:
+        if not _holds_the_table(path, seed, size):
             _build_file(path, seed, size)
         array = np.memmap(path, dtype=np.float32, mode="r", shape=(size,))
         _open[key] = NoiseTable(seed=seed, size=size, array=array)
