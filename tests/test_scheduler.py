@@ -430,3 +430,16 @@ def test_two_worker_processes_give_the_same_run_as_one_inline_worker(lab):
     assert local == inline
     workers = {r["worker"] for r in lab.store("local").find_results("tiny")}
     assert workers and all(not w.endswith(f"-{os.getpid()}") for w in workers)  # evaluated elsewhere
+
+
+def test_two_experiments_differing_only_in_their_noise_table_keep_their_own_checkpoints(lab):
+    # The same genomes (architecture and seeds) under another noise table are other networks:
+    # their checkpoints must not overwrite each other's.
+    specs = [tiny(f"noise-{seed}", generations=3, checkpoint_every=1) for seed in (1, 2)]
+    specs = [parse_spec({**spec.model_dump(mode="json"), "noise": {"seed": seed, "size": 65536}})
+             for spec, seed in zip(specs, (1, 2))]
+    for spec in specs:
+        lab.run(spec)
+    uris = [{c["uri"] for d in lab.store().list_generations(s.name) for c in d["checkpoints"]} for s in specs]
+    assert uris[0] and uris[1] and uris[0].isdisjoint(uris[1])
+    assert all("/noise-1--" in u for u in uris[0]) and all("/noise-2--" in u for u in uris[1])

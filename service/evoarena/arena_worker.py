@@ -22,6 +22,7 @@ import torch
 from .genome import Genome, trained, trained_id
 from .materialize import Materializer, Weights
 from .problems import gan, gan_metrics
+from .store import artifact_key
 
 
 def train_pair(worker, task: dict, result_id: str) -> dict:
@@ -116,7 +117,8 @@ def _build(m: Materializer, member: dict) -> tuple[Genome, torch.Tensor, str]:
 def _save(worker, m: Materializer, parent: Genome, flat: torch.Tensor, how: dict, task: dict) -> Genome:
     """Checkpoint the trained weights; the genome named by them, cached on this worker."""
     weights = Weights(flat.detach().contiguous())
-    uri = worker.artifacts.put(trained_id(parent.id, how), weights.tensors(parent.arch), {"experiment": task["experiment"]})
+    key = artifact_key(task["experiment"], trained_id(parent.id, how))
+    uri = worker.artifacts.put(key, weights.tensors(parent.arch), {"experiment": task["experiment"]})
     genome = trained(parent, how, uri)
     m.cache.put(genome.id, weights)
     return genome

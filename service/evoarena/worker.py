@@ -20,7 +20,7 @@ from .genome import Genome, ancestor
 from .materialize import Materializer, ParentCache
 from .noise import open_noise
 from .problems import PROBLEMS
-from .store import open_artifacts, open_store
+from .store import artifact_key, open_artifacts, open_store
 
 
 def result_id(experiment: str, generation: int, op: str, genome_ids: list[str]) -> str:
@@ -172,7 +172,8 @@ class Worker:
     def _save(self, genome: Genome, materializer: Materializer, experiment: str) -> dict:
         """Save `genome`'s weights (usually a parent still in the cache) so descendants can be rebased on them."""
         weights = materializer.build(genome)
-        return {"id": genome.id, "uri": self.artifacts.put(genome.id, weights.tensors(genome.arch), {"experiment": experiment})}
+        key = artifact_key(experiment, genome.id)
+        return {"id": genome.id, "uri": self.artifacts.put(key, weights.tensors(genome.arch), {"experiment": experiment})}
 
 
 def _required(task: dict, *keys: str) -> list:

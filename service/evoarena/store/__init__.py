@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from .artifacts import ArtifactError, ArtifactStore, LocalArtifacts, open_artifacts
+from .artifacts import ArtifactError, ArtifactStore, LocalArtifacts, artifact_key, open_artifacts
 from .base import ARENA_COLLECTIONS, RESULT_KEYS, ResultStore, check_result, generation_id
 from .mongo import MongoStore, StoreUnavailable
 from .s3 import S3Artifacts
@@ -21,6 +21,7 @@ __all__ = [
     "S3Artifacts",
     "SQLiteStore",
     "StoreUnavailable",
+    "artifact_key",
     "check_result",
     "generation_id",
     "open_artifacts",

@@ -43,6 +43,14 @@ class ArtifactStore(Protocol):
         """Whether `key` has been stored."""
 
 
+def artifact_key(experiment: str, genome_id: str) -> str:
+    """Where a genome's weights are stored: under its experiment, so two experiments whose genomes
+    share an id (the same architecture and seeds, another noise table) never overwrite each other."""
+    key = f"{experiment}--{genome_id}"
+    check_key(key)
+    return key
+
+
 def check_key(key: str) -> None:
     """Raise ValueError unless `key` is safe to use as a file name in any store."""
     if not isinstance(key, str) or not 0 < len(key) <= MAX_KEY_LENGTH:
