@@ -394,6 +394,7 @@ def test_a_local_worker_process_that_dies_costs_its_task_an_error_and_the_rest_r
     from evoarena.fleet.executor import LocalExecutor
 
     run = Run(tmp_path / "crash", tiny(rounds=1, train_steps=2000, chunk_steps=2000))
+    scheduler.register(run.spec, run.store)  # workers run only the tasks of a known experiment
     tasks = run.algo.plan(0, None).tasks  # 4 train_pair tasks of 2000 steps: a second or two each
     executor = LocalExecutor(run.config, workers=1, affinity=False)
     try:

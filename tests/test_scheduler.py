@@ -309,7 +309,10 @@ def best_child_of_generation_one(lab: Lab, spec: ExperimentSpec) -> tuple[str, i
 
 @pytest.mark.parametrize(
     ("corrupt", "error"),
-    [(unknown_delta_kind, "delta kind 'gaussain' is unknown"), (content_not_matching_id, "does not match its content")],
+    [(unknown_delta_kind, "ValueError: delta kind 'gaussain' is unknown"),
+     # a genome that is not what its id says is refused by the worker, which writes nothing;
+     # the master records the refusal once
+     (content_not_matching_id, "TaskRefused: task tiny:000001:evaluate:")],
     ids=["unknown delta kind", "content not matching id"],
 )
 def test_a_corrupted_genome_is_recorded_as_an_error_never_selected_and_the_run_completes(lab, corrupt, error):
@@ -321,7 +324,7 @@ def test_a_corrupted_genome_is_recorded_as_an_error_never_selected_and_the_run_c
     store = lab.store()
     doc = store.get_result(result_id("tiny", 1, "evaluate", [victim]))
     assert doc["fitness"] is None
-    assert doc["error"].startswith("ValueError: ") and error in doc["error"]
+    assert doc["error"].startswith(error)
     generation_one = store.get_generation("tiny", 1)
     assert generation_one["stats"]["errors"] == 1
     assert victim not in {p["id"] for p in generation_one["parents"]}
@@ -443,3 +446,54 @@ def test_two_experiments_differing_only_in_their_noise_table_keep_their_own_chec
     uris = [{c["uri"] for d in lab.store().list_generations(s.name) for c in d["checkpoints"]} for s in specs]
     assert uris[0] and uris[1] and uris[0].isdisjoint(uris[1])
     assert all("/noise-1--" in u for u in uris[0]) and all("/noise-2--" in u for u in uris[1])
+
+
+# --- tasks that do not belong to their experiment -----------------------------------------------
+
+
+@pytest.fixture
+def finished(lab) -> tuple[Lab, dict, dict]:
+    """A finished tiny run; the task that evaluated generation 1's best, and its stored result."""
+    spec = tiny()
+    recorder = lab.run_recorded(spec)
+    store = lab.store()
+    best = store.get_generation(spec.name, 1)["best"]["genome_id"]
+    task = next(t for t in scheduler.algorithm(spec).plan(1, store.get_generation(spec.name, 0)).tasks
+                if t["genome"]["id"] == best)
+    assert best in recorder.sent[1]
+    return lab, task, store.get_result(result_id(spec.name, 1, "evaluate", [best]))
+
+
+def refused(lab: Lab, task: dict) -> dict:
+    from evoarena.worker import Worker, run_on
+
+    return run_on(Worker(lab.config("main")), "evaluate", task)
+
+
+@pytest.mark.parametrize("forge", [
+    lambda t: t["genome"].update(init_seed=t["genome"]["init_seed"] + 1),  # another genome claiming the best's id
+    lambda t: t["problem"].update(data_seed=t["problem"]["data_seed"] + 1),  # the best, on other data
+    lambda t: t["noise"].update(seed=t["noise"]["seed"] + 1),  # the best, on another noise table
+], ids=["forged genome", "other data_seed", "other noise table"])
+def test_a_task_that_does_not_belong_to_its_experiment_is_refused_and_overwrites_nothing(finished, forge):
+    lab, task, stored = finished
+    task = copy.deepcopy(task)
+    forge(task)
+
+    summary = refused(lab, task)
+
+    assert summary["error"].startswith("TaskRefused: ") and summary["_id"] == stored["_id"]
+    assert lab.store().get_result(stored["_id"]) == stored  # the real result, untouched
+
+
+def test_a_task_of_an_unknown_experiment_is_refused(finished):
+    lab, task, _ = finished
+    summary = refused(lab, {**task, "experiment": "no-such-experiment"})
+    assert summary["error"] == "TaskRefused: experiment 'no-such-experiment' is not in the store"
+    assert lab.store().count_results("no-such-experiment") == 0
+
+
+def test_a_task_of_a_negative_generation_is_refused(finished):
+    lab, task, _ = finished
+    with pytest.raises(ValueError, match="'generation' an integer >= 0"):
+        refused(lab, {**task, "generation": -1})

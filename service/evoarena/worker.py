@@ -28,6 +28,13 @@ def result_id(experiment: str, generation: int, op: str, genome_ids: list[str]) 
     return f"{experiment}:{generation:06d}:{op}:{'+'.join(genome_ids)}"
 
 
+class TaskRefused(ValueError):
+    """A task this worker will not run, and for which it writes nothing: it names an unknown
+    experiment, its problem or noise table is not the experiment's, a genome's id does not match
+    its content, or (on the fleet) it is not signed by the master. A stored result is never
+    overwritten by such a task."""
+
+
 def task_id(op: str, task: dict) -> str:
     """The result id of `task`: an evaluation is named by its genome, an arena task by its `key`
     (the ids of the members it concerns). The master, the executors and the worker all use this."""
@@ -68,6 +75,7 @@ class Worker:
         self.node: str | None = None  # the Celery node name, when this worker serves a fleet
         self._materializers: dict[tuple[int, int], Materializer] = {}
         self._data: dict[str, object] = {}
+        self._specs: dict[str, dict] = {}  # experiment name -> its stored spec
         if config.threads:
             torch.set_num_threads(config.threads)
 
@@ -117,11 +125,42 @@ class Worker:
 
         return models_dir(self.config.noise_dir)
 
+    def admit(self, op: str, task: dict) -> str:
+        """The task's result id, once the task is known to belong to its experiment (TaskRefused if
+        not, before anything is written): the experiment is in the store, the task's problem and
+        noise table are the experiment's, and every genome it names is what its id says."""
+        from .fleet.routing import task_genomes
+
+        _id = task_id(op, task)
+        spec = self._spec(task["experiment"])
+        for field in ("problem", "noise"):
+            if task.get(field) != spec[field]:
+                raise TaskRefused(f"task {_id}: its {field} {task.get(field)!r} is not experiment "
+                                  f"{task['experiment']!r}'s {spec[field]!r}")
+        for genome_json in task_genomes(task):
+            claimed = genome_json.get("id") if isinstance(genome_json, dict) else None
+            try:
+                actual = Genome.from_json({k: v for k, v in genome_json.items() if k != "id"}).id
+            except Exception:  # noqa: BLE001 - a genome that cannot be read is its own error: recorded
+                continue
+            if claimed != actual:
+                raise TaskRefused(f"task {_id}: genome {claimed!r} does not match its content (computed {actual!r})")
+        return _id
+
+    def _spec(self, experiment: str) -> dict:
+        """The stored spec of `experiment` (read once: a stored spec changes only in its length)."""
+        if experiment not in self._specs:
+            doc = self.store.get_experiment(experiment)
+            if doc is None:
+                raise TaskRefused(f"experiment {experiment!r} is not in the store")
+            self._specs[experiment] = doc["spec"]
+        return self._specs[experiment]
+
     def arena(self, op: str, task: dict) -> dict:
         """Run an arena op (arena_worker.py) and store its result document, or its error."""
         from . import arena_worker
 
-        _id = task_id(op, task)
+        _id = self.admit(op, task)
         doc = {"_id": _id, "experiment": task["experiment"], "generation": task["generation"], "op": op,
                "round": task.get("round"), "key": task["key"], "worker": self.name, "node": self.node}
         started = time.perf_counter()
@@ -140,7 +179,7 @@ class Worker:
         if not isinstance(genome_json, dict) or "id" not in genome_json:
             raise ValueError("task 'genome' must be a genome JSON object with an 'id'")
         doc = {
-            "_id": result_id(experiment, generation, "evaluate", [genome_json["id"]]),
+            "_id": self.admit("evaluate", task),
             "experiment": experiment,
             "generation": generation,
             "op": "evaluate",
@@ -227,8 +266,14 @@ def process_worker() -> Worker:
 
 
 def run_on(worker: Worker, op: str, task: dict) -> dict:
-    if op == "evaluate":
-        return worker.evaluate(task)
-    if op in OPS:
-        return worker.arena(op, task)
-    raise ValueError(f"unknown op {op!r}; accepted: {', '.join(OPS)}")
+    """Run `op` on `task` in `worker`; a refused task comes back as an error summary with nothing
+    written (the master records it once, where no result is stored yet), on every executor alike."""
+    if op not in OPS:
+        raise ValueError(f"unknown op {op!r}; accepted: {', '.join(OPS)}")
+    try:
+        return worker.evaluate(task) if op == "evaluate" else worker.arena(op, task)
+    except TaskRefused as exc:
+        genome = task.get("genome")
+        return {"_id": task_id(op, task), "genome_id": genome.get("id") if isinstance(genome, dict) else None,
+                "key": task.get("key"), "fitness": None, "build": None, "seconds": 0.0, "worker": worker.name,
+                "error": f"TaskRefused: {exc}"}
