@@ -364,6 +364,7 @@ def test_generated_credentials_are_random_and_reach_services_through_secret_refs
     assert env["EVOARENA_BROKER_URL"] == \
         f"amqp://evoarena:{password}@{RELEASE}-evoarena-rabbitmq.{NAMESPACE}.svc:5672//"
     assert env["EVOARENA_STORE"].startswith("mongodb://evoarena:")
+    assert re.fullmatch(r"[A-Za-z0-9]{48}", env["EVOARENA_TASK_KEY"])  # the master signs its tasks with it
     (container,) = one(objects, "StatefulSet", f"{RELEASE}-evoarena-rabbitmq")["spec"]["template"]["spec"]["containers"]
     assert {e["name"]: e["valueFrom"]["secretKeyRef"] for e in container["env"]} == {
         "RABBITMQ_DEFAULT_USER": {"name": f"{RELEASE}-evoarena-rabbitmq", "key": "username"},

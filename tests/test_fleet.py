@@ -242,3 +242,26 @@ def test_the_direct_queue_of_a_worker_that_stopped_is_deleted_by_the_broker(tmp_
             conn.default_channel.queue_declare(f"{node}.dq2", passive=True)
     finally:
         fleet.close()
+
+
+# --- signed tasks ------------------------------------------------------------------------------------
+
+
+def test_with_a_task_key_workers_run_only_the_tasks_the_master_signed(fleet, monkeypatch):
+    from evoarena.fleet.signing import sign
+
+    monkeypatch.setenv("EVOARENA_TASK_KEY", "the-fleet-key")  # the master's side
+    fleet.env["EVOARENA_TASK_KEY"] = "the-fleet-key"  # the workers'
+    fleet.start("alpha")
+    fleet.wait_ready()
+    spec = parse_spec(spec_dict("fleet-signed", generations=2))
+
+    scheduler.run(spec, fleet.store, fleet.executor())  # the master signs: everything runs
+
+    stored = fleet.store.find_results(spec.name, 0, "evaluate")
+    assert stored and all(d["error"] is None for d in stored)
+    task = scheduler.algorithm(spec).plan(0, None).tasks[0]
+    for forged in (task, sign(task, b"another-key"), {**sign(task, b"the-fleet-key"), "role": "elite"}):
+        summary = fleet.app.send_task("evoarena.evaluate", args=(forged,)).get(timeout=60)
+        assert summary["error"].startswith("TaskRefused: ") and "not signed" in summary["error"]
+    assert fleet.store.find_results(spec.name, 0, "evaluate") == stored  # nothing was written

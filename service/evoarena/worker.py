@@ -64,6 +64,7 @@ class WorkerConfig:
     cache_bytes: int = 512 << 20
     device: str = "cpu"
     threads: int = 0  # torch intra-op threads; 0 leaves torch's default
+    task_key: bytes | None = None  # a fleet's EVOARENA_TASK_KEY: only tasks signed with it are run
 
 
 class Worker:
@@ -130,8 +131,11 @@ class Worker:
         not, before anything is written): the experiment is in the store, the task's problem and
         noise table are the experiment's, and every genome it names is what its id says."""
         from .fleet.routing import task_genomes
+        from .fleet.signing import KEY_VARIABLE, signed_by
 
         _id = task_id(op, task)
+        if self.config.task_key and not signed_by(task, self.config.task_key):
+            raise TaskRefused(f"task {_id} is not signed with this fleet's {KEY_VARIABLE}")
         spec = self._spec(task["experiment"])
         for field in ("problem", "noise"):
             if task.get(field) != spec[field]:
@@ -229,7 +233,8 @@ _process_worker: Worker | None = None
 
 def config_from_env() -> WorkerConfig:
     """A fleet worker's configuration: Settings from the environment, plus EVOARENA_CACHE_MB,
-    EVOARENA_THREADS and EVOARENA_DEVICE (default: cuda when there is a GPU)."""
+    EVOARENA_THREADS, EVOARENA_DEVICE (default: cuda when there is a GPU) and EVOARENA_TASK_KEY."""
+    from .fleet.signing import task_key
     from .spec import Settings
 
     settings = Settings.from_env()
@@ -241,6 +246,7 @@ def config_from_env() -> WorkerConfig:
         cache_bytes=int(os.environ.get("EVOARENA_CACHE_MB", "512")) << 20,
         device=device,
         threads=int(os.environ.get("EVOARENA_THREADS", "0")),
+        task_key=task_key(),
     )
 
 

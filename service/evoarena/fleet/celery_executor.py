@@ -31,6 +31,7 @@ from ..worker import task_id as result_id_of
 from .app import TIME_LIMITS, direct_queue
 from .executor import Feed, queue_of
 from .routing import BACKLOG, AffinityRouter, built, wanted
+from .signing import sign, task_key
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +52,7 @@ class CeleryExecutor:
         self.app = app
         self.store = store
         self.router = AffinityRouter() if affinity else None
+        self.key = task_key()  # with a key (EVOARENA_TASK_KEY), every task is signed: fleet/signing.py
         self.backlog = backlog
         self.ping_every = ping_every
         self.store_every = store_every
@@ -124,7 +126,8 @@ class CeleryExecutor:
         started.add(_parent(task))
         _id = result_id_of(op, task)
         options = {"queue": direct_queue(node)} if node else {}
-        result = self.app.send_task(f"evoarena.{op}", args=(task,), task_id=_id, retry=True,
+        payload = sign(task, self.key) if self.key else task
+        result = self.app.send_task(f"evoarena.{op}", args=(payload,), task_id=_id, retry=True,
                                     retry_policy=RETRY_POLICY, **options)
         pending[_id] = Sent(task, result, node, time.monotonic())
 
