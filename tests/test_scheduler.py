@@ -213,10 +213,14 @@ def test_the_stored_best_is_the_fittest_result_of_its_generation(lab):
         assert doc["parents"][0]["id"] == fittest["genome_id"]
 
 
-def test_the_final_generation_doc_is_what_run_returns(lab):
+def test_run_returns_the_last_generation_with_its_fittest_individual(lab):
     final = lab.run(tiny())
 
-    assert final == lab.store().get_generation("tiny", GENERATIONS - 1)
+    last = lab.store().find_results("tiny", GENERATIONS - 1, "evaluate")
+    fittest = max(last, key=lambda r: r["fitness"])
+    assert (final["generation"], final["complete"]) == (GENERATIONS - 1, True)
+    assert (final["best"]["genome_id"], final["best"]["fitness"]) == (fittest["genome_id"], fittest["fitness"])
+    assert lab.store().get_experiment("tiny")["status"] == "complete"
 
 
 def test_running_a_finished_experiment_again_evaluates_nothing(lab):
