@@ -7,6 +7,7 @@ contract suite); what is checked is what the broker and the workers do.
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import threading
@@ -72,11 +73,12 @@ def test_a_worker_killed_mid_task_loses_nothing_and_duplicates_nothing(fleet, tm
 
     def kill_when_busy():
         deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:  # once the victim has finished a few tasks it is mid-way through another
-            if fleet.log("victim").count('"op"') >= 4:
+        while time.monotonic() < deadline:  # once the victim has finished a few tasks and started another
+            log = fleet.log("victim")
+            if log.count('{"op"') >= 3 and log.count('{"started"') > log.count('{"op"'):
                 fleet.kill(victim)
                 return
-            time.sleep(0.05)
+            time.sleep(0.01)
 
     killer = threading.Thread(target=kill_when_busy)
     killer.start()
@@ -84,6 +86,13 @@ def test_a_worker_killed_mid_task_loses_nothing_and_duplicates_nothing(fleet, tm
     killer.join()
 
     assert fleet.workers[victim].returncode is not None, "the victim was never killed"
+    # the victim died mid-task, and that task's result is the survivor's (redelivered or sent again)
+    victim_lines = [json.loads(line) for line in fleet.log("victim").splitlines() if line.startswith("{")]
+    started = {line["task"] for line in victim_lines if "started" in line}
+    finished = {line["task"] for line in victim_lines if "op" in line}
+    interrupted = started - finished
+    assert len(interrupted) == 1, f"the victim was not killed mid-task: {sorted(interrupted)}"
+    assert fleet.store.get_result(interrupted.pop())["node"] == survivor
     assert evolution(fleet.store, spec.name) == local_reference(tmp_path, spec)
     assert_one_result_per_individual(fleet.store, spec)
     later = [d for d in fleet.store.find_results(spec.name) if d["generation"] >= 3]
@@ -112,7 +121,8 @@ def test_a_poison_genome_is_recorded_once_and_the_run_goes_on(fleet):
 
     doc = fleet.store.get_result(f"fleet-poison:000001:evaluate:{poisoned[0]}")
     assert doc["fitness"] is None and "no-such-kind" in doc["error"]
-    assert fleet.log("alpha").count(poisoned[0]) == 1  # delivered once, not redelivered
+    starts = [json.loads(line) for line in fleet.log("alpha").splitlines() if line.startswith('{"started"')]
+    assert [s["task"] for s in starts].count(f"fleet-poison:000001:evaluate:{poisoned[0]}") == 1  # delivered once
     assert all(poisoned[0] not in [p["id"] for p in g["parents"]] for g in fleet.store.list_generations(spec.name))
     assert fleet.store.last_generation(spec.name) == spec.ga.generations - 1
 

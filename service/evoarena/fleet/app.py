@@ -145,11 +145,14 @@ def _register(app: Celery, op: str) -> None:
         started = time.perf_counter()
         worker = work.process_worker()
         worker.node = self.request.hostname
+        # two JSON lines per task on stdout, for `kubectl logs`: this one, and the summary below
+        print(json.dumps({"started": op, "task": self.request.id, "node": worker.node}), file=sys.stdout, flush=True)
         summary = work.run_on(worker, op, payload)
         summary["node"] = worker.node
-        # one JSON line per task on stdout, for `kubectl logs`
-        print(json.dumps({"op": op, "genome": payload.get("genome", {}).get("id"), "node": summary["node"],
-                          "build": summary.get("build"), "hit_rate": round(worker.hit_rate(), 4),
+        print(json.dumps({"op": op, "task": self.request.id, "genome": payload.get("genome", {}).get("id"),
+                          "node": summary["node"], "build": summary.get("build"), "hit_rate": round(worker.hit_rate(), 4),
+                          # a delivery the broker made before (its worker died before acknowledging it)
+                          "redelivered": bool((self.request.delivery_info or {}).get("redelivered")),
                           "error": summary.get("error"),
                           "seconds": round(time.perf_counter() - started, 4)}), file=sys.stdout, flush=True)
         return summary
