@@ -131,9 +131,8 @@ def run_steps(spec: ExperimentSpec, store: ResultStore, executor: Executor, algo
         state = store.get_generation(spec.name, index)
         if on_progress:
             s = state["stats"]
-            on_progress(Progress(index, algo.steps, algo.line(index, state), s.get("best", math.nan),
-                                 s.get("mean", math.nan), s["evals_per_s"], s["hit_rate"], s.get("errors", 0),
-                                 resumed_from))
+            on_progress(_progress(index, algo.steps, algo.line(index, state), s, s["evals_per_s"], s["hit_rate"],
+                                  resumed_from))
             resumed_from = None
         index += 1
     store.put_experiment(spec.name, {**store.get_experiment(spec.name), "status": "complete", "updated": time.time()})
@@ -159,9 +158,8 @@ def run_events(spec: ExperimentSpec, store: ResultStore, executor: Executor, alg
             index += 1
             store.put_generation(spec.name, index, {**state, "updated": time.time()})
             if on_progress:
-                on_progress(Progress(index, index, algo.line(index, state), state["stats"].get("best", math.nan),
-                                     state["stats"].get("mean", math.nan), index / (time.perf_counter() - started),
-                                     0.0, state["stats"].get("errors", 0), resumed_from))
+                on_progress(_progress(index, index, algo.line(index, state), state["stats"],
+                                      index / (time.perf_counter() - started), 0.0, resumed_from))
                 resumed_from = None
             continue
         feed.extend(t for i, t in inflight.items() if i not in sent)
@@ -177,6 +175,12 @@ def run_events(spec: ExperimentSpec, store: ResultStore, executor: Executor, alg
             _record_lost(spec.name, store, inflight[summary["_id"]]["generation"], algo.op, [summary])
     store.put_experiment(spec.name, {**store.get_experiment(spec.name), "status": "complete", "updated": time.time()})
     return state
+
+
+def _progress(index: int, total: int, line: str, stats: dict, rate: float, hit_rate: float,
+              resumed_from: int | None) -> Progress:
+    return Progress(index, total, line, stats.get("best", math.nan), stats.get("mean", math.nan), rate, hit_rate,
+                    stats.get("errors", 0), resumed_from)
 
 
 def run_step(experiment: str, store: ResultStore, executor: Executor, index: int, step: Step) -> tuple[list[dict], dict]:
