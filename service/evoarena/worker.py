@@ -28,6 +28,14 @@ def result_id(experiment: str, generation: int, op: str, genome_ids: list[str]) 
     return f"{experiment}:{generation:06d}:{op}:{'+'.join(genome_ids)}"
 
 
+def error_summary(task_id_: str, task: dict, error: str) -> dict:
+    """The summary of a task that failed with nothing stored (refused, crashed, lost): what the
+    master records once, under the task's result id, where no result is stored yet."""
+    genome = task.get("genome")
+    return {"_id": task_id_, "genome_id": genome.get("id") if isinstance(genome, dict) else None,
+            "key": task.get("key"), "fitness": None, "build": None, "error": error}
+
+
 class TaskRefused(ValueError):
     """A task this worker will not run, and for which it writes nothing: it names an unknown
     experiment, its problem or noise table is not the experiment's, a genome's id does not match
@@ -279,7 +287,4 @@ def run_on(worker: Worker, op: str, task: dict) -> dict:
     try:
         return worker.evaluate(task) if op == "evaluate" else worker.arena(op, task)
     except TaskRefused as exc:
-        genome = task.get("genome")
-        return {"_id": task_id(op, task), "genome_id": genome.get("id") if isinstance(genome, dict) else None,
-                "key": task.get("key"), "fitness": None, "build": None, "seconds": 0.0, "worker": worker.name,
-                "error": f"TaskRefused: {exc}"}
+        return {**error_summary(task_id(op, task), task, f"TaskRefused: {exc}"), "seconds": 0.0, "worker": worker.name}

@@ -285,7 +285,7 @@ class Arena:
         if bad and self.arena.on_error == "stop":
             raise RuntimeError(f"step {index}: task {bad[0]['_id']} failed ({bad[0]['error']}); "
                                "stopping because arena.on_error = stop")
-        return {member for r in bad for member in r.get("key", [])}
+        return {member for r in bad for member in r.get("key") or []}
 
     def _rng(self, round: int, purpose: str) -> np.random.Generator:
         return np.random.default_rng([self.spec.seed, round, int(_digest(purpose), 16) % 2**32])

@@ -27,6 +27,7 @@ from celery.result import AsyncResult, ResultSet
 from kombu.exceptions import OperationalError
 
 from ..store import ResultStore
+from ..worker import error_summary
 from ..worker import task_id as result_id_of
 from .app import TIME_LIMITS, direct_queue
 from .executor import Feed, queue_of
@@ -84,8 +85,8 @@ class CeleryExecutor:
                 last_ping = now
             for task_id in [t for t, s in pending.items() if now - s.at > deadline]:
                 sent = pending.pop(task_id)
-                yield {"_id": task_id, "genome_id": _genome_id(sent.task), "fitness": None, "build": None,
-                       "error": f"no result after {deadline:.0f} s: the task may crash the workers that take it"}
+                yield error_summary(task_id, sent.task,
+                                    f"no result after {deadline:.0f} s: the task may crash the workers that take it")
 
     # --- sending ----------------------------------------------------------------------------
 
@@ -158,8 +159,7 @@ class CeleryExecutor:
             summary = meta["result"]
             self._learn(summary.get("node"), sent.task, summary)
             return summary
-        return {"_id": task_id, "genome_id": _genome_id(sent.task), "fitness": None, "build": None,
-                "error": f"task failed on the worker: {meta.get('result')}"}
+        return error_summary(task_id, sent.task, f"task failed on the worker: {meta.get('result')}")
 
     def _learn(self, node: str | None, task: dict, summary: dict | None = None) -> None:
         if not node:
@@ -221,6 +221,3 @@ def _parent(task: dict) -> str | None:
     parents = task.get("genome", {}).get("parents", [])
     return parents[0] if len(parents) == 1 else None
 
-
-def _genome_id(task: dict) -> str | None:
-    return task.get("genome", {}).get("id")

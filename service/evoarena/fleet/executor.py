@@ -19,7 +19,7 @@ from concurrent.futures.process import BrokenProcessPool
 from typing import Protocol
 
 from .routing import BACKLOG, AffinityRouter, built
-from ..worker import Worker, WorkerConfig, init_process, run_on, run_task, task_id
+from ..worker import Worker, WorkerConfig, error_summary, init_process, run_on, run_task, task_id
 
 
 class Feed(list):
@@ -118,9 +118,8 @@ class LocalExecutor:
         queue[:0] = [task for _, _, task in behind]
         self.pools[worker].shutdown(wait=False, cancel_futures=True)
         self.pools[worker] = self._pool()
-        return {"_id": task_id(op, culprit), "genome_id": culprit.get("genome", {}).get("id"), "key": culprit.get("key"),
-                "fitness": None,
-                "build": None, "error": "the worker process died running this task (killed, out of memory, or a crash)"}
+        return error_summary(task_id(op, culprit), culprit,
+                             "the worker process died running this task (killed, out of memory, or a crash)")
 
     def close(self) -> None:
         for pool in self.pools:
