@@ -157,6 +157,24 @@ def test_upsert_can_move_result_to_other_generation_and_op(store):
     assert [d["_id"] for d in store.find_results("exp", generation=3, op="match")] == ["r1"]
 
 
+def test_add_result_writes_a_result_that_is_not_stored(store):
+    assert store.add_result(result("r1", error="lost")) is True
+    assert store.get_result("r1") == result("r1", error="lost")
+
+
+def test_add_result_never_overwrites_a_stored_result(store):
+    store.put_result(result("r1", fitness=0.9, error=None))
+    assert store.add_result(result("r1", fitness=None, error="lost")) is False
+    assert store.get_result("r1") == result("r1", fitness=0.9, error=None)
+    assert store.count_results("exp") == 1
+
+
+def test_add_result_checks_the_doc_before_writing(store):
+    with pytest.raises(ValueError, match="generation"):
+        store.add_result({"_id": "r2", "experiment": "exp", "op": "evaluate"})
+    assert store.get_result("r2") is None
+
+
 def test_redelivered_batch_does_not_duplicate(store):
     batch = [result(f"r{i}", fitness=i) for i in range(5)]
     store.put_results(batch)

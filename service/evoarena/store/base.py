@@ -51,6 +51,11 @@ class ResultStore(Protocol):
     def put_results(self, docs: list[dict[str, Any]]) -> None:
         """put_result for each doc, all or nothing: one bad doc writes none of them."""
 
+    def add_result(self, doc: dict[str, Any]) -> bool:
+        """Insert `doc` only if no result with its `_id` is stored, in one atomic write; return
+        whether it was written. The master records a task it gave up on this way, so that a real
+        result stored meanwhile by a late worker is never overwritten by the record of its loss."""
+
     def get_result(self, id: str) -> dict[str, Any] | None:
         """The result doc with that `_id`, or None."""
 

@@ -178,6 +178,15 @@ class MongoStore:
             lambda db: db[collection].bulk_write(writes, ordered=False),
         )
 
+    def add_result(self, doc: dict[str, Any]) -> bool:
+        check_result(doc)
+        fields = {k: v for k, v in doc.items() if k != "_id"}
+        written = self._retrying(
+            f"add result {doc['_id']!r}",
+            lambda db: db.results.update_one({"_id": doc["_id"]}, {"$setOnInsert": fields}, upsert=True),
+        )
+        return written.upserted_id is not None
+
     def get_result(self, id: str) -> dict[str, Any] | None:
         return self._retrying(f"read result {id!r}", lambda db: db.results.find_one({"_id": id}))
 

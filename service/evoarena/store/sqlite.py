@@ -163,6 +163,16 @@ class SQLiteStore:
                 rows,
             )
 
+    def add_result(self, doc: dict[str, Any]) -> bool:
+        check_result(doc)
+        with self._write() as conn:
+            cursor = conn.execute(
+                "INSERT INTO results (_id, experiment, generation, op, doc) VALUES (?, ?, ?, ?, ?)"
+                " ON CONFLICT(_id) DO NOTHING",
+                (doc["_id"], doc["experiment"], doc["generation"], doc["op"], _dump(doc)),
+            )
+            return cursor.rowcount == 1
+
     def get_result(self, id: str) -> dict[str, Any] | None:
         return self._doc("SELECT doc FROM results WHERE _id = ?", (id,))
 
