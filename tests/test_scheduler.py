@@ -18,7 +18,8 @@ from evoarena import scheduler
 from evoarena.fleet.executor import InlineExecutor, LocalExecutor
 from evoarena.genome import Genome
 from evoarena.spec import ExperimentSpec, parse_spec
-from evoarena.store import ResultStore, open_store
+from evoarena import worker
+from evoarena.store import ResultStore, StoreUnavailable, open_store
 from evoarena.worker import WorkerConfig, result_id
 from conftest import evolution
 
@@ -349,6 +350,121 @@ def test_a_recorded_failure_is_not_sent_again_on_resume(lab):
     assert victim not in recorder.sent[1]
     assert lab.store().get_result(result_id("tiny", 1, "evaluate", [victim]))["error"] is not None
     assert lab.store().get_generation("tiny", 1)["stats"]["errors"] == 1
+
+
+def test_the_experiment_records_its_provenance_and_each_result_its_device(lab):
+    import numpy
+    import torch
+
+    import evoarena
+    from evoarena.noise import table_path
+
+    lab.run(tiny(generations=1))
+
+    recorded = lab.store().get_experiment("tiny")["provenance"]
+    assert (recorded["evoarena"], recorded["torch"], recorded["numpy"]) == (
+        evoarena.__version__, torch.__version__, numpy.__version__)
+    spec = tiny()
+    # the fingerprint in the name of the noise table file the run built and verified
+    (built,) = (lab.root / "noise").glob("noise-*.f32")
+    assert built == table_path(lab.root / "noise", spec.noise.seed, spec.noise.size)
+    assert built.stem.endswith("-" + recorded["noise_fingerprint"])
+    assert {(d["device"], d["device_kind"]) for d in lab.store().find_results("tiny")} == {("cpu", "cpu")}
+
+
+# --- infrastructure failures ---------------------------------------------------------------------
+
+
+class FlakyStore:
+    """The worker's store, failing its first `failures` result writes as a MongoDB blip would."""
+
+    def __init__(self, inner: ResultStore, failures: int):
+        self.inner, self.failures = inner, failures
+
+    def put_result(self, doc: dict) -> None:
+        if self.failures:
+            self.failures -= 1
+            raise StoreUnavailable("MongoDB store did not answer to write 1 results after 5 tries")
+        self.inner.put_result(doc)
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+
+@pytest.fixture
+def no_backoff(monkeypatch):
+    monkeypatch.setattr(worker, "BACKOFF_S", 0.0)
+
+
+def test_a_store_blip_on_a_result_write_is_retried_and_records_no_error(lab, no_backoff):
+    executor = InlineExecutor(lab.config("main"))
+    executor.worker.__dict__["store"] = flaky = FlakyStore(executor.worker.store, failures=worker.TRANSIENT_RETRIES)
+
+    scheduler.run(tiny(generations=2), lab.store(), executor)
+
+    assert flaky.failures == 0
+    docs = lab.store().find_results("tiny")
+    assert len(docs) == individuals_in(tiny(generations=2)) and all(d["error"] is None for d in docs)
+    assert fitness_by_individual(lab.store(), "tiny") == fitness_by_individual(*clean_run(lab, tiny(generations=2)))
+
+
+def clean_run(lab: Lab, spec: ExperimentSpec) -> tuple[ResultStore, str]:
+    lab.run(spec, store="clean")
+    return lab.store("clean"), spec.name
+
+
+def failing_infrastructure_for(monkeypatch, victim: str) -> None:
+    """Every evaluation of genome `victim` meets a connection error (its checkpoint store is down)."""
+    evaluate = worker.Worker._evaluate
+
+    def _evaluate(self, task, genome):
+        if genome.id == victim:
+            raise ConnectionResetError(104, "Connection reset by peer")
+        return evaluate(self, task, genome)
+
+    monkeypatch.setattr(worker.Worker, "_evaluate", _evaluate)
+
+
+def test_infrastructure_that_keeps_failing_is_recorded_as_transient_not_against_the_genome(lab, no_backoff, monkeypatch):
+    spec = tiny()
+    victim, _ = best_child_of_generation_one(lab, spec)
+    failing_infrastructure_for(monkeypatch, victim)
+
+    lab.run(spec)
+
+    doc = lab.store().get_result(result_id("tiny", 1, "evaluate", [victim]))
+    assert doc["fitness"] is None and doc["transient"] is True
+    assert doc["error"].startswith("Transient: ConnectionResetError: [Errno 104] Connection reset by peer (tried 4 times)")
+    assert lab.store().get_generation("tiny", 1)["stats"]["errors"] == 1
+
+
+def test_a_resumed_step_runs_again_the_tasks_whose_infrastructure_failed(lab, no_backoff, monkeypatch):
+    spec = tiny()
+    victim, upto_victim = best_child_of_generation_one(lab, spec)
+    with monkeypatch.context() as patch:
+        failing_infrastructure_for(patch, victim)
+        with pytest.raises(KeyboardInterrupt):
+            lab.run(spec, wrap=lambda executor: InterruptAfter(executor, upto_victim))
+    assert lab.store().get_result(result_id("tiny", 1, "evaluate", [victim]))["transient"] is True
+
+    recorder = lab.run_recorded(spec)  # the infrastructure is back
+
+    assert victim in recorder.sent[1]
+    assert lab.store().get_result(result_id("tiny", 1, "evaluate", [victim]))["error"] is None
+    assert fitness_by_individual(lab.store(), "tiny") == fitness_by_individual(lab.store("clean"), "tiny")
+
+
+def test_a_lost_task_is_never_recorded_over_a_result_a_late_worker_stored(lab):
+    store = lab.store()
+    real = {"_id": "tiny:000001:evaluate:g1", "experiment": "tiny", "generation": 1, "op": "evaluate",
+            "genome_id": "g1", "fitness": 0.5, "error": None}
+    store.put_result(real)
+    lost = worker.error_summary(real["_id"], {"genome": {"id": "g1"}}, "no result 1860 s after a worker started it",
+                                transient=True)
+
+    scheduler._record_lost("tiny", store, 1, "evaluate", [lost])
+
+    assert store.get_result(real["_id"]) == real
 
 
 # --- checkpoints ------------------------------------------------------------------------------

@@ -69,6 +69,24 @@ def complete_generations(store: ResultStore, name: str) -> int:
     return 0 if last is None else last + 1
 
 
+def provenance(spec: ExperimentSpec) -> dict:
+    """What produced a run, beside its spec: the versions of evoarena, Python, torch and NumPy on
+    the master, its device, and the fingerprint of the noise table every genome is built from
+    (each result document names the device its worker computed on). Recorded at each (re)start."""
+    import platform
+
+    import numpy
+    import torch
+
+    from . import __version__
+    from .noise import fingerprint
+
+    return {"evoarena": __version__, "python": platform.python_version(), "torch": torch.__version__,
+            "numpy": numpy.__version__,
+            "master_device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else platform.processor() or "cpu",
+            "noise_fingerprint": fingerprint(spec.noise.seed, spec.noise.size)}
+
+
 def register(spec: ExperimentSpec, store: ResultStore) -> None:
     """Record the experiment, or check that the stored one is the same experiment.
 
@@ -93,7 +111,8 @@ def register(spec: ExperimentSpec, store: ResultStore) -> None:
                 f"{complete} complete steps; ask for more"
             )
     created = time.time() if stored is None else stored["created"]
-    store.put_experiment(spec.name, {"spec": wanted, "status": "running", "created": created, "updated": time.time()})
+    store.put_experiment(spec.name, {"spec": wanted, "status": "running", "created": created, "updated": time.time(),
+                                     "provenance": provenance(spec)})
     # (a new run drops the reason of an earlier failure: the document is replaced whole)
 
 
@@ -188,10 +207,13 @@ def run_step(experiment: str, store: ResultStore, executor: Executor, index: int
     task order) and the step's bookkeeping (seconds, tasks per second, cache hit rate)."""
     started = time.perf_counter()
     ids = [task_id(step.op, t) for t in step.tasks]
-    done = {d["_id"] for d in store.find_results(experiment, index, step.op)}
+    # a task whose infrastructure failed (`transient`) is run again, the others are done
+    done = {d["_id"] for d in store.find_results(experiment, index, step.op) if not d.get("transient")}
     todo = [t for i, t in zip(ids, step.tasks) if i not in done]
-    summaries = list(executor.map(step.op, todo)) if todo else []
-    _record_lost(experiment, store, index, step.op, summaries)
+    summaries = []
+    for summary in executor.map(step.op, todo) if todo else ():
+        summaries.append(summary)
+        _record_lost(experiment, store, index, step.op, [summary])  # at once: a resume knows it
 
     stored = {d["_id"]: d for d in store.find_results(experiment, index, step.op)}
     missing = [i for i in ids if i not in stored]
@@ -207,15 +229,14 @@ def run_step(experiment: str, store: ResultStore, executor: Executor, index: int
 
 def _record_lost(experiment: str, store: ResultStore, index: int, op: str, summaries: list[dict]) -> None:
     """Record the error of a task that failed before its worker could store a result (it crashed
-    its worker, or timed out), so that it has a document and is not sent again."""
-    failed = {s["_id"]: s for s in summaries if s.get("error")}
-    if not failed:
-        return
-    stored = {d["_id"] for d in store.find_results(experiment, index, op)}
-    for _id, summary in failed.items():
-        if _id not in stored:
-            store.put_result({
-                "_id": _id, "experiment": experiment, "generation": index, "op": op,
-                "genome_id": summary.get("genome_id"), "key": summary.get("key"), "fitness": None, "metrics": {}, "build": None,
-                "checkpoints": [], "error": summary["error"], "worker": None, "node": None,
+    its worker, was dead-lettered, timed out, or its infrastructure kept failing), so that it has a
+    document and is not sent again in this run. Only where no result is stored: a real result that
+    a late worker stored meanwhile is never overwritten (store.add_result is one atomic write)."""
+    for summary in summaries:
+        if summary.get("error"):
+            store.add_result({
+                "_id": summary["_id"], "experiment": experiment, "generation": index, "op": op,
+                "genome_id": summary.get("genome_id"), "key": summary.get("key"), "fitness": None, "metrics": {},
+                "build": None, "checkpoints": [], "error": summary["error"], "transient": bool(summary.get("transient")),
+                "worker": None, "node": None,
             })

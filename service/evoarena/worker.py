@@ -7,8 +7,11 @@ scores it, writes the result document to the store itself, and returns a short s
 
 from __future__ import annotations
 
+import errno
+import logging
 import os
 import socket
+import sqlite3
 import time
 import traceback
 from dataclasses import dataclass
@@ -28,12 +31,44 @@ def result_id(experiment: str, generation: int, op: str, genome_ids: list[str]) 
     return f"{experiment}:{generation:06d}:{op}:{'+'.join(genome_ids)}"
 
 
-def error_summary(task_id_: str, task: dict, error: str) -> dict:
-    """The summary of a task that failed with nothing stored (refused, crashed, lost): what the
-    master records once, under the task's result id, where no result is stored yet."""
+log = logging.getLogger(__name__)
+
+# A task whose infrastructure fails is run again this many times, after waits of
+# BACKOFF_S, 2 * BACKOFF_S, 4 * BACKOFF_S..., before it is given up as an infrastructure error.
+TRANSIENT_RETRIES = 3
+BACKOFF_S = 1.0
+
+
+def error_summary(task_id_: str, task: dict, error: str, transient: bool = False) -> dict:
+    """The summary of a task that failed with nothing stored (refused, crashed, lost, or its
+    infrastructure failed): what the master records once, under the task's result id, where no
+    result is stored yet. `transient`: the failure was not the genome's (scheduler.run_step runs
+    such a task again when the step is resumed)."""
     genome = task.get("genome")
     return {"_id": task_id_, "genome_id": genome.get("id") if isinstance(genome, dict) else None,
-            "key": task.get("key"), "fitness": None, "build": None, "error": error}
+            "key": task.get("key"), "fitness": None, "build": None, "error": error, "transient": transient}
+
+
+class Transient(Exception):
+    """The infrastructure failed, not the genome: the store or the artifact store did not answer,
+    a disk filled up, the GPU ran out of memory. The task is run again (run_on) and nothing is
+    recorded against the genome."""
+
+
+def transient(exc: BaseException) -> bool:
+    """Whether `exc` is a failure of the infrastructure rather than of the task's genome."""
+    from botocore.exceptions import ClientError, HTTPClientError
+    from botocore.exceptions import ConnectionError as S3ConnectionError
+
+    from .store import StoreUnavailable
+
+    if isinstance(exc, (Transient, StoreUnavailable, ConnectionError, TimeoutError, HTTPClientError, S3ConnectionError,
+                        sqlite3.OperationalError, torch.cuda.OutOfMemoryError)):
+        return True
+    if isinstance(exc, ClientError):  # S3 answered: a server error or throttling is worth another try
+        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0
+        return status >= 500 or exc.response.get("Error", {}).get("Code") in ("SlowDown", "Throttling", "RequestTimeout")
+    return isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EIO, errno.EAGAIN, errno.EBUSY)
 
 
 class TaskRefused(ValueError):
@@ -91,6 +126,11 @@ class Worker:
     @cached_property
     def store(self):
         return open_store(self.config.store_url)
+
+    @cached_property
+    def device_kind(self) -> str:
+        """What this worker computes on, for the provenance of its results: the GPU's name, or "cpu"."""
+        return torch.cuda.get_device_name(self.config.device) if self.config.device.startswith("cuda") else "cpu"
 
     @cached_property
     def artifacts(self):
@@ -162,7 +202,11 @@ class Worker:
     def _spec(self, experiment: str) -> dict:
         """The stored spec of `experiment` (read once: a stored spec changes only in its length)."""
         if experiment not in self._specs:
-            doc = self.store.get_experiment(experiment)
+            try:
+                doc = self.store.get_experiment(experiment)
+            except Exception as exc:
+                _unless_transient(exc)
+                raise
             if doc is None:
                 raise TaskRefused(f"experiment {experiment!r} is not in the store")
             self._specs[experiment] = doc["spec"]
@@ -174,15 +218,17 @@ class Worker:
 
         _id = self.admit(op, task)
         doc = {"_id": _id, "experiment": task["experiment"], "generation": task["generation"], "op": op,
-               "round": task.get("round"), "key": task["key"], "worker": self.name, "node": self.node}
+               "round": task.get("round"), "key": task["key"], "worker": self.name, "node": self.node,
+               "device": self.config.device, "device_kind": self.device_kind}
         started = time.perf_counter()
         try:
             doc.update(getattr(arena_worker, op)(self, task, _id))
             doc["error"] = None
         except Exception as exc:  # a poison task: record why, do not retry
+            _unless_transient(exc)
             doc.update(build=None, holds=[], error=f"{type(exc).__name__}: {exc}", traceback=traceback.format_exc(limit=5))
         doc["seconds"] = time.perf_counter() - started
-        self.store.put_result(doc)
+        self._store(doc)
         return {k: doc.get(k) for k in ("_id", "build", "seconds", "worker", "error", "holds")}
 
     def evaluate(self, task: dict) -> dict:
@@ -201,17 +247,27 @@ class Worker:
             "role": task.get("role", "child"),
             "worker": self.name,
             "node": self.node,
+            "device": self.config.device,
+            "device_kind": self.device_kind,
         }
         started = time.perf_counter()
         try:
             doc.update(self._evaluate(task, Genome.from_json(genome_json)))
             doc["error"] = None
         except Exception as exc:  # a poison task: record why against the individual, do not retry
+            _unless_transient(exc)
             doc.update(fitness=None, metrics={}, build=None, checkpoints=[],
                        error=f"{type(exc).__name__}: {exc}", traceback=traceback.format_exc(limit=5))
         doc["seconds"] = time.perf_counter() - started
-        self.store.put_result(doc)
+        self._store(doc)
         return {k: doc[k] for k in ("_id", "genome_id", "fitness", "build", "seconds", "worker", "error")}
+
+    def _store(self, doc: dict) -> None:
+        try:
+            self.store.put_result(doc)
+        except Exception as exc:
+            _unless_transient(exc)
+            raise
 
     def _evaluate(self, task: dict, genome: Genome) -> dict:
         materializer = self.materializer(task["noise"])
@@ -227,6 +283,12 @@ class Worker:
         return {"id": genome.id, "uri": self.artifacts.put(key, weights.tensors(genome.arch), {"experiment": experiment})}
 
 
+def _unless_transient(exc: Exception) -> None:
+    """Raise Transient from `exc` when the infrastructure failed (nothing is recorded then)."""
+    if transient(exc):
+        raise Transient(f"{type(exc).__name__}: {exc}") from exc
+
+
 def _required(task: dict, *keys: str) -> list:
     missing = [k for k in keys if k not in task]
     if missing:
@@ -239,20 +301,42 @@ OPS = ("evaluate", "train_pair", "match", "cross_train")
 _process_worker: Worker | None = None
 
 
-def config_from_env() -> WorkerConfig:
+def device_for(slot: int, gpus: int, wanted: str | None = None) -> str:
+    """The torch device of worker process `slot` (0, 1, ... within its machine or pod) where
+    `gpus` GPUs are visible: its own GPU, cuda:<slot mod gpus>, so that N processes on an N-GPU
+    node use all N. `wanted` (EVOARENA_DEVICE) overrides it with a fixed device ("cpu",
+    "cuda:1"); "cuda" asks for a GPU and gets the pinned one."""
+    if wanted and wanted != "cuda":
+        return wanted
+    if gpus == 0:
+        if wanted == "cuda":
+            raise RuntimeError("EVOARENA_DEVICE=cuda but torch sees no GPU")
+        return "cpu"
+    return f"cuda:{slot % gpus}"
+
+
+def pool_slot() -> int:
+    """This process's slot in its worker's pool (Celery prefork numbers its processes 0..N-1 and
+    gives a replacement the slot of the process it replaces); 0 outside a pool."""
+    from billiard.process import current_process
+
+    return getattr(current_process(), "index", 0) or 0
+
+
+def config_from_env(slot: int = 0) -> WorkerConfig:
     """A fleet worker's configuration: Settings from the environment, plus EVOARENA_CACHE_MB,
-    EVOARENA_THREADS, EVOARENA_DEVICE (default: cuda when there is a GPU) and EVOARENA_TASK_KEY."""
+    EVOARENA_THREADS, EVOARENA_DEVICE (default: this pool slot's own GPU, or the CPU) and
+    EVOARENA_TASK_KEY."""
     from .fleet.signing import task_key
     from .spec import Settings
 
     settings = Settings.from_env()
-    device = os.environ.get("EVOARENA_DEVICE") or ("cuda" if torch.cuda.is_available() else "cpu")
     return WorkerConfig(
         store_url=settings.store,
         artifacts_url=settings.artifacts,
         noise_dir=str(settings.noise_dir),
         cache_bytes=int(os.environ.get("EVOARENA_CACHE_MB", "512")) << 20,
-        device=device,
+        device=device_for(slot, torch.cuda.device_count(), os.environ.get("EVOARENA_DEVICE")),
         threads=int(os.environ.get("EVOARENA_THREADS", "0")),
         task_key=task_key(),
     )
@@ -275,16 +359,28 @@ def process_worker() -> Worker:
     """This process's Worker, created from the environment on first use (a Celery pool process:
     CUDA is touched here, after the worker process started, never in the parent)."""
     if _process_worker is None:
-        init_process(config_from_env())
+        init_process(config_from_env(pool_slot()))
     return _process_worker
 
 
 def run_on(worker: Worker, op: str, task: dict) -> dict:
-    """Run `op` on `task` in `worker`; a refused task comes back as an error summary with nothing
-    written (the master records it once, where no result is stored yet), on every executor alike."""
+    """Run `op` on `task` in `worker`, on every executor alike. A task that fails because of its
+    infrastructure (Transient) is run again after a growing wait, up to TRANSIENT_RETRIES times; a
+    refused task, or one whose infrastructure kept failing, comes back as an error summary with
+    nothing written (the master records it once, where no result is stored yet)."""
     if op not in OPS:
         raise ValueError(f"unknown op {op!r}; accepted: {', '.join(OPS)}")
-    try:
-        return worker.evaluate(task) if op == "evaluate" else worker.arena(op, task)
-    except TaskRefused as exc:
-        return {**error_summary(task_id(op, task), task, f"TaskRefused: {exc}"), "seconds": 0.0, "worker": worker.name}
+    retries = 0
+    while True:
+        try:
+            return worker.evaluate(task) if op == "evaluate" else worker.arena(op, task)
+        except TaskRefused as exc:
+            return {**error_summary(task_id(op, task), task, f"TaskRefused: {exc}"), "seconds": 0.0, "worker": worker.name}
+        except Transient as exc:
+            if retries == TRANSIENT_RETRIES:
+                return {**error_summary(task_id(op, task), task, f"Transient: {exc} (tried {retries + 1} times)",
+                                        transient=True), "seconds": 0.0, "worker": worker.name}
+            wait = BACKOFF_S * 2 ** retries
+            log.warning("task %s: %s; trying again in %.1f s", task_id(op, task), exc, wait)
+            time.sleep(wait)
+            retries += 1
