@@ -39,9 +39,10 @@ bench: install
 	$(PY) bench/memorize.py
 	$(PY) bench/message.py
 	$(PY) bench/arena_vs_single.py
-	$(PY) bench/dispatch.py      # these three need RabbitMQ on 127.0.0.1:5672
+	$(PY) bench/dispatch.py      # these four need RabbitMQ on 127.0.0.1:5672
 	$(PY) bench/affinity.py
 	$(PY) bench/arena_fleet.py
+	$(PY) bench/scale.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .hypothesis

@@ -34,8 +34,8 @@ class Fleet(LocalWorkers):
     def workers(self):
         return self.procs
 
-    def executor(self) -> CeleryExecutor:
-        return CeleryExecutor(self.app, self.store, ping_every=1.0, store_every=1.0)
+    def executor(self, heartbeat_window: float = 5.0) -> CeleryExecutor:
+        return CeleryExecutor(self.app, self.store, ping_every=1.0, store_every=1.0, heartbeat_window=heartbeat_window)
 
     def close(self) -> None:
         super().close()

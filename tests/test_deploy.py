@@ -409,6 +409,20 @@ def test_the_default_keda_query_counts_the_workers_direct_queues(helm):
     assert trigger["metadata"]["useRegex"] == "true" and trigger["metadata"]["operation"] == "sum"
     assert pattern.match("evoarena") and pattern.match("evoarena@arena-evoarena-worker-7d9c-x2x.dq2")
     assert not pattern.match("evoarena@arena-evoarena-worker-7d9c-x2x.celery.pidbox")
+    assert not pattern.match("evoarena.dead")  # dead letters are the master's to read, not work
+
+
+def test_the_chart_sets_the_fleet_settings_the_code_reads(helm, rendered):
+    from evoarena.fleet.settings import FleetSettings
+
+    def settings(objects: list[dict]) -> FleetSettings:
+        return FleetSettings.from_env(one(objects, "ConfigMap", f"{RELEASE}-evoarena-config")["data"])
+
+    assert settings(rendered["default"]) == FleetSettings()  # the chart's defaults are the code's
+    chosen = template(helm, "--set", "fleet.deliveryLimit=5", "--set", "fleet.heartbeatWindowSeconds=12",
+                      "--set", "fleet.directQueueExpiresSeconds=600", "--set", "fleet.logLevel=INFO")
+    assert settings(chosen) == FleetSettings(delivery_limit=5, heartbeat_window_s=12.0, direct_queue_expires_s=600.0,
+                                             log_level="INFO")
 
 
 def test_the_submitter_may_do_what_submit_does_and_nothing_more(rendered):

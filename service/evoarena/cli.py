@@ -145,10 +145,11 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
     if args.cache_mb:
         os.environ["EVOARENA_CACHE_MB"] = str(args.cache_mb)
     from .fleet.app import app, shared_queue
+    from .fleet.settings import FleetSettings
 
     # Consumes the shared queue, plus its own direct queue (worker_direct in the app's config).
     app.worker_main(["worker", "-n", args.name, "-Q", shared_queue(), "-c", str(args.concurrency),
-                     "-P", args.pool, "-l", "WARNING", "--without-gossip", "--without-mingle"])
+                     "-P", args.pool, "-l", FleetSettings.from_env().log_level, "--without-gossip", "--without-mingle"])
     return 0
 
 

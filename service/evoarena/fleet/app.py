@@ -1,9 +1,19 @@
 """The Celery app of the fleet: JSON only, late acks, one task at a time per process.
 
-Workers consume the shared queue (`EVOARENA_QUEUE`, default "evoarena") and a queue of their
-own (`direct_queue`: `<node>.dq2`, deleted by the broker when unused for an hour), through which
-the scheduler sends a child to the worker that holds its parent. Tasks are thin: each calls `worker.run_on`, the same
-function the local executors call.
+Queues (all RabbitMQ quorum queues, which RabbitMQ 3.10 and 4.x both support):
+- the shared queue (`EVOARENA_QUEUE`, default "evoarena"), which every worker consumes;
+- a queue of each worker's own (`direct_queue`: `<node>.dq2`, deleted by the broker when unused
+  for `EVOARENA_DIRECT_QUEUE_EXPIRES_S`), through which the scheduler sends a child to the worker
+  that holds its parent;
+- the dead-letter queue `<shared>.dead`: a task delivered `EVOARENA_DELIVERY_LIMIT` times without
+  being acknowledged (each time, the process running it died) or rejected as malformed goes
+  there instead of back to a worker; the master reads it and records the task's error once.
+Tasks are thin: each calls `worker.run_on`, the same function the local executors call.
+
+Where the broker versions differ (DESIGN "Fleet"): up to 4.2, every return of a message to its
+queue counts against the delivery limit; from 4.3, only failed deliveries do (basic.reject with
+requeue, which Celery sends when a worker process dies mid-task, and a closed channel, when the
+whole worker dies), while basic.nack does not. Both count the cases this limit is for.
 
 Time limits: a task is killed after its op's hard limit. RabbitMQ's consumer_timeout (the time
 a delivery may stay unacknowledged; the chart sets it) must be longer than the longest hard
@@ -20,9 +30,13 @@ import time
 
 from celery import Celery
 from celery.signals import celeryd_after_setup
+from celery.worker.consumer import Consumer as CeleryConsumer
 from kombu import Exchange, Queue
 
 from .. import worker as work
+from .settings import FleetSettings
+
+log = logging.getLogger(__name__)
 
 # (soft, hard) limits in seconds per op. Long training is split into chunks below these.
 TIME_LIMITS = {
@@ -30,27 +44,57 @@ TIME_LIMITS = {
     "train_pair": (1500, 1800),
     "match": (1500, 1800),
     "cross_train": (1500, 1800),
+    "sleep": (60, 120),  # bench/scale.py's stand-in for GPU work: it only sleeps
 }
 LONGEST_TASK_S = max(hard for _, hard in TIME_LIMITS.values())
 
 
 def broker_url() -> str:
-    return os.environ.get("EVOARENA_BROKER_URL") or "amqp://guest:guest@127.0.0.1:5672//"
+    return FleetSettings.from_env().broker_url
 
 
 def shared_queue() -> str:
-    return os.environ.get("EVOARENA_QUEUE") or "evoarena"
+    return FleetSettings.from_env().queue
 
 
-def direct_queue(node: str) -> Queue:
-    """Worker `node`'s own queue (Celery's `<node>.dq2` on the C.dq2 exchange), which the broker
-    deletes once nobody has used it for EVOARENA_DIRECT_QUEUE_EXPIRES_S seconds (default an hour):
-    a worker that stopped, normally or not, leaves nothing behind for long. The worker and the
-    master declare it through this one function, and must see the same setting (the chart gives
-    both the same environment): RabbitMQ refuses a redeclaration with other arguments."""
-    expires_s = float(os.environ.get("EVOARENA_DIRECT_QUEUE_EXPIRES_S") or 3600)
-    return Queue(f"{node}.dq2", Exchange("C.dq2", type="direct"), routing_key=node, durable=True,
-                 queue_arguments={"x-expires": int(expires_s * 1000)})
+def _task_queue_arguments(queue: str) -> dict:
+    """A task queue's arguments: quorum, a delivery limit, and dead letters to `<queue>.dead`."""
+    return {"x-queue-type": "quorum", "x-delivery-limit": FleetSettings.from_env().delivery_limit,
+            "x-dead-letter-exchange": "", "x-dead-letter-routing-key": dead_letter_queue(queue).name}
+
+
+def task_queue(queue: str) -> Queue:
+    """The shared queue every worker of the fleet consumes."""
+    return Queue(queue, durable=True, queue_arguments=_task_queue_arguments(queue))
+
+
+def dead_letter_queue(queue: str) -> Queue:
+    """Where the broker puts the tasks of `queue` and of its workers' direct queues that it gave
+    up on; the master reads it (fleet/celery_executor.py), nobody else consumes it."""
+    return Queue(f"{queue}.dead", durable=True, queue_arguments={"x-queue-type": "quorum"})
+
+
+def direct_queue(node: str, queue: str) -> Queue:
+    """Worker `node`'s own queue (`<node>.dq2` on the C.dq2 exchange) in the fleet of shared queue
+    `queue`. The broker deletes it once nobody has used it for EVOARENA_DIRECT_QUEUE_EXPIRES_S
+    seconds, so a worker that stopped, normally or not, leaves nothing behind for long. Only the
+    worker declares it; the master publishes to the exchange with `mandatory` set, so a send to a
+    queue that is gone comes back to it (fleet/celery_executor.py) instead of re-creating it."""
+    expires_ms = int(FleetSettings.from_env().direct_queue_expires_s * 1000)
+    return Queue(f"{node}.dq2", DIRECT_EXCHANGE, routing_key=node, durable=True,
+                 queue_arguments={**_task_queue_arguments(queue), "x-expires": expires_ms})
+
+
+DIRECT_EXCHANGE = Exchange("C.dq2", type="direct", durable=True)
+
+
+class Consumer(CeleryConsumer):
+    """Celery's consumer without native delayed delivery: quorum queues switch it on, and it
+    declares 2 exchanges and 28 queues for ETA and countdown tasks, which the fleet never sends
+    (a transient failure is retried in the worker, after a wait: worker.run_on)."""
+
+    class Blueprint(CeleryConsumer.Blueprint):
+        default_steps = [s for s in CeleryConsumer.Blueprint.default_steps if "delayed_delivery" not in s]
 
 
 def make_app(broker: str | None = None, queue: str | None = None) -> Celery:
@@ -68,8 +112,14 @@ def make_app(broker: str | None = None, queue: str | None = None) -> Celery:
         worker_prefetch_multiplier=1,
         worker_cancel_long_running_tasks_on_connection_loss=True,
         task_default_queue=queue,
-        task_queues=[Queue(queue, durable=True)],
+        task_queues=[task_queue(queue)],
         worker_direct=False,  # each worker adds direct_queue(its node) itself: Celery's has no expiry
+        worker_consumer="evoarena.fleet.app:Consumer",
+        # publisher confirms: a send returns once the broker has the task, and a `mandatory` send
+        # to a direct queue that no longer exists fails at once (NO_ROUTE) instead of vanishing
+        broker_transport_options={"confirm_publish": True},
+        # a worker reports when it starts a task: the master's deadline counts from there
+        task_track_started=True,
         task_default_delivery_mode="persistent",
         broker_connection_retry_on_startup=True,
         broker_connection_max_retries=None,
@@ -86,13 +136,41 @@ def make_app(broker: str | None = None, queue: str | None = None) -> Celery:
         """Does nothing: bench/dispatch.py measures the fleet's per-task overhead with it."""
         return {"node": self.request.hostname}
 
+    @app.task(name="evoarena.whoami", bind=True)
+    def whoami(self) -> dict:
+        """Which pool process answered, and the device it computes on (tests/test_fleet.py checks
+        that each process of a multi-GPU worker has its own)."""
+        worker = work.process_worker()
+        return {"node": self.request.hostname, "pid": os.getpid(), "device": worker.config.device}
+
+    @app.task(name="evoarena.sleep", bind=True, soft_time_limit=TIME_LIMITS["sleep"][0],
+              time_limit=TIME_LIMITS["sleep"][1], Strategy="evoarena.fleet.app:checked_strategy")
+    def sleep(self, task: dict) -> dict:
+        """Sleeps task["seconds"] and returns the summary an op returns, storing nothing: the stand-in
+        for GPU work with which bench/scale.py measures how many workers one master keeps busy."""
+        time.sleep(task["seconds"])
+        return {"_id": work.task_id("sleep", task), "genome_id": task["genome"]["id"], "fitness": 0.0,
+                "build": None, "seconds": task["seconds"], "worker": None, "error": None,
+                "node": self.request.hostname}
+
     return app
+
+
+def declare_dead_letter_queue(app: Celery) -> Queue:
+    """Declare the dead-letter queue of `app`'s shared queue (the broker drops a dead letter that
+    has no queue to go to): the master and every worker do, whoever starts first."""
+    queue = dead_letter_queue(app.conf.task_default_queue)
+    with app.connection_for_write() as conn:
+        conn.ensure_connection(max_retries=10)
+        queue(conn.default_channel).declare()
+    return queue
 
 
 @celeryd_after_setup.connect
 def _consume_direct_queue(sender: str, instance, **kwargs) -> None:
     """A worker consumes its own direct queue besides the shared one."""
-    instance.app.amqp.queues.select_add(direct_queue(sender))
+    instance.app.amqp.queues.select_add(direct_queue(sender, instance.app.conf.task_default_queue))
+    declare_dead_letter_queue(instance.app)
 
 
 def malformed(message) -> str | None:
@@ -159,4 +237,4 @@ def _register(app: Celery, op: str) -> None:
 
 
 app = make_app()
-logging.getLogger("celery").setLevel(os.environ.get("EVOARENA_LOG_LEVEL", "WARNING"))
+logging.getLogger("celery").setLevel(FleetSettings.from_env().log_level)

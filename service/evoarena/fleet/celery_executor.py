@@ -5,19 +5,28 @@ worker's direct queue while its backlog there is short; a task nobody holds goes
 queue, which every worker consumes. A worker with nothing to do takes queued tasks of busy
 holders (an idle GPU costs more than one rebuild).
 
-Completion: Celery's result backend (rpc://, JSON) reports each task as it finishes; the store
-is the source of truth, so pending ids are also looked up there every few seconds (this is what
-carries a run through a broker restart, when replies in flight are lost).
+Completion: Celery's result backend (rpc://, JSON) reports each task as it starts and as it
+finishes; the store is the source of truth, so pending ids are also looked up there every few
+seconds (this carries a run through a broker restart, when replies in flight are lost).
 
-Dead workers: a worker's direct queue is deleted with its connection, and the tasks in it with
-it. Workers holding direct tasks are pinged; one that does not answer is dropped and its tasks
-are sent again on the shared queue under the same ids (writes are idempotent).
+Failures, and who records them (the scheduler writes each once, never over a stored result):
+- a task whose worker process dies is delivered again, up to the queues' delivery limit; then the
+  broker dead-letters it, and the master reads the dead-letter queue here;
+- a task that a worker started and that has not finished a deadline later (twice its op's hard
+  time limit, plus a minute) is given up; time spent waiting in a queue does not count;
+- a worker is gone when it has not shown itself alive (a result, a started task, an answer to a
+  ping) for the heartbeat window; its direct tasks are sent again on the shared queue under the
+  same ids (writes are idempotent), and its queue is deleted. A worker that answers again is
+  used again, through the fresh queue it declares when its consumer is cancelled;
+- a send to a direct queue that no longer exists comes back from the broker (mandatory publish
+  with publisher confirms) and goes to the shared queue instead.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -29,9 +38,12 @@ from kombu.exceptions import OperationalError
 from ..store import ResultStore
 from ..worker import error_summary
 from ..worker import task_id as result_id_of
-from .app import TIME_LIMITS, direct_queue
+from amqp.exceptions import ChannelError
+
+from .app import DIRECT_EXCHANGE, TIME_LIMITS, declare_dead_letter_queue, direct_queue
 from .executor import Feed, queue_of
 from .routing import BACKLOG, AffinityRouter, built, wanted
+from .settings import FleetSettings
 from .signing import sign, task_key
 
 log = logging.getLogger(__name__)
@@ -44,12 +56,12 @@ class Sent:
     task: dict
     result: AsyncResult
     node: str | None  # None: on the shared queue
-    at: float
+    started: float | None = None  # when a worker reported starting it (time.monotonic)
 
 
 class CeleryExecutor:
     def __init__(self, app: Celery, store: ResultStore, affinity: bool = True, backlog: int | None = None,
-                 ping_every: float = 3.0, store_every: float = 2.0):
+                 ping_every: float = 3.0, store_every: float = 2.0, heartbeat_window: float | None = None):
         self.app = app
         self.store = store
         self.router = AffinityRouter() if affinity else None
@@ -57,11 +69,22 @@ class CeleryExecutor:
         self.backlog = backlog
         self.ping_every = ping_every
         self.store_every = store_every
-        # Live workers, learned from the results they return: a worker that ran a task of ours
-        # consumes our queue. Nothing is asked up front: a first ping waits its whole timeout
+        self.window = heartbeat_window or FleetSettings.from_env().heartbeat_window_s
+        self.dead_letters = declare_dead_letter_queue(app)
+        # Live workers, learned from the tasks they start and finish: a worker that ran a task of
+        # ours consumes our queue. Nothing is asked up front: a first ping waits its whole timeout
         # (1 s, 13% of a short arena run in bench/arena_fleet.py), may be answered by another
         # fleet's workers on the same broker, and is useless while nobody holds anything yet.
-        self.nodes: set[str] = set()
+        self.seen: dict[str, float] = {}  # node -> when it last showed itself alive (time.monotonic)
+        self.deadline: float | None = None  # seconds from a task's start; None: from its op's time limit
+        # how each task's outcome reached the master: "backend" (the reply queue, the normal way),
+        # "store" (a result found by polling the store), "dead" (dead-lettered), "deadline"
+        self.outcomes: Counter[str] = Counter()
+
+    @property
+    def nodes(self) -> set[str]:
+        """The workers that direct tasks may go to."""
+        return set(self.seen)
 
     def close(self) -> None:
         pass
@@ -70,7 +93,9 @@ class CeleryExecutor:
         queue = queue_of(tasks)
         pending: dict[str, Sent] = {}
         started: set[str] = set()
-        deadline = TIME_LIMITS[op][1] * 2 + 60  # a task this late crashed every worker that took it
+        # a task running this long after a worker started it has outlived its op's hard time limit
+        # on two deliveries: whatever holds it, it will not finish (a queued task has no deadline)
+        deadline = self.deadline or TIME_LIMITS[op][1] * 2 + 60
         last_ping = last_store = time.monotonic()
         while queue or pending:
             self._dispatch(op, queue, pending, started)
@@ -79,14 +104,16 @@ class CeleryExecutor:
             now = time.monotonic()
             if now - last_store > self.store_every:
                 yield from self._from_store(pending)
+                yield from self._dead(pending)
                 last_store = now
             if now - last_ping > self.ping_every:
                 self._rescue(op, pending)
                 last_ping = now
-            for task_id in [t for t, s in pending.items() if now - s.at > deadline]:
+            for task_id in [t for t, s in pending.items() if s.started is not None and now - s.started > deadline]:
                 sent = pending.pop(task_id)
-                yield error_summary(task_id, sent.task,
-                                    f"no result after {deadline:.0f} s: the task may crash the workers that take it")
+                self.outcomes["deadline"] += 1
+                yield error_summary(task_id, sent.task, f"no result {deadline:.0f} s after a worker started it",
+                                    transient=True)
 
     # --- sending ----------------------------------------------------------------------------
 
@@ -126,11 +153,26 @@ class CeleryExecutor:
     def _send(self, op: str, task: dict, node: str | None, pending: dict[str, Sent], started: set[str]) -> None:
         started.add(_parent(task))
         _id = result_id_of(op, task)
-        options = {"queue": direct_queue(node)} if node else {}
         payload = sign(task, self.key) if self.key else task
-        result = self.app.send_task(f"evoarena.{op}", args=(payload,), task_id=_id, retry=True,
-                                    retry_policy=RETRY_POLICY, **options)
-        pending[_id] = Sent(task, result, node, time.monotonic())
+        if node is not None:
+            # to the worker's queue through its exchange, never declaring it: a queue that is gone
+            # must not be re-created with nobody to read it
+            options = {"exchange": DIRECT_EXCHANGE.name, "routing_key": node, "declare": [], "mandatory": True}
+            try:
+                result = self._publish(op, payload, _id, **options)
+            except ChannelError as exc:  # NO_ROUTE: the queue is gone, and the worker with it for now
+                log.warning("worker %s has no queue (%s); sending %s to the shared queue", node, exc, _id)
+                self.seen.pop(node, None)
+                node = None
+        if node is None:
+            result = self._publish(op, payload, _id)
+        pending[_id] = Sent(task, result, node)
+
+    def _publish(self, op: str, payload: dict, _id: str, **options) -> AsyncResult:
+        # argsrepr: what monitoring shows of the arguments; without it Celery formats the whole
+        # task for display on every send (0.3 ms a task, bench/scale.py)
+        return self.app.send_task(f"evoarena.{op}", args=(payload,), task_id=_id, retry=True, retry_policy=RETRY_POLICY,
+                                  argsrepr=f"({_id!r},)", kwargsrepr="{}", **options)
 
     # --- receiving --------------------------------------------------------------------------
 
@@ -141,10 +183,12 @@ class CeleryExecutor:
             return
         try:
             for task_id, meta in self.app.backend.iter_native(
-                ResultSet([s.result for s in pending.values()]), timeout=timeout, no_ack=True
+                ResultSet([s.result for s in pending.values()]), timeout=timeout, no_ack=True,
+                on_message=lambda meta: self._on_state(meta, pending),
             ):
                 sent = pending.pop(task_id, None)
                 if sent is not None:
+                    self.outcomes["backend"] += 1
                     yield self._summary(task_id, sent, meta)
                     if first_only:
                         return
@@ -153,6 +197,14 @@ class CeleryExecutor:
         except (OperationalError, ConnectionError, OSError) as exc:
             log.warning("result backend unreachable (%s); reading results from the store", exc)
             time.sleep(timeout)
+
+    def _on_state(self, meta: dict, pending: dict[str, Sent]) -> None:
+        """Every state a worker reports: STARTED starts the task's deadline, and names a live node."""
+        if meta.get("status") == "STARTED" and (sent := pending.get(meta.get("task_id"))) is not None:
+            sent.started = time.monotonic()
+            node = (meta.get("result") or {}).get("hostname")
+            if node:
+                self.seen[node] = sent.started
 
     def _summary(self, task_id: str, sent: Sent, meta: dict) -> dict:
         if meta.get("status") == "SUCCESS":
@@ -164,7 +216,7 @@ class CeleryExecutor:
     def _learn(self, node: str | None, task: dict, summary: dict | None = None) -> None:
         if not node:
             return
-        self.nodes.add(node)
+        self.seen[node] = time.monotonic()
         if self.router:
             for genome_id in built(task, summary):
                 self.router.record(node, genome_id)
@@ -174,43 +226,74 @@ class CeleryExecutor:
             doc = self.store.get_result(task_id)
             if doc is not None:
                 sent = pending.pop(task_id)
+                self.outcomes["store"] += 1
                 summary = {k: doc.get(k) for k in ("_id", "genome_id", "fitness", "build", "seconds", "worker", "error",
-                                                   "node", "holds")}
+                                                   "transient", "node", "holds")}
                 self._learn(doc.get("node"), sent.task, summary)
                 yield summary
 
+    def _dead(self, pending: dict[str, Sent]) -> Iterator[dict]:
+        """Summaries of our pending tasks that the broker dead-lettered: delivered up to the delivery
+        limit with each worker dying on them, or rejected as malformed. Dead letters of tasks this
+        master is not waiting for (an earlier master's, a malformed message) are logged and dropped."""
+        try:
+            with self.app.connection_for_write() as conn:
+                queue = self.dead_letters(conn.default_channel)
+                while (message := queue.get(no_ack=False, accept=["application/json"])) is not None:
+                    task_id = (message.headers or {}).get("id")
+                    death = ((message.headers or {}).get("x-death") or [{}])[0]
+                    sent = pending.pop(task_id, None)
+                    if sent is None:
+                        log.warning("dead letter %s (%s): not a task this run is waiting for", task_id, death.get("reason"))
+                    else:
+                        reason = ("delivered as many times as the delivery limit allows, and the worker process "
+                                  "died each time (killed, out of memory, or a crash)"
+                                  if death.get("reason") == "delivery_limit" else f"dead-lettered ({death.get('reason')})")
+                        self.outcomes["dead"] += 1
+                        yield error_summary(task_id, sent.task, reason)
+                    message.ack()
+        except (OperationalError, ConnectionError, OSError) as exc:
+            log.warning("cannot read the dead-letter queue (%s)", exc)
+
     # --- liveness ---------------------------------------------------------------------------
 
-    def _ping(self, nodes: list[str] | None = None) -> set[str]:
-        """The workers among `nodes` (all, for None) that answer within a second."""
+    def _ping(self, nodes: list[str]) -> set[str]:
+        """The workers among `nodes` that answer within a second (all of them while the broker is down)."""
         try:
-            replies = self.app.control.ping(destination=nodes, timeout=1.0, limit=len(nodes) if nodes else None)
+            replies = self.app.control.ping(destination=nodes, timeout=1.0, limit=len(nodes))
         except (OperationalError, ConnectionError, OSError) as exc:
             log.warning("cannot ping workers (%s)", exc)
-            return set(nodes or ())  # the broker is down, not necessarily the workers
+            return set(nodes)  # the broker is down, not necessarily the workers
         return {node for reply in replies for node in reply}
 
     def _rescue(self, op: str, pending: dict[str, Sent]) -> None:
-        """Send again, on the shared queue, the direct tasks of workers that stopped answering."""
-        waiting_on = sorted({s.node for s in pending.values() if s.node is not None})
-        if not waiting_on:
+        """Ping the workers we wait on that have been quiet for a while; send the direct tasks of
+        those quiet for the whole heartbeat window again, on the shared queue."""
+        now = time.monotonic()
+        waiting_on = {s.node for s in pending.values() if s.node is not None}
+        quiet = sorted(n for n in waiting_on if now - self.seen.get(n, 0.0) > self.ping_every)
+        if not quiet:
             return
-        alive = self._ping(waiting_on)
-        dead = set(waiting_on) - alive
-        self.nodes -= dead
+        for node in self._ping(quiet):
+            self.seen[node] = time.monotonic()
+        dead = {n for n in quiet if now - self.seen.get(n, 0.0) > self.window}
+        for node in dead:
+            self.seen.pop(node, None)
         for task_id, sent in list(pending.items()):
             if sent.node in dead:
-                log.warning("worker %s is gone; sending %s to the shared queue", sent.node, task_id)
+                log.warning("worker %s is gone (silent for %.0f s); sending %s to the shared queue",
+                            sent.node, self.window, task_id)
                 del pending[task_id]
                 self._send(op, sent.task, None, pending, set())
         for node in dead:
             self._delete_direct_queue(node)
 
     def _delete_direct_queue(self, node: str) -> None:
-        """A dead worker's direct queue is durable; once its tasks are re-sent, nothing should read it."""
+        """Once a dead worker's tasks are re-sent, nothing should read its queue: a worker that was
+        only slow then finds its consumer cancelled and declares a fresh, empty one."""
         try:
             with self.app.connection_for_write() as conn:
-                conn.default_channel.queue_delete(direct_queue(node).name)
+                conn.default_channel.queue_delete(direct_queue(node, self.app.conf.task_default_queue).name)
         except (OperationalError, ConnectionError, OSError) as exc:
             log.warning("could not delete the queue of %s (%s)", node, exc)
 

@@ -11,7 +11,7 @@ import time
 import uuid
 from pathlib import Path
 
-from .app import broker_url, make_app
+from .app import broker_url, dead_letter_queue, direct_queue, make_app
 
 
 class LocalWorkers:
@@ -27,12 +27,13 @@ class LocalWorkers:
         self.app = make_app(broker_url(), self.queue)
         self.procs: dict[str, subprocess.Popen] = {}
 
-    def start(self, name: str) -> str:
-        """Start one worker; its node name is returned (and its output goes to `logs`/<name>.log)."""
+    def start(self, name: str, *options: str) -> str:
+        """Start one worker, with `evoarena worker` `options` if any (`"--pool", "threads"`); its
+        node name is returned (and its output goes to `logs`/<name>.log)."""
         node = f"{name}-{self.tag}@{self.label}"
         log = open(self.logs / f"{name}-{self.tag}.log", "w")
         self.procs[node] = subprocess.Popen(
-            [sys.executable, "-m", "evoarena.cli", "worker", "--name", node],
+            [sys.executable, "-m", "evoarena.cli", "worker", "--name", node, *options],
             env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         return node
 
@@ -63,10 +64,11 @@ class LocalWorkers:
             except subprocess.TimeoutExpired:
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
-        # the shared queue and the direct queues are durable: nothing else would delete them
+        # the shared, dead-letter and direct queues are durable: nothing else would delete them soon
         with self.app.connection_for_write() as conn:
             channel = conn.default_channel
-            for name in [self.queue, *(f"{node}.dq2" for node in self.procs)]:
+            for name in [self.queue, dead_letter_queue(self.queue).name,
+                         *(direct_queue(node, self.queue).name for node in self.procs)]:
                 try:
                     channel.queue_delete(name)
                 except Exception as exc:  # noqa: BLE001 - cleanup goes on with the next queue

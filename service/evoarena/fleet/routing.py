@@ -15,7 +15,9 @@ from collections.abc import Hashable
 # Tasks that may wait on one worker (running plus queued) while it holds what they need. An
 # evaluation takes milliseconds: a second one ready to start hides the round trip. Arena tasks
 # take seconds: a queued second one only keeps an idle worker from taking it (bench/arena_fleet.py).
-BACKLOG = {"evaluate": 2, "train_pair": 1, "match": 1, "cross_train": 1}
+# The benchmark's stand-in op (bench/scale.py: a sleep for GPU work) holds no genome, so its tasks
+# all go to the shared queue and its backlog is never reached; 1, as for the arena's long tasks.
+BACKLOG = {"evaluate": 2, "train_pair": 1, "match": 1, "cross_train": 1, "sleep": 1}
 
 
 class AffinityRouter:
