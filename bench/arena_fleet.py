@@ -59,7 +59,8 @@ from dispatch import stop_on_sigterm
 from evoarena import scheduler
 from evoarena.fleet.celery_executor import CeleryExecutor
 from evoarena.fleet.local_workers import LocalWorkers
-from evoarena.spec import Settings, parse_spec
+from evoarena.settings import Settings
+from evoarena.spec import parse_spec
 from evoarena.store import open_store
 
 ROOT = Path(__file__).resolve().parent.parent

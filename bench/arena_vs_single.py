@@ -65,7 +65,8 @@ from evoarena.fleet.executor import LocalExecutor
 from evoarena.genome import Genome
 from evoarena.problems import gan, gan_baselines, gan_metrics
 from evoarena.problems.gan_data import make_data
-from evoarena.spec import ExperimentSpec, Settings, parse_spec
+from evoarena.settings import Settings
+from evoarena.spec import ExperimentSpec, parse_spec
 from evoarena.store import open_store
 from evoarena.worker import Worker, WorkerConfig
 

@@ -34,7 +34,7 @@ from evoarena import nets
 from evoarena.genome import Checkpoint, Genome, founder, mutate, rebase, sample_delta
 from evoarena.materialize import Materializer, ParentCache
 from evoarena.noise import open_noise
-from evoarena.spec import Settings
+from evoarena.settings import Settings
 
 CONVS = [{"channels": 32, "kernel": 8, "stride": 4}, {"channels": 64, "kernel": 4, "stride": 2}, {"channels": 64, "kernel": 3, "stride": 1}]
 ARCH = nets.convnet([3, 64, 64], CONVS, [4096], 10)

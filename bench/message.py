@@ -47,7 +47,7 @@ from evoarena.fleet.app import make_app
 from evoarena.genome import Checkpoint, Genome, founder, mutate, rebase, sample_delta
 from evoarena.materialize import Weights
 from evoarena.spec import load_spec
-from evoarena.worker import result_id
+from evoarena.store.results import result_id
 
 ROOT = Path(__file__).resolve().parent.parent
 DEPTH, CHECKPOINT_EVERY, SIGMA = 500, 50, 0.02

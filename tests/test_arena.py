@@ -17,7 +17,8 @@ from evoarena.fleet.executor import InlineExecutor
 from evoarena.genome import Genome
 from evoarena.spec import parse_spec
 from evoarena.store import open_store
-from evoarena.worker import WorkerConfig, task_id
+from evoarena.store.results import task_id
+from evoarena.worker import WorkerConfig
 
 TINY = {
     "name": "arena-tiny",

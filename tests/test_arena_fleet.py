@@ -22,7 +22,8 @@ from evoarena import scheduler
 from evoarena.fleet.executor import InlineExecutor
 from evoarena.spec import ExperimentSpec, parse_spec
 from evoarena.store import ResultStore, open_store
-from evoarena.worker import WorkerConfig, task_id
+from evoarena.store.results import task_id
+from evoarena.worker import WorkerConfig
 
 pytestmark = pytest.mark.slow
 MATCH_STEP = 2  # round 0 is steps 0 and 1 (train chunks), 2 (match) and 3 (cross-train)

@@ -187,7 +187,9 @@ def test_the_plain_manifests_agree_with_the_chart(helm, kubectl):
 
 
 @pytest.mark.parametrize(("values", "gpus"), [("default", 1), ("gpu", 4), ("keda", 1), ("external", 1)])
-def test_gpu_workers_ask_for_their_gpus_and_run_one_process_per_gpu(rendered, values, gpus):
+def test_gpu_workers_ask_for_their_gpus_and_start_as_many_pool_processes(rendered, values, gpus):
+    # that each process then computes on its own GPU is tests/test_fleet.py's
+    # test_each_process_of_a_worker_on_a_four_gpu_node_computes_on_its_own_gpu
     container = worker_container(rendered[values])
 
     assert container["resources"]["limits"]["nvidia.com/gpu"] == gpus
@@ -250,7 +252,7 @@ def test_rabbitmq_consumer_timeout_and_worker_grace_exceed_the_longest_task(rend
     grace = one(rendered[values], "Deployment", f"{RELEASE}-evoarena-worker")["spec"]["template"]["spec"][
         "terminationGracePeriodSeconds"]
 
-    assert chart_limit >= LONGEST_TASK_S  # the chart knows the fleet's real limit
+    assert chart_limit == LONGEST_TASK_S  # the chart's figure is the code's, not a guess at it
     assert _consumer_timeout_ms(rendered[values]) > LONGEST_TASK_S * 1000
     assert grace > LONGEST_TASK_S
 
@@ -413,7 +415,7 @@ def test_the_default_keda_query_counts_the_workers_direct_queues(helm):
 
 
 def test_the_chart_sets_the_fleet_settings_the_code_reads(helm, rendered):
-    from evoarena.fleet.settings import FleetSettings
+    from evoarena.settings import FleetSettings
 
     def settings(objects: list[dict]) -> FleetSettings:
         return FleetSettings.from_env(one(objects, "ConfigMap", f"{RELEASE}-evoarena-config")["data"])

@@ -20,7 +20,8 @@ from evoarena.genome import Genome
 from evoarena.spec import ExperimentSpec, parse_spec
 from evoarena import worker
 from evoarena.store import ResultStore, StoreUnavailable, open_store
-from evoarena.worker import WorkerConfig, result_id
+from evoarena.store.results import error_summary, result_id
+from evoarena.worker import WorkerConfig
 from conftest import evolution
 
 TINY = yaml.safe_load((Path(__file__).resolve().parent.parent / "experiments" / "tiny.yaml").read_text())
@@ -459,7 +460,7 @@ def test_a_lost_task_is_never_recorded_over_a_result_a_late_worker_stored(lab):
     real = {"_id": "tiny:000001:evaluate:g1", "experiment": "tiny", "generation": 1, "op": "evaluate",
             "genome_id": "g1", "fitness": 0.5, "error": None}
     store.put_result(real)
-    lost = worker.error_summary(real["_id"], {"genome": {"id": "g1"}}, "no result 1860 s after a worker started it",
+    lost = error_summary(real["_id"], {"genome": {"id": "g1"}}, "no result 1860 s after a worker started it",
                                 transient=True)
 
     scheduler._record_lost("tiny", store, 1, "evaluate", [lost])

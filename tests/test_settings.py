@@ -1,10 +1,35 @@
-"""The fleet's settings, read from the environment in one place."""
+"""Settings, read from the environment in one place."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
-from evoarena.fleet.settings import FleetSettings
+from evoarena.settings import FleetSettings, Settings
+
+
+def test_settings_default_when_the_environment_is_silent(monkeypatch):
+    for variable in ("EVOARENA_STORE", "EVOARENA_ARTIFACTS", "EVOARENA_NOISE_DIR"):
+        monkeypatch.delenv(variable, raising=False)
+    monkeypatch.setenv("HOME", "/home/tester")
+    settings = Settings.from_env()
+    assert settings.store == "sqlite:///runs/evoarena.db"
+    assert settings.artifacts == "runs/artifacts"
+    assert settings.noise_dir == Path("/home/tester/.cache/evoarena/noise")
+
+
+def test_settings_come_from_the_environment(monkeypatch):
+    monkeypatch.setenv("HOME", "/home/tester")
+    monkeypatch.setenv("EVOARENA_STORE", "mongodb://db:27017/evoarena")
+    monkeypatch.setenv("EVOARENA_ARTIFACTS", "s3://bucket/runs")
+    monkeypatch.setenv("EVOARENA_NOISE_DIR", "~/noise")
+    settings = Settings.from_env()
+    assert settings == Settings(
+        store="mongodb://db:27017/evoarena",
+        artifacts="s3://bucket/runs",
+        noise_dir=Path("/home/tester/noise"),
+    )
 
 
 def test_unset_or_empty_variables_keep_the_defaults():

@@ -10,7 +10,6 @@ from pydantic import BaseModel, ValidationError
 
 from evoarena.spec import (
     ExperimentSpec,
-    Settings,
     SpecError,
     load_spec,
     parameter_count,
@@ -360,26 +359,3 @@ def test_validate_name_accepts_a_dns_label_and_explains_a_bad_one():
         validate_name("-memorize")
     with pytest.raises(ValueError, match="at most 53"):
         validate_name("a" * 54)
-
-
-def test_settings_default_when_the_environment_is_silent(monkeypatch):
-    for variable in ("EVOARENA_STORE", "EVOARENA_ARTIFACTS", "EVOARENA_NOISE_DIR"):
-        monkeypatch.delenv(variable, raising=False)
-    monkeypatch.setenv("HOME", "/home/tester")
-    settings = Settings.from_env()
-    assert settings.store == "sqlite:///runs/evoarena.db"
-    assert settings.artifacts == "runs/artifacts"
-    assert settings.noise_dir == Path("/home/tester/.cache/evoarena/noise")
-
-
-def test_settings_come_from_the_environment(monkeypatch):
-    monkeypatch.setenv("HOME", "/home/tester")
-    monkeypatch.setenv("EVOARENA_STORE", "mongodb://db:27017/evoarena")
-    monkeypatch.setenv("EVOARENA_ARTIFACTS", "s3://bucket/runs")
-    monkeypatch.setenv("EVOARENA_NOISE_DIR", "~/noise")
-    settings = Settings.from_env()
-    assert settings == Settings(
-        store="mongodb://db:27017/evoarena",
-        artifacts="s3://bucket/runs",
-        noise_dir=Path("/home/tester/noise"),
-    )

@@ -19,7 +19,7 @@ import yaml
 from kubernetes.client.exceptions import ApiException
 
 from evoarena import submit
-from evoarena.spec import Settings
+from evoarena.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = ROOT / "experiments" / "tiny.yaml"
@@ -174,7 +174,7 @@ def test_the_image_is_the_option_else_the_environment_else_the_charts_default(ca
 
 
 def test_dry_run_never_loads_the_kubernetes_client():
-    code = ("import sys; from evoarena import submit; from evoarena.spec import Settings; import argparse;"
+    code = ("import sys; from evoarena import submit; from evoarena.settings import Settings; import argparse;"
             "p = argparse.ArgumentParser(); submit.add_parser(p.add_subparsers());"
             f"rc = submit.cmd_submit(p.parse_args(['submit', {str(TINY)!r}, '--dry-run']), Settings());"
             "assert rc == 0 and 'kubernetes' not in sys.modules, sorted(m for m in sys.modules if 'kube' in m)")

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from .genome import Genome, trained, trained_id
-from .materialize import Materializer, Weights
+from .materialize import BUILDS, Materializer, Weights
 from .problems import gan, gan_metrics
 from .store import artifact_key
 
@@ -130,12 +130,9 @@ def _tail_mean(trace: list[dict], n: int = 10) -> dict:
     return {k: sum(row[k] for row in tail) / len(tail) for k in tail[0]} if tail else {}
 
 
-_ORDER = ("cached", "from_parent", "from_ancestor", "from_checkpoint", "full_chain")
-
-
 def _worst(*builds: str) -> str:
     """The costliest of several build paths: what the task's cache hit rate counts."""
-    return max(builds, key=_ORDER.index)
+    return max(builds, key=BUILDS.index)
 
 
 def models_dir(noise_dir: str) -> Path:

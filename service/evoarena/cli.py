@@ -10,7 +10,8 @@ import sys
 import time
 
 from . import submit
-from .spec import Settings, SpecError, load_spec, validate_name
+from .settings import Settings
+from .spec import SpecError, load_spec, validate_name
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -145,7 +146,7 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
     if args.cache_mb:
         os.environ["EVOARENA_CACHE_MB"] = str(args.cache_mb)
     from .fleet.app import app, shared_queue
-    from .fleet.settings import FleetSettings
+    from .settings import FleetSettings
 
     # Consumes the shared queue, plus its own direct queue (worker_direct in the app's config).
     app.worker_main(["worker", "-n", args.name, "-Q", shared_queue(), "-c", str(args.concurrency),

@@ -95,6 +95,12 @@ class ParentCache:
         return list(self._items)
 
 
+# How a genome can be built, cheapest first; the first three are cache hits (nothing replayed
+# from a checkpoint or from the start). Every count of hits uses these two.
+BUILDS = ("cached", "from_parent", "from_ancestor", "from_checkpoint", "full_chain")
+CACHE_HITS = BUILDS[:3]
+
+
 @dataclass
 class Stats:
     """How genomes were built; `hit_rate` is the share that did not replay a chain from the start."""
@@ -108,11 +114,11 @@ class Stats:
 
     @property
     def builds(self) -> int:
-        return self.cached + self.from_parent + self.from_ancestor + self.from_checkpoint + self.full_chain
+        return sum(getattr(self, build) for build in BUILDS)
 
     @property
     def hit_rate(self) -> float:
-        hits = self.cached + self.from_parent + self.from_ancestor
+        hits = sum(getattr(self, build) for build in CACHE_HITS)
         return hits / self.builds if self.builds else 0.0
 
     def as_dict(self) -> dict[str, float]:

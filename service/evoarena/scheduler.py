@@ -17,9 +17,10 @@ from dataclasses import dataclass
 
 from .evolve import Algorithm, EventAlgorithm, Step
 from .fleet.executor import Executor, Feed
+from .materialize import CACHE_HITS
 from .spec import ExperimentSpec, spec_to_dict
 from .store import ResultStore
-from .worker import task_id
+from .store.results import lost_result, task_id
 
 
 class ExperimentMismatch(Exception):
@@ -221,7 +222,7 @@ def run_step(experiment: str, store: ResultStore, executor: Executor, index: int
         raise RuntimeError(f"step {index}: {len(missing)} results never reached the store (first: {missing[0]})")
     seconds = time.perf_counter() - started
     builds = [s["build"] for s in summaries if s.get("build")]
-    hits = sum(b in ("cached", "from_parent", "from_ancestor") for b in builds)
+    hits = sum(b in CACHE_HITS for b in builds)
     stats = {"evals_per_s": len(summaries) / seconds if seconds > 0 else 0.0,
              "hit_rate": hits / len(builds) if builds else 0.0, "seconds": seconds}
     return [stored[i] for i in ids], stats
@@ -234,9 +235,4 @@ def _record_lost(experiment: str, store: ResultStore, index: int, op: str, summa
     a late worker stored meanwhile is never overwritten (store.add_result is one atomic write)."""
     for summary in summaries:
         if summary.get("error"):
-            store.add_result({
-                "_id": summary["_id"], "experiment": experiment, "generation": index, "op": op,
-                "genome_id": summary.get("genome_id"), "key": summary.get("key"), "fitness": None, "metrics": {},
-                "build": None, "checkpoints": [], "error": summary["error"], "transient": bool(summary.get("transient")),
-                "worker": None, "node": None,
-            })
+            store.add_result(lost_result(experiment, index, op, summary))

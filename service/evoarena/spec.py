@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass
 from pathlib import Path
 from types import UnionType
 from typing import Annotated, Any, Literal, Union, get_args, get_origin
@@ -480,30 +479,3 @@ def _reword(message: str) -> str:
     message = message.removeprefix("Value error, ").removeprefix("Assertion failed, ")
     message = message.replace(" after validation", "")
     return re.sub(r"^(Input|String|Tuple|List|Dictionary|Value) should", "must", message)
-
-
-# --- where a run keeps its things -----------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Settings:
-    """Per-machine settings, from the environment; the experiment itself is in the spec."""
-
-    store: str = "sqlite:///runs/evoarena.db"
-    """Where runs and their results are recorded (`EVOARENA_STORE`), as a URL."""
-    artifacts: str = "runs/artifacts"
-    """Where checkpoints and other files go (`EVOARENA_ARTIFACTS`): a directory or a URL."""
-    noise_dir: Path = Path("~/.cache/evoarena/noise").expanduser()
-    """Where generated noise tables are cached (`EVOARENA_NOISE_DIR`)."""
-
-    @classmethod
-    def from_env(cls) -> Settings:
-        """Settings from the `EVOARENA_*` variables; one unset or empty keeps its default."""
-        defaults = cls()
-        return cls(
-            store=os.environ.get("EVOARENA_STORE") or defaults.store,
-            artifacts=os.environ.get("EVOARENA_ARTIFACTS") or defaults.artifacts,
-            noise_dir=Path(
-                os.environ.get("EVOARENA_NOISE_DIR") or "~/.cache/evoarena/noise"
-            ).expanduser(),
-        )

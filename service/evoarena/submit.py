@@ -17,7 +17,6 @@ store. `--dry-run` prints the objects and contacts no cluster.
 from __future__ import annotations
 
 import argparse
-import os
 import re
 import sys
 import time
@@ -26,7 +25,8 @@ from pathlib import Path
 
 import yaml
 
-from .spec import Settings, SpecError, load_spec
+from .settings import Settings
+from .spec import SpecError, load_spec
 
 MANAGED_BY = "evoarena-submit"
 MOUNT = "/experiment"
@@ -106,7 +106,7 @@ def default_image() -> str:
 
 
 def _env_image() -> str | None:
-    return os.environ.get("EVOARENA_IMAGE") or None
+    return Settings.from_env().image or None
 
 
 def build_objects(names: Names, text: str, filename: str, image: str) -> list[dict]:

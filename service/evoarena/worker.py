@@ -24,11 +24,7 @@ from .materialize import Materializer, ParentCache
 from .noise import open_noise
 from .problems import PROBLEMS
 from .store import artifact_key, open_artifacts, open_store
-
-
-def result_id(experiment: str, generation: int, op: str, genome_ids: list[str]) -> str:
-    """The deterministic id of a result document: a redelivered task overwrites, never duplicates."""
-    return f"{experiment}:{generation:06d}:{op}:{'+'.join(genome_ids)}"
+from .store.results import error_summary, summary_of, task_id
 
 
 log = logging.getLogger(__name__)
@@ -37,16 +33,6 @@ log = logging.getLogger(__name__)
 # BACKOFF_S, 2 * BACKOFF_S, 4 * BACKOFF_S..., before it is given up as an infrastructure error.
 TRANSIENT_RETRIES = 3
 BACKOFF_S = 1.0
-
-
-def error_summary(task_id_: str, task: dict, error: str, transient: bool = False) -> dict:
-    """The summary of a task that failed with nothing stored (refused, crashed, lost, or its
-    infrastructure failed): what the master records once, under the task's result id, where no
-    result is stored yet. `transient`: the failure was not the genome's (scheduler.run_step runs
-    such a task again when the step is resumed)."""
-    genome = task.get("genome")
-    return {"_id": task_id_, "genome_id": genome.get("id") if isinstance(genome, dict) else None,
-            "key": task.get("key"), "fitness": None, "build": None, "error": error, "transient": transient}
 
 
 class Transient(Exception):
@@ -76,25 +62,6 @@ class TaskRefused(ValueError):
     experiment, its problem or noise table is not the experiment's, a genome's id does not match
     its content, or (on the fleet) it is not signed by the master. A stored result is never
     overwritten by such a task."""
-
-
-def task_id(op: str, task: dict) -> str:
-    """The result id of `task`: an evaluation is named by its genome, an arena task by its `key`
-    (the ids of the members it concerns). The master, the executors and the worker all use this."""
-    for key in ("experiment", "generation"):
-        if key not in task:
-            raise ValueError(f"task lacks {key!r}")
-    if not isinstance(task["experiment"], str) or not isinstance(task["generation"], int) or task["generation"] < 0:
-        raise ValueError("task 'experiment' must be a string and 'generation' an integer >= 0")
-    if "key" in task:
-        names = task["key"]
-    elif isinstance(task.get("genome"), dict) and "id" in task["genome"]:
-        names = [task["genome"]["id"]]
-    else:
-        raise ValueError("task needs a 'key' (arena ops) or a 'genome' JSON object with an 'id'")
-    if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
-        raise ValueError("task 'key' must be a non-empty list of ids")
-    return result_id(task["experiment"], task["generation"], op, names)
 
 
 @dataclass(frozen=True)
@@ -229,7 +196,7 @@ class Worker:
             doc.update(build=None, holds=[], error=f"{type(exc).__name__}: {exc}", traceback=traceback.format_exc(limit=5))
         doc["seconds"] = time.perf_counter() - started
         self._store(doc)
-        return {k: doc.get(k) for k in ("_id", "build", "seconds", "worker", "error", "holds")}
+        return summary_of(doc)
 
     def evaluate(self, task: dict) -> dict:
         """Build the task's genome, score it on its problem, store the result document."""
@@ -260,7 +227,7 @@ class Worker:
                        error=f"{type(exc).__name__}: {exc}", traceback=traceback.format_exc(limit=5))
         doc["seconds"] = time.perf_counter() - started
         self._store(doc)
-        return {k: doc[k] for k in ("_id", "genome_id", "fitness", "build", "seconds", "worker", "error")}
+        return summary_of(doc)
 
     def _store(self, doc: dict) -> None:
         try:
@@ -297,71 +264,6 @@ def _required(task: dict, *keys: str) -> list:
 
 
 OPS = ("evaluate", "train_pair", "match", "cross_train")
-
-_process_worker: Worker | None = None
-
-
-def device_for(slot: int, gpus: int, wanted: str | None = None) -> str:
-    """The torch device of worker process `slot` (0, 1, ... within its machine or pod) where
-    `gpus` GPUs are visible: its own GPU, cuda:<slot mod gpus>, so that N processes on an N-GPU
-    node use all N. `wanted` (EVOARENA_DEVICE) overrides it with a fixed device ("cpu",
-    "cuda:1"); "cuda" asks for a GPU and gets the pinned one."""
-    if wanted and wanted != "cuda":
-        return wanted
-    if gpus == 0:
-        if wanted == "cuda":
-            raise RuntimeError("EVOARENA_DEVICE=cuda but torch sees no GPU")
-        return "cpu"
-    return f"cuda:{slot % gpus}"
-
-
-def pool_slot() -> int:
-    """This process's slot in its worker's pool (Celery prefork numbers its processes 0..N-1 and
-    gives a replacement the slot of the process it replaces); 0 outside a pool."""
-    from billiard.process import current_process
-
-    return getattr(current_process(), "index", 0) or 0
-
-
-def config_from_env(slot: int = 0) -> WorkerConfig:
-    """A fleet worker's configuration: Settings from the environment, plus EVOARENA_CACHE_MB,
-    EVOARENA_THREADS, EVOARENA_DEVICE (default: this pool slot's own GPU, or the CPU) and
-    EVOARENA_TASK_KEY."""
-    from .fleet.signing import task_key
-    from .spec import Settings
-
-    settings = Settings.from_env()
-    return WorkerConfig(
-        store_url=settings.store,
-        artifacts_url=settings.artifacts,
-        noise_dir=str(settings.noise_dir),
-        cache_bytes=int(os.environ.get("EVOARENA_CACHE_MB", "512")) << 20,
-        device=device_for(slot, torch.cuda.device_count(), os.environ.get("EVOARENA_DEVICE")),
-        threads=int(os.environ.get("EVOARENA_THREADS", "0")),
-        task_key=task_key(),
-    )
-
-
-def init_process(config: WorkerConfig) -> None:
-    """Set up this process's Worker (a pool initializer, or Celery's worker_process_init)."""
-    global _process_worker
-    _process_worker = Worker(config)
-
-
-def run_task(op: str, task: dict) -> dict:
-    """Run one task in this process's Worker."""
-    if _process_worker is None:
-        raise RuntimeError("this process has no worker: call init_process(config) first")
-    return run_on(_process_worker, op, task)
-
-
-def process_worker() -> Worker:
-    """This process's Worker, created from the environment on first use (a Celery pool process:
-    CUDA is touched here, after the worker process started, never in the parent)."""
-    if _process_worker is None:
-        init_process(config_from_env(pool_slot()))
-    return _process_worker
-
 
 def run_on(worker: Worker, op: str, task: dict) -> dict:
     """Run `op` on `task` in `worker`, on every executor alike. A task that fails because of its

@@ -32,7 +32,7 @@ from typing import Protocol
 
 @dataclass(frozen=True)
 class Step:
-    """One step's work: every task runs `op`; a payload's result id is `worker.task_id(op, payload)`."""
+    """One step's work: every task runs `op`; a payload's result id is `store.results.task_id(op, payload)`."""
 
     op: str
     tasks: list[dict]

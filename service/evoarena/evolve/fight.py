@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import math
 
-from ..worker import task_id
+from ..store.results import task_id
 from . import fitness
 from .arena import Arena, _carried, byzantine, population_stats, quality_text, side, training_pairs
 

@@ -34,7 +34,9 @@ from celery.worker.consumer import Consumer as CeleryConsumer
 from kombu import Exchange, Queue
 
 from .. import worker as work
-from .settings import FleetSettings
+from ..process import process_worker
+from ..settings import FleetSettings
+from ..store.results import task_id
 
 log = logging.getLogger(__name__)
 
@@ -140,7 +142,7 @@ def make_app(broker: str | None = None, queue: str | None = None) -> Celery:
     def whoami(self) -> dict:
         """Which pool process answered, and the device it computes on (tests/test_fleet.py checks
         that each process of a multi-GPU worker has its own)."""
-        worker = work.process_worker()
+        worker = process_worker()
         return {"node": self.request.hostname, "pid": os.getpid(), "device": worker.config.device}
 
     @app.task(name="evoarena.sleep", bind=True, soft_time_limit=TIME_LIMITS["sleep"][0],
@@ -149,7 +151,7 @@ def make_app(broker: str | None = None, queue: str | None = None) -> Celery:
         """Sleeps task["seconds"] and returns the summary an op returns, storing nothing: the stand-in
         for GPU work with which bench/scale.py measures how many workers one master keeps busy."""
         time.sleep(task["seconds"])
-        return {"_id": work.task_id("sleep", task), "genome_id": task["genome"]["id"], "fitness": 0.0,
+        return {"_id": task_id("sleep", task), "genome_id": task["genome"]["id"], "fitness": 0.0,
                 "build": None, "seconds": task["seconds"], "worker": None, "error": None,
                 "node": self.request.hostname}
 
@@ -221,7 +223,7 @@ def _register(app: Celery, op: str) -> None:
               Strategy="evoarena.fleet.app:checked_strategy")
     def task(self, payload: dict) -> dict:
         started = time.perf_counter()
-        worker = work.process_worker()
+        worker = process_worker()
         worker.node = self.request.hostname
         # two JSON lines per task on stdout, for `kubectl logs`: this one, and the summary below
         print(json.dumps({"started": op, "task": self.request.id, "node": worker.node}), file=sys.stdout, flush=True)

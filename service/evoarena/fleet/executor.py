@@ -19,7 +19,9 @@ from concurrent.futures.process import BrokenProcessPool
 from typing import Protocol
 
 from .routing import BACKLOG, AffinityRouter, built
-from ..worker import Worker, WorkerConfig, error_summary, init_process, run_on, run_task, task_id
+from ..process import init_process, run_task
+from ..store.results import error_summary, task_id
+from ..worker import Worker, WorkerConfig, run_on
 
 
 class Feed(list):

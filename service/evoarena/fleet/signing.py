@@ -11,17 +11,16 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import os
 
 from ..genome import canonical
+from ..settings import Settings
 
 KEY_VARIABLE = "EVOARENA_TASK_KEY"
 
 
 def task_key() -> bytes | None:
-    """The key from the environment, or None when none is set."""
-    key = os.environ.get(KEY_VARIABLE)
-    return key.encode() if key else None
+    """The key from the environment (Settings.task_key), or None when none is set."""
+    return Settings.from_env().task_key.encode() or None
 
 
 def signature(task: dict, key: bytes) -> str:

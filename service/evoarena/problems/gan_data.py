@@ -45,7 +45,6 @@ import torch
 
 KINDS = ("ring", "grid", "digits", "npz")
 MIXTURES = ("ring", "grid")
-S3_ENDPOINT_ENV = "EVOARENA_S3_ENDPOINT_URL"
 _CHUNK = 1 << 20  # bytes read at a time when hashing a file
 
 
@@ -225,16 +224,12 @@ def _s3_file(uri: str, expected: str, cache_dir: str | Path | None) -> Iterator[
 
 def _download(uri: str, folder: Path) -> Path:
     """Download s3://bucket/key into a new file in `folder`; its path."""
-    import boto3
-    from botocore.config import Config
+    from ..store.s3 import s3_client
 
     bucket, _, key = uri.removeprefix("s3://").partition("/")
     if not bucket or not key:
         raise ValueError(f"npz data uri {uri!r} must look like s3://bucket/key.npz")
-    endpoint = os.environ.get(S3_ENDPOINT_ENV) or None
-    # A custom endpoint is usually MinIO or a test server, which want path-style addresses.
-    config = Config(s3={"addressing_style": "path"}) if endpoint else None
-    client = boto3.session.Session().client("s3", endpoint_url=endpoint, config=config)
+    client = s3_client()
     handle, name = tempfile.mkstemp(dir=folder, suffix=".part")
     os.close(handle)
     client.download_file(bucket, key, name)

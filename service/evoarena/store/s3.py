@@ -24,9 +24,9 @@ from botocore.exceptions import ClientError
 from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 
+from ..settings import Settings
 from .artifacts import ArtifactError, check_key, safetensors_metadata, verified
 
-ENDPOINT_ENV = "EVOARENA_S3_ENDPOINT_URL"
 SUFFIX = ".safetensors"
 _BUCKET = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
 _NOT_FOUND = {"404", "NoSuchKey", "NotFound"}
@@ -45,12 +45,21 @@ def parse_s3_url(url: str) -> tuple[str, str]:
     return bucket, prefix.strip("/")
 
 
+def s3_client(endpoint_url: str | None = None) -> Any:
+    """A boto3 S3 client for `endpoint_url` (default: EVOARENA_S3_ENDPOINT_URL, else AWS)."""
+    endpoint_url = endpoint_url or Settings.from_env().s3_endpoint_url or None
+    # A custom endpoint is usually MinIO or a test server, which want path-style addresses
+    # (http://host/bucket/key) rather than bucket.host.
+    config = Config(s3={"addressing_style": "path"}) if endpoint_url else None
+    return boto3.session.Session().client("s3", endpoint_url=endpoint_url, config=config)
+
+
 class S3Artifacts:
     """ArtifactStore on an S3 bucket under a prefix, e.g. S3Artifacts("s3://ckpts/exp1")."""
 
     def __init__(self, url: str, endpoint_url: str | None = None) -> None:
         self.bucket, self.prefix = parse_s3_url(url)
-        self.endpoint_url = endpoint_url or os.environ.get(ENDPOINT_ENV) or None
+        self.endpoint_url = endpoint_url or Settings.from_env().s3_endpoint_url or None
         self.root = f"s3://{self.bucket}/{self.prefix}/" if self.prefix else f"s3://{self.bucket}/"
         self._lock = threading.Lock()
         self._pid = -1
@@ -61,12 +70,7 @@ class S3Artifacts:
         # parent's pooled connections): each process makes its own, on first use.
         with self._lock:
             if self._client is None or self._pid != os.getpid():
-                # A custom endpoint is usually MinIO or a test server, which want path-style
-                # addresses (http://host/bucket/key) rather than bucket.host.
-                config = Config(s3={"addressing_style": "path"}) if self.endpoint_url else None
-                self._client = boto3.session.Session().client(
-                    "s3", endpoint_url=self.endpoint_url, config=config
-                )
+                self._client = s3_client(self.endpoint_url)
                 self._pid = os.getpid()
             return self._client
 

@@ -1,0 +1,129 @@
+"""Everything evoarena reads from the environment, read here and nowhere else. The experiment
+itself is in its spec (spec.py); these are the machine's and the fleet's settings. Each field
+`name` of the classes below is the variable EVOARENA_<NAME>; an unset or empty variable keeps the
+default, a value of the wrong type is a ValueError naming the variable. The chart sets them from
+its values (helm/evoarena/templates/configmap.yaml and the release's Secrets).
+
+The master and the workers of one fleet must see the same FleetSettings: RabbitMQ refuses to
+redeclare a queue with other arguments.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import TYPE_CHECKING, Self
+
+if TYPE_CHECKING:
+    from .worker import WorkerConfig
+
+
+class FromEnv:
+    """A frozen dataclass whose fields are read from EVOARENA_<FIELD> variables."""
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Self:
+        """The settings from `env` (os.environ by default)."""
+        env = os.environ if env is None else env
+        values = {}
+        for field in fields(cls):
+            name = f"EVOARENA_{field.name.upper()}"
+            raw = env.get(name)
+            if not raw:
+                continue
+            kind = type(field.default)
+            try:
+                values[field.name] = kind(raw)
+            except ValueError:
+                raise ValueError(f"{name}={raw!r} is not {'an integer' if kind is int else 'a number'}") from None
+        return cls(**values)
+
+
+@dataclass(frozen=True)
+class Settings(FromEnv):
+    """Where this machine keeps a run's things."""
+
+    store: str = "sqlite:///runs/evoarena.db"
+    """Where runs and their results are recorded, as a URL."""
+    artifacts: str = "runs/artifacts"
+    """Where checkpoints and other files go: a directory or a URL."""
+    noise_dir: Path = Path("~/.cache/evoarena/noise")
+    """Where generated noise tables are cached."""
+    s3_endpoint_url: str = ""
+    """An S3-compatible store's endpoint (MinIO); empty: AWS S3."""
+    image: str = ""
+    """The image `evoarena submit` gives the master (the chart sets the workers' own)."""
+    task_key: str = ""
+    """The fleet's key: the master signs every task with it, workers run only signed tasks
+    (fleet/signing.py). A secret: the chart generates it into the release's env Secret."""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "noise_dir", Path(self.noise_dir).expanduser())
+
+
+@dataclass(frozen=True)
+class WorkerSettings(FromEnv):
+    """How a worker process computes and caches."""
+
+    cache_mb: int = 512
+    """Parent-cache budget of each worker process, MiB."""
+    threads: int = 0
+    """torch intra-op threads; 0 leaves torch's default."""
+    device: str = ""
+    """A fixed torch device ("cpu", "cuda:1"); empty or "cuda": the process's own GPU (device_for)."""
+
+
+@dataclass(frozen=True)
+class FleetSettings(FromEnv):
+    """The broker and how the fleet uses it (fleet/app.py, fleet/celery_executor.py)."""
+
+    broker_url: str = "amqp://guest:guest@127.0.0.1:5672//"
+    queue: str = "evoarena"
+    """The shared task queue; its dead letters go to `<queue>.dead`."""
+    delivery_limit: int = 3
+    """Deliveries of one task before the broker dead-letters it (its worker process died each time)."""
+    direct_queue_expires_s: float = 3600.0
+    """A worker's own queue is deleted by the broker this long after its last use."""
+    heartbeat_window_s: float = 30.0
+    """A worker silent this long (no task started or finished, no answer to a ping) is gone."""
+    log_level: str = "WARNING"
+    """For Celery's and evoarena's loggers."""
+
+    def __post_init__(self) -> None:
+        if self.delivery_limit < 1:
+            raise ValueError(f"EVOARENA_DELIVERY_LIMIT={self.delivery_limit}: at least one delivery is needed")
+
+
+def device_for(slot: int, gpus: int, wanted: str | None = None) -> str:
+    """The torch device of worker process `slot` (0, 1, ... within its machine or pod) where
+    `gpus` GPUs are visible: its own GPU, cuda:<slot mod gpus>, so that N processes on an N-GPU
+    node use all N. `wanted` (EVOARENA_DEVICE) overrides it with a fixed device ("cpu",
+    "cuda:1"); "cuda" asks for a GPU and gets the pinned one."""
+    if wanted and wanted != "cuda":
+        return wanted
+    if gpus == 0:
+        if wanted == "cuda":
+            raise RuntimeError("EVOARENA_DEVICE=cuda but torch sees no GPU")
+        return "cpu"
+    return f"cuda:{slot % gpus}"
+
+
+def worker_config(slot: int = 0) -> WorkerConfig:
+    """A fleet worker process's configuration, from the environment: pool process `slot` gets its
+    own GPU where there are GPUs."""
+    import torch
+
+    from .worker import WorkerConfig
+
+    settings, worker = Settings.from_env(), WorkerSettings.from_env()
+    return WorkerConfig(
+        store_url=settings.store,
+        artifacts_url=settings.artifacts,
+        noise_dir=str(settings.noise_dir),
+        cache_bytes=worker.cache_mb << 20,
+        device=device_for(slot, torch.cuda.device_count(), worker.device),
+        threads=worker.threads,
+        task_key=settings.task_key.encode() or None,
+    )

@@ -1,0 +1,59 @@
+"""Result documents: their ids, and what a task's summary and a lost task's record hold.
+
+A result's id is deterministic, so a redelivered task overwrites its document and never
+duplicates it. The master, the executors and the workers all name results with `task_id`; the
+worker returns `summary_of` its document; the master records a task that stored nothing with
+`lost_result`.
+"""
+
+from __future__ import annotations
+
+# what a task returns to the master: enough to count it, route its children and report it
+SUMMARY_KEYS = ("_id", "genome_id", "key", "fitness", "build", "seconds", "worker", "node", "error", "transient", "holds")
+
+
+def result_id(experiment: str, generation: int, op: str, genome_ids: list[str]) -> str:
+    """The deterministic id of a result document: a redelivered task overwrites, never duplicates."""
+    return f"{experiment}:{generation:06d}:{op}:{'+'.join(genome_ids)}"
+
+
+def task_id(op: str, task: dict) -> str:
+    """The result id of `task`: an evaluation is named by its genome, an arena task by its `key`
+    (the ids of the members it concerns). The master, the executors and the worker all use this."""
+    for key in ("experiment", "generation"):
+        if key not in task:
+            raise ValueError(f"task lacks {key!r}")
+    if not isinstance(task["experiment"], str) or not isinstance(task["generation"], int) or task["generation"] < 0:
+        raise ValueError("task 'experiment' must be a string and 'generation' an integer >= 0")
+    if "key" in task:
+        names = task["key"]
+    elif isinstance(task.get("genome"), dict) and "id" in task["genome"]:
+        names = [task["genome"]["id"]]
+    else:
+        raise ValueError("task needs a 'key' (arena ops) or a 'genome' JSON object with an 'id'")
+    if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
+        raise ValueError("task 'key' must be a non-empty list of ids")
+    return result_id(task["experiment"], task["generation"], op, names)
+
+
+def error_summary(task_id_: str, task: dict, error: str, transient: bool = False) -> dict:
+    """The summary of a task that failed with nothing stored (refused, crashed, lost, or its
+    infrastructure failed): what the master records once, under the task's result id, where no
+    result is stored yet. `transient`: the failure was not the genome's (scheduler.run_step runs
+    such a task again when the step is resumed)."""
+    genome = task.get("genome")
+    return {"_id": task_id_, "genome_id": genome.get("id") if isinstance(genome, dict) else None,
+            "key": task.get("key"), "fitness": None, "build": None, "error": error, "transient": transient}
+
+
+def summary_of(doc: dict) -> dict:
+    """The summary of a task from its stored result document (a key it lacks is None)."""
+    return {k: doc.get(k) for k in SUMMARY_KEYS}
+
+
+def lost_result(experiment: str, generation: int, op: str, summary: dict) -> dict:
+    """The result document the master records for a task that failed with nothing stored."""
+    return {"_id": summary["_id"], "experiment": experiment, "generation": generation, "op": op,
+            "genome_id": summary.get("genome_id"), "key": summary.get("key"), "fitness": None, "metrics": {},
+            "build": None, "checkpoints": [], "error": summary["error"], "transient": bool(summary.get("transient")),
+            "worker": None, "node": None}
