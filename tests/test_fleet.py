@@ -177,7 +177,7 @@ def crashing_workers(fleet, *names):
 
 
 def test_a_genome_that_kills_its_worker_process_is_dead_lettered_recorded_once_and_the_run_goes_on(fleet):
-    from evoarena.fleet.settings import FleetSettings
+    from evoarena.settings import FleetSettings
 
     spec = parse_spec(spec_dict("fleet-crash", generations=4))
     crashing_workers(fleet, "alpha", "beta")
@@ -273,13 +273,27 @@ def test_a_worker_silent_for_less_than_the_heartbeat_window_keeps_its_tasks(flee
 
 
 @pytest.mark.skipif(shutil.which("rabbitmqctl") is None, reason="needs rabbitmqctl to restart the broker")
+def settled_after(store):
+    """A wait for two more complete generations: the master has noticed what happened by then (the
+    results of the moment itself are read from the store), and what comes next is counted."""
+
+    def settled(name: str) -> None:
+        now = store.last_generation(name)
+        deadline = time.monotonic() + 60
+        while (store.last_generation(name) or 0) < now + 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+
+    return settled
+
+
 def test_the_run_survives_a_broker_restart_and_hears_results_through_the_backend_again(fleet, tmp_path):
-    spec = parse_spec(spec_dict("fleet-restart", generations=8, slow=True))
+    spec = parse_spec(spec_dict("fleet-restart", generations=10, slow=True))
     fleet.start("alpha")
     fleet.start("beta")
     fleet.wait_ready()
     executor = fleet.executor()
-    outcomes = {}  # how results reached the master, counted when the broker came back
+    outcomes = {}  # how results reached the master, counted once it has settled after the restart
+    settled = settled_after(fleet.store)
 
     def restart_broker():
         while fleet.store.last_generation(spec.name) is None:
@@ -288,6 +302,7 @@ def test_the_run_survives_a_broker_restart_and_hears_results_through_the_backend
         time.sleep(3)
         subprocess.run(["rabbitmqctl", "start_app"], check=True, capture_output=True)
         subprocess.run(["rabbitmqctl", "await_startup"], check=True, capture_output=True)
+        settled(spec.name)
         outcomes.update(executor.outcomes)
 
     restarter = threading.Thread(target=restart_broker)
@@ -302,6 +317,33 @@ def test_the_run_survives_a_broker_restart_and_hears_results_through_the_backend
     assert_one_result_per_individual(fleet.store, spec)
     # after the restart the master is subscribed to its reply queue again: results come through
     # it, not from polling the store every few seconds (which made generations 8x slower)
+    after = executor.outcomes - Counter(outcomes)
+    assert after["backend"] >= 0.9 * sum(after.values()) > 0, dict(after)
+
+
+def test_when_the_reply_queue_is_lost_mid_run_results_come_through_the_backend_again(fleet, tmp_path):
+    spec = parse_spec(spec_dict("fleet-reply-lost", generations=10, slow=True))
+    fleet.start("alpha")
+    fleet.start("beta")
+    fleet.wait_ready()
+    executor = fleet.executor()
+    outcomes = {}
+    settled = settled_after(fleet.store)
+
+    def delete_reply_queue():  # as a broker restart may (the queue is auto-delete)
+        while fleet.store.last_generation(spec.name) is None:
+            time.sleep(0.1)
+        with fleet.app.connection_for_write() as conn:
+            conn.default_channel.queue_delete(fleet.app.backend.oid)
+        settled(spec.name)
+        outcomes.update(executor.outcomes)
+
+    deleter = threading.Thread(target=delete_reply_queue)
+    deleter.start()
+    scheduler.run(spec, fleet.store, executor)
+    deleter.join()
+
+    assert evolution(fleet.store, spec.name) == local_reference(tmp_path, spec)
     after = executor.outcomes - Counter(outcomes)
     assert after["backend"] >= 0.9 * sum(after.values()) > 0, dict(after)
 
@@ -432,13 +474,13 @@ def test_each_process_of_a_worker_on_a_four_gpu_node_computes_on_its_own_gpu(fle
     (2, 4, "cuda", "cuda:2"), (2, 4, "cpu", "cpu"), (2, 4, "cuda:0", "cuda:0"),
 ])
 def test_device_for_gives_each_pool_slot_its_own_gpu_unless_one_is_named(slot, gpus, wanted, device):
-    from evoarena.worker import device_for
+    from evoarena.settings import device_for
 
     assert device_for(slot, gpus, wanted) == device
 
 
 def test_asking_for_cuda_where_torch_sees_no_gpu_is_an_error():
-    from evoarena.worker import device_for
+    from evoarena.settings import device_for
 
     with pytest.raises(RuntimeError, match="EVOARENA_DEVICE=cuda but torch sees no GPU"):
         device_for(0, 0, "cuda")

@@ -36,18 +36,21 @@ from celery.result import AsyncResult, ResultSet
 from kombu.exceptions import OperationalError
 
 from ..store import ResultStore
-from ..worker import error_summary
-from ..worker import task_id as result_id_of
-from amqp.exceptions import ChannelError
+from ..store.results import error_summary, summary_of
+from ..store.results import task_id as result_id_of
+from amqp.exceptions import AMQPError, ChannelError
 
 from .app import DIRECT_EXCHANGE, TIME_LIMITS, declare_dead_letter_queue, direct_queue
 from .executor import Feed, queue_of
 from .routing import BACKLOG, AffinityRouter, built, wanted
-from .settings import FleetSettings
+from ..settings import FleetSettings
 from .signing import sign, task_key
 
 log = logging.getLogger(__name__)
 
+# what talking to a broker that is restarting raises: kombu's, the socket's, and py-amqp's own
+# (CONNECTION_FORCED while RabbitMQ shuts down is none of the first two)
+BROKER_ERRORS = (OperationalError, ConnectionError, OSError, AMQPError)
 RETRY_POLICY = {"max_retries": None, "interval_start": 0.5, "interval_step": 0.5, "interval_max": 5}
 
 
@@ -80,6 +83,8 @@ class CeleryExecutor:
         # how each task's outcome reached the master: "backend" (the reply queue, the normal way),
         # "store" (a result found by polling the store), "dead" (dead-lettered), "deadline"
         self.outcomes: Counter[str] = Counter()
+        self.found_in_store = False  # the last look in the store found pending results
+        self.resubscribe = False  # the reply queue must be consumed again (_resubscribe)
 
     @property
     def nodes(self) -> set[str]:
@@ -181,6 +186,8 @@ class CeleryExecutor:
         first so that the freed worker gets its next task at once."""
         if not pending:
             return
+        if self.resubscribe:
+            self._resubscribe(pending)
         try:
             for task_id, meta in self.app.backend.iter_native(
                 ResultSet([s.result for s in pending.values()]), timeout=timeout, no_ack=True,
@@ -194,9 +201,29 @@ class CeleryExecutor:
                         return
         except CeleryTimeout:
             pass
-        except (OperationalError, ConnectionError, OSError) as exc:
+        except (*BROKER_ERRORS, RuntimeError) as exc:  # RuntimeError: Celery's own reconnection gave up
+            if isinstance(exc, RuntimeError) and "reconnect" not in str(exc):
+                raise
             log.warning("result backend unreachable (%s); reading results from the store", exc)
+            self.resubscribe = True
             time.sleep(timeout)
+
+    def _resubscribe(self, pending: dict[str, Sent]) -> None:
+        """Consume the reply queue again, on a fresh connection, declaring the queue first: it is
+        auto-delete, so a broker restart that closed our connection may have deleted it, and
+        Celery's own reconnection then consumes nothing (results came only from the store, and a
+        generation took 8x as long). Replies sent while it was gone are read from the store."""
+        backend = self.app.backend
+        try:
+            with self.app.connection_for_write() as conn:
+                backend.binding(conn.default_channel).declare()
+            backend.result_consumer.on_after_fork()  # Celery's reset: forget the old connection and consumer
+            backend.result_consumer.consume_from(next(iter(pending)))  # one queue carries every reply
+        except BROKER_ERRORS as exc:
+            log.warning("cannot subscribe to the reply queue yet (%s)", exc)
+            return
+        self.resubscribe = False
+        log.warning("subscribed to the reply queue %s again", backend.oid)
 
     def _on_state(self, meta: dict, pending: dict[str, Sent]) -> None:
         """Every state a worker reports: STARTED starts the task's deadline, and names a live node."""
@@ -222,15 +249,22 @@ class CeleryExecutor:
                 self.router.record(node, genome_id)
 
     def _from_store(self, pending: dict[str, Sent]) -> Iterator[dict]:
+        """Pending results that are in the store. A result is stored a moment before its reply is
+        sent, so one look may find one first; finding some on two looks in a row means replies
+        are not arriving, and the reply queue is subscribed to again."""
+        found = 0
         for task_id in list(pending):
             doc = self.store.get_result(task_id)
             if doc is not None:
+                found += 1
                 sent = pending.pop(task_id)
                 self.outcomes["store"] += 1
-                summary = {k: doc.get(k) for k in ("_id", "genome_id", "fitness", "build", "seconds", "worker", "error",
-                                                   "transient", "node", "holds")}
+                summary = summary_of(doc)
                 self._learn(doc.get("node"), sent.task, summary)
                 yield summary
+        if found and self.found_in_store:
+            self.resubscribe = True
+        self.found_in_store = bool(found)
 
     def _dead(self, pending: dict[str, Sent]) -> Iterator[dict]:
         """Summaries of our pending tasks that the broker dead-lettered: delivered up to the delivery
@@ -252,7 +286,7 @@ class CeleryExecutor:
                         self.outcomes["dead"] += 1
                         yield error_summary(task_id, sent.task, reason)
                     message.ack()
-        except (OperationalError, ConnectionError, OSError) as exc:
+        except BROKER_ERRORS as exc:
             log.warning("cannot read the dead-letter queue (%s)", exc)
 
     # --- liveness ---------------------------------------------------------------------------
@@ -261,7 +295,7 @@ class CeleryExecutor:
         """The workers among `nodes` that answer within a second (all of them while the broker is down)."""
         try:
             replies = self.app.control.ping(destination=nodes, timeout=1.0, limit=len(nodes))
-        except (OperationalError, ConnectionError, OSError) as exc:
+        except BROKER_ERRORS as exc:
             log.warning("cannot ping workers (%s)", exc)
             return set(nodes)  # the broker is down, not necessarily the workers
         return {node for reply in replies for node in reply}
@@ -294,7 +328,7 @@ class CeleryExecutor:
         try:
             with self.app.connection_for_write() as conn:
                 conn.default_channel.queue_delete(direct_queue(node, self.app.conf.task_default_queue).name)
-        except (OperationalError, ConnectionError, OSError) as exc:
+        except BROKER_ERRORS as exc:
             log.warning("could not delete the queue of %s (%s)", node, exc)
 
 

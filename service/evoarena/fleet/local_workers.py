@@ -11,6 +11,8 @@ import time
 import uuid
 from pathlib import Path
 
+from amqp.exceptions import AMQPError
+
 from .app import broker_url, dead_letter_queue, direct_queue, make_app
 
 
@@ -43,7 +45,11 @@ class LocalWorkers:
             for node, proc in self.procs.items():
                 if proc.poll() is not None:
                     raise RuntimeError(f"worker {node} exited with code {proc.returncode}; see {self.logs}")
-            alive = {n for r in self.app.control.ping(destination=list(self.procs), timeout=1.0) for n in r}
+            try:
+                alive = {n for r in self.app.control.ping(destination=list(self.procs), timeout=1.0) for n in r}
+            except (OSError, AMQPError) as exc:  # a pooled connection the broker closed (it restarted)
+                print(f"warning: ping failed ({exc}); trying again", file=sys.stderr)
+                alive = set()
             if alive >= set(self.procs):
                 return
         raise RuntimeError(f"workers {sorted(set(self.procs) - alive)} did not answer within {timeout:.0f} s")
