@@ -272,79 +272,82 @@ def test_a_worker_silent_for_less_than_the_heartbeat_window_keeps_its_tasks(flee
     assert_one_result_per_individual(fleet.store, spec)
 
 
-@pytest.mark.skipif(shutil.which("rabbitmqctl") is None, reason="needs rabbitmqctl to restart the broker")
-def settled_after(store):
-    """A wait for two more complete generations: the master has noticed what happened by then (the
-    results of the moment itself are read from the store), and what comes next is counted."""
+def test_a_worker_whose_queue_was_deleted_as_dead_declares_a_fresh_one_and_is_reached_again(fleet):
+    from amqp.exceptions import NotFound
 
-    def settled(name: str) -> None:
-        now = store.last_generation(name)
-        deadline = time.monotonic() + 60
-        while (store.last_generation(name) or 0) < now + 2 and time.monotonic() < deadline:
-            time.sleep(0.05)
+    node = fleet.start("alpha")
+    fleet.wait_ready()
+    executor = fleet.executor()
+    executor._delete_direct_queue(node)  # what the master does to a worker silent for the whole window
 
-    return settled
+    deadline, consumers = time.monotonic() + 30, 0
+    while consumers == 0 and time.monotonic() < deadline:
+        try:
+            with fleet.app.connection_for_write() as conn:
+                consumers = conn.default_channel.queue_declare(f"{node}.dq2", passive=True).consumer_count
+        except NotFound:
+            time.sleep(0.2)
+    assert consumers == 1
+    direct = {"exchange": "C.dq2", "routing_key": node, "declare": [], "mandatory": True}  # as the master sends
+    assert fleet.app.send_task("evoarena.noop", **direct).get(timeout=30) == {"node": node}
 
 
-def test_the_run_survives_a_broker_restart_and_hears_results_through_the_backend_again(fleet, tmp_path):
-    spec = parse_spec(spec_dict("fleet-restart", generations=10, slow=True))
+def outcomes_after(fleet, tmp_path, name: str, fault) -> Counter:
+    """Run a 10-generation experiment on two workers; once generation 0 is stored, `fault()`
+    happens. Return how the results reached the master once it had settled after the fault (two
+    more generations: the results of the moment itself are read from the store), checking that
+    the evolution is the uninterrupted one."""
+    spec = parse_spec(spec_dict(name, generations=10, slow=True))
     fleet.start("alpha")
     fleet.start("beta")
     fleet.wait_ready()
-    executor = fleet.executor()
-    outcomes = {}  # how results reached the master, counted once it has settled after the restart
-    settled = settled_after(fleet.store)
+    executor, before = fleet.executor(), Counter()
 
-    def restart_broker():
+    def at_generation_one():
         while fleet.store.last_generation(spec.name) is None:
             time.sleep(0.1)
+        fault()
+        now, deadline = fleet.store.last_generation(spec.name), time.monotonic() + 60
+        while fleet.store.last_generation(spec.name) < now + 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        before.update(executor.outcomes)
+
+    thread = threading.Thread(target=at_generation_one)
+    thread.start()
+    try:
+        scheduler.run(spec, fleet.store, executor)
+    finally:
+        thread.join()
+    assert evolution(fleet.store, spec.name) == local_reference(tmp_path, spec)
+    assert_one_result_per_individual(fleet.store, spec)
+    return executor.outcomes - before
+
+
+@pytest.mark.skipif(shutil.which("rabbitmqctl") is None, reason="needs rabbitmqctl to restart the broker")
+def test_the_run_survives_a_broker_restart_and_hears_results_through_the_backend_again(fleet, tmp_path):
+    def restart_broker():
         subprocess.run(["rabbitmqctl", "stop_app"], check=True, capture_output=True)
         time.sleep(3)
         subprocess.run(["rabbitmqctl", "start_app"], check=True, capture_output=True)
         subprocess.run(["rabbitmqctl", "await_startup"], check=True, capture_output=True)
-        settled(spec.name)
-        outcomes.update(executor.outcomes)
 
-    restarter = threading.Thread(target=restart_broker)
-    restarter.start()
     try:
-        scheduler.run(spec, fleet.store, executor)
+        after = outcomes_after(fleet, tmp_path, "fleet-restart", restart_broker)
     finally:
-        restarter.join()
         subprocess.run(["rabbitmqctl", "start_app"], capture_output=True)  # never leave the broker stopped
 
-    assert evolution(fleet.store, spec.name) == local_reference(tmp_path, spec)
-    assert_one_result_per_individual(fleet.store, spec)
-    # after the restart the master is subscribed to its reply queue again: results come through
-    # it, not from polling the store every few seconds (which made generations 8x slower)
-    after = executor.outcomes - Counter(outcomes)
+    # the master is subscribed to its reply queue again: results come through it, not from
+    # polling the store every few seconds (which made generations 8x slower)
     assert after["backend"] >= 0.9 * sum(after.values()) > 0, dict(after)
 
 
 def test_when_the_reply_queue_is_lost_mid_run_results_come_through_the_backend_again(fleet, tmp_path):
-    spec = parse_spec(spec_dict("fleet-reply-lost", generations=10, slow=True))
-    fleet.start("alpha")
-    fleet.start("beta")
-    fleet.wait_ready()
-    executor = fleet.executor()
-    outcomes = {}
-    settled = settled_after(fleet.store)
-
-    def delete_reply_queue():  # as a broker restart may (the queue is auto-delete)
-        while fleet.store.last_generation(spec.name) is None:
-            time.sleep(0.1)
+    def delete_reply_queue():  # as a broker restart may: the queue is auto-delete
         with fleet.app.connection_for_write() as conn:
             conn.default_channel.queue_delete(fleet.app.backend.oid)
-        settled(spec.name)
-        outcomes.update(executor.outcomes)
 
-    deleter = threading.Thread(target=delete_reply_queue)
-    deleter.start()
-    scheduler.run(spec, fleet.store, executor)
-    deleter.join()
+    after = outcomes_after(fleet, tmp_path, "fleet-reply-lost", delete_reply_queue)
 
-    assert evolution(fleet.store, spec.name) == local_reference(tmp_path, spec)
-    after = executor.outcomes - Counter(outcomes)
     assert after["backend"] >= 0.9 * sum(after.values()) > 0, dict(after)
 
 

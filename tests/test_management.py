@@ -52,7 +52,7 @@ def test_the_management_api_shows_the_fleets_queues_with_their_consumers_and_mes
     running = threading.Event()
 
     def watch():  # what an operator sees while the run goes on
-        names = (fleet.queue, f"{fleet.queue}.dead", *(f"{node}.dq2" for node in nodes))
+        names = (fleet.queue, f"{fleet.queue}.dead", fleet.app.backend.oid, *(f"{node}.dq2" for node in nodes))
         while running.is_set() and len(seen) < len(names):
             for name in names:
                 shown = queue(name)
@@ -74,6 +74,8 @@ def test_the_management_api_shows_the_fleets_queues_with_their_consumers_and_mes
     assert shared["arguments"]["x-delivery-limit"] == 3
     assert shared["arguments"]["x-dead-letter-routing-key"] == f"{fleet.queue}.dead"
     assert seen[f"{fleet.queue}.dead"]["type"] == "quorum"
+    replies = seen[fleet.app.backend.oid]  # the master's: gone an hour after it stops using it
+    assert (replies["consumers"], replies["auto_delete"], replies["arguments"]["x-expires"]) == (1, True, 3_600_000)
     for node in nodes:
         direct = seen[f"{node}.dq2"]
         assert (direct["type"], direct["consumers"]) == ("quorum", 1)

@@ -50,3 +50,21 @@ def test_a_value_of_the_wrong_type_names_its_variable():
 def test_a_delivery_limit_below_one_is_refused():
     with pytest.raises(ValueError, match="EVOARENA_DELIVERY_LIMIT=0"):
         FleetSettings.from_env({"EVOARENA_DELIVERY_LIMIT": "0"})
+
+
+@pytest.mark.parametrize(("raw", "value"), [("false", False), ("0", False), ("off", False), ("true", True), ("Yes", True)])
+def test_switches_read_the_usual_spellings(raw, value):
+    assert FleetSettings.from_env({"EVOARENA_AFFINITY": raw}).affinity is value
+
+
+def test_a_switch_that_is_not_a_switch_names_its_variable():
+    with pytest.raises(ValueError, match="EVOARENA_AFFINITY='maybe' is not one of 1, true"):
+        FleetSettings.from_env({"EVOARENA_AFFINITY": "maybe"})
+
+
+def test_the_time_limit_sets_every_ops_limits():
+    from evoarena.fleet.app import time_limits
+
+    limits = time_limits(FleetSettings.from_env({"EVOARENA_TIME_LIMIT_S": "3600"}).time_limit_s)
+    assert limits["train_pair"] == limits["match"] == limits["cross_train"] == (3000.0, 3600.0)
+    assert limits["evaluate"] == (1500.0, 1800.0)

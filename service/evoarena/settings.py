@@ -34,11 +34,19 @@ class FromEnv:
             if not raw:
                 continue
             kind = type(field.default)
+            if kind is bool:
+                if raw.lower() not in _BOOLEANS:
+                    raise ValueError(f"{name}={raw!r} is not one of {', '.join(_BOOLEANS)}")
+                values[field.name] = _BOOLEANS[raw.lower()]
+                continue
             try:
                 values[field.name] = kind(raw)
             except ValueError:
                 raise ValueError(f"{name}={raw!r} is not {'an integer' if kind is int else 'a number'}") from None
         return cls(**values)
+
+
+_BOOLEANS = {"1": True, "true": True, "yes": True, "on": True, "0": False, "false": False, "no": False, "off": False}
 
 
 @dataclass(frozen=True)
@@ -88,12 +96,21 @@ class FleetSettings(FromEnv):
     """A worker's own queue is deleted by the broker this long after its last use."""
     heartbeat_window_s: float = 30.0
     """A worker silent this long (no task started or finished, no answer to a ping) is gone."""
+    time_limit_s: float = 1800.0
+    """The hard time limit of the longest tasks (an arena op's chunk); an evaluation gets half
+    (fleet/app.py: time_limits). The chart's fleet.taskHardTimeLimitSeconds."""
+    affinity: bool = True
+    """Send a child to the worker that holds its parent (fleet/routing.py); off: shared queue only."""
+    backlog: int = 0
+    """Tasks that may wait on one worker while it holds what they need; 0: each op's own (routing.BACKLOG)."""
     log_level: str = "WARNING"
     """For Celery's and evoarena's loggers."""
 
     def __post_init__(self) -> None:
         if self.delivery_limit < 1:
             raise ValueError(f"EVOARENA_DELIVERY_LIMIT={self.delivery_limit}: at least one delivery is needed")
+        if self.time_limit_s < 60:
+            raise ValueError(f"EVOARENA_TIME_LIMIT_S={self.time_limit_s:g}: give a task at least a minute")
 
 
 def device_for(slot: int, gpus: int, wanted: str | None = None) -> str:

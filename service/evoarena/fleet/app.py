@@ -40,14 +40,17 @@ from ..store.results import task_id
 
 log = logging.getLogger(__name__)
 
-# (soft, hard) limits in seconds per op. Long training is split into chunks below these.
-TIME_LIMITS = {
-    "evaluate": (600, 900),
-    "train_pair": (1500, 1800),
-    "match": (1500, 1800),
-    "cross_train": (1500, 1800),
-    "sleep": (60, 120),  # bench/scale.py's stand-in for GPU work: it only sleeps
-}
+def time_limits(longest_s: float) -> dict[str, tuple[float, float]]:
+    """(soft, hard) time limits in seconds per op, from the hard limit of the longest ops (the
+    arena's, EVOARENA_TIME_LIMIT_S): an evaluation gets half, and each op's soft limit (an
+    exception the task can still report) comes a sixth before its hard one (the process is killed).
+    Long training is split into chunks well below these."""
+    arena = (longest_s * 5 / 6, longest_s)
+    return {"evaluate": (arena[0] / 2, arena[1] / 2), "train_pair": arena, "match": arena, "cross_train": arena,
+            "sleep": (60, 120)}  # bench/scale.py's stand-in for GPU work: it only sleeps
+
+
+TIME_LIMITS = time_limits(FleetSettings.from_env().time_limit_s)
 LONGEST_TASK_S = max(hard for _, hard in TIME_LIMITS.values())
 
 

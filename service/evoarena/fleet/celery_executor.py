@@ -63,16 +63,18 @@ class Sent:
 
 
 class CeleryExecutor:
-    def __init__(self, app: Celery, store: ResultStore, affinity: bool = True, backlog: int | None = None,
+    def __init__(self, app: Celery, store: ResultStore, affinity: bool | None = None, backlog: int | None = None,
                  ping_every: float = 3.0, store_every: float = 2.0, heartbeat_window: float | None = None):
+        """`affinity`, `backlog` and `heartbeat_window` default to the fleet's settings (settings.py)."""
+        settings = FleetSettings.from_env()
         self.app = app
         self.store = store
-        self.router = AffinityRouter() if affinity else None
+        self.router = AffinityRouter() if (settings.affinity if affinity is None else affinity) else None
         self.key = task_key()  # with a key (EVOARENA_TASK_KEY), every task is signed: fleet/signing.py
-        self.backlog = backlog
+        self.backlog = backlog or settings.backlog or None
         self.ping_every = ping_every
         self.store_every = store_every
-        self.window = heartbeat_window or FleetSettings.from_env().heartbeat_window_s
+        self.window = heartbeat_window or settings.heartbeat_window_s
         self.dead_letters = declare_dead_letter_queue(app)
         # Live workers, learned from the tasks they start and finish: a worker that ran a task of
         # ours consumes our queue. Nothing is asked up front: a first ping waits its whole timeout
