@@ -342,9 +342,12 @@ def test_the_run_survives_a_broker_restart_and_hears_results_through_the_backend
 
 
 def test_when_the_reply_queue_is_lost_mid_run_results_come_through_the_backend_again(fleet, tmp_path):
+    reply_queue = fleet.app.backend.oid  # the master's (Celery names one per thread: read it in the master's)
+
     def delete_reply_queue():  # as a broker restart may: the queue is auto-delete
         with fleet.app.connection_for_write() as conn:
-            conn.default_channel.queue_delete(fleet.app.backend.oid)
+            assert conn.default_channel.queue_declare(reply_queue, passive=True).consumer_count == 1
+            conn.default_channel.queue_delete(reply_queue)
 
     after = outcomes_after(fleet, tmp_path, "fleet-reply-lost", delete_reply_queue)
 
