@@ -38,7 +38,7 @@ COPY --from=build /wheels /wheels
 # DL3013: this is the wheel built above; its dependencies are pinned by pyproject's ranges.
 # hadolint ignore=DL3013
 RUN set -- /wheels/evoarena-*.whl \
-    && pip install --no-cache-dir "$1" \
+    && pip install --no-cache-dir "$1[monitor]" \
     && rm -rf /wheels \
     && useradd --uid 10001 --create-home --shell /usr/sbin/nologin evoarena \
     && mkdir -p /var/cache/evoarena/noise \

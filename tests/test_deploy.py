@@ -412,8 +412,21 @@ def test_the_default_keda_query_counts_the_workers_direct_queues(helm):
 
     assert trigger["metadata"]["useRegex"] == "true" and trigger["metadata"]["operation"] == "sum"
     assert pattern.match("evoarena") and pattern.match("evoarena@arena-evoarena-worker-7d9c-x2x.dq2")
-    assert not pattern.match("evoarena@arena-evoarena-worker-7d9c-x2x.celery.pidbox")
+    assert not pattern.match("evoarena@arena-evoarena-worker-7d9c-x2x.evoarena.pidbox")
     assert not pattern.match("evoarena.dead")  # dead letters are the master's to read, not work
+
+
+def test_flower_runs_only_when_asked_with_the_fleets_environment_and_its_login(rendered):
+    assert not [o for o in rendered["default"] if "flower" in o["metadata"]["name"]]
+
+    objects = rendered["keda"]  # helm/evoarena/ci/keda-values.yaml enables it
+    (container,) = one(objects, "Deployment", f"{RELEASE}-evoarena-flower")["spec"]["template"]["spec"]["containers"]
+    assert container["command"] + container["args"][:3] == ["celery", "--app", "evoarena.fleet.app", "flower"]
+    assert container["envFrom"] == worker_container(objects)["envFrom"]  # the same broker and queue names
+    assert container["env"] == [{"name": "FLOWER_BASIC_AUTH", "valueFrom": {"secretKeyRef": {
+        "name": "evoarena-flower-login", "key": "FLOWER_BASIC_AUTH"}}}]
+    service = one(objects, "Service", f"{RELEASE}-evoarena-flower")["spec"]
+    assert (service["type"], service["ports"][0]["port"]) == ("ClusterIP", 5555)
 
 
 def test_the_chart_sets_the_fleet_settings_the_code_reads(helm, rendered):
@@ -426,10 +439,12 @@ def test_the_chart_sets_the_fleet_settings_the_code_reads(helm, rendered):
     chosen = template(helm, "--set", "fleet.deliveryLimit=5", "--set", "fleet.heartbeatWindowSeconds=12",
                       "--set", "fleet.directQueueExpiresSeconds=600", "--set", "fleet.logLevel=INFO",
                       "--set", "fleet.taskHardTimeLimitSeconds=3600", "--set", "fleet.affinity=false",
-                      "--set", "fleet.backlog=4", "--set", "worker.terminationGracePeriodSeconds=3900",
+                      "--set", "fleet.backlog=4", "--set", "fleet.taskEvents=false",
+                      "--set", "worker.terminationGracePeriodSeconds=3900",
                       "--set", "rabbitmq.consumerTimeoutMs=4000000")
     assert settings(chosen) == FleetSettings(delivery_limit=5, heartbeat_window_s=12.0, direct_queue_expires_s=600.0,
-                                             log_level="INFO", time_limit_s=3600.0, affinity=False, backlog=4)
+                                             log_level="INFO", time_limit_s=3600.0, affinity=False, backlog=4,
+                                             task_events=False)
 
 
 def test_the_submitter_may_do_what_submit_does_and_nothing_more(rendered):

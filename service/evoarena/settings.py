@@ -103,6 +103,8 @@ class FleetSettings(FromEnv):
     """Send a child to the worker that holds its parent (fleet/routing.py); off: shared queue only."""
     backlog: int = 0
     """Tasks that may wait on one worker while it holds what they need; 0: each op's own (routing.BACKLOG)."""
+    task_events: bool = True
+    """Workers send Celery task events (received, started, succeeded...): Flower shows them."""
     log_level: str = "WARNING"
     """For Celery's and evoarena's loggers."""
 

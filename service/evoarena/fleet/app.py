@@ -103,7 +103,8 @@ class Consumer(CeleryConsumer):
 
 
 def make_app(broker: str | None = None, queue: str | None = None) -> Celery:
-    queue = queue or shared_queue()
+    settings = FleetSettings.from_env()
+    queue = queue or settings.queue
     app = Celery("evoarena", broker=broker or broker_url(), backend="rpc://")
     app.conf.update(
         # invariant 7: nothing but JSON crosses the broker, in either direction
@@ -131,7 +132,13 @@ def make_app(broker: str | None = None, queue: str | None = None) -> Celery:
         result_expires=3600,
         worker_hijack_root_logger=False,
         worker_redirect_stdouts=False,  # the per-task JSON lines go to stdout as they are
-        worker_send_task_events=False,
+        # task events for Flower (and `celery events`): received, started, succeeded, failed...
+        worker_send_task_events=settings.task_events,
+        task_send_sent_event=settings.task_events,
+        # events and remote control (pings) on exchanges of this fleet's own: another fleet on the
+        # same broker neither answers our pings nor floods our Flower with its tasks
+        event_exchange=f"{queue}.ev",
+        control_exchange=queue,
     )
     for op in work.OPS:
         _register(app, op)

@@ -80,6 +80,13 @@ class LocalWorkers:
                 except Exception as exc:  # noqa: BLE001 - cleanup goes on with the next queue
                     print(f"warning: could not delete queue {name}: {exc}", file=sys.stderr)
                     channel = conn.channel()
+            # and the fleet's own exchanges: its queue's, its events' and its remote control's
+            for name in [self.queue, f"{self.queue}.ev", f"{self.queue}.pidbox", f"reply.{self.queue}.pidbox"]:
+                try:
+                    channel.exchange_delete(name)
+                except Exception as exc:  # noqa: BLE001 - cleanup goes on with the next exchange
+                    print(f"warning: could not delete exchange {name}: {exc}", file=sys.stderr)
+                    channel = conn.channel()
 
     def log(self, name: str) -> str:
         """What worker `name` (as given to start) has printed so far."""
