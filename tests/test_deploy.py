@@ -112,10 +112,27 @@ KEDA_SCHEMAS = {
 }
 
 
+# The part of the Prometheus Operator's ServiceMonitor the chart uses (its CRD is not in
+# kubernetes-validate either).
+SERVICE_MONITOR_SCHEMA = {
+    "type": "object", "required": ["apiVersion", "kind", "metadata", "spec"],
+    "properties": {"apiVersion": {"const": "monitoring.coreos.com/v1"}, "metadata": _KEDA_META, "spec": {
+        "type": "object", "additionalProperties": False, "required": ["selector", "endpoints"], "properties": {
+            "selector": {"type": "object", "additionalProperties": False, "required": ["matchLabels"],
+                         "properties": {"matchLabels": {"type": "object", "additionalProperties": {"type": "string"}}}},
+            "endpoints": {"type": "array", "minItems": 1, "items": {
+                "type": "object", "additionalProperties": False, "required": ["port"],
+                "properties": {"port": {"type": "string"}, "interval": {"type": "string", "pattern": "^[0-9]+[smh]$"}}}}}}},
+}
+
+
 def validate(obj: dict) -> None:
     """Raise if `obj` does not match its kind's schema (strict: no unknown fields)."""
     if obj["apiVersion"].startswith("keda.sh/"):
         jsonschema.validate(obj, KEDA_SCHEMAS[obj["kind"]])
+        return
+    if obj["apiVersion"].startswith("monitoring.coreos.com/"):
+        jsonschema.validate(obj, SERVICE_MONITOR_SCHEMA)
         return
     for version in KUBERNETES_VERSIONS:
         kubernetes_validate.validate(obj, version, strict=True)
@@ -427,6 +444,25 @@ def test_flower_runs_only_when_asked_with_the_fleets_environment_and_its_login(r
         "name": "evoarena-flower-login", "key": "FLOWER_BASIC_AUTH"}}}]
     service = one(objects, "Service", f"{RELEASE}-evoarena-flower")["spec"]
     assert (service["type"], service["ports"][0]["port"]) == ("ClusterIP", 5555)
+
+
+def test_metrics_are_off_by_default_and_scraped_from_the_workers_port_when_on(rendered):
+    from evoarena.settings import Settings
+
+    assert "EVOARENA_METRICS_PORT" not in one(rendered["default"], "ConfigMap", f"{RELEASE}-evoarena-config")["data"]
+    assert "ports" not in worker_container(rendered["default"])
+
+    objects = rendered["gpu"]  # helm/evoarena/ci/gpu-values.yaml turns them on
+    config = one(objects, "ConfigMap", f"{RELEASE}-evoarena-config")["data"]
+    assert Settings.from_env(config).metrics_port == 9100  # what the workers will serve on
+    assert worker_container(objects)["ports"] == [{"name": "metrics", "containerPort": 9100}]
+    service = one(objects, "Service", f"{RELEASE}-evoarena-worker-metrics")
+    pod_labels = one(objects, "Deployment", f"{RELEASE}-evoarena-worker")["spec"]["template"]["metadata"]["labels"]
+    assert service["spec"]["selector"].items() <= pod_labels.items()
+    assert service["spec"]["ports"] == [{"name": "metrics", "port": 9100, "targetPort": "metrics"}]
+    monitor = one(objects, "ServiceMonitor", f"{RELEASE}-evoarena-worker")["spec"]
+    assert monitor["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
+    assert monitor["endpoints"] == [{"port": "metrics", "interval": "30s"}]
 
 
 def test_the_chart_sets_the_fleet_settings_the_code_reads(helm, rendered):

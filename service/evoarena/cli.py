@@ -87,6 +87,10 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
     else:
         executor, where = LocalExecutor(config, spec.executor.workers), f"{spec.executor.workers} local workers"
     print(f"{spec.name}: {_size(spec)} on {where}; store {redact(store_url)}")
+    if settings.metrics_port:
+        from .metrics import serve
+
+        serve(settings.metrics_port)
     try:
         final = scheduler.run(spec, store, executor, on_progress=ProgressLine())
     except RuntimeError as exc:
@@ -145,6 +149,14 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
 
     if args.cache_mb:
         os.environ["EVOARENA_CACHE_MB"] = str(args.cache_mb)
+    if settings.metrics_port:
+        import tempfile
+
+        # each pool process keeps its counts here, before prometheus_client is first imported
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="evoarena-metrics-")
+        from .metrics import serve_worker
+
+        serve_worker(settings.metrics_port)
     from .fleet.app import app, shared_queue
     from .settings import FleetSettings
 

@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from . import metrics
 from .evolve import Algorithm, EventAlgorithm, Step
 from .fleet.executor import Executor, Feed
 from .materialize import CACHE_HITS
@@ -148,6 +149,7 @@ def run_steps(spec: ExperimentSpec, store: ResultStore, executor: Executor, algo
         doc = algo.advance(index, state, step, results)
         doc["stats"] = {**doc.get("stats", {}), **stats}
         store.put_generation(spec.name, index, {"complete": True, **doc, "updated": time.time()})
+        metrics.STEPS.labels(spec.name).set(index + 1)
         state = store.get_generation(spec.name, index)
         if on_progress:
             s = state["stats"]

@@ -66,6 +66,8 @@ class Settings(FromEnv):
     task_key: str = ""
     """The fleet's key: the master signs every task with it, workers run only signed tasks
     (fleet/signing.py). A secret: the chart generates it into the release's env Secret."""
+    metrics_port: int = 0
+    """Where a worker or the master serves Prometheus metrics (metrics.py); 0: nowhere."""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "noise_dir", Path(self.noise_dir).expanduser())

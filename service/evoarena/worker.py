@@ -114,6 +114,10 @@ class Worker:
             )
         return self._materializers[key]
 
+    def cache_bytes(self) -> int:
+        """Bytes of weights in this worker's parent caches (all noise tables together)."""
+        return sum(m.cache.used for m in self._materializers.values())
+
     def hit_rate(self) -> float:
         """Share of this worker's builds that came from its cache (all noise tables together)."""
         stats = [m.stats for m in self._materializers.values()]
@@ -237,8 +241,11 @@ class Worker:
             raise
 
     def _evaluate(self, task: dict, genome: Genome) -> dict:
+        from .metrics import MATERIALIZE_SECONDS
+
         materializer = self.materializer(task["noise"])
-        weights, build = materializer.build_how(genome)
+        with MATERIALIZE_SECONDS.time():
+            weights, build = materializer.build_how(genome)
         metrics = PROBLEMS[task["problem"]["kind"]].evaluate(genome.arch, weights.flat, self.data(task["problem"]))
         checkpoints = [self._save(ancestor(genome, i), materializer, task["experiment"]) for i in task.get("checkpoint", [])]
         return {"fitness": metrics.pop("fitness"), "metrics": metrics, "build": build, "checkpoints": checkpoints}

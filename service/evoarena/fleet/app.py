@@ -29,11 +29,12 @@ import sys
 import time
 
 from celery import Celery
-from celery.signals import celeryd_after_setup
+from celery.signals import celeryd_after_setup, worker_process_shutdown
 from celery.worker.consumer import Consumer as CeleryConsumer
 from kombu import Exchange, Queue
 
 from .. import worker as work
+from .. import metrics
 from ..process import process_worker
 from ..settings import FleetSettings
 from ..store.results import task_id
@@ -185,6 +186,11 @@ def _consume_direct_queue(sender: str, instance, **kwargs) -> None:
     declare_dead_letter_queue(instance.app)
 
 
+@worker_process_shutdown.connect
+def _forget_process(pid: int, **kwargs) -> None:
+    metrics.process_ended(pid)
+
+
 def malformed(message) -> str | None:
     """Why a task message is not one our master sends (Celery's protocol 2 with one JSON object as
     the only argument), or None. Celery itself unpacks the body in the worker's main process, so a
@@ -239,6 +245,7 @@ def _register(app: Celery, op: str) -> None:
         print(json.dumps({"started": op, "task": self.request.id, "node": worker.node}), file=sys.stdout, flush=True)
         summary = work.run_on(worker, op, payload)
         summary["node"] = worker.node
+        metrics.record_task(op, summary, time.perf_counter() - started, worker.cache_bytes())
         print(json.dumps({"op": op, "task": self.request.id, "genome": payload.get("genome", {}).get("id"),
                           "node": summary["node"], "build": summary.get("build"), "hit_rate": round(worker.hit_rate(), 4),
                           # a delivery the broker made before (its worker died before acknowledging it)

@@ -30,20 +30,20 @@ from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+from amqp.exceptions import AMQPError, ChannelError
 from celery import Celery
 from celery.exceptions import TimeoutError as CeleryTimeout
 from celery.result import AsyncResult, ResultSet
 from kombu.exceptions import OperationalError
 
+from .. import metrics
+from ..settings import FleetSettings
 from ..store import ResultStore
 from ..store.results import error_summary, summary_of
 from ..store.results import task_id as result_id_of
-from amqp.exceptions import AMQPError, ChannelError
-
 from .app import DIRECT_EXCHANGE, TIME_LIMITS, declare_dead_letter_queue, direct_queue
 from .executor import Feed, queue_of
 from .routing import BACKLOG, AffinityRouter, built, wanted
-from ..settings import FleetSettings
 from .signing import sign, task_key
 
 log = logging.getLogger(__name__)
@@ -106,6 +106,7 @@ class CeleryExecutor:
         last_ping = last_store = time.monotonic()
         while queue or pending:
             self._dispatch(op, queue, pending, started)
+            metrics.PENDING.set(len(queue) + len(pending))
             # with tasks waiting (or a feed that may grow), return after one result so they go out at once
             yield from self._collect(pending, timeout=0.25, first_only=bool(queue) or isinstance(queue, Feed))
             now = time.monotonic()
