@@ -68,6 +68,8 @@ class Settings(FromEnv):
     (fleet/signing.py). A secret: the chart generates it into the release's env Secret."""
     metrics_port: int = 0
     """Where a worker or the master serves Prometheus metrics (metrics.py); 0: nowhere."""
+    progress_every: int = 1
+    """Off a terminal, `evoarena run` prints the line of every this many steps (logs.ProgressLine)."""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "noise_dir", Path(self.noise_dir).expanduser())

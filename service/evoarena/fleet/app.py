@@ -22,10 +22,8 @@ limit, or the broker closes the channel of a worker that is still busy.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
-import sys
 import time
 
 from celery import Celery
@@ -34,12 +32,11 @@ from celery.worker.consumer import Consumer as CeleryConsumer
 from kombu import Exchange, Queue
 
 from .. import worker as work
-from .. import metrics
+from .. import logs, metrics
 from ..process import process_worker
 from ..settings import FleetSettings
 from ..store.results import task_id
 
-log = logging.getLogger(__name__)
 
 def time_limits(longest_s: float) -> dict[str, tuple[float, float]]:
     """(soft, hard) time limits in seconds per op, from the hard limit of the longest ops (the
@@ -224,8 +221,7 @@ def checked_strategy(task, app, consumer, **kwargs):
         problem = malformed(message)
         if problem is None:
             return handler(message, body, ack, reject, callbacks, **kw)
-        print(json.dumps({"rejected": task.name, "id": (message.headers or {}).get("id"), "why": problem}),
-              file=sys.stdout, flush=True)
+        logs.event({"rejected": task.name, "id": (message.headers or {}).get("id"), "why": problem})
         message.reject_log_error(logging.getLogger(__name__), consumer.connection_errors, requeue=False)
         return None
 
@@ -242,18 +238,16 @@ def _register(app: Celery, op: str) -> None:
         worker = process_worker()
         worker.node = self.request.hostname
         # two JSON lines per task on stdout, for `kubectl logs`: this one, and the summary below
-        print(json.dumps({"started": op, "task": self.request.id, "node": worker.node}), file=sys.stdout, flush=True)
+        logs.event({"started": op, "task": self.request.id, "node": worker.node})
         summary = work.run_on(worker, op, payload)
         summary["node"] = worker.node
         metrics.record_task(op, summary, time.perf_counter() - started, worker.cache_bytes())
-        print(json.dumps({"op": op, "task": self.request.id, "genome": payload.get("genome", {}).get("id"),
-                          "node": summary["node"], "build": summary.get("build"), "hit_rate": round(worker.hit_rate(), 4),
-                          # a delivery the broker made before (its worker died before acknowledging it)
-                          "redelivered": bool((self.request.delivery_info or {}).get("redelivered")),
-                          "error": summary.get("error"),
-                          "seconds": round(time.perf_counter() - started, 4)}), file=sys.stdout, flush=True)
+        logs.event({"op": op, "task": self.request.id, "genome": payload.get("genome", {}).get("id"),
+                    "node": summary["node"], "build": summary.get("build"), "hit_rate": round(worker.hit_rate(), 4),
+                    # a delivery the broker made before (its worker died before acknowledging it)
+                    "redelivered": bool((self.request.delivery_info or {}).get("redelivered")),
+                    "error": summary.get("error"), "seconds": round(time.perf_counter() - started, 4)})
         return summary
 
 
 app = make_app()
-logging.getLogger("celery").setLevel(FleetSettings.from_env().log_level)
