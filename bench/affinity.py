@@ -1,145 +1,197 @@
-"""Cache-affinity routing on the fleet: parent-cache hits and evaluations/s, with and without it.
+"""Cache-affinity routing on the fleet, where a cache miss is expensive: evaluations/s with and without it.
 
-Runs the memorize GA (experiments/memorize.yaml: seed 003's 64x64 problem and network, 1 parent
-x 16 children + 1 elite) for 20 generations on two Celery workers through the real RabbitMQ,
-once with cache-affinity routing (`CeleryExecutor(app, store, affinity=True)`: a child goes to
-the worker that built its parent while that worker's backlog is short) and once with the shared
-queue only (`affinity=False`). Each mode gets fresh workers, so fresh parent caches, started as
-a pod starts them (`python -m evoarena.cli worker`, EVOARENA_THREADS=1), on a private queue and
-a fresh SQLite store. A generation takes about a second here, so the problem is used whole (16
-training batches of 32); `--train-batches` shrinks it for a slower machine.
+A worker builds a child from its cached parent in one delta. A worker without the parent builds
+it from the nearest ancestor it holds, else from the last checkpoint, else from the founder,
+replaying every delta since (materialize.py). So a miss costs little while the worker still holds
+a recent ancestor, and a chain of `depth` deltas when it holds none. Which of the two happens
+depends on the population, not on the depth alone:
 
-From the result documents of generations 1.. (generation 0 is the founders: nothing to hit):
+- several children per parent (memorize-8x4: 8 x 4): the shared queue hands each sibling group
+  to both workers, so every worker rebuilds (and keeps) every parent each generation; a miss then
+  finds the grandparent and costs two deltas, whatever the depth. Affinity gains nothing there,
+  and even loses: it keeps lineages apart, so a worker that takes another's sibling group when
+  idle holds nothing of that lineage and replays it from the founder (README; the last command
+  below).
+- one child per parent (the default here, 32 x 1 + 1 elite): each lineage goes to one worker per
+  generation. On the shared queue half the children land on the worker that did not build their
+  parent, which last saw that lineage generations ago; once its cache has turned over (768 MiB:
+  44 networks of 17 MB, under two generations of what a worker builds and keeps), the miss
+  replays the whole chain from the founder. With two workers this is how every lineage looks on
+  a large fleet, where a parent has fewer children than there are workers.
 
+The network is seed 003's with the 4096-wide hidden layer of bench/materialize.py (4.3M
+parameters, 17 MB), scored on 2 training batches (64 images, and the 64 validation images), so
+that an evaluation costs about as much as a dozen deltas; no checkpoints (`checkpoint_every: 0`),
+so the depth beyond the last checkpoint is the generation. The last lines print what a task
+took (build and evaluation, in the worker) by how it was built: the price of a miss.
+
+Each routing runs `--generations` generations from generation 0 on two fresh workers (fresh
+caches) started as a pod starts them (`python -m evoarena.cli worker`, EVOARENA_THREADS=1,
+EVOARENA_CACHE_MB=`--cache-mb`), on a private queue of the real RabbitMQ and a fresh SQLite store.
+Affinity is `CeleryExecutor(app, store, affinity=True)` (a child goes to the worker that built its
+parent while that worker's backlog is short), shared is `affinity=False`. Both run `--rounds`
+times, interleaved in the order affinity, shared, then shared, affinity, and so on, so that drift
+on this shared machine falls on both. Figures of generations `--measure-from`.. (depth 10..29):
+
+  evals/s         evaluations divided by those generations' seconds
   one-delta hits  the share built from the cache with at most one delta: `build` is `cached`
                   (the elite, built last generation) or `from_parent`
   any cache hit   the same plus `from_ancestor` (an older cached ancestor plus a few deltas)
-  evals/s         evaluations of generations 1.. divided by those generations' seconds
+  builds          how many of each kind: cached/parent/ancestor/checkpoint/full chain
 
-Bars: with affinity, one-delta hits at least 90%; and affinity's evaluations/s no worse than
-the shared queue's, allowing 10% for noise: this 2-core machine is shared with other jobs and
-the modes run one after the other, so each runs `--rounds` times in the order affinity, shared,
-shared, affinity, ... and each mode's evaluations/s is the median of its rounds (one slow
-round, when another job takes the cores, does not decide the comparison); the hit-rate bar holds
-for every affinity round. Prints PASS, or FAIL and exits 1. Workers and queues are removed at
-the end, also when the bench fails or is stopped.
+Bars (exit 1 when one is missed):
+- with affinity, one-delta hits at least 90% in every round;
+- affinity is faster by more than the noise: the median over the rounds of (affinity's
+  evaluations/s / shared's, same round) is at least MIN_RATIO = 1.25. Pairing the two routings of
+  a round cancels most of the drift of the machine, and the median ignores one round that another
+  job (or a broker restart by a test running beside it) spoilt. Measured where routing gains
+  nothing (memorize-8x4's population, the last command below), the per-round ratios were
+  0.55-1.12: the bar is above the highest. This setting gave 1.38 and 1.89, and 0.86 in a round
+  whose broker connection was reset midway (README).
+Workers and queues are removed at the end, also when the bench fails or is stopped.
 
-    python bench/affinity.py                            # ~3.5 minutes on 2 cores
-    python bench/affinity.py --verbose                  # also who built what, per generation
-    python bench/affinity.py --experiment memorize.yaml  # 1 parent: both routings hit ~99%
+    python bench/affinity.py                    # 32 x 1, 30 generations, 3 rounds: ~5.5 min on 2 cores
+    python bench/affinity.py --verbose          # also who built what, per generation
+    python bench/affinity.py --parents 8 --children 4 --cache-mb 512   # memorize-8x4's population: FAIL (~5 min)
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
 import statistics
+import sys
 import tempfile
 from collections import Counter
 from pathlib import Path
 
 from dispatch import stop_on_sigterm
-from evoarena.fleet.local_workers import LocalWorkers
 
 from evoarena import scheduler
 from evoarena.fleet.celery_executor import CeleryExecutor
-from evoarena.spec import Settings, load_spec
+from evoarena.fleet.local_workers import LocalWorkers
+from evoarena.settings import Settings
+from evoarena.spec import ExperimentSpec, load_spec
 from evoarena.store import open_store
 
 ROOT = Path(__file__).resolve().parent.parent
 BUILDS = ("cached", "from_parent", "from_ancestor", "from_checkpoint", "full_chain")
 MIN_ONE_DELTA = 0.90
-NOISE_ALLOWANCE = 0.10
+MIN_RATIO = 1.25  # median of the rounds' affinity/shared evaluations/s; see the docstring
 
 
-def run_mode(spec, affinity: bool, tmp: Path, verbose: bool) -> dict:
-    """Run `spec` on two fresh workers; return the figures of generations 1.."""
+def bench_spec(args: argparse.Namespace) -> ExperimentSpec:
+    """experiments/memorize.yaml with this benchmark's population, network and depth."""
+    spec = load_spec(ROOT / "experiments" / "memorize.yaml")
+    ga = spec.ga.model_copy(update={"parents": args.parents, "children_per_parent": args.children, "elites": 1,
+                                    "generations": args.generations, "checkpoint_every": args.checkpoint_every})
+    return spec.model_copy(update={
+        "name": f"affinity-{args.parents}x{args.children}",
+        "ga": ga,
+        "problem": spec.problem.model_copy(update={"train_batches": args.train_batches}),
+        "network": spec.network.model_copy(update={"hidden": [args.hidden]}),
+    })
+
+
+def run_mode(spec: ExperimentSpec, affinity: bool, first: int, cache_mb: int, tmp: Path, verbose: bool) -> dict:
+    """Run `spec` on two fresh workers and a fresh store; return the figures of generations `first`.."""
     env = {"EVOARENA_STORE": f"sqlite:///{tmp}/bench.db", "EVOARENA_ARTIFACTS": str(tmp / "artifacts"),
-           "EVOARENA_NOISE_DIR": str(Settings.from_env().noise_dir), "EVOARENA_THREADS": "1"}
+           "EVOARENA_NOISE_DIR": str(Settings.from_env().noise_dir), "EVOARENA_THREADS": "1",
+           "EVOARENA_CACHE_MB": str(cache_mb)}
     store = open_store(env["EVOARENA_STORE"])
     try:
         with LocalWorkers(tmp, env, label="bench") as fleet:
             for name in ("alpha", "beta"):
                 fleet.start(name)
             fleet.wait_ready()
-            if verbose:
-                print(f"  {'affinity' if affinity else 'shared'}: per generation, how many (worker, build)")
 
             def show(p: scheduler.Progress) -> None:
                 if verbose:
                     docs = store.find_results(spec.name, p.generation, "evaluate")
                     per_node = Counter((d["node"].split("-")[0], d["build"]) for d in docs)
-                    print(f"    gen {p.generation:>3}  evals/s {p.evals_per_s:5.1f}  "
+                    print(f"    {'affinity' if affinity else 'shared'} gen {p.generation:>3}  evals/s {p.evals_per_s:5.1f}  "
                           + "  ".join(f"{n}:{b} {c}" for (n, b), c in sorted(per_node.items())), flush=True)
 
             scheduler.run(spec, store, CeleryExecutor(fleet.app, store, affinity=affinity), on_progress=show)
-        docs = [d for d in store.find_results(spec.name, op="evaluate") if d["generation"] > 0]
-        generations = [g for g in store.list_generations(spec.name) if g["generation"] > 0]
+        docs = [d for d in store.find_results(spec.name, op="evaluate") if d["generation"] >= first]
+        generations = [g for g in store.list_generations(spec.name) if g["generation"] >= first]
     finally:
         store.close()
     builds = Counter(d["build"] for d in docs)
+    seconds = sum(g["stats"]["seconds"] for g in generations)
     return {
         "evaluations": len(docs),
-        "seconds": sum(g["stats"]["seconds"] for g in generations),
+        "seconds": seconds,
+        "rate": len(docs) / seconds,
         "builds": builds,
         "one_delta": (builds["cached"] + builds["from_parent"]) / len(docs),
         "any_hit": (builds["cached"] + builds["from_parent"] + builds["from_ancestor"]) / len(docs),
         "nodes": Counter(d["node"].split("-")[0] for d in docs),
+        "task_seconds": [(d["build"], d["seconds"]) for d in docs],
     }
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--experiment", default="memorize-8x4.yaml", help="a file in experiments/ (default memorize-8x4.yaml: 8 parents, where routing matters)")
-    parser.add_argument("--generations", type=int, default=20, help="generations, 0 included (default 20)")
-    parser.add_argument("--train-batches", type=int, help="fewer training batches, for a slower machine (default: the file's)")
-    parser.add_argument("--rounds", type=int, default=3,
-                        help="run both modes this many times, in the order A S S A ... so drift cancels (default 2)")
+    parser.add_argument("--parents", type=int, default=32, help="parents each generation (default 32)")
+    parser.add_argument("--children", type=int, default=1, help="children per parent (default 1)")
+    parser.add_argument("--generations", type=int, default=30, help="generations, 0 included (default 30)")
+    parser.add_argument("--measure-from", type=int, default=10, help="first generation measured (default 10)")
+    parser.add_argument("--checkpoint-every", type=int, default=0, help="ga.checkpoint_every (default 0: never)")
+    parser.add_argument("--hidden", type=int, default=4096, help="width of the hidden layer (default 4096; seed 003's is 512)")
+    parser.add_argument("--train-batches", type=int, default=2, help="batches of 32 images an evaluation scores (default 2)")
+    parser.add_argument("--cache-mb", type=int, default=768, help="each worker's parent cache in MiB (default 768)")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds of both routings, in the order A S, S A, ... (default 3)")
     parser.add_argument("--verbose", action="store_true", help="print who built what, per generation")
     args = parser.parse_args()
     stop_on_sigterm()
 
-    spec = load_spec(ROOT / "experiments" / args.experiment)
-    problem = spec.problem.model_copy(update={"train_batches": args.train_batches or spec.problem.train_batches})
-    spec = spec.model_copy(update={"problem": problem, "ga": spec.ga.model_copy(update={"generations": args.generations})})
-    print(f"{args.experiment}: {spec.ga.parents} parent(s) x {spec.ga.children_per_parent} children + {spec.ga.elites} elite, "
-          f"{problem.train_batches} train batches of {problem.batch_size}, {args.generations} generations; "
-          "2 workers, 1 thread each; figures for generations 1..")
-    header = (f"{'routing':<9} {'round':>5} {'evals':>5} {'seconds':>7} {'evals/s':>7} {'one-delta hits':>14} {'any cache hit':>13}  "
-              f"{'builds (cached/parent/ancestor/checkpoint/full)':<47}  per worker")
+    spec = bench_spec(args)
+    print(f"memorize, hidden {args.hidden}, {args.train_batches} train batches of {spec.problem.batch_size}: "
+          f"{args.parents} parents x {args.children} children + 1 elite, checkpoint_every {args.checkpoint_every}, "
+          f"{args.generations} generations; 2 workers, 1 thread and {args.cache_mb} MiB of cache each; "
+          f"figures for generations {args.measure_from}..")
+    header = (f"{'routing':<9} {'round':>5} {'evals':>5} {'seconds':>7} {'evals/s':>7} {'one-delta hits':>14} "
+              f"{'any cache hit':>13}  {'builds (cached/parent/ancestor/checkpoint/full)':<47}  per worker")
     print(header)
     print("-" * len(header))
     rows = []
-    for round_ in range(args.rounds):
-        for affinity in ((True, False) if round_ % 2 == 0 else (False, True)):
+    for round_ in range(1, args.rounds + 1):
+        for affinity in ((True, False) if round_ % 2 else (False, True)):
             with tempfile.TemporaryDirectory() as tmp:
-                r = run_mode(spec, affinity, Path(tmp), args.verbose)
-            rows.append((affinity, round_ + 1, r))
-            print(f"{'affinity' if affinity else 'shared':<9} {round_ + 1:>5} {r['evaluations']:>5} {r['seconds']:>7.1f} "
-                  f"{r['evaluations'] / r['seconds']:>7.1f} {r['one_delta']:>14.1%} {r['any_hit']:>13.1%}  "
+                r = run_mode(spec, affinity, args.measure_from, args.cache_mb, Path(tmp), args.verbose)
+            rows.append((affinity, round_, r))
+            print(f"{'affinity' if affinity else 'shared':<9} {round_:>5} {r['evaluations']:>5} {r['seconds']:>7.1f} "
+                  f"{r['rate']:>7.1f} {r['one_delta']:>14.1%} {r['any_hit']:>13.1%}  "
                   f"{'/'.join(str(r['builds'][b]) for b in BUILDS):<47}  "
                   + ", ".join(f"{n} {c}" for n, c in sorted(r["nodes"].items())), flush=True)
 
-    def median_rate(affinity: bool) -> float:
-        return statistics.median(r["evaluations"] / r["seconds"] for a, _, r in rows if a == affinity)
-
-    with_rate, without_rate = median_rate(True), median_rate(False)
+    rates = {mode: [r["rate"] for a, _, r in rows if a == mode] for mode in (True, False)}
+    per_round = {(a, i): r["rate"] for a, i, r in rows}
+    ratios = [per_round[True, i] / per_round[False, i] for i in range(1, args.rounds + 1)]
+    ratio = statistics.median(ratios)
     worst_one_delta = min(r["one_delta"] for a, _, r in rows if a)
     print()
-    print(f"evals/s, median of the rounds: affinity {with_rate:.1f}, shared {without_rate:.1f} "
-          f"(affinity/shared {with_rate / without_rate:.2f})")
+    print(f"evals/s: affinity {min(rates[True]):.1f}-{max(rates[True]):.1f}, shared {min(rates[False]):.1f}-"
+          f"{max(rates[False]):.1f}; affinity/shared per round " + ", ".join(f"{r:.2f}" for r in ratios)
+          + f", median {ratio:.2f}")
+    for mode in (True, False):
+        seconds: dict[str, list[float]] = {}
+        for a, _, r in rows:
+            for build, t in r["task_seconds"] if a == mode else ():
+                seconds.setdefault(build, []).append(t)
+        print(f"{'affinity' if mode else 'shared'}: median ms a task (build and evaluation) by build: "
+              + ", ".join(f"{b} {statistics.median(seconds[b]) * 1e3:.0f} ({len(seconds[b])})" for b in BUILDS if b in seconds))
     failures = []
     if worst_one_delta < MIN_ONE_DELTA:
         failures.append(f"FAIL: with affinity, one-delta hits {worst_one_delta:.1%} (bar: at least {MIN_ONE_DELTA:.0%})")
-    if with_rate < (1 - NOISE_ALLOWANCE) * without_rate:
-        failures.append(f"FAIL: affinity {with_rate:.1f} evals/s against shared-only {without_rate:.1f} "
-                        f"(bar: no worse, allowing {NOISE_ALLOWANCE:.0%} for noise)")
+    if ratio < MIN_RATIO:
+        failures.append(f"FAIL: affinity/shared evaluations/s, median of the rounds, {ratio:.2f} (bar: at least {MIN_RATIO})")
     for line in failures:
         print(line)
     if failures:
         return 1
-    print(f"PASS: with affinity, one-delta hits >= {MIN_ONE_DELTA:.0%} and evals/s no worse than shared-only "
-          f"(within {NOISE_ALLOWANCE:.0%})")
+    print(f"PASS: with affinity, one-delta hits >= {MIN_ONE_DELTA:.0%}, and {ratio:.2f}x the evaluations/s of the "
+          f"shared queue (bar: {MIN_RATIO}x)")
     return 0
 
 
