@@ -1,4 +1,4 @@
-"""`evoarena run | status | baseline | worker | submit`: the command line.
+"""`evoarena run | status | list | export | sample | report | baseline | worker | submit`: the command line.
 
 Exit codes: 0 done, 1 the run failed, 2 bad input (nothing ran), 130 interrupted (run again to continue).
 """
@@ -9,9 +9,12 @@ import argparse
 import sys
 import time
 
-from . import submit
+from . import export, report, samples, submit
+from .logs import ProgressLine
+from .logs import setup as setup_logs
 from .settings import Settings
-from .spec import SpecError, load_spec, validate_name
+from .spec import SpecError, load_spec
+from .status import add_list_parser, cmd_list
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -35,18 +38,26 @@ def main(argv: list[str] | None = None) -> int:
     status = commands.add_parser("status", help="where an experiment stands, from the store")
     status.add_argument("name", help="experiment name (the `name:` in its file)")
     status.add_argument("--store", help="result store URL")
+    status.add_argument("--watch", action="store_true", help="refresh until the run is complete or failed (Ctrl-C stops)")
+    status.add_argument("--every", type=float, default=2.0, help="--watch: seconds between refreshes (default 2)")
 
     baseline = commands.add_parser("baseline", help="train the experiment's network with Adam, for comparison")
     baseline.add_argument("experiment", help="experiment YAML file")
     baseline.add_argument("--epochs", type=int, help="override baseline.epochs")
 
+    report.add_parser(commands)
     submit.add_parser(commands)
+    export.add_parser(commands)
+    samples.add_parser(commands)
+    add_list_parser(commands)
 
     args = parser.parse_args(argv)
     settings = Settings.from_env()
+    setup_logs()
     try:
         commands = {"run": cmd_run, "status": cmd_status, "baseline": cmd_baseline, "worker": cmd_worker,
-                    "submit": submit.cmd_submit}
+                    "submit": submit.cmd_submit, "report": report.cmd_report}
+        commands |= {"export": export.cmd_export, "sample": samples.cmd_sample, "list": cmd_list}
         return commands[args.command](args, settings)
     except SpecError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -92,7 +103,7 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
 
         serve(settings.metrics_port)
     try:
-        final = scheduler.run(spec, store, executor, on_progress=ProgressLine())
+        final = scheduler.run(spec, store, executor, on_progress=ProgressLine(every=settings.progress_every))
     except RuntimeError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
@@ -121,29 +132,6 @@ def _size(spec) -> str:
     return f"{spec.ga.generations} generations of {spec.ga.population}"
 
 
-class ProgressLine:
-    """One line per generation; on a terminal the line is rewritten in place."""
-
-    def __init__(self, stream=sys.stdout):
-        self.stream = stream
-        self.tty = stream.isatty()
-
-    def __call__(self, p) -> None:
-        if p.resumed_from is not None:
-            self._emit(f"resumed at generation {p.resumed_from}", final=True)
-        # On a terminal a line is rewritten by the next, but for the last one, and an arena round's
-        # match line (the round's result) and every event of the asynchronous fight, which stay.
-        keep = p.generation + 1 == p.generations or " match " in p.line or p.line.startswith("fight ")
-        self._emit(p.line, final=not self.tty or keep)
-
-    def _emit(self, line: str, final: bool) -> None:
-        if self.tty:
-            self.stream.write("\r\x1b[2K" + line + ("\n" if final else ""))
-        else:
-            self.stream.write(line + "\n")
-        self.stream.flush()
-
-
 def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
     import os
 
@@ -167,60 +155,19 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
-    from .store import open_store
+    from .status import BadInput, open_experiment, status_lines
+    from .watch import watch
 
     try:
-        validate_name(args.name)
-    except ValueError as exc:
+        store, experiment, spec = open_experiment(args.store or settings.store, args.name)
+        with store:
+            if args.watch:
+                return watch(store, args.name, args.every)
+            print("\n".join(status_lines(store, experiment, spec)))
+            return 0
+    except BadInput as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    store = open_store(args.store or settings.store)
-    experiment = store.get_experiment(args.name)
-    if experiment is None:
-        known = ", ".join(store.list_experiments()) or "none"
-        print(f"error: no experiment {args.name!r} in the store; known: {known}", file=sys.stderr)
-        return 2
-    from . import scheduler
-    from .spec import parse_spec
-
-    spec = parse_spec(experiment["spec"], source=f"the stored spec of {args.name}")
-    algo = scheduler.algorithm(spec)
-    last = store.last_generation(args.name)
-    done = 0 if last is None else last + 1
-    reason = f": {experiment['reason']}" if experiment["status"] == "failed" and experiment.get("reason") else ""
-    print(f"experiment  {args.name}  ({experiment['status']}{reason}, updated {_ago(experiment['updated'])})")
-    if spec.algorithm == "arena" and algo.steps is None:  # the asynchronous fight: events, not steps
-        state = store.get_generation(args.name, last) if last is not None else None
-        if state is not None:
-            print(f"fights      {state['done']}/{state['budget']} done, {len(state['inflight'])} in flight")
-            print(f"last        {algo.line(last, state)}")
-    elif spec.algorithm == "arena":
-        print(f"steps       {done}/{algo.steps} complete ({len(algo.phases)} per round)")
-        for index in range(max(0, done - len(algo.phases)), done):  # the last round's steps
-            print(f"            {algo.line(index, store.get_generation(args.name, index))}")
-    if spec.algorithm == "arena":
-        print(f"results     {store.count_results(args.name)} stored; "
-              f"{store.count_docs('pure_gen', args.name)} generators and {store.count_docs('pure_disc', args.name)} "
-              "discriminators recorded")
-        return 0
-    total = algo.steps
-    partial = store.count_results(args.name, done, "evaluate") if done < total else 0
-    print(f"generations {done}/{total} complete" + (f"; generation {done} has {partial} results stored" if partial else ""))
-    if last is not None:
-        doc = store.get_generation(args.name, last)
-        s, best = doc["stats"], doc["best"]
-        print(f"last        best {s['best']:.6g}  mean {s['mean']:.6g}  evals/s {s['evals_per_s']:.1f}  "
-              f"cache hits {s['hit_rate']:.1%}  errors {s['errors']}")
-        m = best["metrics"]
-        print(f"best        genome {best['genome_id']}  train loss {m['train_loss']:.6g}  "
-              f"train acc {m['train_accuracy']:.1%}  val loss {m['val_loss']:.6g}  val acc {m['val_accuracy']:.1%}")
-    print(f"results     {store.count_results(args.name)} stored")
-    return 0
-
-
-def _ago(t: float) -> str:
-    seconds = max(0, time.time() - t)
-    return f"{seconds:.0f}s ago" if seconds < 120 else f"{seconds / 60:.0f} min ago" if seconds < 7200 else f"{seconds / 3600:.1f} h ago"
 
 
 def cmd_baseline(args: argparse.Namespace, settings: Settings) -> int:

@@ -57,9 +57,9 @@ class ProgressLine:
 
     WIDTH = 20
 
-    def __init__(self, stream: TextIO = sys.stdout, every: int = 1):
-        self.stream = stream
-        self.tty = _tty(stream)
+    def __init__(self, stream: TextIO | None = None, every: int = 1):
+        self.stream = stream or sys.stdout  # the stdout of the moment, not of the import (pytest swaps it)
+        self.tty = _tty(self.stream)
         self.every = max(1, every)
 
     def __call__(self, p) -> None:

@@ -1,0 +1,140 @@
+"""`evoarena sample NAME [--genome ID] --out FILE.png`: what an arena's generator draws, as a picture.
+
+The generator is the one `evoarena export` picks (export.choose: the best generator of the last
+match, or `--genome`), built as a worker builds it. Its `n` samples come from latents drawn by a
+torch.Generator seeded with `--seed`, so the same command draws the same picture.
+
+- Images (digits, a user's npz): a grid of `n` samples (default 64), `ceil(sqrt(n))` to a row,
+  each pixel drawn `scale` x `scale` screen pixels (default 4) with 2 grey pixels between samples.
+  Generators end in tanh, so values [-1, 1] are shown black to white. An 8x8 digit at scale 4 is
+  a 32-pixel tile: 64 of them make a 274 x 274 PNG.
+- Mixtures (ring, grid): a 600 x 600 scatter of `n` samples (default 2,500, as many as the quality
+  metrics take) over the mixture's mode centres, each with its 3-std circle (a sample inside one
+  is high quality, gan_metrics.py); the title gives the modes covered, the high-quality share and
+  the reverse KL of these very samples.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from .status import BadInput, open_experiment, usage_errors
+
+if TYPE_CHECKING:
+    import numpy as np
+    import torch
+
+    from .settings import Settings
+
+GAP = 2  # grey pixels between the tiles of a grid (and around it)
+SCATTER_PX = 600  # side of a mixture's scatter plot, in pixels (6 inches at 100 dpi)
+
+
+def image_grid(samples: torch.Tensor, scale: int = 4) -> np.ndarray:
+    """[N, C, H, W] samples in [-1, 1] as one [rows, cols] (C = 1) or [rows, cols, 3] image in [0, 1]."""
+    import numpy as np
+
+    x = ((samples.detach().cpu().float().clamp(-1, 1) + 1) / 2).numpy()
+    n, channels, h, w = x.shape
+    x = x[:, :3] if channels >= 3 else x[:, :1]
+    x = np.repeat(np.repeat(x, scale, axis=2), scale, axis=3).transpose(0, 2, 3, 1)  # [N, H*s, W*s, C]
+    cols = math.ceil(math.sqrt(n))
+    rows = math.ceil(n / cols)
+    th, tw = h * scale, w * scale
+    grid = np.full((rows * (th + GAP) + GAP, cols * (tw + GAP) + GAP, x.shape[3]), 0.5, dtype=np.float32)
+    for i, tile in enumerate(x):
+        r, c = divmod(i, cols)
+        top, left = GAP + r * (th + GAP), GAP + c * (tw + GAP)
+        grid[top : top + th, left : left + tw] = tile
+    return grid[..., 0] if grid.shape[2] == 1 else grid
+
+
+def save_grid(path: str | Path, grid: np.ndarray) -> None:
+    """`grid` as a PNG, one pixel per array element (no colour map: each value is its grey level, to 8 bits)."""
+    import numpy as np
+    from matplotlib.image import imsave
+
+    rgb = np.repeat(grid[..., None], 3, axis=2) if grid.ndim == 2 else grid
+    imsave(str(path), rgb, format="png")
+
+
+def save_scatter(path: str | Path, samples: torch.Tensor, centres: torch.Tensor, std: float, title: str) -> None:
+    """A SCATTER_PX-square PNG of 2-D samples over the mode centres and their 3-std circles."""
+    import numpy as np
+    from matplotlib.figure import Figure
+    from matplotlib.patches import Circle
+
+    xy, c = samples.detach().cpu().double().numpy(), centres.detach().cpu().double().numpy()
+    fig = Figure(figsize=(SCATTER_PX / 100, SCATTER_PX / 100), dpi=100)
+    ax = fig.add_subplot()
+    for x, y in c:
+        ax.add_patch(Circle((x, y), 3 * std, fill=False, color="tab:green", linewidth=1))
+    ax.scatter(xy[:, 0], xy[:, 1], s=2, color="tab:blue", alpha=0.5, linewidths=0, label="generated")
+    ax.scatter(c[:, 0], c[:, 1], s=30, marker="x", color="tab:red", label="mode centres")
+    # the modes with a margin, widened to show samples that went astray (up to 4x the modes' extent)
+    extent = abs(c).max() + 1.0
+    reach = float(np.clip(np.quantile(abs(xy), 0.99), extent, 4 * extent)) if len(xy) else extent
+    ax.set_xlim(-reach, reach)
+    ax.set_ylim(-reach, reach)
+    ax.set_aspect("equal")
+    ax.legend(loc="upper right", fontsize=8)
+    ax.set_title(title, fontsize=9)
+    fig.savefig(str(path), dpi=100, format="png")
+
+
+# --- the command --------------------------------------------------------------------------------
+
+
+def add_parser(subparsers) -> None:
+    """`evoarena sample NAME [--genome ID] --out FILE.png`."""
+    parser = subparsers.add_parser("sample", help="an arena generator's samples as a PNG (a grid, or a scatter)")
+    parser.add_argument("name", help="experiment name of an arena run")
+    parser.add_argument("--genome", help="a generator's member id or genome id instead of the best generator")
+    parser.add_argument("--out", required=True, help="the PNG file to write")
+    parser.add_argument("-n", type=int, help="how many samples (default: 64 images, 2500 points)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the latents (default 0)")
+    parser.add_argument("--scale", type=int, default=4, help="images: screen pixels per sample pixel (default 4)")
+    parser.add_argument("--store", help="result store URL (default: $EVOARENA_STORE or sqlite:///runs/evoarena.db)")
+
+
+@usage_errors
+def cmd_sample(args: argparse.Namespace, settings: Settings) -> int:
+    from .export import build, choose
+
+    store_url = args.store or settings.store
+    store, _, spec = open_experiment(store_url, args.name)
+    with store:
+        if spec.algorithm != "arena":
+            raise BadInput(f"experiment {spec.name!r} is a {spec.algorithm} run of the {spec.problem.kind} problem; "
+                           "`sample` draws from the generators of an arena run")
+        chosen = choose(store, spec, args.genome)
+    if chosen.role != "generator":
+        raise BadInput(f"{args.genome!r} is a {chosen.role} of experiment {spec.name!r}; `sample` draws from a generator")
+    for option, value in (("-n", args.n), ("--scale", args.scale)):
+        if value is not None and value < 1:
+            raise BadInput(f"{option} = {value}: must be at least 1")
+
+    import torch
+
+    from .evolve.arena import quality_text
+    from .problems import gan, gan_data, gan_metrics
+
+    arch, flat = build(chosen, spec, store_url, settings)
+    data = spec.problem.data.model_dump(mode="json")
+    mixture = data["kind"] in gan_data.MIXTURES
+    n = args.n or (spec.problem.metric_samples if mixture else 64)
+    samples = gan.generate(arch, flat, n, torch.Generator().manual_seed(args.seed))
+    who = f"generator {chosen.member} ({chosen.source})"
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    if mixture:
+        centres = gan_data.mixture_centres(data)
+        quality = quality_text(gan_metrics.mixture_quality(samples, centres, data["std"]))
+        save_scatter(args.out, samples, centres, data["std"], f"{spec.name}: {who}\n{n} samples: {quality}")
+        print(f"{spec.name}: {n} samples of {who}: {quality} -> {args.out}")
+    else:
+        save_grid(args.out, image_grid(samples, args.scale))
+        print(f"{spec.name}: {n} samples of {who} -> {args.out}")
+    return 0

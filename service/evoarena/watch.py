@@ -1,0 +1,171 @@
+"""`evoarena status NAME --watch [--every S]`: the status view, kept up to date until the run ends.
+
+Every `every` seconds the store is read again: the one-shot view of `evoarena status`
+(status.status_lines), then a live table of the step in progress:
+
+    step                 done  pending  failed  best      eta
+    generation 5/8          3        4       0  -1.38629  4s
+
+- step: the generation (GA), the round and its phase (arena), or the fights done (asynchronous fight);
+- done / pending / failed: the step's tasks with a result, without one yet, and whose result is an
+  error (planning is deterministic, so the step's tasks are known before they run);
+- best: the best fitness so far (the GA's last generation, the arena's last match);
+- eta: the mean seconds of the recent steps (a GA's last 5 generations, an arena's last round's
+  steps; the asynchronous fight: its last 10 events) times what is left.
+
+On a terminal the view is redrawn in place; anywhere else (a pipe, a log file) it is printed once,
+then one plain line each time the live row changes, with no carriage return or escape code. Either
+way the last line is the run's state (`NAME: complete`), and the exit code is 0 when the run is
+complete, 1 when it failed, 130 on Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import math
+import shutil
+import statistics
+import sys
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, TextIO
+
+from .status import BadInput, state_text, status_lines, table
+
+if TYPE_CHECKING:
+    from .spec import ExperimentSpec
+    from .store import ResultStore
+
+LIVE_HEADER = ("step", "done", "pending", "failed", "best", "eta")
+GA_WINDOW = 5  # generations whose seconds make a GA's ETA
+FIGHT_WINDOW = 10  # events whose pace makes the asynchronous fight's ETA
+
+
+@dataclass(frozen=True)
+class Live:
+    """The step in progress, as the live table shows it."""
+
+    step: str
+    done: int
+    pending: int
+    failed: int
+    best: float | None
+    eta_s: float | None
+
+    def row(self) -> tuple[str, ...]:
+        best = "-" if self.best is None or math.isnan(self.best) else f"{self.best:.6g}"
+        return (self.step, str(self.done), str(self.pending), str(self.failed), best, eta_text(self.eta_s))
+
+    def line(self) -> str:
+        """The plain line printed off a terminal."""
+        step, done, pending, failed, best, eta = self.row()
+        return f"{step}  done {done}  pending {pending}  failed {failed}  best {best}  eta {eta}"
+
+
+def eta_text(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    seconds = max(0.0, seconds)
+    return f"{seconds:.0f}s" if seconds < 120 else f"{seconds / 60:.0f} min" if seconds < 7200 else f"{seconds / 3600:.1f} h"
+
+
+def live(store: ResultStore, spec: ExperimentSpec) -> Live:
+    """The step in progress of `spec`'s run (its last step once the run is over)."""
+    from . import scheduler
+
+    algo = scheduler.algorithm(spec)
+    return _fight(store, spec) if algo.steps is None else _step(store, spec, algo)
+
+
+def _step(store: ResultStore, spec: ExperimentSpec, algo) -> Live:
+    from .scheduler import complete_generations
+    from .store.results import task_id
+
+    name = spec.name
+    done_steps = complete_generations(store, name)
+    index = min(done_steps, algo.steps - 1)  # once complete: the last step, all of it done
+    state = store.get_generation(name, index - 1) if index > 0 else None
+    step = algo.plan(index, state)
+    ids = {task_id(step.op, t) for t in step.tasks}
+    stored = [r for r in store.find_results(name, index, step.op) if r["_id"] in ids]
+    failed = sum(1 for r in stored if r.get("error"))
+    ok = len(stored) - failed
+
+    window = len(algo.phases) if spec.algorithm == "arena" else GA_WINDOW
+    recent = [store.get_generation(name, i) for i in range(max(0, done_steps - window), done_steps)]
+    best = next((d["stats"]["best"] for d in reversed(recent) if "best" in d.get("stats", {})), None)
+    seconds = [d["stats"]["seconds"] for d in recent if "seconds" in d.get("stats", {})]
+    left = algo.steps - done_steps - (len(stored) / len(ids) if ids and done_steps < algo.steps else 0)
+    eta = statistics.fmean(seconds) * left if seconds else None
+
+    if spec.algorithm == "arena":
+        round, _, phase = algo.where(index)
+        label = f"round {round + 1}/{spec.arena.rounds} {phase}"
+    else:
+        label = f"generation {index + 1}/{algo.steps}"
+    return Live(label, ok, len(ids) - len(stored), failed, best, eta)
+
+
+def _fight(store: ResultStore, spec: ExperimentSpec) -> Live:
+    name = spec.name
+    last = store.last_generation(name)
+    if last is None:
+        return Live("fight 0/?", 0, 0, 0, None, None)
+    state = store.get_generation(name, last)
+    failed = sum(1 for r in store.find_results(name, op="train_pair") if r.get("error"))
+    recent = [store.get_generation(name, i)["updated"] for i in range(max(0, last - FIGHT_WINDOW), last + 1)]
+    pace = (recent[-1] - recent[0]) / (len(recent) - 1) if len(recent) > 1 else None  # seconds per event
+    eta = pace * (state["budget"] - state["done"]) if pace is not None else None
+    return Live(f"fight {state['done']}/{state['budget']}", state["done"] - failed, len(state["inflight"]), failed,
+                state["stats"].get("best"), eta)
+
+
+# --- the loop -------------------------------------------------------------------------------------
+
+
+class Screen:
+    """Draws the view: redrawn in place on a terminal, printed as plain lines anywhere else."""
+
+    def __init__(self, stream: TextIO):
+        self.stream, self.tty = stream, stream.isatty()
+        self.rows = 0  # terminal rows the last drawing took
+        self.last_line: str | None = None
+
+    def show(self, lines: list[str], now: Live) -> None:
+        if self.tty:
+            width = max(1, shutil.get_terminal_size().columns)
+            view = lines + [""] + table([LIVE_HEADER, now.row()])
+            up = f"\r\x1b[{self.rows}A" if self.rows else ""
+            self.stream.write(up + "\x1b[J" + "\n".join(view) + "\n")
+            self.rows = sum(max(1, math.ceil(len(line) / width)) for line in view)
+        else:
+            if self.last_line is None:
+                self.stream.write("\n".join(lines) + "\n")
+            if now.line() != self.last_line:
+                self.stream.write(now.line() + "\n")
+            self.last_line = now.line()
+        self.stream.flush()
+
+    def end(self, line: str) -> None:
+        self.stream.write(line + "\n")
+        self.stream.flush()
+
+
+def watch(store: ResultStore, name: str, every: float = 2.0, stream: TextIO | None = None) -> int:
+    """Show experiment `name`'s status every `every` seconds until it is complete (0) or failed (1)."""
+    from .spec import parse_spec
+
+    if not every > 0:
+        raise BadInput(f"--every = {every}: must be a number of seconds greater than 0")
+    screen = Screen(stream or sys.stdout)
+    try:
+        while True:
+            experiment = store.get_experiment(name)  # first: once it says complete, every step is stored
+            spec = parse_spec(experiment["spec"], source=f"the stored spec of {name}")  # a rerun may extend it
+            screen.show(status_lines(store, experiment, spec), live(store, spec))
+            if experiment["status"] in ("complete", "failed"):
+                screen.end(f"{name}: {state_text(experiment)}")
+                return 0 if experiment["status"] == "complete" else 1
+            time.sleep(every)
+    except KeyboardInterrupt:
+        screen.end("")
+        return 130

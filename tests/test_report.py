@@ -1,0 +1,377 @@
+"""`evoarena report`: the data behind each figure, the page of real runs, and the page in a real browser.
+
+The runs are real and small, in this process (InlineExecutor) on one SQLite file shared by the
+module: a tiny GA of 4 generations, the same GA stopped in the middle of its third generation
+(a run that is still going), a tiny arena of 3 rounds and a tiny asynchronous fight.
+"""
+
+from __future__ import annotations
+
+import copy
+import io
+import math
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from PIL import Image
+
+from evoarena import report, scheduler
+from evoarena.cli import main
+from evoarena.fleet.executor import InlineExecutor
+from evoarena.spec import parse_spec
+from evoarena.store import ARENA_COLLECTIONS, open_store
+from evoarena.worker import WorkerConfig
+from headless_chromium import chromium, load
+from test_store_contract import mongomock_store
+
+ROOT = Path(__file__).resolve().parent.parent
+TINY = yaml.safe_load((ROOT / "experiments" / "tiny.yaml").read_text())
+ARENA = {
+    "name": "arena-tiny",
+    "problem": {"kind": "gan", "latent": 4, "metric_samples": 200,
+                "data": {"kind": "ring", "train": 2000, "heldout": 500}},
+    "arena": {"rounds": 3, "players": 2, "generators": 2, "discriminators": 2,
+              "generator": {"hidden": [16]}, "discriminator": {"hidden": [16]},
+              "train_steps": 20, "chunk_steps": 20, "cross_train_steps": 10, "batch_size": 32,
+              "match_samples": 128, "match_block": 4,
+              "variation": {"arch_rate": 1.0, "crossover_rate": 0.3, "meta_rate": 0.5}},
+    "noise": {"size": 65536},
+}
+PARTIAL_TASKS = 2 * 7 + 3  # tiny.yaml: 7 individuals a generation; stopped 3 tasks into the third
+
+
+def tiny_ga(name: str, generations: int):
+    return parse_spec({**copy.deepcopy(TINY), "name": name, "ga": {**TINY["ga"], "generations": generations}})
+
+
+def tiny_arena(name: str, **arena):
+    data = copy.deepcopy(ARENA)
+    data["name"] = name
+    data["arena"].update(arena)
+    return parse_spec(data)
+
+
+class StopAfter:
+    """An executor that stops the master like Ctrl-C once `n` tasks have stored their results."""
+
+    def __init__(self, inner, n: int):
+        self.inner, self.n, self.done = inner, n, 0
+
+    def map(self, op, tasks):
+        for summary in self.inner.map(op, tasks):
+            yield summary
+            self.done += 1
+            if self.done == self.n:
+                raise KeyboardInterrupt
+
+    def close(self):
+        self.inner.close()
+
+
+class Runs:
+    """The module's runs, all in one SQLite store."""
+
+    def __init__(self, root: Path):
+        self.root = root
+        self.url = f"sqlite:///{root / 'results.db'}"
+        self.store = open_store(self.url)
+        config = WorkerConfig(self.url, str(root / "artifacts"), str(root / "noise"), threads=1)
+        executor = InlineExecutor(config)
+        scheduler.run(tiny_ga("tiny", 4), self.store, executor)
+        with pytest.raises(KeyboardInterrupt):
+            scheduler.run(tiny_ga("tiny-partial", 3), self.store, StopAfter(executor, PARTIAL_TASKS))
+        scheduler.run(tiny_arena("arena-tiny"), self.store, executor)
+        scheduler.run(tiny_arena("arena-fight", rounds=2, mode="async", cross_train_steps=0), self.store, executor)
+        executor.close()
+
+    def page(self, name: str) -> str:
+        return report.build_page(self.store, name)
+
+    def write(self, name: str) -> Path:
+        assert main(["report", name, "--store", self.url, "--out", str(self.root / "reports")]) == 0
+        return self.root / "reports" / f"{name}.html"
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory) -> Runs:
+    runs = Runs(tmp_path_factory.mktemp("report"))
+    yield runs
+    runs.store.close()
+
+
+def images(page: str) -> list[str]:
+    """The alt text of each <img> of a page, in order."""
+    return [chunk.split('alt="', 1)[1].split('"', 1)[0] for chunk in page.split("<img ")[1:]]
+
+
+def sections(page: str) -> list[str]:
+    return [chunk.split("</h2>", 1)[0] for chunk in page.split("<h2>")[1:]]
+
+
+# --- the data behind each figure --------------------------------------------------------------------
+
+
+def test_fitness_band_is_best_mean_and_10th_to_90th_percentile_of_each_generation():
+    band = report.fitness_band({2: [4.0, 2.0], 1: [float(v) for v in range(1, 11)]})
+
+    assert band.x == [1, 2]
+    assert band.best == [10.0, 4.0]
+    assert band.mean == [5.5, 3.0]
+    # linear interpolation between order statistics: 1 + 0.9 * (2 - 1), 9 + 0.1 * (10 - 9); 2 + 0.1 * 2, 2 + 0.9 * 2
+    assert band.low == pytest.approx([1.9, 2.2])
+    assert band.high == pytest.approx([9.1, 3.8])
+
+
+def test_fitness_band_leaves_out_nan_values_and_generations_with_none_left():
+    band = report.fitness_band({1: [math.nan, 1.0, 3.0], 2: [math.nan]})
+
+    assert (band.x, band.best, band.mean) == ([1], [3.0], [2.0])
+    assert band.low == pytest.approx([1.2]) and band.high == pytest.approx([2.8])
+
+
+def test_ga_fitness_counts_generations_from_one_and_leaves_out_failed_evaluations():
+    results = [{"op": "evaluate", "generation": 0, "fitness": -2.0}, {"op": "evaluate", "generation": 0, "fitness": -1.0},
+               {"op": "evaluate", "generation": 1, "fitness": None, "error": "boom"},
+               {"op": "evaluate", "generation": 1, "fitness": -0.5}]
+
+    assert report.ga_fitness(results) == {1: [-2.0, -1.0], 2: [-0.5]}
+
+
+def test_best_metrics_are_those_of_each_generations_fittest_individual():
+    def result(generation, fitness, loss, _id):
+        return {"_id": _id, "op": "evaluate", "generation": generation, "fitness": fitness,
+                "metrics": {"train_loss": loss, "val_loss": loss + 1, "train_accuracy": 0.1 * loss, "val_accuracy": 0.0}}
+
+    metrics = report.best_metrics([result(0, -3.0, 3.0, "a"), result(0, -2.0, 2.0, "b"), result(1, -1.0, 1.0, "c"),
+                                   {"_id": "d", "op": "evaluate", "generation": 1, "fitness": None, "metrics": {}}])
+
+    assert metrics == {"x": [1, 2], "train_loss": [2.0, 1.0], "val_loss": [3.0, 2.0],
+                       "train_accuracy": [0.2, 0.1], "val_accuracy": [0.0, 0.0]}
+
+
+def test_arena_fitness_takes_the_fitness_kind_of_each_rounds_generators():
+    gens = [{"round": 0, "fitness_map": {"seed001": 0.25}}, {"round": 0, "fitness_map": {"seed001": 0.75}},
+            {"round": 1, "fitness_map": {"seed001": None}}, {"round": 1, "fitness_map": {"seed001": 0.5}}]
+
+    assert report.arena_fitness(gens, "seed001") == {1: [0.25, 0.75], 2: [0.5]}
+    assert report.arena_fitness(gens, "elo") == {}
+
+
+def test_fight_fitness_is_the_population_after_each_fight_without_those_that_have_not_fought():
+    events = [{"done": 0, "members": [{"side": "gen"}, {"side": "disc"}]},
+              {"done": 1, "members": [{"side": "gen", "fitness": 0.5}, {"side": "gen", "fitness": None},
+                                      {"side": "disc", "fitness": 0.9}, {"side": "gen", "fitness": 0.1, "failed": True}]}]
+
+    assert report.fight_fitness(events) == {0: [], 1: [0.5]}
+
+
+def test_lineage_shares_are_each_founders_fraction_of_each_snapshot_largest_founder_first():
+    x, founders, shares = report.lineage_shares({2: ["a", "a", "a", "b"], 1: ["a", "b", "c", "a"]})
+
+    assert x == [1, 2]
+    assert founders == ["a", "b", "c"]  # 5, 2 and 1 members over the run
+    np.testing.assert_allclose(shares, [[0.5, 0.25, 0.25], [0.75, 0.25, 0.0]])
+
+
+def test_generator_quality_collects_each_measure_per_round():
+    gens = [{"round": 0, "quality": {"modes_covered": 3, "modes": 8, "high_quality": 0.5}},
+            {"round": 0, "quality": {"modes_covered": 5, "modes": 8, "high_quality": 0.25}},
+            {"round": 1, "quality": None}, {"round": 2, "quality": {"frechet": 12.5}}]
+
+    assert report.generator_quality(gens) == {"modes_covered": {1: [3.0, 5.0]}, "modes": {1: [8.0, 8.0]},
+                                              "high_quality": {1: [0.5, 0.25]}, "frechet": {3: [12.5]}}
+
+
+def test_network_sizes_are_smallest_median_and_largest_parameter_count_per_round():
+    docs = [{"round": 0, "parameters": 300}, {"round": 0, "parameters": 100}, {"round": 0, "parameters": 200},
+            {"round": 1, "parameters": 50}, {"round": 1, "parameters": 150}]
+
+    assert report.network_sizes(docs) == {1: (100, 200.0, 300), 2: (50, 100.0, 150)}
+
+
+def test_heatmap_rounds_are_all_rounds_up_to_the_limit():
+    assert report.heatmap_rounds([3, 1, 2], limit=3) == [1, 2, 3]
+
+
+def test_heatmap_rounds_past_the_limit_are_evenly_spaced_from_the_first_to_the_last():
+    # positions 0, 29/3, 2*29/3, 29 of 30 rounds, rounded: 0, 10, 19, 29 (rounds 1, 11, 20, 30)
+    assert report.heatmap_rounds(list(range(1, 31)), limit=4) == [1, 11, 20, 30]
+
+
+def test_step_throughput_takes_the_steps_that_measured_hit_rate_and_speed():
+    steps = [{"generation": 0, "stats": {"hit_rate": 0.0, "evals_per_s": 10.0, "seconds": 1.0}},
+             {"generation": 1, "stats": {"best": 1.0}},  # an event of the asynchronous fight measures neither
+             {"generation": 2, "stats": {"hit_rate": 0.75, "evals_per_s": 20.0, "seconds": 2.0}}]
+
+    assert report.step_throughput(steps) == {"x": [1, 3], "hit_rate": [0.0, 0.75], "evals_per_s": [10.0, 20.0]}
+
+
+def test_tasks_per_worker_counts_by_celery_node_then_process_and_lost_tasks_apart():
+    results = [{"op": "evaluate", "node": "gpu0@a", "worker": "a-1"}, {"op": "evaluate", "node": "gpu0@a", "worker": "a-2"},
+               {"op": "match", "node": None, "worker": "b-7"}, {"op": "evaluate", "node": None, "worker": None}]
+
+    assert report.tasks_per_worker(results) == {"(lost)": Counter(evaluate=1), "b-7": Counter(match=1),
+                                                "gpu0@a": Counter(evaluate=2)}
+
+
+def test_encounter_matrix_greys_out_encounters_that_do_not_count_and_stars_liars():
+    trace = {"gens": ["gen-aaaaaa11", "gen-bbbbbb22"], "discs": ["disc-cccccc33", "disc-dddddd44"],
+             "matrix": [[0.1, 0.9], [0.4, 0.6]], "judged": [[False, True], [True, False]], "liars": [1]}
+
+    fig = report.plot_encounter_matrix(trace, {"gen-aaaaaa11": 0, "gen-bbbbbb22": 1, "disc-cccccc33": 0}, "round 1")
+
+    shown = fig.axes[0].images[0].get_array()
+    np.testing.assert_array_equal(shown.mask, [[True, False], [False, True]])
+    assert shown[0, 1] == 0.9 and shown[1, 0] == 0.4
+    assert [t.get_text() for t in fig.axes[0].get_xticklabels()] == ["p0 cccccc", "*? dddddd"]
+    assert [t.get_text() for t in fig.axes[0].get_yticklabels()] == ["p0 aaaaaa", "p1 bbbbbb"]
+
+
+# --- the page of real runs ----------------------------------------------------------------------------
+
+
+def test_ga_page_draws_fitness_loss_throughput_and_workers_and_says_the_baseline_is_not_stored(runs):
+    page = runs.page("tiny")
+
+    assert sections(page) == ["Fitness", "Training loss and accuracy", "Throughput", "Workers"]
+    assert images(page) == ["Fitness", "Training loss and accuracy", "Throughput", "Workers"]
+    assert "The Adam baseline is not stored" in page
+    assert "4/4 generations complete; 28 results stored" in page
+    assert {g: len(v) for g, v in report.ga_fitness(runs.store.find_results("tiny")).items()} == {1: 7, 2: 7, 3: 7, 4: 7}
+
+
+def test_page_of_a_run_still_going_includes_the_generation_in_progress(runs):
+    page = runs.page("tiny-partial")
+
+    assert runs.store.get_experiment("tiny-partial")["status"] == "running"
+    assert "2/3 generations complete; 17 results stored" in page
+    assert "Generation 3 is in progress: the figures include the 3 results stored so far." in page
+    assert report.fitness_band(report.ga_fitness(runs.store.find_results("tiny-partial"))).x == [1, 2, 3]
+
+
+@pytest.mark.parametrize("spec, says", [(tiny_ga("fresh", 4), "0/4 generations complete; 0 results stored"),
+                                        (tiny_arena("fresh"), "0/8 steps complete; 0 results stored")])
+def test_page_of_a_run_with_nothing_stored_yet_says_so_and_draws_nothing(tmp_path, spec, says):
+    with open_store(f"sqlite:///{tmp_path / 'results.db'}") as store:
+        scheduler.register(spec, store)
+
+        page = report.build_page(store, "fresh")
+
+    assert images(page) == []
+    assert says in page
+    assert ("No evaluation is stored yet" if spec.algorithm == "ga" else "No match is stored yet") in page
+
+
+def test_arena_page_has_one_encounter_matrix_per_round_and_says_samples_are_not_stored(runs):
+    page = runs.page("arena-tiny")
+
+    assert sections(page) == ["Fitness", "Encounter matrices", "Founding lineages", "Generator quality",
+                              "Network sizes", "Notes", "Throughput", "Workers"]
+    assert [alt for alt in images(page) if alt.startswith("encounter")] == [
+        "encounter matrix, round 1", "encounter matrix, round 2", "encounter matrix, round 3"]
+    assert "Generator samples are not drawn" in page
+
+
+def test_arena_founding_lineages_start_one_member_per_founder_and_each_round_sums_to_one(runs):
+    store, spec = runs.store, tiny_arena("arena-tiny")
+    gens, discs = store.find_docs("pure_gen", "arena-tiny"), store.find_docs("pure_disc", "arena-tiny")
+
+    lineages = report.founding_lineages(spec, store.list_generations("arena-tiny"), gens, discs)
+
+    for side in ("generators", "discriminators"):
+        x, founders, shares = lineages[side]
+        assert x == [1, 2, 3]
+        assert len(founders) == 4  # 2 players x 2 members of each side, each its own founder
+        np.testing.assert_allclose(sorted(shares[0]), [0.25] * 4)
+        np.testing.assert_allclose(shares.sum(axis=1), [1.0, 1.0, 1.0])
+
+
+def test_fight_page_is_drawn_per_fight(runs):
+    page = runs.page("arena-fight")
+    last = runs.store.list_generations("arena-fight")[-1]
+
+    assert f"{last['done']}/{last['budget']} fights" in page
+    drawn = [alt for alt in images(page) if alt.startswith("encounter")]
+    assert drawn and all(alt.startswith("encounter matrix, fight ") for alt in drawn)
+
+
+def test_page_from_a_mongodb_store_draws_the_same_figures_as_from_sqlite(runs, tmp_path):
+    name = "arena-tiny"
+    with mongomock_store(tmp_path) as mongo:
+        mongo.put_experiment(name, runs.store.get_experiment(name))
+        mongo.put_results(runs.store.find_results(name))
+        for doc in runs.store.list_generations(name):
+            mongo.put_generation(name, doc["generation"], doc)
+        for collection in ARENA_COLLECTIONS:
+            mongo.put_docs(collection, runs.store.find_docs(collection, name))
+
+        from_mongo = report.build_page(mongo, name)
+
+    def figures(page: str) -> list[str]:
+        return [chunk.split('"', 1)[0] for chunk in page.split('<img src="')[1:]]
+
+    assert figures(from_mongo) == figures(runs.page(name))
+
+
+# --- the command --------------------------------------------------------------------------------------
+
+
+def test_report_command_writes_name_html_in_out_dir(runs, capsys):
+    path = runs.write("tiny")
+
+    assert path.read_text().startswith("<!DOCTYPE html>")
+    assert capsys.readouterr().out == f"tiny: report written to {path}\n"
+
+
+def test_report_of_an_unknown_experiment_exits_2_with_one_line_naming_the_known_ones(runs, capsys):
+    assert main(["report", "nope", "--store", runs.url, "--out", str(runs.root / "reports")]) == 2
+
+    err = capsys.readouterr().err
+    assert err == "error: no experiment 'nope' in the store; known: arena-fight, arena-tiny, tiny, tiny-partial\n"
+    assert not (runs.root / "reports" / "nope.html").exists()
+
+
+# --- in a real browser --------------------------------------------------------------------------------
+
+
+def pixel_variance(png: bytes) -> float:
+    return float(np.asarray(Image.open(io.BytesIO(png)).convert("L"), float).var())
+
+
+def test_chromium_is_installed():
+    assert Path(chromium()).exists()
+
+
+def test_a_blank_page_screenshot_has_no_pixel_variance(tmp_path):
+    blank = tmp_path / "blank.html"
+    blank.write_text("<!DOCTYPE html><html><body></body></html>")
+
+    assert pixel_variance(load(blank).screenshot) == 0.0
+
+
+def test_the_browser_check_catches_console_errors_exceptions_and_images_that_do_not_load(tmp_path):
+    broken = tmp_path / "broken.html"
+    broken.write_text('<!DOCTYPE html><html><body><img src="missing.png">'
+                      '<script>console.error("boom"); notAFunction()</script></body></html>')
+
+    seen = load(broken)
+
+    assert "console: boom" in seen.errors
+    assert any(e.startswith("exception: ReferenceError: notAFunction is not defined") for e in seen.errors)
+    assert "failed to load: net::ERR_FILE_NOT_FOUND" in seen.errors
+    assert seen.images == [{"scheme": "file", "complete": True, "naturalWidth": 0, "naturalHeight": 0}]
+
+
+@pytest.mark.parametrize("name", ["tiny", "tiny-partial", "arena-tiny", "arena-fight"])
+def test_report_loads_in_chromium_with_no_error_every_image_drawn_and_nothing_fetched(runs, name):
+    seen = load(runs.write(name))
+
+    assert seen.errors == []
+    assert len(seen.images) == len(images(runs.page(name))) > 0
+    for image in seen.images:
+        assert image["scheme"] == "data" and image["complete"] and image["naturalWidth"] > 0 and image["naturalHeight"] > 0
+    assert {url.split(":", 1)[0] for url in seen.requests} <= {"file", "data"}
+    assert pixel_variance(seen.screenshot) > 100.0
