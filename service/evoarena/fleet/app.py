@@ -131,8 +131,10 @@ def make_app(broker: str | None = None, queue: str | None = None) -> Celery:
         worker_hijack_root_logger=False,
         worker_redirect_stdouts=False,  # the per-task JSON lines go to stdout as they are
         # task events for Flower (and `celery events`): received, started, succeeded, failed...
+        # from the workers. Not "sent" from the master: one more confirmed publish per task
+        # halved the master's dispatch ceiling (bench/scale.py), and Flower lists tasks without it.
         worker_send_task_events=settings.task_events,
-        task_send_sent_event=settings.task_events,
+        task_send_sent_event=False,
         # events and remote control (pings) on exchanges of this fleet's own: another fleet on the
         # same broker neither answers our pings nor floods our Flower with its tasks
         event_exchange=f"{queue}.ev",
