@@ -28,22 +28,25 @@ from .spec_arena import ArenaSpec, GanSpec
 from .spec_base import SpecModel, _field_error
 
 NAME_MAX_LENGTH = 53
-_NAME_PATTERN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+
+
+def dns_label_problem(value: str, limit: int) -> str | None:
+    """Why `value` cannot be a DNS-1123 label of at most `limit` characters (a Kubernetes name),
+    or None when it can. The one check for experiment names and everything `submit` names."""
+    if len(value) > limit:
+        return f"is {len(value)} characters; at most {limit} are accepted"
+    if not _DNS_LABEL.match(value):
+        return "must be a DNS-1123 label: lowercase letters, digits and '-', starting and ending with a letter or digit"
+    return None
 
 
 def _name_problem(name: str) -> str | None:
     """Why `name` cannot be an experiment name, or None when it can."""
-    if len(name) > NAME_MAX_LENGTH:
-        return (
-            f"is {len(name)} characters; at most {NAME_MAX_LENGTH} are accepted "
-            "(it becomes an S3 key and a Kubernetes name)"
-        )
-    if not _NAME_PATTERN.match(name):
-        return (
-            "must be a DNS-1123 label: lowercase letters, digits and '-', "
-            "starting and ending with a letter or digit"
-        )
-    return None
+    problem = dns_label_problem(name, NAME_MAX_LENGTH)
+    if problem is not None and len(name) > NAME_MAX_LENGTH:
+        return problem + " (it becomes an S3 key and a Kubernetes name)"
+    return problem
 
 
 def validate_name(name: str) -> str:

@@ -26,12 +26,11 @@ from pathlib import Path
 import yaml
 
 from .settings import Settings
-from .spec import SpecError, load_spec
+from .spec import SpecError, dns_label_problem, load_spec
 
 MANAGED_BY = "evoarena-submit"
 MOUNT = "/experiment"
 UID = 10001  # the image's user (Dockerfile)
-_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 _CONFIGMAP_KEY = re.compile(r"^[-._a-zA-Z0-9]+$")
 
 
@@ -89,11 +88,9 @@ class Names:
 
 
 def _label(what: str, value: str, limit: int) -> str:
-    if len(value) > limit:
-        raise ValueError(f"{what} {value!r} is {len(value)} characters; at most {limit} are accepted")
-    if not _DNS_LABEL.match(value):
-        raise ValueError(f"{what} {value!r} must be a DNS-1123 label: lowercase letters, digits and '-', "
-                         "starting and ending with a letter or digit")
+    problem = dns_label_problem(value, limit)
+    if problem is not None:
+        raise ValueError(f"{what} {value!r} {problem}")
     return value
 
 
