@@ -95,3 +95,48 @@ def test_the_management_api_shows_the_fleets_queues_with_their_consumers_and_mes
         time.sleep(1)
     assert delivered > 0
     assert stats.get("publish", 0) >= delivered
+
+
+def test_queue_lines_sum_a_fleets_queues_and_leave_out_other_fleets():
+    from evoarena.fleet.management import queue_lines
+
+    ours = {"x-dead-letter-routing-key": "arena.dead"}
+    listed = [
+        {"name": "arena", "messages_ready": 12, "messages_unacknowledged": 3, "consumers": 4, "arguments": ours},
+        {"name": "w1@pod-a.dq2", "messages_ready": 2, "messages_unacknowledged": 1, "arguments": ours},
+        {"name": "w2@pod-b.dq2", "messages_ready": 0, "messages_unacknowledged": 1, "arguments": ours},
+        {"name": "w9@other.dq2", "messages_ready": 50, "messages_unacknowledged": 9,
+         "arguments": {"x-dead-letter-routing-key": "other.dead"}},
+        {"name": "arena.dead", "messages": 1, "arguments": {}},
+        {"name": "fresh", "arguments": {}},
+    ]
+    assert queue_lines(listed, "arena") == ["queue arena: 12 ready, 3 running, 4 consumers",
+                                            "direct queues: 2, 2 ready, 2 running", "dead letters: 1"]
+
+
+def test_a_count_the_plugin_has_not_sampled_yet_shows_as_unknown():
+    from evoarena.fleet.management import queue_lines
+
+    assert queue_lines([{"name": "arena", "arguments": {}}], "arena")[0] == "queue arena: ? ready, ? running, ? consumers"
+
+
+def test_status_watch_shows_the_fleets_queues_from_the_management_api(management, fleet, monkeypatch):
+    import io
+
+    from evoarena.watch import watch
+
+    fleet.start("alpha")
+    fleet.wait_ready()
+    spec = parse_spec(spec_dict("fleet-watch-queues", generations=1))
+    scheduler.run(spec, fleet.store, fleet.executor())
+    monkeypatch.setenv("EVOARENA_MANAGEMENT_URL", "http://guest:guest@127.0.0.1:15672")
+    monkeypatch.setenv("EVOARENA_QUEUE", fleet.queue)
+    deadline = time.monotonic() + 30
+    while "consumers" not in queue(fleet.queue) and time.monotonic() < deadline:  # sampled every 5 s
+        time.sleep(0.5)
+
+    out = io.StringIO()
+    assert watch(fleet.store, spec.name, every=0.1, stream=out) == 0
+
+    assert f"queue {fleet.queue}: 0 ready, 0 running, 1 consumers" in out.getvalue().splitlines()
+    assert "direct queues: 1, 0 ready, 0 running" in out.getvalue().splitlines()

@@ -107,6 +107,8 @@ class FleetSettings(FromEnv):
     """Send a child to the worker that holds its parent (fleet/routing.py); off: shared queue only."""
     backlog: int = 0
     """Tasks that may wait on one worker while it holds what they need; 0: each op's own (routing.BACKLOG)."""
+    management_url: str = ""
+    """The RabbitMQ management API (http://user:pass@host:15672): `status --watch` shows the queues."""
     task_events: bool = True
     """Workers send Celery task events (received, started, succeeded...): Flower shows them."""
     log_level: str = "WARNING"

@@ -122,6 +122,21 @@ def _fight(store: ResultStore, spec: ExperimentSpec) -> Live:
 # --- the loop -------------------------------------------------------------------------------------
 
 
+def fleet_lines() -> list[str]:
+    """The fleet's queues from the RabbitMQ management API, when EVOARENA_MANAGEMENT_URL names it."""
+    from .settings import FleetSettings
+
+    settings = FleetSettings.from_env()
+    if not settings.management_url:
+        return []
+    from .fleet.management import queue_lines, queues
+
+    try:
+        return [""] + queue_lines(queues(settings.management_url), settings.queue)
+    except OSError as exc:  # the API is down or refuses us: the store's view still stands
+        return ["", f"queues: the RabbitMQ management API did not answer ({exc})"]
+
+
 class Screen:
     """Draws the view: redrawn in place on a terminal, printed as plain lines anywhere else."""
 
@@ -161,7 +176,7 @@ def watch(store: ResultStore, name: str, every: float = 2.0, stream: TextIO | No
         while True:
             experiment = store.get_experiment(name)  # first: once it says complete, every step is stored
             spec = parse_spec(experiment["spec"], source=f"the stored spec of {name}")  # a rerun may extend it
-            screen.show(status_lines(store, experiment, spec), live(store, spec))
+            screen.show(status_lines(store, experiment, spec) + fleet_lines(), live(store, spec))
             if experiment["status"] in ("complete", "failed"):
                 screen.end(f"{name}: {state_text(experiment)}")
                 return 0 if experiment["status"] == "complete" else 1
