@@ -465,6 +465,28 @@ def test_metrics_are_off_by_default_and_scraped_from_the_workers_port_when_on(re
     assert monitor["endpoints"] == [{"port": "metrics", "interval": "30s"}]
 
 
+def test_the_longest_release_name_submit_accepts_gives_names_kubernetes_accepts(helm):
+    from evoarena.submit import RELEASE_MAX_LENGTH
+
+    release = "r" * RELEASE_MAX_LENGTH
+    objects = template(helm, "--set", "keda.enabled=true", "--set", "flower.enabled=true",
+                       "--set", "metrics.enabled=true", release=release)
+    for obj in objects:
+        limit = 52 if obj["kind"] == "StatefulSet" else 63  # a StatefulSet's pods add a suffix
+        assert len(obj["metadata"]["name"]) <= limit, obj["metadata"]["name"]
+    # and `evoarena submit` finds the ConfigMap where the chart put it
+    assert one(objects, "ConfigMap", f"{release}-evoarena-config")
+
+
+def test_a_release_name_one_character_longer_is_refused_by_the_chart(helm):
+    from evoarena.submit import RELEASE_MAX_LENGTH
+
+    release = "r" * (RELEASE_MAX_LENGTH + 1)
+    done = subprocess.run([helm, "template", release, str(CHART)], capture_output=True, text=True)
+    assert done.returncode != 0
+    assert f"release name \"{release}\" is {RELEASE_MAX_LENGTH + 1} characters; at most 34 are accepted" in done.stderr
+
+
 def test_the_chart_sets_the_fleet_settings_the_code_reads(helm, rendered):
     from evoarena.settings import FleetSettings
 

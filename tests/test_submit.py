@@ -77,7 +77,7 @@ def test_a_missing_file_exits_2(tmp_path, capsys):
 BAD_NAMES = {
     "release with capitals": (["--release", "Arena"], "release 'Arena' must be a DNS-1123 label"),
     "release with underscore": (["--release", "my_arena"], "release 'my_arena' must be a DNS-1123 label"),
-    "release too long": (["--release", "a" * 54], "release 'aaaa"),
+    "release too long": (["--release", "a" * 35], f"release '{'a' * 35}' is 35 characters; at most 34 are accepted"),
     "namespace ending in a dash": (["--namespace", "evo-"], "namespace 'evo-' must be a DNS-1123 label"),
     "namespace too long": (["--namespace", "n" * 64], "is 64 characters; at most 63 are accepted"),
 }

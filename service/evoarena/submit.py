@@ -29,6 +29,9 @@ from .settings import Settings
 from .spec import SpecError, dns_label_problem, load_spec
 
 MANAGED_BY = "evoarena-submit"
+# The chart's rule (helm/evoarena/templates/_helpers.tpl, evoarena.fullname): its longest name,
+# the StatefulSet <release>-evoarena-rabbitmq, must stay within 52 characters.
+RELEASE_MAX_LENGTH = 34
 MOUNT = "/experiment"
 UID = 10001  # the image's user (Dockerfile)
 _CONFIGMAP_KEY = re.compile(r"^[-._a-zA-Z0-9]+$")
@@ -78,7 +81,7 @@ class Names:
 
     def __init__(self, experiment: str, release: str, namespace: str | None):
         self.experiment = experiment  # already a checked label: the spec validates it
-        self.release = _label("release", release, 53)  # Helm's own limit
+        self.release = _label("release", release, RELEASE_MAX_LENGTH)
         self.namespace = None if namespace is None else _label("namespace", namespace, 63)
         self.job = _label("job name", f"evoarena-{experiment}", 63)
         prefix = f"{release}-evoarena"

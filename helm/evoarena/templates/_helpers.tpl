@@ -6,8 +6,15 @@ submit --release R` finds the release's configuration by this convention, withou
   Secret    R-evoarena-external   yours, optional: URLs of external services, static AWS keys
   ServiceAccount R-evoarena       the workers' and masters' identity (IRSA for S3)
 */}}
+{{- /* <release>-evoarena, never truncated (`evoarena submit` finds the release's ConfigMap by
+this name). The longest name built on it is a StatefulSet's, <release>-evoarena-rabbitmq, and a
+StatefulSet's name must stay within 52 characters for its pods to be created: so a release name
+has at most 34 characters. service/evoarena/submit.py checks the same number (RELEASE_MAX_LENGTH). */ -}}
 {{- define "evoarena.fullname" -}}
-{{- printf "%s-evoarena" .Release.Name | trunc 45 | trimSuffix "-" -}}
+{{- if gt (len .Release.Name) 34 -}}
+{{- fail (printf "release name %q is %d characters; at most 34 are accepted (its StatefulSet %s-evoarena-rabbitmq must stay within Kubernetes' 52)" .Release.Name (len .Release.Name) .Release.Name) -}}
+{{- end -}}
+{{- printf "%s-evoarena" .Release.Name -}}
 {{- end -}}
 
 {{- define "evoarena.chart" -}}
