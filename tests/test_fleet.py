@@ -273,6 +273,27 @@ def test_a_worker_silent_for_less_than_the_heartbeat_window_keeps_its_tasks(flee
     assert_one_result_per_individual(fleet.store, spec)
 
 
+def test_the_master_knows_a_worker_started_mid_run_before_it_has_run_a_task(fleet):
+    fleet.start("alpha")
+    fleet.wait_ready()
+    executor = fleet.executor()
+    task = {"experiment": "discovery", "generation": 0, "genome": {"id": "g0"}, "seconds": 8.0}
+    late = {}
+
+    def start_a_worker_mid_run():  # as KEDA adds a pod while the run goes on
+        while not executor.seen:  # alpha has started the task
+            time.sleep(0.05)
+        late["node"] = fleet.start("beta")
+
+    starter = threading.Thread(target=start_a_worker_mid_run)
+    starter.start()
+    (summary,) = executor.map("sleep", [task])  # one task, taken by alpha: beta runs nothing
+    starter.join()
+
+    assert late["node"] in executor.nodes  # heard from its heartbeats
+    assert summary["node"] != late["node"] and '{"started"' not in fleet.log("beta")
+
+
 def test_a_worker_whose_queue_was_deleted_as_dead_declares_a_fresh_one_and_is_reached_again(fleet):
     from amqp.exceptions import NotFound
 

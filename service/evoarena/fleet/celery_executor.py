@@ -14,8 +14,8 @@ Failures, and who records them (the scheduler writes each once, never over a sto
   broker dead-letters it, and the master reads the dead-letter queue here;
 - a task that a worker started and that has not finished a deadline later (twice its op's hard
   time limit, plus a minute) is given up; time spent waiting in a queue does not count;
-- a worker is gone when it has not shown itself alive (a result, a started task, an answer to a
-  ping) for the heartbeat window; its direct tasks are sent again on the shared queue under the
+- a worker is gone when it has not shown itself alive (a heartbeat, a result, a started task, an
+  answer to a ping) for the heartbeat window; its direct tasks are sent again on the shared queue under the
   same ids (writes are idempotent), and its queue is deleted. A worker that answers again is
   used again, through the fresh queue it declares when its consumer is cancelled;
 - a send to a direct queue that no longer exists comes back from the broker (mandatory publish
@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import logging
 import time
+import uuid
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -33,7 +34,9 @@ from dataclasses import dataclass
 from amqp.exceptions import AMQPError, ChannelError
 from celery import Celery
 from celery.exceptions import TimeoutError as CeleryTimeout
+from celery.events.event import get_exchange
 from celery.result import AsyncResult, ResultSet
+from kombu import Queue
 from kombu.exceptions import OperationalError
 
 from .. import metrics
@@ -76,10 +79,10 @@ class CeleryExecutor:
         self.store_every = store_every
         self.window = heartbeat_window or settings.heartbeat_window_s
         self.dead_letters = declare_dead_letter_queue(app)
-        # Live workers, learned from the tasks they start and finish: a worker that ran a task of
-        # ours consumes our queue. Nothing is asked up front: a first ping waits its whole timeout
-        # (1 s, 13% of a short arena run in bench/arena_fleet.py), may be answered by another
-        # fleet's workers on the same broker, and is useless while nobody holds anything yet.
+        self.heartbeats = self._heartbeat_queue()
+        # Live workers, learned from their heartbeats on the fleet's own event exchange and from the
+        # tasks they start and finish. Nothing is asked up front: a first ping waits its whole
+        # timeout (1 s, 13% of a short arena run in bench/arena_fleet.py).
         self.seen: dict[str, float] = {}  # node -> when it last showed itself alive (time.monotonic)
         self.deadline: float | None = None  # seconds from a task's start; None: from its op's time limit
         # how each task's outcome reached the master: "backend" (the reply queue, the normal way),
@@ -113,6 +116,7 @@ class CeleryExecutor:
             if now - last_store > self.store_every:
                 yield from self._from_store(pending)
                 yield from self._dead(pending)
+                self._hear_workers()
                 last_store = now
             if now - last_ping > self.ping_every:
                 self._rescue(op, pending)
@@ -293,6 +297,38 @@ class CeleryExecutor:
             log.warning("cannot read the dead-letter queue (%s)", exc)
 
     # --- liveness ---------------------------------------------------------------------------
+
+    def _heartbeat_queue(self) -> Queue:
+        """A queue of this master's own on the fleet's event exchange, for the workers' heartbeats
+        (every 2 s, from each worker's main process, however busy its pool), their start and their
+        warm shutdown. A worker that KEDA adds is known from its first heartbeat, before it has run
+        a task. The broker deletes the queue a minute after this master stops reading it."""
+        app = self.app
+        with app.connection_for_write() as conn:
+            exchange = get_exchange(conn, name=app.conf.event_exchange)
+            queue = Queue(f"{app.conf.task_default_queue}.master-{uuid.uuid4().hex[:8]}", exchange,
+                          routing_key="worker.#", durable=False, queue_arguments={"x-expires": 60_000})
+            exchange(conn.default_channel).declare()
+            queue(conn.default_channel).declare()
+        return queue
+
+    def _hear_workers(self) -> None:
+        """Read the workers' heartbeats since the last look: each names a live worker (a new one
+        included); a worker that went offline (a warm shutdown) is dropped at once."""
+        try:
+            with self.app.connection_for_write() as conn:
+                queue = self.heartbeats(conn.default_channel)
+                queue.declare()  # again: a broker restart loses it (it is not durable)
+                while (message := queue.get(no_ack=True, accept=["application/json"])) is not None:
+                    event, node = message.payload, message.payload.get("hostname")
+                    if not node:
+                        continue
+                    if event.get("type") == "worker-offline":
+                        self.seen.pop(node, None)
+                    else:
+                        self.seen[node] = time.monotonic()
+        except BROKER_ERRORS as exc:
+            log.warning("cannot read the workers' heartbeats (%s)", exc)
 
     def _ping(self, nodes: list[str]) -> set[str]:
         """The workers among `nodes` that answer within a second (all of them while the broker is down)."""
