@@ -62,9 +62,9 @@ BAR = 0.90
 # on this machine's CPU (2 workers, one thread each); a GPU takes less: pass its seconds.
 TASK_SECONDS = {  # op: (argument, default seconds per task, where the default comes from)
     "memorize evaluate": ("--memorize-task-s", 2 / 19.6, "README, bench/memorize.py: 19.6 evaluations/s (8x4) on 2 CPU workers"),
-    "arena train_pair": ("--train-pair-task-s", 500 / 576,
-                         "README, bench/arena_fleet.py: 1,152 steps/s on 2 CPU workers, 500 steps a task"),
-    "arena match": ("--match-task-s", 2 / 45.7, "README, bench/arena_fleet.py: 45.7 match tasks/s on 2 CPU workers"),
+    "arena train_pair": ("--train-pair-task-s", 2 * 500 / 885,
+                         "README, bench/arena_fleet.py: 885 steps/s on 2 CPU workers, 500 steps a task"),
+    "arena match": ("--match-task-s", 2 / 35.05, "README, bench/arena_fleet.py: 35.05 match tasks/s on 2 CPU workers"),
 }
 
 
