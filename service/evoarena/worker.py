@@ -21,6 +21,7 @@ import torch
 
 from .genome import Genome, ancestor
 from .materialize import Materializer, ParentCache
+from .metrics import MATERIALIZE_SECONDS
 from .noise import open_noise
 from .problems import PROBLEMS
 from .store import artifact_key, open_artifacts, open_store
@@ -241,8 +242,6 @@ class Worker:
             raise
 
     def _evaluate(self, task: dict, genome: Genome) -> dict:
-        from .metrics import MATERIALIZE_SECONDS
-
         materializer = self.materializer(task["noise"])
         with MATERIALIZE_SECONDS.time():
             weights, build = materializer.build_how(genome)
