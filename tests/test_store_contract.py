@@ -11,6 +11,7 @@ import math
 import multiprocessing
 import os
 import random
+import re
 import sqlite3
 import uuid
 from collections.abc import Callable, Iterator
@@ -326,6 +327,59 @@ def test_experiments_listed_sorted_and_upserted(store):
     store.put_experiment("b", {"kind": "ga"})
     assert store.list_experiments() == ["a", "b"]
     assert store.get_experiment("b") == {"_id": "b", "kind": "ga"}
+
+
+def test_touch_experiment_sets_only_the_given_fields(store):
+    store.put_experiment("a", {"status": "running", "updated": 1.0, "spec": {"x": [1, 2]}})
+    assert store.touch_experiment("a", heartbeat=5.5, heartbeat_s=2.0) is True
+    assert store.get_experiment("a") == {"_id": "a", "status": "running", "updated": 1.0, "spec": {"x": [1, 2]},
+                                         "heartbeat": 5.5, "heartbeat_s": 2.0}
+    store.touch_experiment("a", heartbeat=6.5)
+    assert store.get_experiment("a")["heartbeat"] == 6.5
+
+
+def test_touch_experiment_of_an_unknown_experiment_writes_nothing(store):
+    assert store.touch_experiment("nope", heartbeat=1.0) is False
+    assert store.get_experiment("nope") is None
+    assert store.list_experiments() == []
+
+
+@pytest.mark.parametrize("field", ["_id", "status.x", "$set", "1st", ""])
+def test_touch_experiment_refuses_a_field_that_is_not_plain_naming_it(store, field):
+    store.put_experiment("a", {"status": "running"})
+    with pytest.raises(ValueError, match=re.escape(f"field {field!r} cannot be set")):
+        store.touch_experiment("a", **{field: 1})
+    assert store.get_experiment("a") == {"_id": "a", "status": "running"}
+
+
+def test_touch_experiment_keeps_a_status_written_meanwhile(store):
+    store.put_experiment("a", {"status": "running"})
+    store.put_experiment("a", {**store.get_experiment("a"), "status": "complete"})
+    store.touch_experiment("a", heartbeat=2.0)
+    assert store.get_experiment("a")["status"] == "complete"
+
+
+# baselines
+
+
+def test_baseline_round_trips_with_id_experiment_and_kind(store):
+    history = [{"epoch": 1, "train_loss": 2.25, "train_accuracy": 0.125}, {"epoch": 2, "train_loss": math.nan}]
+    store.put_baseline("exp", "adam", {"lr": 1e-3, "history": history})
+    got = store.get_baseline("exp", "adam")
+    assert {k: v for k, v in got.items() if k != "history"} == {
+        "_id": "exp:baseline:adam", "experiment": "exp", "kind": "adam", "lr": 1e-3}
+    assert got["history"][0] == history[0] and math.isnan(got["history"][1]["train_loss"])
+
+
+def test_baseline_upsert_replaces_and_is_kept_apart_per_experiment_and_kind(store):
+    store.put_baseline("exp", "adam", {"epochs": 1, "stale": True})
+    store.put_baseline("exp", "adam", {"epochs": 2})
+    store.put_baseline("other", "adam", {"epochs": 3})
+    assert store.get_baseline("exp", "adam") == {"_id": "exp:baseline:adam", "experiment": "exp", "kind": "adam",
+                                                 "epochs": 2}
+    assert store.get_baseline("other", "adam")["epochs"] == 3
+    assert store.get_baseline("exp", "single_gan") is None
+    assert store.count_results("exp") == 0 and store.list_experiments() == []
 
 
 # SQLite only

@@ -7,7 +7,10 @@ is a fresh dict: mutating it never changes what is stored.
 
 Beside results, a store keeps the GAN arena's collections (ARENA_COLLECTIONS, named as in the
 seed project GAN_evo): generator and discriminator docs, and the traces of their encounters,
-which a gen or disc doc points to by the trace doc's `_id`.
+which a gen or disc doc points to by the trace doc's `_id`; the baselines an experiment is
+compared with (the Adam run of `evoarena baseline`), one doc per kind; and, on the experiment
+doc, the master's heartbeat, written field by field (touch_experiment) so that it never undoes
+what the master wrote beside it.
 """
 
 from __future__ import annotations
@@ -41,6 +44,20 @@ class ResultStore(Protocol):
 
     def list_experiments(self) -> list[str]:
         """The names of all experiments, sorted."""
+
+    def touch_experiment(self, name: str, **fields: Any) -> bool:
+        """Set the top-level `fields` of experiment `name`'s doc in one atomic write, leaving every
+        other field as stored; return False (writing nothing) when no experiment has that name.
+
+        Raises ValueError naming the field when a field name is not plain (check_fields).
+        """
+
+    def put_baseline(self, experiment: str, kind: str, doc: dict[str, Any]) -> None:
+        """Insert or replace experiment `experiment`'s baseline of `kind` (e.g. "adam"). The
+        stored doc gets `_id` = baseline_id(experiment, kind), `experiment` and `kind`."""
+
+    def get_baseline(self, experiment: str, kind: str) -> dict[str, Any] | None:
+        """The baseline doc, or None."""
 
     def put_result(self, doc: dict[str, Any]) -> None:
         """Insert `doc`, or replace the whole stored doc with the same `_id`.
@@ -113,6 +130,22 @@ class ResultStore(Protocol):
 def generation_id(experiment: str, generation: int) -> str:
     """The `_id` of a generation doc; zero-padded so ids sort in generation order."""
     return f"{experiment}:{generation:06d}"
+
+
+def baseline_id(experiment: str, kind: str) -> str:
+    """The `_id` of a baseline doc."""
+    return f"{experiment}:baseline:{kind}"
+
+
+def check_fields(fields: dict[str, Any]) -> None:
+    """Raise ValueError unless every key of `fields` is a plain field name (as check_where's)
+    other than `_id`: a set written into a doc must not reach into it or rename it."""
+    for key in fields:
+        if not isinstance(key, str) or not _FIELD_NAME.fullmatch(key) or key == "_id":
+            raise ValueError(
+                f"field {key!r} cannot be set; accepted: a plain field name (letters, digits and "
+                f"'_', not starting with a digit) other than '_id'"
+            )
 
 
 def check_result(doc: dict[str, Any]) -> None:

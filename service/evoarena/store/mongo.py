@@ -1,7 +1,7 @@
 """The fleet's result store: MongoDB, written by every worker as its tasks finish.
 
 Documents are stored as they are, `_id` included, in the collections `experiments`,
-`results`, `generations` and the arena's (ARENA_COLLECTIONS) of one database. Every write is
+`results`, `generations`, `baselines` and the arena's (ARENA_COLLECTIONS) of one database. Every write is
 a whole-document upsert by `_id` (DESIGN.md invariant 5), so sending a write again after a
 dropped connection can only rewrite the same documents: that is what makes retrying writes
 as safe as retrying reads.
@@ -25,8 +25,10 @@ from pymongo.write_concern import WriteConcern
 
 from .base import (
     ARENA_COLLECTIONS,
+    baseline_id,
     check_arena_docs,
     check_collection,
+    check_fields,
     check_result,
     check_where,
     generation_id,
@@ -154,6 +156,30 @@ class MongoStore:
         return self._retrying(
             "list experiments",
             lambda db: [d["_id"] for d in db.experiments.find({}, {"_id": 1}).sort("_id", 1)],
+        )
+
+    def touch_experiment(self, name: str, **fields: Any) -> bool:
+        check_fields(fields)  # plain names only: no "$" operator, no "." path
+        written = self._retrying(
+            f"set {sorted(fields)} of experiment {name!r}",
+            lambda db: db.experiments.update_one({"_id": name}, {"$set": fields}),
+        )
+        return written.matched_count == 1
+
+    # baselines
+
+    def put_baseline(self, experiment: str, kind: str, doc: dict[str, Any]) -> None:
+        _id = baseline_id(experiment, kind)
+        stored = {**doc, "_id": _id, "experiment": experiment, "kind": kind}
+        self._retrying(
+            f"write baseline {_id!r}",
+            lambda db: db.baselines.replace_one({"_id": _id}, stored, upsert=True),
+        )
+
+    def get_baseline(self, experiment: str, kind: str) -> dict[str, Any] | None:
+        _id = baseline_id(experiment, kind)
+        return self._retrying(
+            f"read baseline {_id!r}", lambda db: db.baselines.find_one({"_id": _id})
         )
 
     # results

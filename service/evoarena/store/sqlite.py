@@ -18,8 +18,10 @@ from typing import Any, Self
 
 from .base import (
     ARENA_COLLECTIONS,
+    baseline_id,
     check_arena_docs,
     check_collection,
+    check_fields,
     check_result,
     check_where,
     generation_id,
@@ -38,6 +40,8 @@ CREATE TABLE IF NOT EXISTS generations (
     _id TEXT PRIMARY KEY, experiment TEXT NOT NULL, generation INTEGER NOT NULL,
     doc TEXT NOT NULL);
 CREATE INDEX IF NOT EXISTS generations_by_step ON generations (experiment, generation);
+CREATE TABLE IF NOT EXISTS baselines (
+    _id TEXT PRIMARY KEY, experiment TEXT NOT NULL, kind TEXT NOT NULL, doc TEXT NOT NULL);
 """ + "".join(
     f"""CREATE TABLE IF NOT EXISTS {name} (
     _id TEXT PRIMARY KEY, experiment TEXT NOT NULL, doc TEXT NOT NULL);
@@ -145,6 +149,31 @@ class SQLiteStore:
 
     def list_experiments(self) -> list[str]:
         return [row[0] for row in self._query("SELECT _id FROM experiments ORDER BY _id")]
+
+    def touch_experiment(self, name: str, **fields: Any) -> bool:
+        check_fields(fields)
+        with self._write() as conn:  # read and write under the write lock: no other write between
+            row = conn.execute("SELECT doc FROM experiments WHERE _id = ?", (name,)).fetchone()
+            if row is None:
+                return False
+            doc = {**json.loads(row[0]), **fields}
+            conn.execute("UPDATE experiments SET doc = ? WHERE _id = ?", (_dump(doc), name))
+            return True
+
+    # baselines
+
+    def put_baseline(self, experiment: str, kind: str, doc: dict[str, Any]) -> None:
+        _id = baseline_id(experiment, kind)
+        text = _dump({**doc, "_id": _id, "experiment": experiment, "kind": kind})
+        with self._write() as conn:
+            conn.execute(
+                "INSERT INTO baselines (_id, experiment, kind, doc) VALUES (?, ?, ?, ?)"
+                " ON CONFLICT(_id) DO UPDATE SET doc = excluded.doc",
+                (_id, experiment, kind, text),
+            )
+
+    def get_baseline(self, experiment: str, kind: str) -> dict[str, Any] | None:
+        return self._doc("SELECT doc FROM baselines WHERE _id = ?", (baseline_id(experiment, kind),))
 
     # results
 
