@@ -91,14 +91,22 @@ def _arena_states(store: ResultStore, name: str):
 
 
 def _best_generator(store: ResultStore, spec: ExperimentSpec) -> Chosen:
-    events = spec.arena.mode == "async"
     for index, state in _arena_states(store, spec.name):
-        best = state.get("stats", {}).get("best_member")
-        if best and (events or state.get("phase") == "match"):
-            member = next(m for m in state["members"] if m["id"] == best)
-            source = f"fight {index}" if events else f"round {state['round']} match"
-            return Chosen(member["genome"], "generator", source, best, member.get("fitness"))
+        if (chosen := best_generator_of(spec, index, state)) is not None:
+            return chosen
     raise BadInput(f"experiment {spec.name!r} has no match yet: no generator has been ranked")
+
+
+def best_generator_of(spec: ExperimentSpec, index: int, state: dict) -> Chosen | None:
+    """The best generator that arena state `index` ranked (a match step's, or the fight's event's), with
+    the weights it had there; None for a state that ranked none (a train or cross step, no match yet)."""
+    events = spec.arena.mode == "async"
+    best = state.get("stats", {}).get("best_member")
+    if not best or not (events or state.get("phase") == "match"):
+        return None
+    member = next(m for m in state["members"] if m["id"] == best)
+    source = f"fight {index}" if events else f"round {state['round']} match"
+    return Chosen(member["genome"], "generator", source, best, member.get("fitness"))
 
 
 def _arena_genome(store: ResultStore, spec: ExperimentSpec, wanted: str) -> Chosen:

@@ -10,8 +10,11 @@ torch.Generator seeded with `--seed`, so the same command draws the same picture
   a 32-pixel tile: 64 of them make a 274 x 274 PNG.
 - Mixtures (ring, grid): a 600 x 600 scatter of `n` samples (default 2,500, as many as the quality
   metrics take) over the mixture's mode centres, each with its 3-std circle (a sample inside one
-  is high quality, gan_metrics.py); the title gives the modes covered, the high-quality share and
-  the reverse KL of these very samples.
+  is high quality, gan_metrics.py); the title names the generator and its genome, and gives the
+  modes covered, the high-quality share and the reverse KL of these very samples.
+
+`draw` makes the picture; `evoarena report` embeds the same pictures (one per round's best
+generator), so a generator drawn by either command with the same seed gives the same pixels.
 """
 
 from __future__ import annotations
@@ -52,17 +55,23 @@ def image_grid(samples: torch.Tensor, scale: int = 4) -> np.ndarray:
     return grid[..., 0] if grid.shape[2] == 1 else grid
 
 
-def save_grid(path: str | Path, grid: np.ndarray) -> None:
+def grid_png(grid: np.ndarray) -> bytes:
     """`grid` as a PNG, one pixel per array element (no colour map: each value is its grey level, to 8 bits)."""
+    import io
+
     import numpy as np
     from matplotlib.image import imsave
 
     rgb = np.repeat(grid[..., None], 3, axis=2) if grid.ndim == 2 else grid
-    imsave(str(path), rgb, format="png")
+    buffer = io.BytesIO()
+    imsave(buffer, rgb, format="png")
+    return buffer.getvalue()
 
 
-def save_scatter(path: str | Path, samples: torch.Tensor, centres: torch.Tensor, std: float, title: str) -> None:
+def scatter_png(samples: torch.Tensor, centres: torch.Tensor, std: float, title: str) -> bytes:
     """A SCATTER_PX-square PNG of 2-D samples over the mode centres and their 3-std circles."""
+    import io
+
     import numpy as np
     from matplotlib.figure import Figure
     from matplotlib.patches import Circle
@@ -82,7 +91,32 @@ def save_scatter(path: str | Path, samples: torch.Tensor, centres: torch.Tensor,
     ax.set_aspect("equal")
     ax.legend(loc="upper right", fontsize=8)
     ax.set_title(title, fontsize=9)
-    fig.savefig(str(path), dpi=100, format="png")
+    buffer = io.BytesIO()
+    fig.savefig(buffer, dpi=100, format="png")
+    return buffer.getvalue()
+
+
+def draw(spec, member: str, genome_id: str, arch: dict, flat: torch.Tensor, n: int | None = None, seed: int = 0,
+         scale: int = 4) -> tuple[bytes, int, str]:
+    """(the PNG, how many samples, what they measure) of generator `member` (genome `genome_id`, built as
+    `(arch, flat)`) of arena experiment `spec`: `n` samples (default: the quality metrics' count for a
+    mixture, 64 images) from latents drawn by a torch.Generator seeded with `seed`. The measure is the
+    mixture's quality_text; images have none ("")."""
+    import torch
+
+    from .evolve.arena import quality_text
+    from .problems import gan, gan_data, gan_metrics
+
+    data = spec.problem.data.model_dump(mode="json")
+    mixture = data["kind"] in gan_data.MIXTURES
+    n = n or (spec.problem.metric_samples if mixture else 64)
+    samples = gan.generate(arch, flat, n, torch.Generator().manual_seed(seed))
+    if not mixture:
+        return grid_png(image_grid(samples, scale)), n, ""
+    centres = gan_data.mixture_centres(data)
+    quality = quality_text(gan_metrics.mixture_quality(samples, centres, data["std"]))
+    title = f"{spec.name}: generator {member}, genome {genome_id}\n{n} samples: {quality}"
+    return scatter_png(samples, centres, data["std"], title), n, quality
 
 
 # --- the command --------------------------------------------------------------------------------
@@ -117,24 +151,10 @@ def cmd_sample(args: argparse.Namespace, settings: Settings) -> int:
         if value is not None and value < 1:
             raise BadInput(f"{option} = {value}: must be at least 1")
 
-    import torch
-
-    from .evolve.arena import quality_text
-    from .problems import gan, gan_data, gan_metrics
-
     arch, flat = build(chosen, spec, store_url, settings)
-    data = spec.problem.data.model_dump(mode="json")
-    mixture = data["kind"] in gan_data.MIXTURES
-    n = args.n or (spec.problem.metric_samples if mixture else 64)
-    samples = gan.generate(arch, flat, n, torch.Generator().manual_seed(args.seed))
-    who = f"generator {chosen.member} ({chosen.source})"
+    png, n, quality = draw(spec, chosen.member, chosen.genome["id"], arch, flat, args.n, args.seed, args.scale)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    if mixture:
-        centres = gan_data.mixture_centres(data)
-        quality = quality_text(gan_metrics.mixture_quality(samples, centres, data["std"]))
-        save_scatter(args.out, samples, centres, data["std"], f"{spec.name}: {who}\n{n} samples: {quality}")
-        print(f"{spec.name}: {n} samples of {who}: {quality} -> {args.out}")
-    else:
-        save_grid(args.out, image_grid(samples, args.scale))
-        print(f"{spec.name}: {n} samples of {who} -> {args.out}")
+    Path(args.out).write_bytes(png)
+    who = f"generator {chosen.member} ({chosen.source})"
+    print(f"{spec.name}: {n} samples of {who}{': ' + quality if quality else ''} -> {args.out}")
     return 0
