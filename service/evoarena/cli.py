@@ -44,6 +44,8 @@ def main(argv: list[str] | None = None) -> int:
     baseline = commands.add_parser("baseline", help="train the experiment's network with Adam, for comparison")
     baseline.add_argument("experiment", help="experiment YAML file")
     baseline.add_argument("--epochs", type=int, help="override baseline.epochs")
+    baseline.add_argument("--store", help="result store URL to record the history in, under the experiment "
+                                           "(default: $EVOARENA_STORE or sqlite:///runs/evoarena.db)")
 
     report.add_parser(commands)
     submit.add_parser(commands)
@@ -103,7 +105,8 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
 
         serve(settings.metrics_port)
     try:
-        final = scheduler.run(spec, store, executor, on_progress=ProgressLine(every=settings.progress_every))
+        final = scheduler.run(spec, store, executor, on_progress=ProgressLine(every=settings.progress_every),
+                              heartbeat_s=settings.master_heartbeat_s)
     except RuntimeError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
@@ -171,11 +174,18 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_baseline(args: argparse.Namespace, settings: Settings) -> int:
+    """Train with Adam, print each epoch, and record the history in the store as the experiment's
+    "adam" baseline (what `evoarena report` draws beside the GA)."""
     from .problems import PROBLEMS
+    from .store import open_store, redact
 
     spec = load_spec(args.experiment)
+    if spec.problem.kind not in PROBLEMS:
+        print(f"error: problem.kind = {spec.problem.kind!r}: `baseline` trains the network of a "
+              f"{' or '.join(PROBLEMS)} problem", file=sys.stderr)
+        return 2
     epochs = args.epochs or spec.baseline.epochs
-    problem = spec.problem.model_dump(mode="json")
+    problem, network = spec.problem.model_dump(mode="json"), spec.network.model_dump(mode="json")
     print(f"{spec.name}: Adam (lr {spec.baseline.lr}) on the same network, {epochs} epochs")
     started = time.perf_counter()
 
@@ -183,8 +193,14 @@ def cmd_baseline(args: argparse.Namespace, settings: Settings) -> int:
         print(f"epoch {r['epoch']:>4}  train loss {r['train_loss']:.3e}  train acc {r['train_accuracy']:6.1%}  "
               f"val loss {r['val_loss']:.3f}  ({time.perf_counter() - started:.1f}s)", flush=True)
 
-    PROBLEMS[spec.problem.kind].baseline(problem, spec.network.model_dump(mode="json"), epochs,
-                                          spec.baseline.lr, spec.seed, on_epoch=show)
+    history = PROBLEMS[spec.problem.kind].baseline(problem, network, epochs, spec.baseline.lr, spec.seed, on_epoch=show)
+    store_url = args.store or settings.store
+    with open_store(store_url) as store:
+        store.put_baseline(spec.name, "adam", {
+            "problem": problem, "network": network, "lr": spec.baseline.lr, "epochs": epochs, "seed": spec.seed,
+            "steps_per_epoch": problem["train_batches"], "history": history,
+            "seconds": time.perf_counter() - started, "created": time.time()})
+    print(f"{spec.name}: history recorded as the experiment's Adam baseline in {redact(store_url)}")
     return 0
 
 

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from . import metrics
 from .evolve import Algorithm, EventAlgorithm, Step
 from .fleet.executor import Executor, Feed
+from .heartbeat import HEARTBEAT_S, Heartbeat
 from .materialize import CACHE_HITS
 from .spec import ExperimentSpec, spec_to_dict
 from .store import ResultStore
@@ -119,17 +120,19 @@ def register(spec: ExperimentSpec, store: ResultStore) -> None:
 
 
 def run(spec: ExperimentSpec, store: ResultStore, executor: Executor,
-        on_progress: Callable[[Progress], None] | None = None) -> dict:
+        on_progress: Callable[[Progress], None] | None = None, heartbeat_s: float = HEARTBEAT_S) -> dict:
     """Run (or continue) experiment `spec` to its last step; return the last step's document.
 
     A run that fails is recorded as `failed`, with the reason, in the experiment's document
-    (running the same command again continues from the last complete step)."""
+    (running the same command again continues from the last complete step). While it runs, the
+    master beats every `heartbeat_s` seconds in that document (heartbeat.py)."""
     register(spec, store)
     algo = algorithm(spec, store)
     try:
-        if hasattr(algo, "react"):
-            return run_events(spec, store, executor, algo, on_progress)
-        return run_steps(spec, store, executor, algo, on_progress)
+        with Heartbeat(store, spec.name, heartbeat_s):
+            if hasattr(algo, "react"):
+                return run_events(spec, store, executor, algo, on_progress)
+            return run_steps(spec, store, executor, algo, on_progress)
     except Exception as exc:
         store.put_experiment(spec.name, {**store.get_experiment(spec.name), "status": "failed",
                                          "reason": f"{type(exc).__name__}: {exc}", "updated": time.time()})

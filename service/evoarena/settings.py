@@ -16,6 +16,8 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Self
 
+from .heartbeat import HEARTBEAT_S
+
 if TYPE_CHECKING:
     from .worker import WorkerConfig
 
@@ -70,6 +72,9 @@ class Settings(FromEnv):
     """Where a worker or the master serves Prometheus metrics (metrics.py); 0: nowhere."""
     progress_every: int = 1
     """Off a terminal, `evoarena run` prints the line of every this many steps (logs.ProgressLine)."""
+    master_heartbeat_s: float = HEARTBEAT_S
+    """`evoarena run` writes a heartbeat into the experiment's document this often; `list` and
+    `status` call a running experiment stale after 6 missed beats (heartbeat.py)."""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "noise_dir", Path(self.noise_dir).expanduser())

@@ -2,8 +2,9 @@
 
 The store is the whole truth: no master is asked anything, so these work while a run goes on, after
 it stopped, and from another machine that reaches the store. An experiment's state is its
-document's `status`: running (a master is at it, or was when it stopped without a word: Ctrl-C,
-`kill -9`), complete, or failed with the reason the master recorded.
+document's `status`: running (a master is at it), complete, or failed with the reason the master
+recorded; a `running` run whose master stopped beating (Ctrl-C, `kill -9`, a lost node) reads
+`stale (no heartbeat for N s)` (heartbeat.py).
 
 Heavy modules (torch, the store) are imported inside the functions, so the command line starts fast.
 """
@@ -64,9 +65,14 @@ def open_experiment(store_url: str, name: str) -> tuple[ResultStore, dict, Exper
 # --- the state of one experiment --------------------------------------------------------------
 
 
-def state_text(experiment: dict) -> str:
-    """running, complete, or "failed: <reason>" (the first line of the reason the master recorded)."""
+def state_text(experiment: dict, now: float | None = None) -> str:
+    """running, complete, "failed: <reason>" (the first line of the reason the master recorded), or
+    "stale (no heartbeat for N s)" for a running experiment whose master went silent (at time `now`)."""
+    from .heartbeat import silence, stale_text
+
     status = experiment["status"]
+    if (quiet := silence(experiment, now)) is not None:
+        return stale_text(quiet)
     reason = (experiment.get("reason") or "").strip().splitlines()
     return f"{status}: {reason[0]}" if status == "failed" and reason else status
 
@@ -113,7 +119,8 @@ def status_lines(store: ResultStore, experiment: dict, spec: ExperimentSpec) -> 
     last = store.last_generation(name)
     done = 0 if last is None else last + 1
     reason = f": {experiment['reason']}" if experiment["status"] == "failed" and experiment.get("reason") else ""
-    lines = [f"experiment  {name}  ({experiment['status']}{reason}, updated {ago(experiment['updated'])})"]
+    state = experiment["status"] if experiment["status"] != "running" else state_text(experiment)
+    lines = [f"experiment  {name}  ({state}{reason}, updated {ago(experiment['updated'])})"]
     if spec.algorithm == "arena" and algo.steps is None:  # the asynchronous fight: events, not steps
         state = store.get_generation(name, last) if last is not None else None
         if state is not None:
