@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
-from evoarena.settings import FleetSettings, Settings
+from evoarena.settings import FleetSettings, Settings, check_fleet_config
 
 
 def test_settings_default_when_the_environment_is_silent(monkeypatch):
@@ -68,3 +71,141 @@ def test_the_time_limit_sets_every_ops_limits():
     limits = time_limits(FleetSettings.from_env({"EVOARENA_TIME_LIMIT_S": "3600"}).time_limit_s)
     assert limits["train_pair"] == limits["match"] == limits["cross_train"] == (3000.0, 3600.0)
     assert limits["evaluate"] == (1500.0, 1800.0)
+
+
+# --- the fleet's configuration where pods share nothing (settings.check_fleet_config) ------------
+
+SHARED = {"EVOARENA_BROKER_URL": "amqp://evoarena:pw@rabbitmq:5672//", "EVOARENA_STORE": "mongodb://mongodb:27017/evoarena",
+          "EVOARENA_ARTIFACTS": "s3://bucket/runs"}
+IN_A_POD = {"KUBERNETES_SERVICE_HOST": "10.96.0.1"}
+
+
+@pytest.mark.parametrize("role", ["master", "worker"])
+def test_on_one_machine_the_defaults_are_allowed(role):
+    assert check_fleet_config(role, {}) is None
+
+
+@pytest.mark.parametrize("role", ["master", "worker"])
+def test_on_kubernetes_shared_settings_pass(role):
+    assert check_fleet_config(role, {**IN_A_POD, **SHARED}) is None
+
+
+@pytest.mark.parametrize(("role", "missing"), [
+    ("master", "EVOARENA_BROKER_URL"), ("master", "EVOARENA_STORE"),
+    ("worker", "EVOARENA_BROKER_URL"), ("worker", "EVOARENA_STORE"), ("worker", "EVOARENA_ARTIFACTS"),
+])
+def test_on_kubernetes_a_missing_setting_is_named(role, missing):
+    env = {**IN_A_POD, **{k: v for k, v in SHARED.items() if k != missing}}
+
+    problem = check_fleet_config(role, env)
+
+    assert problem.startswith(f"{missing} is not set: on Kubernetes (KUBERNETES_SERVICE_HOST is set) a {role} needs ")
+
+
+def test_an_empty_setting_counts_as_missing():
+    problem = check_fleet_config("worker", {**IN_A_POD, **SHARED, "EVOARENA_BROKER_URL": ""})
+    assert problem.startswith("EVOARENA_BROKER_URL is not set")
+
+
+def test_a_master_needs_no_artifact_store():
+    env = {**IN_A_POD, **{k: v for k, v in SHARED.items() if k != "EVOARENA_ARTIFACTS"}}
+    assert check_fleet_config("master", env) is None
+
+
+@pytest.mark.parametrize("store", ["sqlite:///runs/evoarena.db", "sqlite:///:memory:"])
+def test_on_kubernetes_a_sqlite_store_is_refused(store):
+    problem = check_fleet_config("worker", {**IN_A_POD, **SHARED, "EVOARENA_STORE": store})
+    assert problem.startswith(f"EVOARENA_STORE={store!r} is a SQLite file in this pod: on Kubernetes")
+
+
+@pytest.mark.parametrize("artifacts", ["runs/artifacts", "/tmp/artifacts", "file:///mnt/artifacts"])
+def test_on_kubernetes_a_local_artifact_directory_is_refused(artifacts):
+    problem = check_fleet_config("worker", {**IN_A_POD, **SHARED, "EVOARENA_ARTIFACTS": artifacts})
+    assert problem.startswith(f"EVOARENA_ARTIFACTS={artifacts!r} is a directory in this pod: on Kubernetes")
+
+
+def test_the_rule_can_be_asked_for_off_kubernetes():
+    problem = check_fleet_config("master", {"EVOARENA_REQUIRE_CONFIG": "true"})
+    assert problem.startswith("EVOARENA_BROKER_URL is not set: with EVOARENA_REQUIRE_CONFIG=true a master needs ")
+
+
+def test_the_rule_can_be_turned_off_for_a_one_pod_trial():
+    env = {**IN_A_POD, "EVOARENA_REQUIRE_CONFIG": "false", "EVOARENA_ARTIFACTS": "/tmp/artifacts"}
+    assert check_fleet_config("worker", env) is None
+
+
+def test_a_require_config_that_is_not_a_switch_names_its_variable():
+    with pytest.raises(ValueError, match="EVOARENA_REQUIRE_CONFIG='sometimes' is not one of auto, 1, true"):
+        check_fleet_config("worker", {"EVOARENA_REQUIRE_CONFIG": "sometimes"})
+
+
+# The real entry points, as a pod runs them: a forgotten Secret must end the process at once
+# with the line above, not leave it retrying a broker that is not there.
+
+ROOT = Path(__file__).resolve().parent.parent
+HANG_GUARD_S = 120  # far above the ~1 s these take; reaching it means the process hung
+
+
+def evoarena(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess:
+    base = {k: v for k, v in os.environ.items() if not k.startswith("EVOARENA_") and k != "KUBERNETES_SERVICE_HOST"}
+    return subprocess.run([sys.executable, "-m", "evoarena.cli", *args], capture_output=True, text=True,
+                          env={**base, **env}, timeout=HANG_GUARD_S, cwd=ROOT)
+
+
+@pytest.mark.parametrize("missing", ["EVOARENA_BROKER_URL", "EVOARENA_STORE", "EVOARENA_ARTIFACTS"])
+def test_a_worker_pod_without_a_setting_exits_2_with_one_line_naming_it(missing):
+    env = {**IN_A_POD, **{k: v for k, v in SHARED.items() if k != missing}}
+
+    done = evoarena("worker", env=env)
+
+    assert done.returncode == 2
+    (line,) = done.stderr.splitlines()
+    assert line.startswith(f"error: {missing} is not set: on Kubernetes")
+
+
+@pytest.mark.parametrize("missing", ["EVOARENA_BROKER_URL", "EVOARENA_STORE"])
+def test_a_fleet_master_pod_without_a_setting_exits_2_with_one_line_naming_it(missing):
+    env = {**IN_A_POD, **{k: v for k, v in SHARED.items() if k != missing}}
+
+    done = evoarena("run", "experiments/tiny.yaml", "--fleet", env=env)
+
+    assert (done.returncode, done.stdout) == (2, "")
+    (line,) = done.stderr.splitlines()
+    assert line.startswith(f"error: {missing} is not set: on Kubernetes")
+
+
+def test_a_fleet_master_pod_with_a_sqlite_store_exits_2():
+    done = evoarena("run", "experiments/tiny.yaml", "--fleet",
+                    env={**IN_A_POD, **SHARED, "EVOARENA_STORE": "sqlite:///runs/evoarena.db"})
+
+    assert done.returncode == 2
+    assert done.stderr.splitlines() == ["error: EVOARENA_STORE='sqlite:///runs/evoarena.db' is a SQLite file in "
+                                        "this pod: on Kubernetes (KUBERNETES_SERVICE_HOST is set) a master needs the "
+                                        "result store every pod reads (mongodb://...)"]
+
+
+def test_a_fleet_master_pod_with_every_setting_goes_on_to_open_the_store():
+    # Nothing listens on port 1: the master passing the check is seen failing to reach the store.
+    env = {**IN_A_POD, **SHARED, "EVOARENA_STORE": "mongodb://127.0.0.1:1/evoarena?serverSelectionTimeoutMS=100"}
+
+    done = evoarena("run", "experiments/tiny.yaml", "--fleet", env=env)
+
+    assert done.returncode == 1
+    assert "is not set" not in done.stderr
+    assert "StoreUnavailable: MongoDB store mongodb://127.0.0.1:1/evoarena" in done.stderr
+
+
+def test_a_worker_pod_with_every_setting_joins_the_fleet(tmp_path):
+    from conftest import broker_up
+
+    from evoarena.fleet.app import broker_url
+    from evoarena.fleet.local_workers import LocalWorkers
+
+    if not broker_up():
+        pytest.fail("RabbitMQ is not reachable on 127.0.0.1:5672 (.ci/run starts it)", pytrace=False)
+    # LocalWorkers turns the check off for workers that share one machine; a pod's worker does not.
+    env = {**IN_A_POD, **SHARED, "EVOARENA_REQUIRE_CONFIG": "auto", "EVOARENA_NOISE_DIR": str(tmp_path / "noise")}
+    with LocalWorkers(tmp_path, {**env, "EVOARENA_BROKER_URL": broker_url()}, label="settings") as workers:
+        node = workers.start("pod")
+        workers.wait_ready()  # it answers a ping on the real broker: it got past the check
+        assert workers.procs[node].poll() is None

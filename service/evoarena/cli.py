@@ -6,13 +6,14 @@ Exit codes: 0 done, 1 the run failed, 2 bad input (nothing ran), 130 interrupted
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 
 from . import export, report, samples, submit
 from .logs import ProgressLine
 from .logs import setup as setup_logs
-from .settings import Settings
+from .settings import Settings, check_fleet_config
 from .spec import SpecError, load_spec
 from .status import add_list_parser, cmd_list
 
@@ -73,6 +74,10 @@ def main(argv: list[str] | None = None) -> int:
 def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
     spec = load_spec(args.experiment)
     fleet = args.fleet or spec.executor.kind == "celery"
+    given = {"EVOARENA_STORE": args.store} if args.store else {}
+    if fleet and (problem := check_fleet_config("master", {**os.environ, **given})):
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
 
     from . import scheduler  # torch and friends load only once the spec is known to be good
     from .fleet.executor import InlineExecutor, LocalExecutor
@@ -136,8 +141,9 @@ def _size(spec) -> str:
 
 
 def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
-    import os
-
+    if problem := check_fleet_config("worker"):
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
     if args.cache_mb:
         os.environ["EVOARENA_CACHE_MB"] = str(args.cache_mb)
     if settings.metrics_port:

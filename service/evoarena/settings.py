@@ -75,9 +75,15 @@ class Settings(FromEnv):
     master_heartbeat_s: float = HEARTBEAT_S
     """`evoarena run` writes a heartbeat into the experiment's document this often; `list` and
     `status` call a running experiment stale after 6 missed beats (heartbeat.py)."""
+    require_config: str = "auto"
+    """Whether a worker or a fleet master refuses to start without a shared broker, store and
+    artifact store (check_fleet_config): "true", "false", or "auto": on Kubernetes only."""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "noise_dir", Path(self.noise_dir).expanduser())
+        if self.require_config.lower() not in ("auto", *_BOOLEANS):
+            raise ValueError(f"EVOARENA_REQUIRE_CONFIG={self.require_config!r} is not one of auto, "
+                             f"{', '.join(_BOOLEANS)}")
 
 
 @dataclass(frozen=True)
@@ -124,6 +130,49 @@ class FleetSettings(FromEnv):
             raise ValueError(f"EVOARENA_DELIVERY_LIMIT={self.delivery_limit}: at least one delivery is needed")
         if self.time_limit_s < 60:
             raise ValueError(f"EVOARENA_TIME_LIMIT_S={self.time_limit_s:g}: give a task at least a minute")
+
+
+# --- the fleet's configuration, required where pods share nothing ---------------------------
+
+# What each role of the fleet cannot start without, as (variable, what it is for). A master
+# sends tasks and reads results; a worker also reads and writes checkpoints.
+FLEET_NEEDS = {
+    "master": (("EVOARENA_BROKER_URL", "the fleet's broker (amqp://...)"),
+               ("EVOARENA_STORE", "the result store every pod reads (mongodb://...)")),
+    "worker": (("EVOARENA_BROKER_URL", "the fleet's broker (amqp://...)"),
+               ("EVOARENA_STORE", "the result store every pod reads (mongodb://...)"),
+               ("EVOARENA_ARTIFACTS", "the checkpoint store every pod reads (s3://bucket/prefix)")),
+}
+
+
+def check_fleet_config(role: str, env: Mapping[str, str] | None = None) -> str | None:
+    """The one line that says why a fleet `role` ("master" or "worker") must not start, or None.
+
+    On one machine every default works: a local broker, a SQLite file, a directory. On
+    Kubernetes (KUBERNETES_SERVICE_HOST is set in every pod) or with EVOARENA_REQUIRE_CONFIG=true,
+    those defaults would give a master that waits forever on a broker that is not there, or
+    pods that each keep their own results and checkpoints: so each setting the role needs must
+    be given, the store must not be a SQLite file and checkpoints must not go to a directory of
+    the pod's own. EVOARENA_REQUIRE_CONFIG=false turns the check off (a one-pod trial)."""
+    env = os.environ if env is None else env
+    wanted = Settings.from_env(env).require_config.lower()
+    where = "with EVOARENA_REQUIRE_CONFIG=true"
+    if wanted == "auto":
+        if not env.get("KUBERNETES_SERVICE_HOST"):
+            return None
+        where = "on Kubernetes (KUBERNETES_SERVICE_HOST is set)"
+    elif not _BOOLEANS[wanted]:
+        return None
+    for name, what in FLEET_NEEDS[role]:
+        value = env.get(name, "")
+        if not value:
+            return (f"{name} is not set: {where} a {role} needs {what}; "
+                    f"EVOARENA_REQUIRE_CONFIG=false skips this check on a one-pod trial")
+        if name == "EVOARENA_STORE" and value.startswith("sqlite:"):
+            return (f"{name}={value!r} is a SQLite file in this pod: {where} a {role} needs {what}")
+        if name == "EVOARENA_ARTIFACTS" and not value.startswith("s3://"):
+            return (f"{name}={value!r} is a directory in this pod: {where} a {role} needs {what}")
+    return None
 
 
 def device_for(slot: int, gpus: int, wanted: str | None = None) -> str:

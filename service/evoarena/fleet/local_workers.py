@@ -24,8 +24,10 @@ class LocalWorkers:
         self.label = label
         self.queue = f"evoarena-{label}-{self.tag}"
         self.logs = logs
+        # Workers on one machine share its disk, even when this machine is a pod: SQLite and a
+        # directory serve them (settings.check_fleet_config).
         self.env = {**os.environ, "EVOARENA_BROKER_URL": broker_url(), "EVOARENA_QUEUE": self.queue,
-                    "PYTHONUNBUFFERED": "1", **(env or {})}
+                    "EVOARENA_REQUIRE_CONFIG": "false", "PYTHONUNBUFFERED": "1", **(env or {})}
         self.app = make_app(broker_url(), self.queue)
         self.procs: dict[str, subprocess.Popen] = {}
 
