@@ -6,8 +6,10 @@ object is validated against the Kubernetes JSON schemas that kubernetes-validate
 
 from __future__ import annotations
 
+import ast
 import base64
 import copy
+import math
 import re
 import subprocess
 import sys
@@ -101,11 +103,18 @@ KEDA_SCHEMAS = {
                                    "properties": {"name": {"type": "string"}}},
                 **{k: {"type": "integer", "minimum": 0} for k in
                    ("minReplicaCount", "maxReplicaCount", "pollingInterval", "cooldownPeriod")},
-                "advanced": {"type": "object"},
+                "advanced": {"type": "object", "additionalProperties": False, "properties": {
+                    "horizontalPodAutoscalerConfig": {"type": "object"},
+                    "scalingModifiers": {
+                        "type": "object", "additionalProperties": False, "required": ["formula", "target"],
+                        "properties": {"formula": {"type": "string"}, "target": {"type": "string"},
+                                       "activationTarget": {"type": "string"},
+                                       "metricType": {"enum": ["AverageValue", "Value"]}}}}},
                 "triggers": {"type": "array", "minItems": 1, "items": {
                     "type": "object", "additionalProperties": False, "required": ["type", "metadata"],
                     "properties": {
                         "type": {"type": "string"},
+                        "name": {"type": "string", "pattern": "^[a-z][a-z0-9_]*$"},
                         "metadata": {"type": "object", "additionalProperties": {"type": "string"}},
                         "authenticationRef": {"type": "object", "required": ["name"]}}}}}}},
     },
@@ -216,13 +225,25 @@ def test_gpu_workers_ask_for_their_gpus_and_start_as_many_pool_processes(rendere
     assert args[args.index("--pool") + 1] == "prefork"
 
 
-def test_gpu_values_place_workers_on_gpu_nodes_and_share_the_noise_table_per_node(rendered):
+def test_gpu_values_place_workers_on_gpu_nodes(rendered):
     spec = one(rendered["gpu"], "Deployment", f"{RELEASE}-evoarena-worker")["spec"]["template"]["spec"]
 
     assert spec["nodeSelector"] == {"node.kubernetes.io/instance-type": "g5.12xlarge"}
     assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in spec["tolerations"]
+
+
+@pytest.mark.parametrize("values", VALUES)
+def test_the_noise_table_is_on_an_emptydir_the_worker_can_write(rendered, values):
+    spec = one(rendered[values], "Deployment", f"{RELEASE}-evoarena-worker")["spec"]["template"]["spec"]
+    (container,) = spec["containers"]
     noise = next(v for v in spec["volumes"] if v["name"] == "noise")
-    assert noise["hostPath"]["path"] == "/var/cache/evoarena/noise"
+    (mount,) = [m for m in container["volumeMounts"] if m["name"] == "noise"]
+
+    assert set(noise) == {"name", "emptyDir"}
+    assert mount["mountPath"] == one(rendered[values], "ConfigMap", f"{RELEASE}-evoarena-config")["data"][
+        "EVOARENA_NOISE_DIR"]
+    # an emptyDir belongs to the pod's fsGroup, which is the worker's own group
+    assert spec["securityContext"]["fsGroup"] == spec["securityContext"]["runAsGroup"]
 
 
 def test_cpu_workers_ask_for_no_gpu_and_run_the_concurrency_asked(rendered):
@@ -233,18 +254,49 @@ def test_cpu_workers_ask_for_no_gpu_and_run_the_concurrency_asked(rendered):
 
 
 @pytest.mark.parametrize("values", VALUES)
-def test_the_liveness_probe_pings_this_worker_and_gives_up_in_time(rendered, values):
+def test_the_probes_read_the_age_of_the_file_the_worker_touches(rendered, values):
+    # that the probe fails on a stale file, passes on a fresh one and imports no torch is
+    # tests/test_liveness.py's
     container = worker_container(rendered[values])
-    node = container["args"][container["args"].index("--name") + 1]
+    args = container["args"]
+    alive_file, every = args[args.index("--alive-file") + 1], float(args[args.index("--alive-every") + 1])
+    writable = {m["mountPath"] for m in container["volumeMounts"]}
 
     for probe in ("startupProbe", "livenessProbe"):
-        shell, flag, command = container[probe]["exec"]["command"]
-        assert (shell, flag) == ("sh", "-c")
-        assert command.startswith("exec celery -A evoarena.fleet.app inspect ping ")
-        # %h in the worker's name is its hostname, which ${HOSTNAME} gives the probe's shell
-        assert f'-d "{node.replace("%h", "${HOSTNAME}")}"' in command
-        ping_timeout = int(re.search(r"--timeout (\d+)", command)[1])
-        assert container[probe]["timeoutSeconds"] > ping_timeout
+        command = container[probe]["exec"]["command"]
+        assert command[:4] == ["python3", "-m", "evoarena.liveness", alive_file] and command[4] == "--max-age"
+        assert float(command[5]) > every  # a live worker touches the file at least once per max age
+    assert any(alive_file.startswith(path + "/") for path in writable)  # the root filesystem is read-only
+
+
+@pytest.mark.parametrize("values", VALUES)
+def test_a_worker_killed_by_its_liveness_probe_gets_a_short_grace_not_the_warm_shutdowns(rendered, values):
+    spec = one(rendered[values], "Deployment", f"{RELEASE}-evoarena-worker")["spec"]["template"]["spec"]
+    (container,) = spec["containers"]
+
+    probe_grace = container["livenessProbe"]["terminationGracePeriodSeconds"]
+    assert 0 < probe_grace <= 60 < spec["terminationGracePeriodSeconds"]
+
+
+@pytest.mark.parametrize("values", VALUES)
+def test_a_rollout_is_given_time_for_one_worker_to_stop_and_the_next_to_start(rendered, values):
+    """With maxUnavailable 1 and no surge, the new pod waits for the old one's GPU: up to the
+    pod's grace period to stop, then the startup probe's window to start."""
+    deployment = one(rendered[values], "Deployment", f"{RELEASE}-evoarena-worker")["spec"]
+    pod = deployment["template"]["spec"]
+    startup = pod["containers"][0]["startupProbe"]
+    needed = pod["terminationGracePeriodSeconds"] + startup["periodSeconds"] * startup["failureThreshold"]
+
+    assert deployment["strategy"]["rollingUpdate"] == {"maxSurge": 0, "maxUnavailable": 1}
+    assert deployment["progressDeadlineSeconds"] > needed
+
+
+def test_the_chart_refuses_a_probe_age_a_live_worker_would_exceed(helm):
+    done = subprocess.run([helm, "template", RELEASE, str(CHART), "--set", "worker.livenessProbe.maxAgeSeconds=10"],
+                          capture_output=True, text=True)
+
+    assert done.returncode != 0
+    assert "worker.livenessProbe.maxAgeSeconds (10) must be above worker.aliveEverySeconds (10)" in done.stderr
 
 
 def test_stateful_services_have_liveness_and_readiness_probes(rendered):
@@ -408,29 +460,171 @@ def test_external_services_replace_the_in_chart_ones(rendered):
 
 
 @pytest.mark.parametrize("values", ["keda", "external"])
-def test_keda_scales_workers_on_queue_length_from_the_management_api(rendered, values):
+def test_keda_reads_the_queues_from_the_management_api_with_the_url_from_a_secret(rendered, values):
     objects = rendered[values]
     scaled = one(objects, "ScaledObject", f"{RELEASE}-evoarena-worker")["spec"]
-    (trigger,) = scaled["triggers"]
 
     assert scaled["scaleTargetRef"]["name"] == f"{RELEASE}-evoarena-worker"
-    assert trigger["type"] == "rabbitmq"
-    # http: the management API's count includes unacknowledged (running) tasks
-    assert (trigger["metadata"]["protocol"], trigger["metadata"]["mode"]) == ("http", "QueueLength")
-    assert "host" not in trigger["metadata"]  # the URL and its password come through the Secret
-    assert trigger["authenticationRef"]["name"] == f"{RELEASE}-evoarena-rabbitmq"
+    assert [t["name"] for t in scaled["triggers"]] == ["shared", "direct", "direct_waiting"]
+    for trigger in scaled["triggers"]:
+        assert trigger["type"] == "rabbitmq"
+        # http: the management API's count includes unacknowledged (running) tasks; AMQP's does not
+        assert (trigger["metadata"]["protocol"], trigger["metadata"]["mode"]) == ("http", "QueueLength")
+        assert "host" not in trigger["metadata"]  # the URL and its password come through the Secret
+        assert trigger["authenticationRef"]["name"] == f"{RELEASE}-evoarena-rabbitmq"
     assert "replicas" not in one(objects, "Deployment", f"{RELEASE}-evoarena-worker")["spec"]
 
 
-def test_the_default_keda_query_counts_the_workers_direct_queues(helm):
-    (trigger,) = one(template(helm, "--set", "keda.enabled=true"), "ScaledObject",
-                     f"{RELEASE}-evoarena-worker")["spec"]["triggers"]
-    pattern = re.compile(trigger["metadata"]["queueName"])
+# --- the KEDA metric, computed as KEDA and the HPA compute it ---------------------------------
 
-    assert trigger["metadata"]["useRegex"] == "true" and trigger["metadata"]["operation"] == "sum"
-    assert pattern.match("evoarena") and pattern.match("evoarena@arena-evoarena-worker-7d9c-x2x.dq2")
-    assert not pattern.match("evoarena@arena-evoarena-worker-7d9c-x2x.evoarena.pidbox")
-    assert not pattern.match("evoarena.dead")  # dead letters are the master's to read, not work
+
+def keda_queue_length(trigger: dict, queues: list[dict]) -> float:
+    """What KEDA's rabbitmq scaler reports for `trigger` (mode QueueLength, protocol http) given
+    the management API's /api/queues: the named queue's `messages` (ready + unacknowledged), or
+    `messages_ready` with excludeUnacknowledged; with useRegex, over every queue whose name the
+    pattern matches (Go's MatchString: unanchored unless the pattern anchors), summed."""
+    meta = trigger["metadata"]
+    assert (meta["protocol"], meta["mode"]) == ("http", "QueueLength")
+    field = "messages_ready" if meta.get("excludeUnacknowledged") == "true" else "messages"
+    if meta.get("useRegex") == "true":
+        assert meta.get("operation", "sum") == "sum"
+        pattern = re.compile(meta["queueName"])
+        return sum(q[field] for q in queues if pattern.search(q["name"]))
+    return sum(q[field] for q in queues if q["name"] == meta["queueName"])
+
+
+def evaluate_formula(formula: str, values: dict[str, float]) -> float:
+    """KEDA's scalingModifiers formula (expr-lang) for the arithmetic the chart uses: names,
+    numbers, + - * /, and max/min."""
+    tree = ast.parse(formula, mode="eval")
+    allowed = (ast.Expression, ast.BinOp, ast.Add, ast.Sub, ast.Mult, ast.Div, ast.Name, ast.Load,
+               ast.Constant, ast.Call, ast.UnaryOp, ast.USub)
+    for node in ast.walk(tree):
+        assert isinstance(node, allowed), f"{type(node).__name__} in {formula!r}"
+        if isinstance(node, ast.Call):
+            assert isinstance(node.func, ast.Name) and node.func.id in ("max", "min"), formula
+    return eval(compile(tree, "formula", "eval"), {"__builtins__": {}, "max": max, "min": min}, dict(values))
+
+
+def keda_replicas(scaled_object: dict, queues: list[dict]) -> int:
+    """The worker replicas KEDA asks for when the broker holds `queues` (each: name, messages_ready,
+    messages_unacknowledged). The one formula, written once:
+
+        metric  = scalingModifiers.formula over the triggers' queue lengths
+        desired = minReplicaCount                      if metric <= activationTarget (0): idle
+                  ceil(metric / target)                otherwise (the HPA's AverageValue rule),
+                  kept within minReplicaCount..maxReplicaCount
+
+    It leaves out what only delays a change: the HPA's 10% tolerance, its stabilization windows
+    and scale-down policy, and KEDA's polling interval and cooldown."""
+    spec = scaled_object["spec"]
+    modifiers = spec["advanced"]["scalingModifiers"]
+    assert modifiers["metricType"] == "AverageValue"
+    queues = [{**q, "messages": q["messages_ready"] + q["messages_unacknowledged"]} for q in queues]
+    lengths = {t["name"]: keda_queue_length(t, queues) for t in spec["triggers"]}
+    metric = evaluate_formula(modifiers["formula"], lengths)
+    if metric <= float(modifiers.get("activationTarget", 0)):
+        return spec["minReplicaCount"]
+    desired = math.ceil(metric / float(modifiers["target"]))
+    return max(spec["minReplicaCount"], min(spec["maxReplicaCount"], desired))
+
+
+def worker_queue(objects: list[dict], pod: str, ready: int, running: int) -> dict:
+    """The direct queue of the worker in pod `pod`, named as the code names it for the node name
+    the chart gives the worker (evoarena@%h, %h being the pod's name)."""
+    from evoarena.fleet.app import direct_queue
+
+    args = worker_container(objects)["args"]
+    node = args[args.index("--name") + 1].replace("%h", pod)
+    return {"name": direct_queue(node, "evoarena").name, "messages_ready": ready, "messages_unacknowledged": running}
+
+
+def shared_queue(ready: int, held: int) -> dict:
+    from evoarena.settings import FleetSettings
+
+    return {"name": FleetSettings().queue, "messages_ready": ready, "messages_unacknowledged": held}
+
+
+@pytest.fixture(scope="session")
+def keda(helm) -> list[dict]:
+    """The chart with KEDA on, single-GPU workers (one process a pod), up to 16 replicas."""
+    return template(helm, "--set", "keda.enabled=true", "--set", "keda.maxReplicas=16")
+
+
+def scaled(objects: list[dict]) -> dict:
+    return one(objects, "ScaledObject", f"{RELEASE}-evoarena-worker")
+
+
+def pods(n: int) -> list[str]:
+    return [f"{RELEASE}-evoarena-worker-7d9c5b-{i:05d}" for i in range(n)]
+
+
+def test_keda_keeps_eight_busy_workers_whose_next_task_waits_in_their_own_queue(keda):
+    # each runs one task and has the next one, its parent's child, waiting for it alone: 16 tasks,
+    # of which a ninth pod could take none
+    queues = [shared_queue(ready=0, held=0), *(worker_queue(keda, p, ready=1, running=1) for p in pods(8))]
+
+    assert keda_replicas(scaled(keda), queues) == 8
+
+
+def test_keda_keeps_the_workers_of_a_run_whose_tasks_all_sit_in_direct_queues(keda):
+    # mid-run, every task went to the worker holding its parent; the shared queue is empty
+    queues = [shared_queue(ready=0, held=0), *(worker_queue(keda, p, ready=0, running=1) for p in pods(3))]
+
+    assert keda_replicas(scaled(keda), queues) == 3
+
+
+def test_keda_adds_a_pod_per_task_waiting_on_the_shared_queue_up_to_its_maximum(keda):
+    # two workers running shared tasks, with nothing of their own
+    two_workers = [worker_queue(keda, p, ready=0, running=0) for p in pods(2)]
+
+    assert keda_replicas(scaled(keda), [shared_queue(ready=5, held=2), *two_workers]) == 7
+    assert keda_replicas(scaled(keda), [shared_queue(ready=40, held=2), *two_workers]) == 16
+
+
+def test_keda_scales_an_idle_fleet_to_its_minimum(keda):
+    queues = [shared_queue(ready=0, held=0), *(worker_queue(keda, p, ready=0, running=0) for p in pods(4))]
+
+    assert keda_replicas(scaled(keda), queues) == 0
+
+
+def test_keda_counts_a_prefetched_task_as_demand_at_most_once_per_running_one(keda):
+    # the documented over-count: a worker running a shared task holds its next own task too (each
+    # of its two consumers has a prefetch of one); that pod counts twice, never more
+    queues = [shared_queue(ready=0, held=1), worker_queue(keda, pods(1)[0], ready=3, running=1)]
+
+    assert keda_replicas(scaled(keda), queues) == 2
+
+
+def test_keda_divides_by_the_processes_a_pod_runs(helm):
+    four_gpu = template(helm, "-f", str(VALUES["gpu"]), "--set", "keda.enabled=true")
+    # three 4-GPU pods, every process running a task of its own queue, one more waiting on each
+    queues = [shared_queue(ready=0, held=0), *(worker_queue(four_gpu, p, ready=1, running=4) for p in pods(3))]
+
+    assert scaled(four_gpu)["spec"]["advanced"]["scalingModifiers"]["target"] == "4"
+    assert keda_replicas(scaled(four_gpu), queues) == 3
+
+
+def test_keda_ignores_dead_letters_control_queues_and_other_releases_workers(keda):
+    mine = worker_queue(keda, pods(1)[0], ready=0, running=1)
+    others = [
+        {"name": "evoarena.dead", "messages_ready": 9, "messages_unacknowledged": 0},
+        {"name": mine["name"].replace(".dq2", ".evoarena.pidbox"), "messages_ready": 5, "messages_unacknowledged": 0},
+        {"name": mine["name"].replace(f"{RELEASE}-evoarena", "other-evoarena"), "messages_ready": 7,
+         "messages_unacknowledged": 1},
+    ]
+
+    assert keda_replicas(scaled(keda), [shared_queue(ready=0, held=0), mine, *others]) == 1
+
+
+def test_the_metric_helper_catches_the_old_query_that_counted_waiting_own_tasks(keda):
+    """The query before (every message of the shared and direct queues, one task a pod) asked
+    for twice the workers in the first scenario above; the helper tells the two apart."""
+    old = copy.deepcopy(scaled(keda))
+    old["spec"]["advanced"]["scalingModifiers"]["formula"] = "shared + direct"
+    queues = [shared_queue(ready=0, held=0), *(worker_queue(keda, p, ready=1, running=1) for p in pods(8))]
+
+    assert keda_replicas(old, queues) == 16
 
 
 def test_flower_runs_only_when_asked_with_the_fleets_environment_and_its_login(rendered):
@@ -514,7 +708,10 @@ def test_the_submitter_may_do_what_submit_does_and_nothing_more(rendered):
         ("", "configmaps", "get"), ("", "configmaps", "create"), ("", "configmaps", "update"),
         ("batch", "jobs", "get"), ("batch", "jobs", "create"), ("batch", "jobs", "delete"),
         ("", "pods", "get"), ("", "pods", "list"), ("", "pods", "watch"), ("", "pods/log", "get"),
+        # kubectl port-forward svc/arena-evoarena-rabbitmq 15672 (the management UI)
+        ("", "services", "get"), ("", "pods/portforward", "create"),
     }
+    assert not {g for g in granted if g[1] in ("secrets", "pods/exec", "pods/attach", "*") or g[2] == "*"}
     binding = one(rendered["default"], "RoleBinding", f"{RELEASE}-evoarena-submitter")
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": f"{RELEASE}-evoarena-submitter",
                                     "namespace": NAMESPACE}]
@@ -529,7 +726,10 @@ def _images(objects: list[dict]) -> list[str]:
 def test_services_run_official_images_and_nothing_from_bitnami(rendered):
     images = {image for objects in rendered.values() for image in _images(objects)}
 
-    assert {i for i in images if not i.split(":")[0].endswith("evoarena")} == {"rabbitmq:4.1-management", "mongo:8.0"}
+    services = {i for i in images if not i.split(":")[0].endswith("evoarena")}
+    assert {i.split(":")[0] for i in services} == {"rabbitmq", "mongo"}
+    for image in services:  # a patch version: a restarted pod runs what was tested
+        assert re.fullmatch(r"(rabbitmq:\d+\.\d+\.\d+-management|mongo:\d+\.\d+\.\d+)", image), image
     everything = "\n".join(p.read_text() for p in [*CHART.rglob("*.yaml"), *CHART.rglob("*.tpl"),
                                                     *(ROOT / "k8s").rglob("*.yaml"), ROOT / "Dockerfile"])
     assert not re.search(r"bitnami(legacy)?/", everything, re.IGNORECASE)  # no image, no chart repository
@@ -544,6 +744,145 @@ def test_celery_accepts_json_only_and_no_manifest_asks_for_pickle(rendered):
     for objects in rendered.values():
         text = yaml.safe_dump_all(objects).lower()
         assert "pickle" not in text and "serializer" not in text
+
+
+# --- pod security, disruptions, memory -----------------------------------------------------
+
+# Pod Security Standards (kubernetes.io/docs/concepts/security/pod-security-standards): the
+# volume types the "restricted" level allows; "baseline" already refuses hostPath.
+RESTRICTED_VOLUMES = {"configMap", "csi", "downwardAPI", "emptyDir", "ephemeral", "persistentVolumeClaim",
+                      "projected", "secret"}
+
+
+def pod_security_problems(pod: dict) -> list[str]:
+    """What in a pod spec the Pod Security Standards' "restricted" level (and so "baseline")
+    refuses, among what this chart could set."""
+    problems = []
+    for flag in ("hostNetwork", "hostPID", "hostIPC"):
+        if pod.get(flag):
+            problems.append(flag)
+    for volume in pod.get("volumes", []):
+        kinds = set(volume) - {"name"}
+        if not kinds <= RESTRICTED_VOLUMES:
+            problems.append(f"volume {volume['name']}: {sorted(kinds)}")
+    pod_context = pod.get("securityContext", {})
+    for container in pod.get("initContainers", []) + pod["containers"]:
+        context = {**pod_context, **container.get("securityContext", {})}
+        where = f"container {container['name']}"
+        if context.get("privileged"):
+            problems.append(f"{where}: privileged")
+        if context.get("allowPrivilegeEscalation") is not False:
+            problems.append(f"{where}: allowPrivilegeEscalation is not false")
+        if context.get("runAsNonRoot") is not True or context.get("runAsUser") == 0:
+            problems.append(f"{where}: may run as root")
+        if context.get("seccompProfile", {}).get("type") not in ("RuntimeDefault", "Localhost"):
+            problems.append(f"{where}: no RuntimeDefault seccomp profile")
+        capabilities = context.get("capabilities", {})
+        if "ALL" not in capabilities.get("drop", []) or set(capabilities.get("add", [])) - {"NET_BIND_SERVICE"}:
+            problems.append(f"{where}: capabilities not dropped")
+        if any(port.get("hostPort") for port in container.get("ports", [])):
+            problems.append(f"{where}: hostPort")
+    return problems
+
+
+def pod_specs(objects: list[dict]) -> dict[str, dict]:
+    return {f"{o['kind']}/{o['metadata']['name']}": o["spec"]["template"]["spec"]
+            for o in objects if o["kind"] in ("Deployment", "StatefulSet", "Job")}
+
+
+@pytest.mark.parametrize("values", VALUES)
+def test_every_pod_meets_the_restricted_pod_security_standard(rendered, values):
+    specs = pod_specs(rendered[values])
+
+    assert specs  # the workers at least
+    for name, pod in specs.items():
+        assert pod_security_problems(pod) == [], name
+    assert "hostPath" not in yaml.safe_dump_all(rendered[values])
+
+
+def test_the_pod_security_check_catches_a_host_path_and_a_root_container():
+    pod = {"volumes": [{"name": "noise", "hostPath": {"path": "/var/cache"}}],
+           "containers": [{"name": "worker", "securityContext": {"runAsUser": 0}}]}
+
+    problems = pod_security_problems(pod)
+
+    assert problems[0] == "volume noise: ['hostPath']"
+    assert "container worker: may run as root" in problems and "container worker: capabilities not dropped" in problems
+
+
+@pytest.mark.parametrize(("values", "components"), [
+    ("default", {"worker": 1, "rabbitmq": 0, "mongodb": 0}),
+    ("external", {"worker": 1}),  # no broker or store of the chart's to protect
+])
+def test_disruption_budgets_cover_the_workers_and_the_single_broker_and_store(rendered, values, components):
+    objects = rendered[values]
+    budgets = {o["metadata"]["name"]: o["spec"] for o in objects if o["kind"] == "PodDisruptionBudget"}
+
+    assert {name.removeprefix(f"{RELEASE}-evoarena-"): b["maxUnavailable"] for name, b in budgets.items()} == components
+    for component in components:  # each selects its component's pods, and only them
+        selector = budgets[f"{RELEASE}-evoarena-{component}"]["selector"]["matchLabels"]
+        selected = [name for name, o in ((n, o) for o in objects if o["kind"] in ("Deployment", "StatefulSet")
+                                         for n in [o["metadata"]["name"]])
+                    if selector.items() <= o["spec"]["template"]["metadata"]["labels"].items()]
+        assert selected == [f"{RELEASE}-evoarena-{component}"]
+
+
+QUANTITY = {"": 1, "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "k": 10**3, "M": 10**6, "G": 10**9}
+
+
+def quantity_bytes(quantity: str) -> int:
+    number, unit = re.fullmatch(r"(\d+)([A-Za-z]*)", quantity).groups()
+    return int(number) * QUANTITY[unit]
+
+
+def _memory_mark(objects: list[dict]) -> int:
+    conf = one(objects, "ConfigMap", f"{RELEASE}-evoarena-rabbitmq-config")["data"]["20-evoarena.conf"]
+    return int(re.search(r"^vm_memory_high_watermark\.absolute = (\d+)$", conf, re.MULTILINE)[1])
+
+
+def _rabbitmq_limit(objects: list[dict]) -> int:
+    sts = one(objects, "StatefulSet", f"{RELEASE}-evoarena-rabbitmq")
+    return quantity_bytes(sts["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"]["memory"])
+
+
+@pytest.mark.parametrize("limit", [None, "3Gi", "1500M"])
+def test_rabbitmqs_memory_alarm_is_set_below_its_containers_limit_in_bytes(helm, rendered, limit):
+    objects = rendered["default"] if limit is None else \
+        template(helm, "--set", f"rabbitmq.resources.limits.memory={limit}")
+
+    assert _memory_mark(objects) == _rabbitmq_limit(objects) * 60 // 100
+    if limit == "3Gi":
+        assert _memory_mark(objects) == 1932735283
+
+
+def test_the_chart_refuses_a_rabbitmq_without_a_memory_limit(helm):
+    done = subprocess.run([helm, "template", RELEASE, str(CHART), "--set", "rabbitmq.resources.limits=null"],
+                          capture_output=True, text=True)
+
+    assert done.returncode != 0
+    assert "rabbitmq.resources.limits.memory is required" in done.stderr
+
+
+def test_a_render_without_a_cluster_changes_on_every_run_unless_it_generates_no_secret(helm):
+    """`lookup` finds nothing in `helm template` (Argo CD renders so): generated passwords would
+    change with each render, and the workers' checksum with them. generateSecrets=false renders
+    none, so two renders are the same text (the Secrets come from scripts/k8s-dev-secrets.sh)."""
+    def render(*args: str) -> str:
+        done = subprocess.run([helm, "template", RELEASE, str(CHART), "--namespace", NAMESPACE, *args],
+                              capture_output=True, text=True, check=True)
+        return done.stdout
+
+    assert render() != render()  # why the flag exists
+    offline = render("--set", "generateSecrets=false")
+    assert offline == render("--set", "generateSecrets=false")
+    assert "kind: Secret" not in offline
+    # and the pods still take their environment from the Secrets the script makes
+    objects = [doc for doc in yaml.safe_load_all(offline) if doc]
+    env = worker_container(objects)["envFrom"]
+    assert {"secretRef": {"name": f"{RELEASE}-evoarena-env", "optional": True}} in env
+    script = (ROOT / "scripts" / "k8s-dev-secrets.sh").read_text()
+    for made in ("$name-rabbitmq", "$name-mongodb", "$name-env", "EVOARENA_TASK_KEY"):
+        assert made in script
 
 
 # --- the image ------------------------------------------------------------------------------

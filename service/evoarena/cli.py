@@ -35,6 +35,9 @@ def main(argv: list[str] | None = None) -> int:
     worker.add_argument("--pool", default="prefork", choices=["prefork", "threads", "solo"],
                         help="prefork (default) keeps answering pings while a task runs; solo cannot")
     worker.add_argument("--cache-mb", type=int, help="parent-cache budget per process (default $EVOARENA_CACHE_MB or 512)")
+    worker.add_argument("--alive-file", help="touch this file while consuming, for a liveness probe that reads its age "
+                                             "(python3 -m evoarena.liveness FILE --max-age S)")
+    worker.add_argument("--alive-every", type=float, default=10.0, help="seconds between touches (default 10)")
 
     status = commands.add_parser("status", help="where an experiment stands, from the store")
     status.add_argument("name", help="experiment name (the `name:` in its file)")
@@ -156,6 +159,11 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
         serve_worker(settings.metrics_port)
     from .fleet.app import app, shared_queue
     from .settings import FleetSettings
+
+    if args.alive_file:
+        from .liveness import consumer_step
+
+        app.steps["consumer"].add(consumer_step(args.alive_file, args.alive_every))
 
     # Consumes the shared queue, plus its own direct queue (worker_direct in the app's config).
     app.worker_main(["worker", "-n", args.name, "-Q", shared_queue(), "-c", str(args.concurrency),

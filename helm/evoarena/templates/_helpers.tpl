@@ -83,6 +83,9 @@ The release's environment, the same for workers and for the masters `evoarena su
 {{- if and .Values.rabbitmq.enabled (le (int64 .Values.rabbitmq.consumerTimeoutMs) (mul $hard 1000)) -}}
 {{- fail (printf "rabbitmq.consumerTimeoutMs (%d) must be above fleet.taskHardTimeLimitSeconds in ms (%d): RabbitMQ closes the channel of a consumer that holds a message longer" (int64 .Values.rabbitmq.consumerTimeoutMs) (mul $hard 1000)) -}}
 {{- end -}}
+{{- if le (int .Values.worker.livenessProbe.maxAgeSeconds) (int .Values.worker.aliveEverySeconds) -}}
+{{- fail (printf "worker.livenessProbe.maxAgeSeconds (%d) must be above worker.aliveEverySeconds (%d): the probe would fail between two touches of a live worker" (int .Values.worker.livenessProbe.maxAgeSeconds) (int .Values.worker.aliveEverySeconds)) -}}
+{{- end -}}
 {{- if and .Values.keda.enabled (not .Values.rabbitmq.enabled) (not .Values.keda.existingSecret) -}}
 {{- fail "keda.existingSecret is required with an external broker: a Secret whose key holds the management API URL (https://user:pass@host/vhost)" -}}
 {{- end -}}
@@ -95,4 +98,28 @@ management.tcp.port = 15672
 # Tasks are acknowledged when done: a consumer that holds a message longer than this loses its
 # channel and the task is redelivered. It must be above the longest task chunk.
 consumer_timeout = {{ int64 .Values.rabbitmq.consumerTimeoutMs }}
+# RabbitMQ reads the node's memory, not the container's limit: without this it would let
+# publishers run until the kernel kills it. At the mark it blocks publishers instead.
+vm_memory_high_watermark.absolute = {{ include "evoarena.rabbitmqMemoryMark" . }}
+{{- end -}}
+
+{{/* rabbitmq.memoryHighWatermarkPercent of the container's memory limit, in bytes. */}}
+{{- define "evoarena.rabbitmqMemoryMark" -}}
+{{- $limit := (.Values.rabbitmq.resources.limits | default dict).memory -}}
+{{- if not $limit -}}
+{{- fail "rabbitmq.resources.limits.memory is required: RabbitMQ's memory alarm is set from it (it cannot see the container's limit)" -}}
+{{- end -}}
+{{- div (mul (include "evoarena.bytes" $limit | int64) (int64 .Values.rabbitmq.memoryHighWatermarkPercent)) 100 -}}
+{{- end -}}
+
+{{/* A Kubernetes memory quantity ("2Gi", "1500M", "1073741824") in bytes. */}}
+{{- define "evoarena.bytes" -}}
+{{- $quantity := toString . -}}
+{{- $number := regexFind "^[0-9]+" $quantity -}}
+{{- $unit := trimPrefix $number $quantity -}}
+{{- $units := dict "" 1 "Ki" 1024 "Mi" 1048576 "Gi" 1073741824 "Ti" 1099511627776 "k" 1000 "M" 1000000 "G" 1000000000 "T" 1000000000000 -}}
+{{- if or (not $number) (not (hasKey $units $unit)) -}}
+{{- fail (printf "memory quantity %q: expected a whole number with one of the suffixes Ki, Mi, Gi, Ti, k, M, G, T, or none" $quantity) -}}
+{{- end -}}
+{{- mul (int64 $number) (index $units $unit | int64) -}}
 {{- end -}}
