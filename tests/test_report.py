@@ -7,11 +7,16 @@ module: a tiny GA of 4 generations, the same GA stopped in the middle of its thi
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import html
 import io
 import math
+import os
+import re
 from collections import Counter
 from pathlib import Path
+from unittest import mock
 
 import numpy as np
 import pytest
@@ -21,6 +26,8 @@ from PIL import Image
 from evoarena import report, scheduler
 from evoarena.cli import main
 from evoarena.fleet.executor import InlineExecutor
+from evoarena.problems import memorize
+from evoarena.settings import Settings
 from evoarena.spec import parse_spec
 from evoarena.store import ARENA_COLLECTIONS, open_store
 from evoarena.worker import WorkerConfig
@@ -72,13 +79,15 @@ class StopAfter:
 
 
 class Runs:
-    """The module's runs, all in one SQLite store."""
+    """The module's runs, all in one SQLite store, their checkpoints in one artifact directory; the GA
+    "tiny" also has its Adam baseline (3 epochs) recorded by `evoarena baseline`."""
 
     def __init__(self, root: Path):
         self.root = root
         self.url = f"sqlite:///{root / 'results.db'}"
         self.store = open_store(self.url)
-        config = WorkerConfig(self.url, str(root / "artifacts"), str(root / "noise"), threads=1)
+        self.settings = Settings(store=self.url, artifacts=str(root / "artifacts"), noise_dir=root / "noise")
+        config = WorkerConfig(self.url, self.settings.artifacts, str(self.settings.noise_dir), threads=1)
         executor = InlineExecutor(config)
         scheduler.run(tiny_ga("tiny", 4), self.store, executor)
         with pytest.raises(KeyboardInterrupt):
@@ -86,12 +95,21 @@ class Runs:
         scheduler.run(tiny_arena("arena-tiny"), self.store, executor)
         scheduler.run(tiny_arena("arena-fight", rounds=2, mode="async", cross_train_steps=0), self.store, executor)
         executor.close()
+        with self.env(), contextlib.redirect_stdout(io.StringIO()) as printed:
+            assert main(["baseline", str(ROOT / "experiments" / "tiny.yaml"), "--epochs", "3", "--store", self.url]) == 0
+        self.baseline_printed = printed.getvalue()
+
+    def env(self):
+        """The environment a command of these runs sees: their artifact store and noise tables."""
+        return mock.patch.dict(os.environ, {"EVOARENA_ARTIFACTS": self.settings.artifacts,
+                                            "EVOARENA_NOISE_DIR": str(self.settings.noise_dir)})
 
     def page(self, name: str) -> str:
-        return report.build_page(self.store, name)
+        return report.build_page(self.store, name, self.settings, self.url)
 
     def write(self, name: str) -> Path:
-        assert main(["report", name, "--store", self.url, "--out", str(self.root / "reports")]) == 0
+        with self.env():
+            assert main(["report", name, "--store", self.url, "--out", str(self.root / "reports")]) == 0
         return self.root / "reports" / f"{name}.html"
 
 
@@ -233,14 +251,75 @@ def test_encounter_matrix_greys_out_encounters_that_do_not_count_and_stars_liars
 # --- the page of real runs ----------------------------------------------------------------------------
 
 
-def test_ga_page_draws_fitness_loss_throughput_and_workers_and_says_the_baseline_is_not_stored(runs):
+def test_ga_page_draws_fitness_loss_beside_the_adam_baseline_throughput_and_workers(runs):
     page = runs.page("tiny")
 
     assert sections(page) == ["Fitness", "Training loss and accuracy", "Throughput", "Workers"]
-    assert images(page) == ["Fitness", "Training loss and accuracy", "Throughput", "Workers"]
-    assert "The Adam baseline is not stored" in page
+    assert images(page) == ["Fitness", "Training loss and accuracy", "Throughput", "Workers", "workers over time"]
+    assert "the Adam baseline (orange, top axis: epochs; lr 0.001, seed 0)" in page
+    assert "No Adam baseline is stored" not in page
     assert "4/4 generations complete; 28 results stored" in page
     assert {g: len(v) for g, v in report.ga_fitness(runs.store.find_results("tiny")).items()} == {1: 7, 2: 7, 3: 7, 4: 7}
+
+
+def test_ga_page_without_a_stored_baseline_says_how_to_record_one(runs):
+    page = runs.page("tiny-partial")
+
+    assert ("No Adam baseline is stored for tiny-partial: `evoarena baseline FILE --store URL` trains one "
+            "(100 epochs at lr 0.001) and records it here.") in page
+
+
+# --- the Adam baseline ----------------------------------------------------------------------------------
+
+
+def test_baseline_command_records_the_history_it_trained_and_printed(runs):
+    spec = tiny_ga("tiny", 4)
+    stored = runs.store.get_baseline("tiny", "adam")
+    # the same training, run again here: Adam on the same network, data and seed
+    again = memorize.baseline(spec.problem.model_dump(mode="json"), spec.network.model_dump(mode="json"), 3,
+                              spec.baseline.lr, spec.seed)
+
+    assert stored["history"] == again
+    assert [r["epoch"] for r in stored["history"]] == [1, 2, 3]
+    assert (stored["epochs"], stored["lr"], stored["seed"], stored["steps_per_epoch"]) == (3, 0.001, 0, 2)
+    assert stored["problem"] == spec.problem.model_dump(mode="json")
+    printed = [line for line in runs.baseline_printed.splitlines() if line.startswith("epoch")]
+    assert [re.search(r"train loss (\S+)", line).group(1) for line in printed] == [
+        f"{r['train_loss']:.3e}" for r in stored["history"]]
+    assert runs.baseline_printed.splitlines()[-1] == (
+        f"tiny: history recorded as the experiment's Adam baseline in {runs.url}")
+
+
+def test_loss_figure_draws_the_stored_adam_history_against_epochs_on_a_second_axis(runs):
+    history = runs.store.get_baseline("tiny", "adam")["history"]
+    metrics = report.best_metrics(runs.store.find_results("tiny"))
+
+    fig = report.plot_loss_and_accuracy(metrics, history, "GA work", "Adam work")
+
+    loss, acc, loss_adam, acc_adam = fig.axes  # the two panels, then each one's twin (top x axis)
+    assert [list(line.get_xdata()) for line in loss.get_lines()] == [[1, 2, 3, 4]] * 2
+    assert [list(line.get_ydata()) for line in loss.get_lines()] == [metrics["train_loss"], metrics["val_loss"]]
+    assert [list(line.get_xdata()) for line in loss_adam.get_lines()] == [[1, 2, 3]] * 2
+    assert [list(line.get_ydata()) for line in loss_adam.get_lines()] == [
+        [r["train_loss"] for r in history], [r["val_loss"] for r in history]]
+    assert [list(line.get_ydata()) for line in acc_adam.get_lines()] == [
+        [r["train_accuracy"] for r in history], [r["val_accuracy"] for r in history]]
+    assert loss_adam.get_xlabel() == "Adam epoch (Adam work)" and loss.get_xlabel() == "GA generation\n(GA work)"
+
+
+def test_a_stored_baseline_of_another_network_is_not_drawn_and_the_page_says_why(tmp_path, runs):
+    spec = tiny_ga("tiny", 4)
+    with open_store(f"sqlite:///{tmp_path / 'results.db'}") as store:
+        store.put_experiment("tiny", runs.store.get_experiment("tiny"))
+        store.put_results(runs.store.find_results("tiny"))
+        other = {**runs.store.get_baseline("tiny", "adam"), "network": {**spec.network.model_dump(mode="json"),
+                                                                        "hidden": [99]}}
+        store.put_baseline("tiny", "adam", other)
+
+        page = report.build_page(store, "tiny")
+
+    assert "The stored Adam baseline is not drawn: its network differs from the experiment's" in html.unescape(page)
+    assert "the Adam baseline (orange" not in page
 
 
 def test_page_of_a_run_still_going_includes_the_generation_in_progress(runs):
@@ -265,14 +344,87 @@ def test_page_of_a_run_with_nothing_stored_yet_says_so_and_draws_nothing(tmp_pat
     assert ("No evaluation is stored yet" if spec.algorithm == "ga" else "No match is stored yet") in page
 
 
-def test_arena_page_has_one_encounter_matrix_per_round_and_says_samples_are_not_stored(runs):
+def test_arena_page_has_one_encounter_matrix_and_one_samples_picture_per_round(runs):
     page = runs.page("arena-tiny")
 
-    assert sections(page) == ["Fitness", "Encounter matrices", "Founding lineages", "Generator quality",
-                              "Network sizes", "Notes", "Throughput", "Workers"]
+    assert sections(page) == ["Fitness", "Encounter matrices", "Founding lineages", "Founding players",
+                              "Generator quality", "Network sizes", "Generator samples", "Throughput", "Workers"]
     assert [alt for alt in images(page) if alt.startswith("encounter")] == [
         "encounter matrix, round 1", "encounter matrix, round 2", "encounter matrix, round 3"]
-    assert "Generator samples are not drawn" in page
+    assert [alt for alt in images(page) if alt.startswith("samples")] == [
+        "samples, round 1", "samples, round 2", "samples, round 3"]
+    assert 'class="note"' not in page
+
+
+def picture(page: str, alt: str) -> np.ndarray:
+    """The pixels of the page's image `alt`."""
+    import base64
+
+    chunk = next(c for c in page.split('<img src="data:image/png;base64,')[1:] if f'alt="{alt}"' in c)
+    return np.asarray(Image.open(io.BytesIO(base64.b64decode(chunk.split('"', 1)[0]))))
+
+
+@pytest.mark.parametrize("round", [1, 2, 3])
+def test_a_rounds_samples_picture_is_what_evoarena_sample_draws_of_that_rounds_best_generator(runs, round, tmp_path):
+    # the round's best generator, from its pure_gen docs: the highest fitness, the smallest member id on ties
+    gens = runs.store.find_docs("pure_gen", "arena-tiny", round=round - 1)
+    best = min(gens, key=lambda d: (-d["fitness_map"]["seed001"], d["member"]))
+    out = tmp_path / "sample.png"
+    with runs.env(), contextlib.redirect_stdout(io.StringIO()):
+        assert main(["sample", "arena-tiny", "--genome", best["genome_id"], "--seed", "0", "--out", str(out),
+                     "--store", runs.url]) == 0
+
+    drawn = picture(runs.page("arena-tiny"), f"samples, round {round}")
+
+    np.testing.assert_array_equal(drawn, np.asarray(Image.open(out)))
+    assert f"round {round}: generator {best['member']} (genome {best['genome_id']})" in runs.page("arena-tiny")
+
+
+def test_samples_pictures_of_an_unreachable_artifact_store_are_replaced_by_a_note_each(runs, tmp_path):
+    elsewhere = Settings(store=runs.url, artifacts=str(tmp_path / "not-the-runs-artifacts"), noise_dir=tmp_path / "noise")
+
+    page = report.build_page(runs.store, "arena-tiny", elsewhere, runs.url)
+
+    assert [alt for alt in images(page) if alt.startswith("samples")] == []
+    notes = re.findall(r"samples, round (\d) not drawn: the weights of (gen-\w+) could not be built from the "
+                       r"artifact store " + re.escape(str(tmp_path / "not-the-runs-artifacts")), page)
+    assert [r for r, _ in notes] == ["1", "2", "3"]
+    assert "Encounter matrices" in sections(page)  # the rest of the page stands
+
+
+def test_a_page_built_without_an_artifact_store_says_samples_are_not_drawn(runs):
+    page = report.build_page(runs.store, "arena-tiny")
+
+    assert [alt for alt in images(page) if alt.startswith("samples")] == []
+    assert "Not drawn: this page was built without the artifact store" in page
+
+
+def test_samples_are_drawn_for_at_most_eight_rounds_evenly_spaced():
+    assert report.heatmap_rounds(list(range(1, 21)), report.MAX_SAMPLE_PICTURES) == [1, 4, 6, 9, 12, 15, 17, 20]
+
+
+def test_workers_per_step_counts_distinct_workers_and_not_lost_tasks():
+    results = [{"generation": 0, "node": "a@x", "worker": "x-1"}, {"generation": 0, "node": "a@x", "worker": "x-2"},
+               {"generation": 0, "node": "b@y", "worker": "y-1"}, {"generation": 1, "node": None, "worker": "x-9"},
+               {"generation": 1, "node": None, "worker": None}, {"generation": 2, "node": None, "worker": None}]
+
+    assert report.workers_per_step(results) == {1: 2, 2: 1, 3: 0}
+
+
+def test_descent_by_player_follows_each_lineage_to_its_founders_player_across_migration():
+    spec = tiny_arena("arena-tiny")
+    gens = [{"round": 0, "member": "gen-a", "lineage": "gen-a", "player": 0},
+            {"round": 0, "member": "gen-b", "lineage": "gen-b", "player": 1},
+            {"round": 1, "member": "gen-c", "lineage": "gen-a", "player": 1},  # a child of player 0's founder, migrated
+            {"round": 1, "member": "gen-d", "lineage": "gen-a", "player": 0}]
+    discs = [{"round": 0, "member": "disc-a", "lineage": "disc-a", "player": 1}]
+
+    shares = report.founding_lineages(spec, [], gens, discs, by="player")
+
+    x, players, gen_shares = shares["generators"]
+    assert (x, players) == ([1, 2], ["player 0", "player 1"])
+    np.testing.assert_allclose(gen_shares, [[0.5, 0.5], [1.0, 0.0]])
+    assert shares["discriminators"][1] == ["player 1"]
 
 
 def test_arena_founding_lineages_start_one_member_per_founder_and_each_round_sums_to_one(runs):
@@ -287,6 +439,19 @@ def test_arena_founding_lineages_start_one_member_per_founder_and_each_round_sum
         assert len(founders) == 4  # 2 players x 2 members of each side, each its own founder
         np.testing.assert_allclose(sorted(shares[0]), [0.25] * 4)
         np.testing.assert_allclose(shares.sum(axis=1), [1.0, 1.0, 1.0])
+
+
+def test_arena_descent_by_player_starts_half_each_and_each_round_sums_to_one(runs):
+    store, spec = runs.store, tiny_arena("arena-tiny")
+    gens, discs = store.find_docs("pure_gen", "arena-tiny"), store.find_docs("pure_disc", "arena-tiny")
+
+    shares = report.founding_lineages(spec, store.list_generations("arena-tiny"), gens, discs, by="player")
+
+    for side in ("generators", "discriminators"):
+        x, players, by_player = shares[side]
+        assert x == [1, 2, 3] and sorted(players) == ["player 0", "player 1"]
+        np.testing.assert_allclose(by_player[0], [0.5, 0.5])  # 2 founders of each side per player
+        np.testing.assert_allclose(by_player.sum(axis=1), [1.0, 1.0, 1.0])
 
 
 def test_fight_page_is_drawn_per_fight(runs):
@@ -308,7 +473,7 @@ def test_page_from_a_mongodb_store_draws_the_same_figures_as_from_sqlite(runs, t
         for collection in ARENA_COLLECTIONS:
             mongo.put_docs(collection, runs.store.find_docs(collection, name))
 
-        from_mongo = report.build_page(mongo, name)
+        from_mongo = report.build_page(mongo, name, runs.settings, runs.url)
 
     def figures(page: str) -> list[str]:
         return [chunk.split('"', 1)[0] for chunk in page.split('<img src="')[1:]]

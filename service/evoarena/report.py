@@ -1,20 +1,26 @@
-"""`evoarena report EXPERIMENT`: one self-contained HTML page of a run, read from the store alone.
+"""`evoarena report EXPERIMENT`: one self-contained HTML page of a run, read from the store.
 
 Every figure is a PNG embedded as a base64 data URI, so the page opens anywhere with no network
-and no other file. The store is read through the ResultStore protocol only (SQLite or MongoDB),
-and a run that is still going gets the page of what is stored so far.
+and no other file. The result store is read through the ResultStore protocol only (SQLite or
+MongoDB), and a run that is still going gets the page of what is stored so far.
 
     every run       fitness per generation (GA) or round (arena): best, mean and the 10th-90th
                     percentile band over the individuals (GA) or generators (arena)
-    GA              train and validation loss and accuracy of each generation's fittest individual
+    GA              train and validation loss and accuracy of each generation's fittest individual,
+                    beside the Adam baseline's per-epoch history when `evoarena baseline` stored one
+                    for the same problem and network (on a second x axis: an epoch is not a generation)
     arena           the encounter matrix of each round; the share of each side descending from
-                    each founder; generator quality (modes covered, or Frechet distance); network
-                    sizes. The asynchronous fight is drawn per fight instead of per round
+                    each founder, and from the founders of each player; generator quality (modes
+                    covered, or Frechet distance); network sizes; the samples of the best generator
+                    of up to MAX_SAMPLE_PICTURES rounds, drawn from its weights in the artifact store
+                    by samples.draw (a picture that cannot be drawn is replaced by a note saying why).
+                    The asynchronous fight is drawn per fight instead of per round
     steps           cache hit rate and tasks per second of each step (the step documents' stats)
-    results         tasks per worker (the Celery node, or the local worker process)
+    results         tasks per worker, and distinct workers per step (the Celery node, or the local
+                    worker process)
 
-Generations and rounds are counted from 1, as the progress line counts them. What the store does
-not hold (the Adam baseline's history, generator samples) is said on the page, not drawn.
+Generations and rounds are counted from 1, as the progress line counts them. What cannot be drawn
+is said on the page.
 """
 
 from __future__ import annotations
@@ -22,7 +28,6 @@ from __future__ import annotations
 import argparse
 import base64
 import html
-import io
 import math
 import time
 from collections import Counter, defaultdict
@@ -30,15 +35,31 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from .report_plots import (
+    BAND,
+    plot_encounter_matrix,
+    plot_fitness,
+    plot_lineage_shares,
+    plot_loss_and_accuracy,
+    plot_network_sizes,
+    plot_quality,
+    plot_throughput,
+    plot_tasks_per_worker,
+    plot_workers_over_time,
+    png,
+)
 from .status import algorithm_name, open_experiment, state_text, steps_of, usage_errors
 
 if TYPE_CHECKING:
     import numpy as np
 
+    from .export import Chosen
+    from .settings import Settings
+
 # numpy and matplotlib are imported inside the functions, so the command line starts fast.
 
 MAX_HEATMAPS = 12  # encounter matrices drawn at most, evenly spaced over the run, the last one always
-BAND = (10, 90)  # the percentiles of the fitness band
+MAX_SAMPLE_PICTURES = 8  # rounds (or fights) whose best generator's samples are drawn, evenly spaced likewise
 
 
 # --- the data each figure draws (pure functions of stored documents) ---------------------------------
@@ -174,131 +195,23 @@ def tasks_per_worker(results: list[dict]) -> dict[str, Counter]:
     return dict(sorted(out.items()))
 
 
-# --- the figures ----------------------------------------------------------------------------------
-
-
-def plot_fitness(band: Band, xlabel: str, title: str):
-    fig, ax = _figure()
-    ax.fill_between(band.x, band.low, band.high, alpha=0.25, color="C0", label=f"{BAND[0]}th-{BAND[1]}th percentile")
-    ax.plot(band.x, band.mean, color="C0", marker=".", label="mean")
-    ax.plot(band.x, band.best, color="C3", marker=".", label="best")
-    ax.set(xlabel=xlabel, ylabel="fitness", title=title)
-    ax.legend()
-    return fig
-
-
-def plot_loss_and_accuracy(metrics: dict[str, list[float]]):
-    fig, (loss, acc) = _figure(2)
-    for key, style in (("train", "-"), ("val", "--")):
-        loss.plot(metrics["x"], metrics[f"{key}_loss"], style, marker=".", label=f"{key} loss")
-        acc.plot(metrics["x"], metrics[f"{key}_accuracy"], style, marker=".", label=f"{key} accuracy")
-    loss.set(xlabel="generation", ylabel="cross-entropy", title="fittest individual: loss")
-    acc.set(xlabel="generation", ylabel="accuracy", title="fittest individual: accuracy", ylim=(0, 1.02))
-    loss.legend(), acc.legend()
-    return fig
-
-
-def plot_encounter_matrix(trace: dict, players: dict[str, int], title: str):
-    """Share of each generator's samples each discriminator took for real; unjudged encounters grey,
-    a lying (Byzantine) discriminator marked with *."""
-    import matplotlib
-    import numpy as np
-
-    values = np.asarray(trace["matrix"], float)
-    masked = np.ma.masked_where(~np.asarray(trace["judged"], bool), values)
-    fig, ax = _figure(size=(1.2 + 0.55 * values.shape[1], 1.2 + 0.45 * values.shape[0]), scale=False)
-    cmap = matplotlib.colormaps["viridis"].with_extremes(bad="#d0d0d0")
-    image = ax.imshow(masked, cmap=cmap, vmin=0, vmax=1, aspect="auto")
-    liars = set(trace.get("liars") or [])
-    ax.set_xticks(range(len(trace["discs"])), [("*" if j in liars else "") + _short(d, players)
-                                               for j, d in enumerate(trace["discs"])], rotation=60, ha="right", fontsize=7)
-    ax.set_yticks(range(len(trace["gens"])), [_short(g, players) for g in trace["gens"]], fontsize=7)
-    ax.set(xlabel="discriminator", ylabel="generator", title=title)
-    fig.colorbar(image, ax=ax, label="taken for real")
-    return fig
-
-
-def plot_lineage_shares(per_side: dict[str, tuple[list[int], list[str], np.ndarray]], xlabel: str):
-    import matplotlib
-    import numpy as np
-
-    fig, axes = _figure(len(per_side))
-    for ax, (side_name, (x, founders, shares)) in zip(np.atleast_1d(axes), per_side.items()):
-        bottom = np.zeros(len(x))
-        for k, founder in enumerate(founders):  # stacked bars: rounds are discrete, and one round still shows
-            ax.bar(x, shares[:, k], bottom=bottom, width=0.8 if len(x) < 50 else 1.0, label=founder.split("-")[-1][:6],
-                   color=matplotlib.colormaps["tab20"](k % 20))
-            bottom += shares[:, k]
-        ax.set(xlabel=xlabel, ylabel="share of the side", ylim=(0, 1), title=f"{side_name}: founding lineages")
-        if len(founders) <= 12:
-            ax.legend(fontsize=7, loc="upper left", title="founder", title_fontsize=7)
-    return fig
-
-
-def plot_quality(quality: dict[str, dict[int, list[float]]], modes: int | None, xlabel: str):
-    import numpy as np
-
-    shown = [k for k in ("modes_covered", "high_quality", "frechet", "classes_covered") if k in quality]
-    fig, axes = _figure(len(shown))
-    for ax, key in zip(np.atleast_1d(axes), shown):
-        x = sorted(quality[key])
-        lower_is_better = key == "frechet"
-        best = [(min if lower_is_better else max)(quality[key][k]) for k in x]
-        ax.plot(x, best, color="C3", marker=".", label="best generator")
-        ax.plot(x, [float(np.mean(quality[key][k])) for k in x], color="C0", marker=".", label="mean")
-        if key == "modes_covered" and modes:
-            ax.axhline(modes, color="grey", linestyle=":", label=f"all {modes} modes")
-        ax.set(xlabel=xlabel, ylabel=key.replace("_", " "), title=_QUALITY_TITLES[key])
-        ax.legend(fontsize=8)
-    return fig
-
-
-def plot_network_sizes(per_side: dict[str, dict[int, tuple[int, float, int]]], xlabel: str):
-    fig, ax = _figure()
-    for color, (side_name, sizes) in zip(("C0", "C1"), per_side.items()):
-        x = list(sizes)
-        ax.fill_between(x, [s[0] for s in sizes.values()], [s[2] for s in sizes.values()], alpha=0.2, color=color)
-        ax.plot(x, [s[1] for s in sizes.values()], color=color, marker=".", label=f"{side_name} (median, min-max)")
-    ax.set(xlabel=xlabel, ylabel="parameters", title="network sizes")
-    ax.legend()
-    return fig
-
-
-def plot_throughput(throughput: dict[str, list[float]], xlabel: str):
-    fig, (hits, rate) = _figure(2)
-    hits.plot(throughput["x"], throughput["hit_rate"], marker=".")
-    hits.set(xlabel=xlabel, ylabel="share of builds from a cache", title="parent-cache hit rate", ylim=(-0.02, 1.02))
-    rate.plot(throughput["x"], throughput["evals_per_s"], marker=".", color="C2")
-    rate.set(xlabel=xlabel, ylabel="tasks per second", title="throughput", ylim=(0, None))
-    return fig
-
-
-def plot_tasks_per_worker(counts: dict[str, Counter]):
-    import numpy as np
-
-    workers = list(counts)
-    fig, ax = _figure(size=(7, 1.4 + 0.35 * len(workers)), scale=False)
-    left = np.zeros(len(workers))
-    for op in sorted({op for c in counts.values() for op in c}):
-        n = np.array([counts[w][op] for w in workers], float)
-        ax.barh(workers, n, left=left, label=op)
-        left += n
-    ax.set(xlabel="tasks stored", title="tasks per worker")
-    ax.invert_yaxis()
-    ax.legend(fontsize=8)
-    return fig
-
-
-_QUALITY_TITLES = {"modes_covered": "modes covered", "high_quality": "high-quality samples",
-                   "frechet": "Frechet distance (digits classifier features; lower is better)",
-                   "classes_covered": "digit classes covered"}
+def workers_per_step(results: list[dict]) -> dict[int, int]:
+    """Per step (counted from 1) that has results: how many distinct workers (Celery node, else process)
+    stored them; the master's records of lost tasks are nobody's and are not counted."""
+    workers = defaultdict(set)
+    for r in results:
+        who = r.get("node") or r.get("worker")
+        workers[r["generation"] + 1].update([who] if who else [])
+    return {step: len(w) for step, w in sorted(workers.items())}
 
 
 # --- the page -------------------------------------------------------------------------------------
 
 
-def build_page(store, name: str) -> str:
-    """The report of experiment `name` (which must be in `store`) as one HTML document."""
+def build_page(store, name: str, settings: Settings | None = None, store_url: str = "") -> str:
+    """The report of experiment `name` (which must be in `store`) as one HTML document. With
+    `settings` (where the artifact store and the noise table are) and the store's URL, an arena's
+    pages also draw its best generators' samples from their weights."""
     from .spec import parse_spec
 
     experiment = store.get_experiment(name)
@@ -308,8 +221,10 @@ def build_page(store, name: str) -> str:
     page = _Page()
     if spec.algorithm == "arena":
         _arena_sections(page, store, spec, steps)
+        if store.count_docs("pure_gen", name):
+            _sample_sections(page, spec, steps, settings, store_url)
     else:
-        _ga_sections(page, spec, results, steps)
+        _ga_sections(page, store, spec, results, steps)
     throughput = step_throughput(steps)
     if throughput["x"]:
         page.figure("Throughput", plot_throughput(throughput, "step" if spec.algorithm == "arena" else "generation"),
@@ -318,26 +233,54 @@ def build_page(store, name: str) -> str:
     if results:
         page.figure("Workers", plot_tasks_per_worker(tasks_per_worker(results)),
                     "Results stored by each worker (Celery node name on a fleet, process name on a local run).")
+        page.figure("workers over time", plot_workers_over_time(workers_per_step(results),
+                                                                "generation" if spec.algorithm == "ga" else "step"),
+                    "How many distinct workers stored results of each step (a fleet that grows or loses workers "
+                    "shows here).", section="Workers")
     return page.html(name, _summary(store, experiment, spec, len(results)))
 
 
-def _ga_sections(page: _Page, spec, results: list[dict], steps: list[dict]) -> None:
-    band = fitness_band(ga_fitness(results))
+def _ga_sections(page: _Page, store, spec, results: list[dict], steps: list[dict]) -> None:
+    values = ga_fitness(results)
+    band = fitness_band(values)
     if not band.x:
         page.note("No evaluation is stored yet: nothing to draw.")
         return
     page.figure("Fitness", plot_fitness(band, "generation", "fitness (minus the training cross-entropy)"),
                 f"Per generation, over its evaluated individuals: best, mean and the {BAND[0]}th-{BAND[1]}th "
                 "percentile band.")
-    page.figure("Training loss and accuracy", plot_loss_and_accuracy(best_metrics(results)),
-                "The fittest individual of each generation on the training set and on the validation set "
-                "(never trained on: memorization cannot help there).")
-    page.note(f"The Adam baseline is not stored: `evoarena baseline` prints its history (here {spec.baseline.epochs} "
-              f"epochs at lr {spec.baseline.lr}) without writing it to the store, so it is not drawn beside the GA.",
-              section="Training loss and accuracy")
+    adam, why_not = adam_baseline(store, spec)
+    n_train = spec.problem.batch_size * spec.problem.train_batches
+    evaluations = max(len(v) for v in values.values())
+    ga_work = f"each: {evaluations} networks scored, one forward pass over the {n_train} training images each"
+    adam_work = (f"each: {adam['steps_per_epoch']} gradient steps, one forward and backward pass over the "
+                 f"{n_train} training images" if adam else "")
+    page.figure("Training loss and accuracy",
+                plot_loss_and_accuracy(best_metrics(results), adam and adam["history"], ga_work, adam_work),
+                "The fittest individual of each generation (blue, bottom axis) on the training set and on the "
+                "validation set (never trained on: memorization cannot help there)"
+                + (f"; the Adam baseline (orange, top axis: epochs; lr {adam['lr']}, seed {adam['seed']}) on the same "
+                   "network and data. The two x axes are not the same work: a generation scores many networks "
+                   "without a gradient, an epoch takes gradient steps with one network." if adam else "."))
+    if why_not:
+        page.note(why_not, section="Training loss and accuracy")
     if len(steps) < band.x[-1]:
-        page.note(f"Generation {band.x[-1]} is in progress: the figures include the {len(ga_fitness(results)[band.x[-1]])} "
+        page.note(f"Generation {band.x[-1]} is in progress: the figures include the {len(values[band.x[-1]])} "
                   "results stored so far.")
+
+
+def adam_baseline(store, spec) -> tuple[dict | None, str | None]:
+    """(the experiment's stored Adam baseline, None), or (None, why none is drawn): there is none,
+    or it trained another problem or network than the experiment's spec."""
+    doc = store.get_baseline(spec.name, "adam")
+    if doc is None:
+        return None, (f"No Adam baseline is stored for {spec.name}: `evoarena baseline FILE --store URL` trains one "
+                      f"({spec.baseline.epochs} epochs at lr {spec.baseline.lr}) and records it here.")
+    for field in ("problem", "network"):
+        if doc[field] != getattr(spec, field).model_dump(mode="json"):
+            return None, (f"The stored Adam baseline is not drawn: its {field} differs from the experiment's "
+                          f"(stored {doc[field]}); run `evoarena baseline` on this experiment's file again.")
+    return doc, None
 
 
 def _arena_sections(page: _Page, store, spec, steps: list[dict]) -> None:
@@ -369,6 +312,10 @@ def _arena_sections(page: _Page, store, spec, steps: list[dict]) -> None:
     page.figure("Founding lineages", plot_lineage_shares(founding_lineages(spec, steps, gens, discs), unit),
                 "The share of each side descending from each founder (a member's lineage is its first parent's, "
                 "back to a founder)." + (" Per fight, over the whole population after it." if fight else ""))
+    page.figure("Founding players", plot_lineage_shares(founding_lineages(spec, steps, gens, discs, by="player"),
+                                                        unit, by="player"),
+                "The share of each side descending from the founders of each player (a child may join another "
+                "player than its parent's: this is where the descendants of each player's founders went).")
     quality = generator_quality(gens)
     if quality:
         modes = max((m for ms in quality.get("modes", {}).values() for m in ms), default=None)
@@ -381,25 +328,83 @@ def _arena_sections(page: _Page, store, spec, steps: list[dict]) -> None:
                                                      "discriminators": network_sizes(discs)}, unit),
                 f"Parameters per network, per {unit}" + (" (the fight's pair)" if fight else "")
                 + ": architectures evolve by adding, deleting and resizing layers.")
-    page.note("Generator samples are not drawn: the result store keeps each generator's genome and a reference to "
-              "its weights in the artifact store, not samples, and this page is built from the result store alone "
-              f"(`evoarena sample {name} --out FILE.png` draws the best generator's samples from its weights).")
 
 
-def founding_lineages(spec, steps: list[dict], gens: list[dict], discs: list[dict]) -> dict[str, tuple]:
-    """The founding-lineage shares of each side: from the pure_gen/pure_disc docs of each round, or,
+def founding_lineages(spec, steps: list[dict], gens: list[dict], discs: list[dict],
+                      by: str = "founder") -> dict[str, tuple]:
+    """The shares of each side descending from each founder (`by` "founder") or from the founders of
+    each player (`by` "player", labelled "player N"): from the pure_gen/pure_disc docs of each round, or,
     for the asynchronous fight (whose docs hold only the fight's pair), from the population after each fight."""
+    members = [m for step in steps for m in step.get("members", ())]
+    founder_player = {d["member"]: d["player"] for d in gens + discs if d["member"] == d["lineage"]}
+    founder_player |= {m["id"]: m["player"] for m in members if m["id"] == m["lineage"]}
+
+    def label(lineage: str) -> str:
+        return lineage if by == "founder" else f"player {founder_player.get(lineage, '?')}"
+
     out = {}
-    for side_name, label, docs in (("gen", "generators", gens), ("disc", "discriminators", discs)):
+    for side_name, name, docs in (("gen", "generators", gens), ("disc", "discriminators", discs)):
         snapshots = defaultdict(list)
         if spec.arena.mode == "async":
             for step in steps:
-                snapshots[step["done"]] = [m["lineage"] for m in step["members"] if m["side"] == side_name]
+                snapshots[step["done"]] = [label(m["lineage"]) for m in step["members"] if m["side"] == side_name]
         else:
             for doc in docs:
-                snapshots[doc["round"] + 1].append(doc["lineage"])
-        out[label] = lineage_shares(dict(snapshots))
+                snapshots[doc["round"] + 1].append(label(doc["lineage"]))
+        out[name] = lineage_shares(dict(snapshots))
     return out
+
+
+def best_generators(spec, steps: list[dict]) -> dict[int, Chosen]:
+    """The best generator of each round's match (keyed by round, from 1), or of each fight (keyed by fights done)."""
+    from .export import best_generator_of
+
+    out = {}
+    for state in steps:
+        chosen = best_generator_of(spec, state["generation"], state)
+        if chosen is not None:
+            out[state["done"] if spec.arena.mode == "async" else state["round"] + 1] = chosen
+    return out
+
+
+def _sample_sections(page: _Page, spec, steps: list[dict], settings: Settings | None, store_url: str) -> None:
+    """Samples of the best generator of up to MAX_SAMPLE_PICTURES rounds (or fights), evenly spaced, drawn
+    from its weights by samples.draw; a picture that cannot be drawn says why in its place."""
+    from .export import build
+    from .samples import draw
+
+    section, unit = "Generator samples", "fight" if spec.arena.mode == "async" else "round"
+    best = best_generators(spec, steps)
+    shown = heatmap_rounds(list(best), MAX_SAMPLE_PICTURES)
+    page.text(f"The best generator of each {unit} drawn from its weights (the artifact store) with latents of seed 0: "
+              "what `evoarena sample NAME --genome GENOME_ID` draws. "
+              + ("Circles: each mode's 3-std disc; a sample inside one is high quality." if _mixture(spec) else ""),
+              section=section)
+    if settings is None:
+        page.note("Not drawn: this page was built without the artifact store, where the generators' weights are.",
+                  section=section)
+        return
+    for x in shown:
+        chosen = best[x]
+        title = f"samples, {unit} {x}"
+        fitness = "" if chosen.fitness is None else f", fitness {chosen.fitness:.3g}"
+        caption = f"{unit} {x}: generator {chosen.member} (genome {chosen.genome['id']}){fitness}"
+        try:
+            arch, flat = build(chosen, spec, store_url, settings)
+        except Exception as exc:  # an unreachable or incomplete artifact store: the page stands without it
+            page.note(f"{title} not drawn: the weights of {chosen.member} could not be built from the artifact store "
+                      f"{settings.artifacts} ({type(exc).__name__}: {exc}).", section=section)
+            continue
+        picture, _, _ = draw(spec, chosen.member, chosen.genome["id"], arch, flat)
+        page.image(title, picture, caption, section=section)
+    if len(shown) < len(best):
+        page.note(f"{len(shown)} of the {len(best)} {unit}s are drawn, evenly spaced.", section=section)
+
+
+def _mixture(spec) -> bool:
+    from .problems.gan_data import MIXTURES
+
+    return spec.problem.data.kind in MIXTURES
 
 
 def _summary(store, experiment: dict, spec, n_results: int) -> list[tuple[str, str]]:
@@ -422,7 +427,11 @@ class _Page:
 
     def figure(self, title: str, fig, caption: str = "", section: str | None = None) -> None:
         """`fig` as a PNG data URI, in section `section` (default: its own, named `title`)."""
-        uri = "data:image/png;base64," + base64.b64encode(_png(fig)).decode()
+        self.image(title, png(fig), caption, section)
+
+    def image(self, title: str, picture: bytes, caption: str = "", section: str | None = None) -> None:
+        """A PNG (bytes) as a data URI, in section `section` (default: its own, named `title`)."""
+        uri = "data:image/png;base64," + base64.b64encode(picture).decode()
         below = f"<figcaption>{html.escape(caption)}</figcaption>" if caption else ""
         self.sections.setdefault(section or title, []).append(
             f'<figure><img src="{uri}" alt="{html.escape(title)}">{below}</figure>')
@@ -451,33 +460,6 @@ _CSS = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222
         ".note{color:#7a4b00}footer{margin-top:2em;font-size:.8em;color:#777}")
 
 
-def _figure(columns: int = 1, size: tuple[float, float] | None = None, scale: bool = True):
-    """A new figure (no pyplot: nothing global) drawn by the Agg backend, `columns` axes side by side."""
-    import numpy as np
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-    from matplotlib.ticker import MaxNLocator
-
-    width, height = size or (6.4, 4.0)
-    fig = Figure(figsize=(width * columns if scale else width, height), layout="constrained")
-    FigureCanvasAgg(fig)
-    axes = fig.subplots(1, columns)
-    for ax in np.atleast_1d(axes):  # generations, rounds, steps and fights are whole numbers
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    return fig, axes
-
-
-def _png(fig) -> bytes:
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=90)
-    return buffer.getvalue()
-
-
-def _short(member: str, players: dict[str, int]) -> str:
-    player = players.get(member)
-    return ("?" if player is None else f"p{player}") + " " + member.split("-")[-1][:6]
-
-
 def _finite(x) -> bool:
     return isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x)
 
@@ -496,7 +478,7 @@ def add_parser(commands) -> None:
 def cmd_report(args: argparse.Namespace, settings) -> int:
     store, _, _ = open_experiment(args.store or settings.store, args.name)
     with store:
-        page = build_page(store, args.name)
+        page = build_page(store, args.name, settings, args.store or settings.store)
     path = Path(args.out) / f"{args.name}.html"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(page, encoding="utf-8")

@@ -115,7 +115,7 @@ def draw(spec, member: str, genome_id: str, arch: dict, flat: torch.Tensor, n: i
         return grid_png(image_grid(samples, scale)), n, ""
     centres = gan_data.mixture_centres(data)
     quality = quality_text(gan_metrics.mixture_quality(samples, centres, data["std"]))
-    title = f"{spec.name}: generator {member}, genome {genome_id}\n{n} samples: {quality}"
+    title = f"{spec.name}: generator {member}\ngenome {genome_id}\n{n} samples: {quality}"
     return scatter_png(samples, centres, data["std"], title), n, quality
 
 
