@@ -372,6 +372,19 @@ def test_workers_and_masters_share_one_environment_by_the_naming_convention(rend
     assert config["EVOARENA_IMAGE"] == "123456789012.dkr.ecr.us-east-1.amazonaws.com/evoarena:0.1.0"
 
 
+def test_masters_get_the_releases_image_pull_secrets_through_the_service_account_submit_names(helm):
+    from evoarena.submit import Names, build_objects
+
+    objects = template(helm, "--set", "imagePullSecrets[0].name=registry-login")
+    names = Names("tiny", RELEASE, NAMESPACE)
+    _, job = build_objects(names, "name: tiny\n", "tiny.yaml", "evoarena:0.1.0-cpu")
+
+    account = one(objects, "ServiceAccount", names.service_account)
+    assert account["imagePullSecrets"] == [{"name": "registry-login"}]
+    assert job["spec"]["template"]["spec"]["serviceAccountName"] == names.service_account
+    assert "imagePullSecrets" not in one(template(helm), "ServiceAccount", names.service_account)
+
+
 def test_s3_credentials_come_from_irsa_on_the_service_account(rendered):
     sa = one(rendered["gpu"], "ServiceAccount", f"{RELEASE}-evoarena")
     assert sa["metadata"]["annotations"]["eks.amazonaws.com/role-arn"].startswith("arn:aws:iam::")

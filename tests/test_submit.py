@@ -244,7 +244,45 @@ def test_submit_creates_the_configmap_then_the_job_and_prints_how_to_follow_it(c
     assert cluster.calls == ["create configmap/evoarena-tiny", "create job/evoarena-tiny"]
     job = cluster.jobs["evoarena-tiny"]
     assert job["spec"]["template"]["spec"]["containers"][0]["image"] == "repo/evoarena:9"  # the workers' image
-    assert capsys.readouterr().out.splitlines()[-1] == "kubectl logs -f job/evoarena-tiny -n evoarena"
+    assert capsys.readouterr().out.splitlines()[-1] == \
+        "until kubectl logs -f job/evoarena-tiny -n evoarena; do sleep 10; done"
+
+
+def test_the_printed_line_follows_the_logs_once_the_image_is_pulled(tmp_path):
+    """The line submit prints, run by a real shell against a kubectl that answers as the real one
+    does while the pod's image is pulled (exit 1, "is waiting to start"), then streams the logs."""
+    calls = tmp_path / "calls"
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    (fake / "kubectl").write_text(f"""#!/bin/sh
+echo "$*" >> {calls}
+if [ "$(wc -l < {calls})" -lt 3 ]; then
+  echo 'Error from server (BadRequest): container "master" in pod "evoarena-tiny-x2x9k" is waiting to start: ContainerCreating' >&2
+  exit 1
+fi
+echo "tiny: 5 generations of 16 on the fleet"
+""")
+    (fake / "sleep").write_text("#!/bin/sh\nexit 0\n")  # the loop's pause, made instant
+    for tool in fake.iterdir():
+        tool.chmod(0o755)
+
+    done = subprocess.run(["sh", "-c", submit.follow_command("evoarena-tiny", "evoarena")], capture_output=True,
+                          text=True, env={**os.environ, "PATH": f"{fake}:{os.environ['PATH']}"}, timeout=60)
+
+    assert done.returncode == 0
+    assert done.stdout == "tiny: 5 generations of 16 on the fleet\n"
+    assert calls.read_text().splitlines() == ["logs -f job/evoarena-tiny -n evoarena"] * 3
+    assert done.stderr.count("is waiting to start: ContainerCreating") == 2
+
+
+def test_the_master_is_not_moved_by_node_autoscalers_and_its_job_is_cleaned_up(capsys):
+    _, job = dry_run(capsys, str(TINY))
+    annotations = job["spec"]["template"]["metadata"]["annotations"]
+
+    assert annotations["karpenter.sh/do-not-disrupt"] == "true"
+    assert annotations["cluster-autoscaler.kubernetes.io/safe-to-evict"] == "false"
+    assert job["spec"]["ttlSecondsAfterFinished"] == 7 * 24 * 3600
+
 
 
 def test_a_release_that_is_not_there_is_refused(capsys):

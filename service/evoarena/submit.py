@@ -34,6 +34,13 @@ MANAGED_BY = "evoarena-submit"
 RELEASE_MAX_LENGTH = 34
 MOUNT = "/experiment"
 UID = 10001  # the image's user (Dockerfile)
+# A finished Job (and its pod's logs) is deleted a week later; the run stays in the store, and the
+# same experiment can be submitted again (--resume is needed only while the Job is there).
+TTL_AFTER_FINISHED_S = 7 * 24 * 3600
+# Node autoscalers must not move a running master to save a node: it would start over from the
+# last complete step. Karpenter's annotation, and Cluster Autoscaler's.
+MASTER_POD_ANNOTATIONS = {"karpenter.sh/do-not-disrupt": "true",
+                          "cluster-autoscaler.kubernetes.io/safe-to-evict": "false"}
 _CONFIGMAP_KEY = re.compile(r"^[-._a-zA-Z0-9]+$")
 
 
@@ -158,11 +165,12 @@ def build_objects(names: Names, text: str, filename: str, image: str) -> list[di
             # A crashed master is retried and continues from the store; bad input (exit 2) is not
             # retried, and neither is counted a node going away.
             "backoffLimit": 3,
+            "ttlSecondsAfterFinished": TTL_AFTER_FINISHED_S,
             "podFailurePolicy": {"rules": [
                 {"action": "FailJob", "onExitCodes": {"containerName": "master", "operator": "In", "values": [2]}},
                 {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]},
             ]},
-            "template": {"metadata": {"labels": labels}, "spec": pod},
+            "template": {"metadata": {"labels": labels, "annotations": MASTER_POD_ANNOTATIONS}, "spec": pod},
         },
     }
     return [config_map, job]
@@ -218,7 +226,7 @@ def apply(core, batch, names: Names, text: str, filename: str, image: str | None
         if existing is not None:
             if not resume:
                 print(f"error: job/{names.job} already exists in {ns}; follow it with "
-                      f"`kubectl logs -f job/{names.job} -n {ns}`, or pass --resume once it has finished",
+                      f"`{follow_command(names.job, ns)}`, or pass --resume once it has finished",
                       file=sys.stderr)
                 return 2
             if not _finished(existing):
@@ -245,8 +253,16 @@ def apply(core, batch, names: Names, text: str, filename: str, image: str | None
         return 1
 
     print(f"{names.experiment}: job/{names.job} created in {ns} (image {image}); follow it with:")
-    print(f"kubectl logs -f job/{names.job} -n {ns}")
+    print(follow_command(names.job, ns))
     return 0
+
+
+def follow_command(job: str, namespace: str) -> str:
+    """The shell line that follows a Job's logs from its first line, also while its pod is still
+    being scheduled or its image pulled (`kubectl logs` fails then, and is tried again), and also
+    once the Job has finished. (`kubectl wait -l job-name=...` fails at once while the pod does
+    not exist yet, and waits in vain for Ready once the pod has finished.)"""
+    return f"until kubectl logs -f job/{job} -n {namespace}; do sleep 10; done"
 
 
 def _load_config(config) -> str:
