@@ -20,13 +20,15 @@ from unittest import mock
 
 import numpy as np
 import pytest
+import torch
 import yaml
 from PIL import Image
 
 from evoarena import report, scheduler
 from evoarena.cli import main
 from evoarena.fleet.executor import InlineExecutor
-from evoarena.problems import memorize
+from evoarena.evolve.arena import Arena
+from evoarena.problems import gan, gan_baselines, gan_data, gan_metrics, memorize
 from evoarena.settings import Settings
 from evoarena.spec import parse_spec
 from evoarena.store import ARENA_COLLECTIONS, open_store
@@ -80,7 +82,8 @@ class StopAfter:
 
 class Runs:
     """The module's runs, all in one SQLite store, their checkpoints in one artifact directory; the GA
-    "tiny" also has its Adam baseline (3 epochs) recorded by `evoarena baseline`."""
+    "tiny" also has its Adam baseline (3 epochs) and "arena-tiny" its single-GAN baseline, both recorded
+    by `evoarena baseline`."""
 
     def __init__(self, root: Path):
         self.root = root
@@ -98,6 +101,10 @@ class Runs:
         with self.env(), contextlib.redirect_stdout(io.StringIO()) as printed:
             assert main(["baseline", str(ROOT / "experiments" / "tiny.yaml"), "--epochs", "3", "--store", self.url]) == 0
         self.baseline_printed = printed.getvalue()
+        (root / "arena-tiny.yaml").write_text(yaml.safe_dump(ARENA))
+        with self.env(), contextlib.redirect_stdout(io.StringIO()) as printed:
+            assert main(["baseline", str(root / "arena-tiny.yaml"), "--store", self.url]) == 0
+        self.gan_baseline_printed = printed.getvalue()
 
     def env(self):
         """The environment a command of these runs sees: their artifact store and noise tables."""
@@ -356,6 +363,53 @@ def test_arena_page_has_one_encounter_matrix_and_one_samples_picture_per_round(r
     assert 'class="note"' not in page
 
 
+def test_gan_baseline_command_records_a_single_gans_quality_at_the_arenas_steps_of_each_round(runs):
+    stored = runs.store.get_baseline("arena-tiny", "single_gan")
+    spec = tiny_arena("arena-tiny")
+
+    # a lineage trains 20 train_pair steps a round, and 10 cross-train steps between rounds
+    assert [(r["round"], r["steps"]) for r in stored["rounds"]] == [(1, 20), (2, 50), (3, 80)]
+    # round 1 on its own: one pair of the founders' architectures, 20 steps in one chunk, measured on
+    # metric_samples samples drawn with the experiment's seed
+    arena = Arena(spec)
+    g_arch, g_flat = gan_baselines.single_gan(spec.problem.model_dump(mode="json"), arena.founding_arch("gen"),
+                                              arena.founding_arch("disc"), arena.founding_meta("gen"), 20,
+                                              spec.arena.batch_size, spec.seed, chunk=20)
+    data = spec.problem.data.model_dump(mode="json")
+    samples = gan.generate(g_arch, g_flat, 200, torch.Generator().manual_seed(spec.seed))
+    assert stored["rounds"][0]["quality"] == gan_metrics.mixture_quality(samples, gan_data.mixture_centres(data),
+                                                                         data["std"])
+    printed = runs.gan_baseline_printed.splitlines()
+    assert [line.split()[:4] for line in printed[1:4]] == [["round", "1", "steps", "20"], ["round", "2", "steps", "50"],
+                                                           ["round", "3", "steps", "80"]]
+
+
+def test_quality_figure_draws_the_single_gan_baseline_dashed_per_round(runs):
+    reference, why_not = report.single_gan_baseline(runs.store, tiny_arena("arena-tiny"))
+    stored = runs.store.get_baseline("arena-tiny", "single_gan")["rounds"]
+
+    fig = report.plot_quality(report.generator_quality(runs.store.find_docs("pure_gen", "arena-tiny")), 8, "round",
+                              reference)
+
+    assert why_not is None
+    modes, high_quality = fig.axes
+    dashed = [line for line in modes.get_lines() if line.get_linestyle() == "--"]
+    assert [list(line.get_xdata()) for line in dashed] == [[1, 2, 3]]
+    assert list(dashed[0].get_ydata()) == [float(r["quality"]["modes_covered"]) for r in stored]
+    assert [line.get_label() for line in high_quality.get_lines()][-1] == "single GAN, same gradient steps"
+    assert "Dashed: the single-GAN baseline" in runs.page("arena-tiny")
+
+
+def test_a_single_gan_baseline_of_other_training_steps_is_not_drawn_and_the_page_says_why(runs):
+    longer = tiny_arena("arena-tiny", train_steps=40)
+
+    reference, why_not = report.single_gan_baseline(runs.store, longer)
+
+    assert reference is None
+    assert why_not == ("The stored single-GAN baseline is not drawn: its train_steps differs from the experiment's; "
+                       "run `evoarena baseline` on this experiment's file again.")
+
+
 def picture(page: str, alt: str) -> np.ndarray:
     """The pixels of the page's image `alt`."""
     import base64
@@ -472,6 +526,7 @@ def test_page_from_a_mongodb_store_draws_the_same_figures_as_from_sqlite(runs, t
             mongo.put_generation(name, doc["generation"], doc)
         for collection in ARENA_COLLECTIONS:
             mongo.put_docs(collection, runs.store.find_docs(collection, name))
+        mongo.put_baseline(name, "single_gan", runs.store.get_baseline(name, "single_gan"))
 
         from_mongo = report.build_page(mongo, name, runs.settings, runs.url)
 

@@ -48,18 +48,17 @@ from .report_plots import (
     plot_workers_over_time,
     png,
 )
+from .report_samples import MAX_SAMPLE_PICTURES, sample_section
 from .status import algorithm_name, open_experiment, state_text, steps_of, usage_errors
 
 if TYPE_CHECKING:
     import numpy as np
 
-    from .export import Chosen
     from .settings import Settings
 
 # numpy and matplotlib are imported inside the functions, so the command line starts fast.
 
 MAX_HEATMAPS = 12  # encounter matrices drawn at most, evenly spaced over the run, the last one always
-MAX_SAMPLE_PICTURES = 8  # rounds (or fights) whose best generator's samples are drawn, evenly spaced likewise
 
 
 # --- the data each figure draws (pure functions of stored documents) ---------------------------------
@@ -222,7 +221,7 @@ def build_page(store, name: str, settings: Settings | None = None, store_url: st
     if spec.algorithm == "arena":
         _arena_sections(page, store, spec, steps)
         if store.count_docs("pure_gen", name):
-            _sample_sections(page, spec, steps, settings, store_url)
+            sample_section(page, spec, steps, settings, store_url)
     else:
         _ga_sections(page, store, spec, results, steps)
     throughput = step_throughput(steps)
@@ -319,15 +318,44 @@ def _arena_sections(page: _Page, store, spec, steps: list[dict]) -> None:
     quality = generator_quality(gens)
     if quality:
         modes = max((m for ms in quality.get("modes", {}).values() for m in ms), default=None)
-        page.figure("Generator quality", plot_quality(quality, modes and int(modes), unit),
+        reference, why_not = (None, None) if fight else single_gan_baseline(store, spec)
+        page.figure("Generator quality", plot_quality(quality, modes and int(modes), unit, reference),
                     f"Per {unit}, measured on {spec.problem.metric_samples} samples of each generator"
-                    + (" (the fight's own generator)." if fight else "."))
+                    + (" (the fight's own generator)." if fight else ".")
+                    + (" Dashed: the single-GAN baseline (`evoarena baseline`), one generator and one discriminator "
+                       "of the founders' architectures trained for the gradient steps one lineage of the arena has "
+                       "had by that round (its train_pair chunks and cross-train steps), measured the same way."
+                       if reference else ""))
+        if why_not:
+            page.note(why_not, section="Generator quality")
     else:
         page.note("The stored generators carry no quality measures (a user's npz data has none).")
     page.figure("Network sizes", plot_network_sizes({"generators": network_sizes(gens),
                                                      "discriminators": network_sizes(discs)}, unit),
                 f"Parameters per network, per {unit}" + (" (the fight's pair)" if fight else "")
                 + ": architectures evolve by adding, deleting and resizing layers.")
+
+
+def single_gan_baseline(store, spec) -> tuple[dict[str, dict[int, float]] | None, str | None]:
+    """(the stored single-GAN baseline's quality measures per round, None), or (None, why none is drawn):
+    there is none, or it trained another problem or other networks or steps than the experiment's."""
+    from .problems.gan_baselines import ARENA_FIELDS
+
+    doc = store.get_baseline(spec.name, "single_gan")
+    if doc is None:
+        return None, (f"No single-GAN baseline is stored for {spec.name}: `evoarena baseline FILE --store URL` "
+                      "trains one at the arena's gradient steps per generator and records it here.")
+    arena = spec.arena.model_dump(mode="json")
+    differs = [k for k in ARENA_FIELDS if doc["arena"].get(k) != arena[k]]
+    if doc["problem"] != spec.problem.model_dump(mode="json") or differs:
+        return None, (f"The stored single-GAN baseline is not drawn: its {', '.join(differs) or 'problem'} "
+                      "differs from the experiment's; run `evoarena baseline` on this experiment's file again.")
+    out: dict[str, dict[int, float]] = defaultdict(dict)
+    for row in doc["rounds"]:
+        for key, value in row["quality"].items():
+            if _finite(value):
+                out[key][row["round"]] = float(value)
+    return dict(out), None
 
 
 def founding_lineages(spec, steps: list[dict], gens: list[dict], discs: list[dict],
@@ -353,58 +381,6 @@ def founding_lineages(spec, steps: list[dict], gens: list[dict], discs: list[dic
                 snapshots[doc["round"] + 1].append(label(doc["lineage"]))
         out[name] = lineage_shares(dict(snapshots))
     return out
-
-
-def best_generators(spec, steps: list[dict]) -> dict[int, Chosen]:
-    """The best generator of each round's match (keyed by round, from 1), or of each fight (keyed by fights done)."""
-    from .export import best_generator_of
-
-    out = {}
-    for state in steps:
-        chosen = best_generator_of(spec, state["generation"], state)
-        if chosen is not None:
-            out[state["done"] if spec.arena.mode == "async" else state["round"] + 1] = chosen
-    return out
-
-
-def _sample_sections(page: _Page, spec, steps: list[dict], settings: Settings | None, store_url: str) -> None:
-    """Samples of the best generator of up to MAX_SAMPLE_PICTURES rounds (or fights), evenly spaced, drawn
-    from its weights by samples.draw; a picture that cannot be drawn says why in its place."""
-    from .export import build
-    from .samples import draw
-
-    section, unit = "Generator samples", "fight" if spec.arena.mode == "async" else "round"
-    best = best_generators(spec, steps)
-    shown = heatmap_rounds(list(best), MAX_SAMPLE_PICTURES)
-    page.text(f"The best generator of each {unit} drawn from its weights (the artifact store) with latents of seed 0: "
-              "what `evoarena sample NAME --genome GENOME_ID` draws. "
-              + ("Circles: each mode's 3-std disc; a sample inside one is high quality." if _mixture(spec) else ""),
-              section=section)
-    if settings is None:
-        page.note("Not drawn: this page was built without the artifact store, where the generators' weights are.",
-                  section=section)
-        return
-    for x in shown:
-        chosen = best[x]
-        title = f"samples, {unit} {x}"
-        fitness = "" if chosen.fitness is None else f", fitness {chosen.fitness:.3g}"
-        caption = f"{unit} {x}: generator {chosen.member} (genome {chosen.genome['id']}){fitness}"
-        try:
-            arch, flat = build(chosen, spec, store_url, settings)
-        except Exception as exc:  # an unreachable or incomplete artifact store: the page stands without it
-            page.note(f"{title} not drawn: the weights of {chosen.member} could not be built from the artifact store "
-                      f"{settings.artifacts} ({type(exc).__name__}: {exc}).", section=section)
-            continue
-        picture, _, _ = draw(spec, chosen.member, chosen.genome["id"], arch, flat)
-        page.image(title, picture, caption, section=section)
-    if len(shown) < len(best):
-        page.note(f"{len(shown)} of the {len(best)} {unit}s are drawn, evenly spaced.", section=section)
-
-
-def _mixture(spec) -> bool:
-    from .problems.gan_data import MIXTURES
-
-    return spec.problem.data.kind in MIXTURES
 
 
 def _summary(store, experiment: dict, spec, n_results: int) -> list[tuple[str, str]]:

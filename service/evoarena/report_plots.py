@@ -108,7 +108,10 @@ def plot_lineage_shares(per_side: dict[str, tuple[list[int], list[str], np.ndarr
     return fig
 
 
-def plot_quality(quality: dict[str, dict[int, list[float]]], modes: int | None, xlabel: str):
+def plot_quality(quality: dict[str, dict[int, list[float]]], modes: int | None, xlabel: str,
+                 reference: dict[str, dict[int, float]] | None = None):
+    """Per measure: the best generator's and the mean per round; `reference` (the single-GAN baseline's
+    measure per round) dashed beside them."""
     import numpy as np
 
     shown = [k for k in ("modes_covered", "high_quality", "frechet", "classes_covered") if k in quality]
@@ -119,6 +122,9 @@ def plot_quality(quality: dict[str, dict[int, list[float]]], modes: int | None, 
         best = [(min if lower_is_better else max)(quality[key][k]) for k in x]
         ax.plot(x, best, color="C3", marker=".", label="best generator")
         ax.plot(x, [float(np.mean(quality[key][k])) for k in x], color="C0", marker=".", label="mean")
+        if reference and reference.get(key):
+            ax.plot(list(reference[key]), list(reference[key].values()), color="black", linestyle="--", marker="x",
+                    label="single GAN, same gradient steps")
         if key == "modes_covered" and modes:
             ax.axhline(modes, color="grey", linestyle=":", label=f"all {modes} modes")
         ax.set(xlabel=xlabel, ylabel=key.replace("_", " "), title=_QUALITY_TITLES[key])

@@ -3,7 +3,9 @@
     single_gan         ONE generator and ONE discriminator trained together for all `steps`
                        steps with problems/gan.py's `train_pair`, in chunks of `chunk` steps, as
                        the arena trains its pairs: each chunk starts fresh optimizers (Adam's
-                       moments restart) and draws its latents and real batches from its own seed
+                       moments restart) and draws its latents and real batches from its own seed;
+                       single_gan_by_round trains the same way, in given chunks, and hands out the
+                       generator at the end of each round (`evoarena baseline` on an arena file)
     best_of_restarts   the seed project's brute-force comparator: n independent single GANs of
                        steps // n steps each (the same total gradient steps, spread over n pairs;
                        the steps % n left over are not used), the one whose `score` is highest kept
@@ -22,7 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from functools import lru_cache
 
 import torch
@@ -30,6 +32,11 @@ import torch
 from .. import nets
 from . import gan
 from .gan_data import GanData, make_data
+
+
+#: The arena spec's fields a single-GAN baseline of an arena depends on (beside its problem): `evoarena
+#: report` draws a stored baseline only where they are the experiment's.
+ARENA_FIELDS = ("generator", "discriminator", "meta", "train_steps", "chunk_steps", "cross_train_steps", "batch_size")
 
 
 def sub_seed(seed: int, *parts) -> int:
@@ -51,13 +58,27 @@ def single_gan(problem: dict, gen_arch: dict, disc_arch: dict, meta: dict, steps
         raise ValueError(f"chunk = {chunk!r}: must be an integer >= 1")
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
         raise ValueError(f"steps = {steps!r}: must be an integer >= 1")
+    chunks = [min(chunk, steps - start) for start in range(0, steps, chunk)]
+    *_, (_, g_flat) = single_gan_by_round(problem, gen_arch, disc_arch, meta, [chunks], batch_size, seed)
+    return gen_arch, g_flat
+
+
+def single_gan_by_round(problem: dict, gen_arch: dict, disc_arch: dict, meta: dict, rounds: list[list[int]],
+                        batch_size: int, seed: int) -> Iterator[tuple[int, torch.Tensor]]:
+    """One GAN pair trained round after round: round r's chunks in turn (steps per chunk, each chunk
+    with fresh optimizers, chunk k of the whole run seeded as single_gan seeds it); yields (steps so
+    far, the generator's flat weights) at the end of each round. Given the chunks one lineage of the
+    arena trains in, it is the single GAN at the arena's gradient steps per generator, round by round."""
     real = _data(problem["data"]).train
     g_flat, d_flat = _init(gen_arch, sub_seed(seed, "gen")), _init(disc_arch, sub_seed(seed, "disc"))
     d_meta = {k: v for k, v in meta.items() if k != "loss"}
-    for k, start in enumerate(range(0, steps, chunk)):
-        g_flat, d_flat, _ = gan.train_pair(gen_arch, g_flat, meta, disc_arch, d_flat, d_meta, real,
-                                           min(chunk, steps - start), batch_size, sub_seed(seed, "chunk", k))
-    return gen_arch, g_flat
+    k, done = 0, 0
+    for chunks in rounds:
+        for steps in chunks:
+            g_flat, d_flat, _ = gan.train_pair(gen_arch, g_flat, meta, disc_arch, d_flat, d_meta, real, steps,
+                                               batch_size, sub_seed(seed, "chunk", k))
+            k, done = k + 1, done + steps
+        yield done, g_flat
 
 
 def best_of_restarts(problem: dict, gen_arch: dict, disc_arch: dict, meta: dict, steps: int, batch_size: int,
