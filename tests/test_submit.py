@@ -7,6 +7,7 @@ these tests need no cluster; `--dry-run` output is validated against the Kuberne
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import subprocess
 import sys
@@ -142,9 +143,23 @@ def test_the_master_gets_the_releases_environment_and_identity(capsys):
         {"secretRef": {"name": "lab-evoarena-env", "optional": True}},
         {"secretRef": {"name": "lab-evoarena-external", "optional": True}},
     ]
-    assert "env" not in container  # nothing secret or per-cluster is written into the Job itself
+    # nothing secret or per-cluster is written into the Job itself: only that it computes on the CPU
+    assert {e["name"] for e in container["env"]} == {"NVIDIA_VISIBLE_DEVICES", "EVOARENA_DEVICE"}
     assert pod["serviceAccountName"] == "lab-evoarena"
     assert pod["securityContext"]["runAsNonRoot"] is True
+
+
+def test_the_master_asks_for_no_gpu_and_sees_none_on_a_gpu_node(capsys):
+    _, job = dry_run(capsys, str(TINY))
+    pod = job["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+
+    assert not [k for k in container["resources"].get("limits", {}) if "gpu" in k]
+    assert not [k for k in container["resources"].get("requests", {}) if "gpu" in k]
+    assert "tolerations" not in pod  # so it does not land on the GPU nodes' taint
+    # the NVIDIA runtime then mounts no GPU, and torch stays on the CPU
+    assert container["env"] == [{"name": "NVIDIA_VISIBLE_DEVICES", "value": "void"},
+                                {"name": "EVOARENA_DEVICE", "value": "cpu"}]
 
 
 def test_bad_input_fails_the_job_at_once_and_a_crash_is_retried(capsys):
@@ -162,7 +177,7 @@ def test_dry_run_objects_match_the_kubernetes_schema(capsys):
 
 
 @pytest.mark.parametrize(("env", "args", "image"), [
-    ({}, [], f"evoarena:{CHART_APP_VERSION}"),  # read from Chart.yaml, not from submit
+    ({}, [], f"evoarena:{CHART_APP_VERSION}-cpu"),  # read from Chart.yaml, not from submit
     ({"EVOARENA_IMAGE": "registry.example/evoarena:abc"}, [], "registry.example/evoarena:abc"),
     ({"EVOARENA_IMAGE": "registry.example/evoarena:abc"}, ["--image", "mine:1"], "mine:1"),
 ], ids=["chart default", "environment", "option"])
@@ -284,7 +299,6 @@ def test_the_master_is_not_moved_by_node_autoscalers_and_its_job_is_cleaned_up(c
     assert job["spec"]["ttlSecondsAfterFinished"] == 7 * 24 * 3600
 
 
-
 def test_a_release_that_is_not_there_is_refused(capsys):
     cluster = FakeCluster(release_image=None)
 
@@ -350,3 +364,57 @@ def test_evoarena_submit_dry_run_from_the_command_line():
     assert done.returncode == 0, done.stderr
     kinds = [doc["kind"] for doc in yaml.safe_load_all(done.stdout)]
     assert kinds == ["ConfigMap", "Job"]
+
+
+# --- the light install: submitting needs no torch (make submit, .venv-submit) -------------------
+
+# Refuses the imports that only running, not submitting, needs: an import of one fails.
+REFUSE_HEAVY = """
+import importlib.abc, sys
+HEAVY = {"torch", "numpy", "scipy", "sklearn", "matplotlib", "safetensors", "celery", "kombu", "boto3", "pymongo"}
+class Refuse(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path, target=None):
+        if name.partition(".")[0] in HEAVY:
+            raise ImportError(f"{name} is not part of the submit install")
+sys.meta_path.insert(0, Refuse())
+"""
+
+
+def test_the_import_refuser_refuses_torch():
+    done = subprocess.run([sys.executable, "-c", REFUSE_HEAVY + "import torch"], capture_output=True, text=True)
+    assert done.returncode == 1
+    assert "ImportError: torch is not part of the submit install" in done.stderr
+
+
+def test_submit_dry_run_imports_neither_torch_nor_the_fleets_libraries():
+    run_cli = "from evoarena.cli import main; sys.exit(main(sys.argv[1:]))"
+    done = subprocess.run([sys.executable, "-c", REFUSE_HEAVY + run_cli, "submit", str(TINY), "--dry-run"],
+                          capture_output=True, text=True)
+
+    assert done.returncode == 0, done.stderr
+    assert [doc["kind"] for doc in yaml.safe_load_all(done.stdout)] == ["ConfigMap", "Job"]
+
+
+def test_the_submit_extra_pins_what_the_project_pins():
+    import tomllib
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    pins = [*project["dependencies"], *project["optional-dependencies"]["test"]]
+    for requirement in project["optional-dependencies"]["submit"]:
+        name = requirement.split(">")[0].split("<")[0].split("=")[0]
+        assert [p for p in pins if p.startswith(f"{name}>") or p.startswith(f"{name}<")] == [requirement], name
+
+
+@pytest.mark.slow
+def test_make_submit_runs_from_a_light_virtualenv_without_torch(tmp_path):
+    venv = tmp_path / "venv-submit"
+    done = subprocess.run(["make", "-s", "submit", f"SUBMIT_VENV={venv}", f"EXP={TINY}", "ARGS=--dry-run"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=900)
+
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert [doc["kind"] for doc in yaml.safe_load_all(done.stdout)] == ["ConfigMap", "Job"]
+    listed = subprocess.run([str(venv / "bin" / "python"), "-m", "pip", "list", "--format=json"],
+                            capture_output=True, text=True, check=True)
+    installed = {p["name"].lower() for p in json.loads(listed.stdout)}
+    assert {"evoarena", "kubernetes", "pydantic", "pyyaml"} <= installed
+    assert not installed & {"torch", "numpy", "celery", "boto3", "pymongo", "matplotlib", "scipy"}

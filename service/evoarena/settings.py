@@ -64,7 +64,7 @@ class Settings(FromEnv):
     s3_endpoint_url: str = ""
     """An S3-compatible store's endpoint (MinIO); empty: AWS S3."""
     image: str = ""
-    """The image `evoarena submit` gives the master (the chart sets the workers' own)."""
+    """The image `evoarena submit` gives the master: the chart sets its CPU image."""
     task_key: str = ""
     """The fleet's key: the master signs every task with it, workers run only signed tasks
     (fleet/signing.py). A secret: the chart generates it into the release's env Secret."""

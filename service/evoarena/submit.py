@@ -4,7 +4,8 @@ The experiment file goes into a ConfigMap; the Job runs `evoarena run /experimen
 with the release's environment. It finds that environment by the chart's naming convention
 (helm/evoarena/templates/_helpers.tpl), not by reading the release's values:
 
-    ConfigMap <release>-evoarena-config     non-secret settings (and EVOARENA_IMAGE, the workers' image)
+    ConfigMap <release>-evoarena-config     non-secret settings (and EVOARENA_IMAGE, the master's: the
+                                            workers' code in the CPU build)
     Secret    <release>-evoarena-env        broker and store URLs of the in-chart services
     Secret    <release>-evoarena-external   yours, optional: external URLs, static AWS keys
     ServiceAccount <release>-evoarena       S3 through IRSA; no Kubernetes API rights
@@ -33,6 +34,10 @@ MANAGED_BY = "evoarena-submit"
 # the StatefulSet <release>-evoarena-rabbitmq, must stay within 52 characters.
 RELEASE_MAX_LENGTH = 34
 MOUNT = "/experiment"
+# The master computes nothing on a GPU: on a GPU node whose runtime hands every GPU to a container
+# that asks for none, it sees none, and torch stays on the CPU. The chart gives CPU workers the
+# same (helm/evoarena/templates/_helpers.tpl, evoarena.cpuOnlyEnv).
+CPU_ONLY_ENV = [{"name": "NVIDIA_VISIBLE_DEVICES", "value": "void"}, {"name": "EVOARENA_DEVICE", "value": "cpu"}]
 UID = 10001  # the image's user (Dockerfile)
 # A finished Job (and its pod's logs) is deleted a week later; the run stays in the store, and the
 # same experiment can be submitted again (--resume is needed only while the Job is there).
@@ -54,7 +59,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--namespace", "-n", help="namespace of the release (default: the kube context's, "
                                                   "or 'default'; 'default' with --dry-run)")
     parser.add_argument("--release", default="arena", help="Helm release name (default: arena)")
-    parser.add_argument("--image", help="image of the master (default: the release's worker image, "
+    parser.add_argument("--image", help="image of the master (default: the release's CPU image, "
                                         "from $EVOARENA_IMAGE or the release's ConfigMap)")
     parser.add_argument("--resume", action="store_true",
                         help="replace a finished Job of this experiment; the run continues from the store")
@@ -105,11 +110,12 @@ def _label(what: str, value: str, limit: int) -> str:
 
 
 def default_image() -> str:
-    """The chart's default image: `evoarena:<appVersion>`, which is this package's version."""
+    """The chart's default master image: the CPU build `evoarena:<appVersion>-cpu`, where the
+    appVersion is this package's version (helm/evoarena/templates/_helpers.tpl, evoarena.cpuImage)."""
     try:
-        return f"evoarena:{version('evoarena')}"
+        return f"evoarena:{version('evoarena')}-cpu"
     except PackageNotFoundError:
-        return "evoarena:latest"
+        return "evoarena:latest-cpu"
 
 
 def _env_image() -> str | None:
@@ -133,6 +139,7 @@ def build_objects(names: Names, text: str, filename: str, image: str) -> list[di
         "args": ["run", f"{MOUNT}/{filename}", "--fleet"],
         "envFrom": [{"configMapRef": {"name": names.config}}]
                    + [{"secretRef": {"name": name, "optional": True}} for name in names.secrets],
+        "env": CPU_ONLY_ENV,
         "resources": {"requests": {"cpu": "500m", "memory": "1Gi"}, "limits": {"memory": "4Gi"}},
         "securityContext": {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
                             "capabilities": {"drop": ["ALL"]}},

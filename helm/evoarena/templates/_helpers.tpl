@@ -33,8 +33,30 @@ app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
 app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- end -}}
 
+{{/* The CUDA image, for GPU workers. */}}
 {{- define "evoarena.image" -}}
 {{- printf "%s:%s" .Values.image.repository (.Values.image.tag | default .Chart.AppVersion) -}}
+{{- end -}}
+
+{{/* The CPU image (`make image VARIANT=cpu`): masters, Flower, CPU workers. submit.py's
+default_image is the same rule for the chart's defaults: evoarena:<appVersion>-cpu. */}}
+{{- define "evoarena.cpuImage" -}}
+{{- printf "%s:%s" .Values.image.repository (.Values.image.cpuTag | default (printf "%s-cpu" (.Values.image.tag | default .Chart.AppVersion))) -}}
+{{- end -}}
+
+{{/* What a pod without GPUs adds to its environment: on a GPU node whose container runtime
+hands every GPU to a container that asks for none, it sees none (NVIDIA_VISIBLE_DEVICES=void),
+and torch computes on the CPU. submit.py's CPU_ONLY_ENV gives the master the same. */}}
+{{- define "evoarena.cpuOnlyEnv" -}}
+- name: NVIDIA_VISIBLE_DEVICES
+  value: void
+- name: EVOARENA_DEVICE
+  value: cpu
+{{- end -}}
+
+{{/* The workers' image: CUDA where they have GPUs. */}}
+{{- define "evoarena.workerImage" -}}
+{{- if gt (int .Values.worker.gpus) 0 -}}{{ include "evoarena.image" . }}{{- else -}}{{ include "evoarena.cpuImage" . }}{{- end -}}
 {{- end -}}
 
 {{- define "evoarena.serviceAccountName" -}}
@@ -64,6 +86,12 @@ The release's environment, the same for workers and for the masters `evoarena su
 -external Secret overrides the generated one.
 */}}
 {{- define "evoarena.envFrom" -}}
+{{- /* Where a URL can only come from -external (an external service, or a password the chart
+cannot read), a missing -external holds the pod in CreateContainerConfigError, naming the
+Secret, until it is made; elsewhere it only adds AWS keys and overrides. The masters' Jobs
+(submit.py) cannot know the values and keep it optional: a master without a URL exits at
+start naming it (settings.check_fleet_config). */ -}}
+{{- $external := or (not .Values.rabbitmq.enabled) (not .Values.mongodb.enabled) .Values.rabbitmq.auth.existingSecret .Values.mongodb.auth.existingSecret -}}
 - configMapRef:
     name: {{ include "evoarena.fullname" . }}-config
 - secretRef:
@@ -71,7 +99,7 @@ The release's environment, the same for workers and for the masters `evoarena su
     optional: true
 - secretRef:
     name: {{ include "evoarena.fullname" . }}-external
-    optional: true
+    optional: {{ not $external }}
 {{- end -}}
 
 {{/* Settings that cannot work together are refused at install time, not discovered at 3 a.m. */}}
