@@ -16,7 +16,8 @@ Every `every` seconds the store is read again: the one-shot view of `evoarena st
 On a terminal the view is redrawn in place; anywhere else (a pipe, a log file) it is printed once,
 then one plain line each time the live row changes, with no carriage return or escape code. Either
 way the last line is the run's state (`NAME: complete`), and the exit code is 0 when the run is
-complete, 1 when it failed, 130 on Ctrl-C.
+complete, 1 when it failed, 130 on Ctrl-C. A run whose master went silent shows `stale (no heartbeat
+for N s)` in the view and is watched on: a master started again takes it up where it stopped.
 """
 
 from __future__ import annotations
