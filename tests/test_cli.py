@@ -292,7 +292,7 @@ EPOCH = re.compile(r"^epoch\s+(?P<epoch>\d+)\s+train loss (?P<loss>\d\.\d{3}e[+-
 
 
 @pytest.mark.slow
-def test_baseline_prints_one_line_per_epoch_and_the_training_loss_falls(place):
+def test_baseline_prints_one_line_per_epoch_the_training_loss_falls_and_the_store_keeps_it(place):
     done = place.run("baseline", TINY, "--epochs", "3")
 
     assert done.returncode == 0, done.stderr
@@ -300,4 +300,6 @@ def test_baseline_prints_one_line_per_epoch_and_the_training_loss_falls(place):
     assert [int(m["epoch"]) for m in epochs] == [1, 2, 3]
     losses = [float(m["loss"]) for m in epochs]
     assert losses[0] > losses[1] > losses[2]
-    assert not place.db.exists()  # training a baseline records nothing
+    with place.store() as store:  # recorded under the experiment, for `evoarena report`
+        stored = store.get_baseline("tiny", "adam")["history"]
+    assert [f"{r['train_loss']:.3e}" for r in stored] == [m["loss"] for m in epochs]
