@@ -813,6 +813,14 @@ def test_every_pod_meets_the_restricted_pod_security_standard(rendered, values):
     assert "hostPath" not in yaml.safe_dump_all(rendered[values])
 
 
+def test_the_master_job_submit_builds_meets_the_restricted_pod_security_standard():
+    from evoarena.submit import Names, build_objects
+
+    _, job = build_objects(Names("tiny", RELEASE, NAMESPACE), "name: tiny\n", "tiny.yaml", "evoarena:0.1.0-cpu")
+
+    assert pod_security_problems(job["spec"]["template"]["spec"]) == []
+
+
 def test_the_pod_security_check_catches_a_host_path_and_a_root_container():
     pod = {"volumes": [{"name": "noise", "hostPath": {"path": "/var/cache"}}],
            "containers": [{"name": "worker", "securityContext": {"runAsUser": 0}}]}

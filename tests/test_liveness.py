@@ -9,6 +9,8 @@ import subprocess
 import sys
 import time
 
+import pytest
+
 from evoarena import liveness
 
 
@@ -97,9 +99,10 @@ import evoarena.worker
     assert done.returncode != 0 and "ImportError: refused " in done.stderr
 
 
-def test_a_real_worker_is_alive_while_it_consumes_and_not_once_its_main_process_stops(fleet, tmp_path):
+@pytest.mark.parametrize("pool", ["prefork", "threads"])  # the two the chart allows
+def test_a_real_worker_is_alive_while_it_consumes_and_not_once_its_main_process_stops(fleet, tmp_path, pool):
     alive = tmp_path / "alive"
-    node = fleet.start("alpha", "--alive-file", str(alive), "--alive-every", "0.5")
+    node = fleet.start("alpha", "--pool", pool, "--alive-file", str(alive), "--alive-every", "0.5")
     fleet.wait_ready()
     wait_for(alive.exists)
 
