@@ -521,7 +521,9 @@ def section(runs, control, args, plots: dict[str, Path], relative_to: Path, comm
         "Damage = the rise of the best individual's training cross-entropy under a fresh mutation (its fitness "
         "loss). Matched fitness: the first generation at which each run's best reaches the worst final best "
         "cross-entropy among the seed's settings, so that damage is compared between networks equally fit. "
-        "The no-selection control is the generation-0 best mutated at random once per generation.",
+        "The no-selection control is the generation-0 best mutated at random once per generation; with nothing "
+        "selected its cross-entropy runs far up (see the table), so it shows what mutations alone do to a network, "
+        "not a robustness to set beside the selected runs'.",
         "",
         table(q2_rows(runs, control), settings), "", f"**Answer.** {answer_q2(runs, control)}", "",
         "### What a fleet run would add", "",

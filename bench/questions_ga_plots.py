@@ -88,18 +88,18 @@ def plot_robustness(runs: dict[str, list[Run]], control: list[dict[int, Damage]]
         for i, r in enumerate(rs):
             right.plot([r.damage[g].loss for g in gens], [r.damage[g].mean_rise for g in gens], "o-", ms=3,
                        color=colors[s], alpha=0.7, label=s if i == 0 else None)
-    if control:
+        matched = [r.matched[1] for r in rs if r.matched]
+        right.plot([d.loss for d in matched], [d.mean_rise for d in matched], "*", ms=11, color=colors[s],
+                   markeredgecolor="k", label=f"{s} at matched fitness")
+    if control:  # left only: a random walk's cross-entropy runs off far beyond the selected runs' range
         gens = sorted(control[0])
         _band(left, gens, [[c[g].mean_rise for g in gens] for c in control], "no selection (random walk)", "tab:gray")
-        for i, c in enumerate(control):
-            right.plot([c[g].loss for g in gens], [c[g].mean_rise for g in gens], "x--", ms=3, color="tab:gray",
-                       alpha=0.7, label="no selection" if i == 0 else None)
     left.set_xlabel("generation")
     left.set_ylabel("CE rise of a fresh mutation of the best (mean)")
     left.set_title("robustness over generations (median over seeds, band: min-max)", fontsize=9)
     right.set_xlabel("the best's training cross-entropy (lower = fitter)")
     right.invert_xaxis()
-    right.set_title("the same against fitness, each seed a line", fontsize=9)
+    right.set_title("the same against fitness, each seed a line; stars: matched fitness", fontsize=9)
     for ax in (left, right):
         ax.legend(fontsize=7)
     fig.suptitle("Q2: do several parents let robustness to mutation evolve?", fontsize=10)
