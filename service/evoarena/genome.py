@@ -9,13 +9,33 @@ of parametric layers, absent = all:
     gaussian  o: noise offset, s: sigma          theta += s * noise[o:]
     norm      o, s                               same, then each tensor rescaled to its old norm
     adaptive  o, s, r: rate offset, t: tau       lograte += t * noise[r:]; theta += s * exp(lograte) * noise[o:]
+    momentum  o, s, q: previous offset, w: weight
+                                                 theta += s * noise[o:], then theta += (s * w) * noise[q:]
+    rated     o, ss: one sigma per layer         for each layer k in l: theta_k += ss[k] * noise[o + start_k - start:]
     init      seed                               layers re-initialized from seed (crossover with another founder)
     load      uri                                layers copied from a checkpoint (crossover with a rebased lineage)
     cross     p: [parent 1 id, parent 2 id], at: point   no-op marking where a crossover child begins
     morph     e: {"src": architecture before, ...the edit}, p: [other parent id], uri: its checkpoint
               an architecture edit (arch.py): the weights become `arch.apply_edit(src, theta, edit)`,
               a network of another shape; a crossover edit also reads the other parent's weights
-Noise for a delta covering flat positions [a, b) is read from noise[o : o + b - a].
+Noise for a delta covering flat positions [a, b) is read from noise[o : o + b - a] (and, for
+momentum, from noise[q : q + b - a]).
+
+Seed 003's mutation ideas, as the GA draws them (`child_delta`; spec: ga.mutation). Each keeps the
+delta a few numbers and the child one delta from its parent:
+- momentum (w > 0): q is the offset of the parent's own last delta (its fresh noise), so the
+  child takes a fresh step and repeats its parent's fresh step with weight w, both scaled by s.
+  One step of memory, not a running average: a running average would need the whole chain.
+- self-adaptive sigma (tau' > 0): the child's s is its parent's s * exp(tau' * N(0, 1)), the
+  N(0, 1) drawn by the GA's seeded generator; the parent's s is the s of the last gaussian or
+  momentum delta in its list (none: the spec's sigma). The delta records the s it used, so
+  replay needs nothing but the delta.
+- per layer (rated): ss holds one sigma per parametric layer of the network, every one of them
+  even when `l` mutates only one; each child multiplies each by its own exp(tau' * N(0, 1)). The
+  parent's ss are those of the last rated delta in its list (none: the spec's sigma everywhere),
+  so "the layer with the largest sigma" is well defined and inherited.
+A rebase on a checkpoint drops the deltas before it, and with them the sigma or the previous
+offset: the spec refuses these options together with checkpoints.
 
 Every mutation kind acts on each layer separately, which is what makes one-point crossover at a
 layer boundary exact: the child's layers below the point replay parent 1's deltas restricted to
@@ -43,7 +63,10 @@ import numpy as np
 
 from .nets import Layout, arch_key, layout
 
-KINDS = ("gaussian", "norm", "adaptive", "init", "load", "cross", "morph")
+KINDS = ("gaussian", "norm", "adaptive", "momentum", "rated", "init", "load", "cross", "morph")
+NOISY = ("gaussian", "norm", "adaptive", "momentum", "rated")  # kinds that read noise at offset o
+SIGMA_DIGITS = 6  # significant digits of an adapted sigma: enough, and keeps the JSON short
+SIGMA_RANGE = (1e-8, 10.0)  # an adapted sigma stays in this range (the spec's sigma is in (0, 10])
 
 
 @dataclass(frozen=True)
@@ -61,23 +84,31 @@ class Delta:
     mates: tuple[str, ...] = ()  # cross: the two parents' ids
     point: int = 0  # cross: first layer taken from the second parent
     edit: str = ""  # morph: canonical JSON of {"src": architecture before, **the edit}
+    prev_offset: int = 0  # momentum: noise offset of the step it repeats
+    weight: float = 0.0  # momentum: weight of the repeated step
+    sigmas: tuple[float, ...] = ()  # rated: one sigma per parametric layer
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
             raise ValueError(f"delta kind {self.kind!r} is unknown; accepted: {', '.join(KINDS)}")
         # Normalize types so that the id (a hash of the JSON form) survives a JSON round trip.
         for name, kind in (("offset", int), ("sigma", float), ("rate_offset", int), ("tau", float), ("seed", int),
-                           ("point", int), ("mates", tuple)):
+                           ("point", int), ("mates", tuple), ("prev_offset", int), ("weight", float)):
             object.__setattr__(self, name, kind(getattr(self, name)))
+        object.__setattr__(self, "sigmas", tuple(float(x) for x in self.sigmas))
         if self.layers is not None:
             object.__setattr__(self, "layers", (int(self.layers[0]), int(self.layers[1])))
 
     def to_json(self) -> dict[str, Any]:
         d: dict[str, Any] = {} if self.kind == "gaussian" else {"k": self.kind}
-        if self.kind in ("gaussian", "norm", "adaptive"):
+        if self.kind in ("gaussian", "norm", "adaptive", "momentum"):
             d["o"], d["s"] = self.offset, self.sigma
         if self.kind == "adaptive":
             d["r"], d["t"] = self.rate_offset, self.tau
+        if self.kind == "momentum":
+            d["q"], d["w"] = self.prev_offset, self.weight
+        if self.kind == "rated":
+            d["o"], d["ss"] = self.offset, list(self.sigmas)
         if self.kind == "init":
             d["seed"] = self.seed
         if self.kind == "load":
@@ -94,15 +125,16 @@ class Delta:
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> Delta:
-        if not isinstance(d, dict) or set(d) - {"k", "o", "s", "r", "t", "seed", "uri", "l", "p", "at", "e"}:
-            raise ValueError(f"delta {d!r}: a JSON object with only the keys k, o, s, r, t, seed, uri, l, p, at, e")
+        if not isinstance(d, dict) or set(d) - {"k", "o", "s", "r", "t", "seed", "uri", "l", "p", "at", "e", "q", "w", "ss"}:
+            raise ValueError(f"delta {d!r}: a JSON object with only the keys k, o, s, r, t, seed, uri, l, p, at, e, q, w, ss")
         layers = d.get("l")
         edit = d.get("e")
         if edit is not None and not (isinstance(edit, dict) and isinstance(edit.get("src"), dict)):
             raise ValueError(f"delta {d!r}: 'e' must be an edit object with the 'src' architecture")
         return cls(d.get("k", "gaussian"), int(d.get("o", 0)), float(d.get("s", 0.0)), tuple(layers) if layers else None,
                    int(d.get("r", 0)), float(d.get("t", 0.0)), int(d.get("seed", 0)), str(d.get("uri", "")),
-                   tuple(d.get("p", ())), int(d.get("at", 0)), canonical(edit) if edit is not None else "")
+                   tuple(d.get("p", ())), int(d.get("at", 0)), canonical(edit) if edit is not None else "",
+                   int(d.get("q", 0)), float(d.get("w", 0.0)), tuple(d.get("ss", ())))
 
     @property
     def key(self) -> bytes:
@@ -269,12 +301,13 @@ def restrict(delta: Delta, lo: int, hi: int, lay: Layout) -> Delta | None:
     if (new_lo, new_hi) == (own_lo, own_hi):
         return delta
     shift = lay.span((new_lo, new_hi))[0] - lay.span((own_lo, own_hi))[0]
-    noisy = delta.kind in ("gaussian", "norm", "adaptive")
+    noisy = delta.kind in NOISY
     return replace(
         delta,
         layers=(new_lo, new_hi),
         offset=delta.offset + shift if noisy else delta.offset,
         rate_offset=delta.rate_offset + shift if delta.kind == "adaptive" else delta.rate_offset,
+        prev_offset=delta.prev_offset + shift if delta.kind == "momentum" else delta.prev_offset,
     )
 
 
@@ -307,9 +340,7 @@ def sample_delta(rng: np.random.Generator, kind: str, sigma: float, tau: float, 
     """A random mutation of the given kind (spec: ga.mutation) for a network laid out as `lay`."""
 
     def offset(n: int) -> int:
-        if n > noise_size:
-            raise ValueError(f"the noise table ({noise_size} samples) is smaller than the {n} parameters to mutate")
-        return int(rng.integers(0, noise_size - n + 1))
+        return _offset(rng, n, noise_size)
 
     if kind == "layer":
         layer = int(rng.integers(0, lay.n_layers))
@@ -320,6 +351,51 @@ def sample_delta(rng: np.random.Generator, kind: str, sigma: float, tau: float, 
     if kind == "adaptive":
         return Delta("adaptive", offset(lay.size), sigma, rate_offset=offset(lay.size), tau=tau)
     raise ValueError(f"mutation kind {kind!r} is unknown; accepted: gaussian, layer, norm, adaptive")
+
+
+def child_delta(rng: np.random.Generator, parent: Genome, mutation: Any, lay: Layout, noise_size: int) -> Delta:
+    """The mutation of one child of `parent`, as spec `mutation` (ga.mutation) asks: `sample_delta`
+    unless one of seed 003's options is on (momentum, self_adapt, per_layer; the module docstring
+    defines them). With every option off it draws from `rng` exactly what `sample_delta` draws."""
+    m = mutation
+    if m.per_layer:
+        sigmas = tuple(_adapted(s, m.self_adapt, rng) for s in inherited_sigmas(parent, m.sigma, lay.n_layers))
+        if m.kind != "layer":
+            return Delta("rated", _offset(rng, lay.size, noise_size), sigmas=sigmas)
+        if m.layer_choice == "largest_sigma":
+            layer = int(np.argmax(sigmas))  # ties: the lowest layer
+        else:
+            layer = int(rng.integers(0, lay.n_layers))
+        start, stop = lay.span((layer, layer + 1))
+        return Delta("rated", _offset(rng, stop - start, noise_size), sigmas=sigmas, layers=(layer, layer + 1))
+    sigma = _adapted(inherited_sigma(parent, m.sigma), m.self_adapt, rng) if m.self_adapt > 0 else m.sigma
+    delta = sample_delta(rng, m.kind, sigma, m.tau, lay, noise_size)
+    last = parent.deltas[-1] if parent.deltas else None
+    if m.momentum > 0 and last is not None and last.kind in ("gaussian", "momentum") and last.layers is None:
+        return Delta("momentum", delta.offset, delta.sigma, prev_offset=last.offset, weight=m.momentum)
+    return delta  # a founder (or a parent whose last delta was no whole-network step): nothing to repeat
+
+
+def inherited_sigma(genome: Genome, default: float) -> float:
+    """The sigma of the last gaussian or momentum delta of `genome` (self-adaptive sigma), else `default`."""
+    return next((d.sigma for d in reversed(genome.deltas) if d.kind in ("gaussian", "momentum")), default)
+
+
+def inherited_sigmas(genome: Genome, default: float, n_layers: int) -> tuple[float, ...]:
+    """The per-layer sigmas of the last rated delta of `genome`, else `default` for every layer."""
+    return next((d.sigmas for d in reversed(genome.deltas) if d.kind == "rated"), (default,) * n_layers)
+
+
+def _adapted(sigma: float, tau: float, rng: np.random.Generator) -> float:
+    """sigma * exp(tau * N(0, 1)), kept in SIGMA_RANGE and rounded to SIGMA_DIGITS digits."""
+    drawn = sigma * float(np.exp(tau * rng.standard_normal()))
+    return float(f"{min(max(drawn, SIGMA_RANGE[0]), SIGMA_RANGE[1]):.{SIGMA_DIGITS}g}")
+
+
+def _offset(rng: np.random.Generator, n: int, noise_size: int) -> int:
+    if n > noise_size:
+        raise ValueError(f"the noise table ({noise_size} samples) is smaller than the {n} parameters to mutate")
+    return int(rng.integers(0, noise_size - n + 1))
 
 
 def morph(parent: Genome, edit: dict, other: Genome | None = None) -> Genome:

@@ -250,6 +250,17 @@ def apply_delta(delta: Delta, w: Weights, arch: dict, noise: NoiseTable, load: C
         rates = w.rates[start:stop]
         rates.add_(noise.slice(delta.rate_offset, stop - start, device), alpha=delta.tau)
         theta.addcmul_(rates.exp(), noise.slice(delta.offset, stop - start, device), value=delta.sigma)
+    elif delta.kind == "momentum":
+        theta.add_(noise.slice(delta.offset, stop - start, device), alpha=delta.sigma)
+        theta.add_(noise.slice(delta.prev_offset, stop - start, device), alpha=delta.sigma * delta.weight)
+    elif delta.kind == "rated":
+        if len(delta.sigmas) != lay.n_layers:
+            raise ValueError(f"rated delta has {len(delta.sigmas)} sigmas (ss); this network has {lay.n_layers} layers")
+        lo, hi = delta.layers or (0, lay.n_layers)
+        for k in range(lo, hi):
+            k_start, k_stop = lay.layer_bounds[k]
+            w.flat[k_start:k_stop].add_(noise.slice(delta.offset + k_start - start, k_stop - k_start, device),
+                                        alpha=delta.sigmas[k])
     elif delta.kind == "init":
         fresh = torch.empty(lay.size)
         nets.init_layers(arch, delta.seed, fresh, delta.layers)

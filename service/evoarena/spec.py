@@ -86,6 +86,8 @@ class MemorizeSpec(SpecModel):
     """Batches of fresh random images, to show that nothing but memorization happens."""
     data_seed: int = Field(0, ge=0)
     """Seed of the random images and labels."""
+    fitness: Literal["cross_entropy", "memorized", "memorized_margin"] = "cross_entropy"
+    """cross_entropy: minus the mean training cross-entropy; memorized: training points whose argmax is their label; memorized_margin: that count plus a tie-break in (0, 1) from the mean margin (problems/memorize.py)."""
 
 
 ProblemSpec = Annotated[Union[MemorizeSpec, GanSpec], Field(discriminator="kind")]
@@ -162,14 +164,39 @@ class MutationSpec(SpecModel):
     gaussian: Gaussian noise on every parameter. layer: Gaussian noise on one randomly chosen
     layer. norm: norm-preserving; each tensor keeps its norm. adaptive: self-adaptive; each
     parameter has a log-rate that mutates too, with standard deviation `tau`.
+    Seed 003's other ideas are options on top (genome.py's docstring defines their deltas):
+    momentum, a self-adaptive sigma (self_adapt), one sigma per layer (per_layer), and mutating
+    the layer whose sigma is largest (layer_choice).
     """
 
     kind: Literal["gaussian", "layer", "norm", "adaptive"] = "gaussian"
     """Mutation operator: gaussian, layer, norm or adaptive (see above)."""
     sigma: float = Field(0.02, gt=0, le=10)
-    """Standard deviation of the Gaussian noise added to the weights."""
+    """Standard deviation of the Gaussian noise added to the weights (with self_adapt: the founders' children's starting sigma)."""
     tau: float = Field(0.1, ge=0, le=10)
     """Standard deviation of the log-rate mutation; used by `adaptive` only."""
+    momentum: float = Field(0.0, ge=0, le=10)
+    """Weight w with which a child repeats its parent's last fresh noise beside its own (kind gaussian only); 0 = off."""
+    self_adapt: float = Field(0.0, ge=0, le=10)
+    """tau' of the self-adaptive sigma: a child's sigma is its parent's times exp(tau' * N(0, 1)); 0 = every child uses `sigma`."""
+    per_layer: bool = False
+    """With self_adapt: one sigma per layer, each adapted on its own (kind gaussian or layer)."""
+    layer_choice: Literal["random", "largest_sigma"] = "random"
+    """kind layer: the layer a child mutates, drawn at random or the one with the largest sigma (needs per_layer)."""
+
+    @model_validator(mode="after")
+    def _check_options(self) -> MutationSpec:
+        if self.momentum > 0 and self.kind != "gaussian":
+            raise _field_error("momentum", self.momentum, f"needs kind gaussian; kind is {self.kind}")
+        if self.self_adapt > 0 and self.kind not in ("gaussian", "layer"):
+            raise _field_error("self_adapt", self.self_adapt, f"needs kind gaussian or layer; kind is {self.kind}")
+        if self.per_layer and self.self_adapt == 0:
+            raise _field_error("per_layer", self.per_layer, "needs self_adapt > 0 (the per-layer sigmas adapt)")
+        if self.per_layer and self.momentum > 0:
+            raise _field_error("per_layer", self.per_layer, "cannot be combined with momentum")
+        if self.layer_choice == "largest_sigma" and not (self.kind == "layer" and self.per_layer):
+            raise _field_error("layer_choice", self.layer_choice, "largest_sigma needs kind layer and per_layer: true")
+        return self
 
 
 class GASpec(SpecModel):
@@ -210,6 +237,9 @@ class GASpec(SpecModel):
             raise _field_error(
                 "elites", self.elites, f"must be at most ga.parents ({self.parents})"
             )
+        if self.checkpoint_every and (self.mutation.momentum > 0 or self.mutation.self_adapt > 0):
+            raise _field_error("checkpoint_every", self.checkpoint_every, "must be 0 with mutation.momentum or "
+                               "mutation.self_adapt: a rebase drops the deltas a child's mutation reads")
         if self.crossover_rate > 0 and self.parents < 2:
             raise _field_error(
                 "crossover_rate",

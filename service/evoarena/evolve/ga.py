@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..genome import Checkpoint, Genome, crossover, founder, mutate, rebase, sample_delta
+from ..genome import Checkpoint, Genome, child_delta, crossover, founder, mutate, rebase
 from ..nets import layout
 from ..problems import PROBLEMS
 from ..spec import ExperimentSpec, GASpec
@@ -156,7 +156,7 @@ def reproduce(parents: list[Genome], elites: list[Genome], ga: GASpec, rng: np.r
     population = [Individual(e, "elite") for e in elites]
     for i, parent in enumerate(parents):
         for _ in range(ga.children_per_parent):
-            delta = sample_delta(rng, m.kind, m.sigma, m.tau, lay, noise_size)
+            delta = child_delta(rng, parent, m, lay, noise_size)  # seed 003's options: genome.py
             if len(parents) > 1 and lay.n_layers > 1 and rng.random() < ga.crossover_rate:
                 mate = parents[(i + int(rng.integers(1, len(parents)))) % len(parents)]
                 point = int(rng.integers(1, lay.n_layers))
