@@ -32,7 +32,7 @@ with nothing selected), measured at the same generations.
 There is no bar: this bench answers questions. It exits 1 only on a real failure: a run that
 raises, or an individual whose rebuilt fitness differs from the one the store holds.
 
-    python bench/questions_ga.py --seeds 3                                  # ~15 min on two idle cores
+    python bench/questions_ga.py --seeds 3                                  # 3 seeds: ~22 min on two shared cores
     python bench/questions_ga.py --seeds 3 --plot docs/questions --markdown docs/questions/seed003.md --questions-md docs/QUESTIONS.md
     python bench/questions_ga.py --settings ga-1x16 --seeds 1 --generations 30   # a smoke run, seconds
     python bench/questions_ga.py --block-from docs/questions/seed003.md --questions-md docs/QUESTIONS.md  # no run
@@ -436,16 +436,21 @@ def answer_q1(runs: dict[str, list[Run]]) -> str:
             if statistics.median([late(r, "forgotten") for r in rs]) > statistics.median([late(r, "learned") for r in rs])]
     verdict = ("Yes: in every setting" if len(more) == len(runs) else
                f"Only in {', '.join(more)}:" if more else "No: in no setting")
-    sure = (f"the seeds' ranges of the two are apart in {', '.join(separate)}"
-            + (f" and overlap in {', '.join(overlapping)}" if overlapping else "") if separate
-            else "the seeds' ranges of the two overlap in every setting")
+    if not overlapping:
+        sure = "the seeds' ranges of the two are apart in every setting"
+    elif separate:
+        sure = f"the seeds' ranges of the two are apart in {', '.join(separate)} and overlap in {', '.join(overlapping)}"
+    else:
+        sure = "the seeds' ranges of the two overlap in every setting"
     first = (f"{verdict} a random child in the second half of the run forgets more of its parent's correct training "
              f"points than it learns new ones ({'; '.join(parts)}, of 64, median over {n} seeds); {sure}.")
     ratios = [_ratio(*elite_totals(r)) for rs in runs.values() for r in rs]
     share = "most" if min(ratios) > 0.5 else "a part"
-    second = (f"Selection keeps only the net gains: the best individual's line forgets {min(ratios):.2f}-{max(ratios):.2f} "
-              f"points for every point it learns over the run (every setting and seed), so {share} of what it learned "
-              f"is overwritten and learned again on the way; {n} seeds agree on this, for a 23k-weight network.")
+    gens = next(iter(runs.values()))[0].generations
+    second = (f"Selection keeps only the net gains: over the run the best individual's line forgets "
+              f"{min(ratios):.2f}-{max(ratios):.2f} points for every point it learns (the range over every setting "
+              f"and all {n} seeds), so {share} of what it learned is overwritten and learned again on the way; this "
+              f"holds for a 23k-weight network over {gens} generations, not yet shown for the seed's network.")
     return f"{first} {second}"
 
 
