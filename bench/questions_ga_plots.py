@@ -81,7 +81,7 @@ def plot_robustness(runs: dict[str, list[Run]], control: list[dict[int, Damage]]
     import matplotlib.pyplot as plt
 
     colors = dict(zip(runs, ("tab:blue", "tab:orange", "tab:green", "tab:purple")))
-    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+    fig, (left, right, walk) = plt.subplots(1, 3, figsize=(15, 4))
     for s, rs in runs.items():
         gens = sorted(rs[0].damage)
         _band(left, gens, [[r.damage[g].mean_rise for g in gens] for r in rs], s, colors[s])
@@ -91,17 +91,23 @@ def plot_robustness(runs: dict[str, list[Run]], control: list[dict[int, Damage]]
         matched = [r.matched[1] for r in rs if r.matched]
         right.plot([d.loss for d in matched], [d.mean_rise for d in matched], "*", ms=11, color=colors[s],
                    markeredgecolor="k", label=f"{s} at matched fitness")
-    if control:  # left only: a random walk's cross-entropy runs off far beyond the selected runs' range
-        gens = sorted(control[0])
-        _band(left, gens, [[c[g].mean_rise for g in gens] for c in control], "no selection (random walk)", "tab:gray")
     left.set_xlabel("generation")
     left.set_ylabel("CE rise of a fresh mutation of the best (mean)")
     left.set_title("robustness over generations (median over seeds, band: min-max)", fontsize=9)
     right.set_xlabel("the best's training cross-entropy (lower = fitter)")
     right.invert_xaxis()
     right.set_title("the same against fitness, each seed a line; stars: matched fitness", fontsize=9)
-    for ax in (left, right):
-        ax.legend(fontsize=7)
+    # its own panel: with nothing selected the cross-entropy runs far beyond the selected runs' range
+    if control:
+        gens = sorted(control[0])
+        _band(walk, gens, [[c[g].mean_rise for g in gens] for c in control], "CE rise of a fresh mutation", "tab:gray")
+        twin = walk.twinx()
+        _band(twin, gens, [[c[g].loss for g in gens] for c in control], "its training CE (right axis)", "tab:red")
+        twin.legend(fontsize=7, loc="center left")
+    walk.set_xlabel("random mutations (generations)")
+    walk.set_title("no selection: the generation-0 best, mutated at random", fontsize=9)
+    for ax in (left, right, walk):
+        ax.legend(fontsize=7, loc="upper left")
     fig.suptitle("Q2: do several parents let robustness to mutation evolve?", fontsize=10)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
