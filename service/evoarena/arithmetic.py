@@ -1,0 +1,35 @@
+"""One CPU arithmetic on every x86 machine: the kernels torch computes with are pinned to AVX2.
+
+torch picks its CPU kernels by what the CPU can do: MKL's matrix products, ATen's vectorised
+loops and reductions, and oneDNN's convolutions each have an AVX-512 path and an AVX2 path,
+which round differently. GAN training amplifies one differing bit into a different run: the ring
+arena at seed 2 ends with 0 of 8 modes covered on an AVX-512 machine and with 8 of 8 where MKL
+takes its AVX2 path (docs/QUESTIONS.md; tests/test_arena_determinism.py). So that the same
+genome and task give the same bits on every x86-64 worker (DESIGN invariant 2), each library is
+told to take the AVX2 path, which every x86-64 server CPU of the last decade has:
+
+    MKL_CBWR=AVX2             MKL's conditional bitwise reproducibility, AVX2 code path
+    ATEN_CPU_CAPABILITY=avx2  ATen's vectorised kernels at most AVX2
+    ONEDNN_MAX_CPU_ISA=AVX2   oneDNN's generated kernels at most AVX2
+
+The libraries read these variables at their first computation, not at import, so `pin()` works
+in any process that has computed nothing yet; evoarena's package import calls it, so every
+master, local pool process and fleet worker is pinned, and the processes they start inherit the
+variables. A variable already set is left as it is: `MKL_CBWR=AUTO ATEN_CPU_CAPABILITY=avx512
+ONEDNN_MAX_CPU_ISA=ALL` gives back the machine's fastest (and machine-dependent) arithmetic.
+Other instruction sets (arm64) compute differently whatever these say; GPUs are not affected.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import MutableMapping
+
+PINNED = {"MKL_CBWR": "AVX2", "ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2"}
+
+
+def pin(environ: MutableMapping[str, str] = os.environ) -> dict[str, str]:
+    """Set each of PINNED's variables that `environ` does not set already; return what is in effect."""
+    for name, value in PINNED.items():
+        environ.setdefault(name, value)
+    return {name: environ[name] for name in PINNED}
