@@ -42,6 +42,7 @@ import yaml
 from arena_vs_single import run_arena  # the arena run and its scoring, shared with that bench
 
 from evoarena.arena_worker import models_dir
+from evoarena.arithmetic import PINNED
 from evoarena.evolve.arena import quality_text
 from evoarena.settings import Settings
 from evoarena.spec import ExperimentSpec, parse_spec
@@ -81,6 +82,9 @@ METRICS = [
     ("oracle pick: high-quality share", "oracle", "high_quality", 3),
 ]
 PLOTTED = METRICS[:3]  # the arena's own choice: what a user of the arena would get
+# Sections another bench appends to the same file (bench/questions_ga.py: seed 003's questions):
+# from the first such heading to the end, they are kept when this bench rewrites its own part.
+KEPT = "## Seed 003"
 
 
 # --- one run ---------------------------------------------------------------------------------------
@@ -111,6 +115,13 @@ def run_seeds(path: Path, seeds: int, rounds: int | None, noise_dir: str, cache_
               f"{quality_text(run['fitness'])} | oracle pick {quality_text(run['oracle'])}", flush=True)
         runs.append(run)
     return runs
+
+
+def arithmetic() -> dict[str, str]:
+    """The CPU arithmetic variables in effect (evoarena's import set those not given)."""
+    import os
+
+    return {name: os.environ[name] for name in PINNED}
 
 
 # --- the figures -----------------------------------------------------------------------------------
@@ -186,7 +197,15 @@ def plot(name: str, runs: list[dict | None], base: list[dict | None], path: Path
 # --- the document ----------------------------------------------------------------------------------
 
 
-def markdown(done: dict, base: list[dict | None], args: argparse.Namespace, rounds_text: str, plots: dict) -> str:
+def kept(path: Path) -> str:
+    """The end of `path` from its first KEPT heading on (another bench's sections), or ''."""
+    text = path.read_text() if path.exists() else ""
+    at = text.find("\n" + KEPT)
+    return "" if at < 0 else text[at + 1 :]
+
+
+def markdown(done: dict, base: list[dict | None], args: argparse.Namespace, rounds_text: str, plots: dict,
+             seconds: float) -> str:
     out = Path(args.markdown).resolve().parent
     command = "python bench/questions.py " + " ".join(sys.argv[1:])
     lines = [
@@ -201,6 +220,11 @@ def markdown(done: dict, base: list[dict | None], args: argparse.Namespace, roun
         "Cells are median [min, max] over the seeds. \"Fitness pick\" is the generator the arena ranks first "
         "(its own choice); \"oracle pick\" the best final generator on check samples (reference only). "
         "There is no bar: the bench answers questions.",
+        "",
+        f"Every run computed with the CPU arithmetic evoarena pins ({', '.join(f'{k}={v}' for k, v in arithmetic().items())}; "
+        "service/evoarena/arithmetic.py): the same seed gives the same bits on any x86-64 machine with AVX2, whatever its load "
+        f"(tests/test_arena_determinism.py). {sum(r is not None for rs in [base, *done.values()] for r in rs)} runs "
+        f"finished in {seconds:,.0f} s of wall time on this machine.",
         "",
         "## Baseline: experiments/arena-ring.yaml",
         "",
@@ -280,7 +304,9 @@ def main() -> int:
             print(f"plot: {args.plot / f'{name}.png'}")
         if args.markdown:  # rewritten after each question, so a cut-short run keeps what finished
             args.markdown.parent.mkdir(parents=True, exist_ok=True)
-            args.markdown.write_text(markdown(done, base, args, rounds_text, plots))
+            text = markdown(done, base, args, rounds_text, plots, time.perf_counter() - started)
+            tail = kept(args.markdown)  # read just before writing: the other bench may have added to it
+            args.markdown.write_text(text + ("\n" + tail if tail else ""))
         print(f"[{time.perf_counter() - started:.0f}s]\n", flush=True)
 
     print(f"Total {time.perf_counter() - started:.0f}s; {failed} failed run{'s' if failed != 1 else ''}.")
