@@ -129,12 +129,12 @@ BAD_FILES = {
         "ga.initial_population = 0: must be greater than or equal to 1",
     ),
     "unknown problem kind": (
-        "name: x\nproblem: {kind: atari}\nga: {generations: 1}\n",
-        "problem.kind = 'atari': must be one of 'memorize', 'gan'",
+        "name: x\nproblem: {kind: mujoco}\nga: {generations: 1}\n",
+        "problem.kind = 'mujoco': must be one of 'memorize', 'atari', 'gan'",
     ),
     "gan problem under a GA": (
         "name: x\nproblem: {kind: gan, data: {kind: ring}}\nga: {generations: 1}\n",
-        "problem.kind = 'gan': a GA runs the memorize problem; a gan problem needs arena:",
+        "problem.kind = 'gan': a GA runs the memorize or atari problem; a gan problem needs arena:",
     ),
     "arena on the memorize problem": (
         "name: x\narena: {rounds: 2}\n",

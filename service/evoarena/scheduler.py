@@ -63,7 +63,14 @@ def finished(spec: ExperimentSpec, store: ResultStore) -> bool:
     if hasattr(algo, "react"):  # an EventAlgorithm
         last = store.last_generation(spec.name)
         return last is not None and algo.finished(store.get_generation(spec.name, last))
-    return complete_generations(store, spec.name) >= algo.steps
+    complete = complete_generations(store, spec.name)
+    return complete >= algo.steps or (complete > 0 and stopped(algo, store.get_generation(spec.name, complete - 1)))
+
+
+def stopped(algo: Algorithm, state: dict | None) -> bool:
+    """Whether a step-by-step algorithm ends its run early after the step whose state is `state`
+    (the GA's ga.frame_budget); an algorithm without `stopped` runs all its steps."""
+    return state is not None and hasattr(algo, "stopped") and algo.stopped(state)
 
 
 def complete_generations(store: ResultStore, name: str) -> int:
@@ -93,13 +100,13 @@ def provenance(spec: ExperimentSpec) -> dict:
 def register(spec: ExperimentSpec, store: ResultStore) -> None:
     """Record the experiment, or check that the stored one is the same experiment.
 
-    Only the length of the run (`ga.generations`, `arena.rounds`) may differ, to extend it.
+    Only the length of the run (`ga.generations`, `ga.frame_budget`, `arena.rounds`) may differ, to extend it.
     """
     wanted = spec_to_dict(spec)
     stored = store.get_experiment(spec.name)
     if stored is not None:
         def same(d: dict) -> dict:
-            return {**d, "ga": d.get("ga") and {**d["ga"], "generations": None},
+            return {**d, "ga": d.get("ga") and {**d["ga"], "generations": None, "frame_budget": None},
                     "arena": d.get("arena") and {**d["arena"], "rounds": None}}
         if same(stored["spec"]) != same(wanted):
             raise ExperimentMismatch(
@@ -146,7 +153,7 @@ def run_steps(spec: ExperimentSpec, store: ResultStore, executor: Executor, algo
     index = 0 if last is None else last + 1
     resumed_from = None if last is None else index
     state = None if last is None else store.get_generation(spec.name, last)
-    while index < algo.steps:
+    while index < algo.steps and not stopped(algo, state):
         step = algo.plan(index, state)
         results, stats = run_step(spec.name, store, executor, index, step)
         doc = algo.advance(index, state, step, results)

@@ -90,7 +90,28 @@ class MemorizeSpec(SpecModel):
     """cross_entropy: minus the mean training cross-entropy; memorized: training points whose argmax is their label; memorized_margin: that count plus a tie-break in (0, 1) from the mean margin (problems/memorize.py)."""
 
 
-ProblemSpec = Annotated[Union[MemorizeSpec, GanSpec], Field(discriminator="kind")]
+class AtariSpec(SpecModel):
+    """An Atari game on ale-py, preprocessed as DQN and Such et al. 2017 did (problems/atari.py); fitness = episode return."""
+
+    kind: Literal["atari"]
+    """Which problem this is."""
+    game: str = Field("Frostbite", pattern=r"^[A-Z][A-Za-z]+$")
+    """The ALE game, as gymnasium names it after `ALE/` (Frostbite, Pong, ...)."""
+    episodes: int = Field(1, ge=1, le=1000)
+    """Episodes each individual plays per generation; its fitness is their mean return (the paper: 1)."""
+    max_episode_frames: int = Field(18_000, ge=100, le=1_000_000)
+    """Episode cap in emulator frames (18,000 = DQN's five minutes at 60 frames/s)."""
+    noop_max: int = Field(30, ge=0, le=1000)
+    """A random number of no-op frames, 1..noop_max, starts each episode (0: none)."""
+    frame_skip: int = Field(4, ge=1, le=16)
+    """Emulator frames per action; the observation is the max of the last two."""
+    sticky: float = Field(0.0, ge=0, le=1)
+    """Probability that the emulator repeats the previous action (0: deterministic, as in the paper)."""
+    episode_seed: int = Field(0, ge=0)
+    """Seed from which every task's episode seeds are derived (with the generation and the genome id)."""
+
+
+ProblemSpec = Annotated[Union[MemorizeSpec, AtariSpec, GanSpec], Field(discriminator="kind")]
 
 
 # --- the network that the genomes encode --------------------------------------------------
@@ -207,9 +228,19 @@ class GASpec(SpecModel):
     parents: int = Field(1, ge=1, le=10_000)
     """Truncation size T: how many of the best individuals reproduce."""
     children_per_parent: int = Field(16, ge=1, le=100_000)
-    """Children each parent has per generation."""
+    """Children each parent has per generation (selection = per_parent)."""
+    selection: Literal["per_parent", "uniform"] = "per_parent"
+    """per_parent: each of the T parents has `children_per_parent` children; uniform (the paper's): each of `children` children has a parent drawn uniformly from the T."""
+    children: int | None = Field(None, ge=1, le=1_000_000)
+    """Children per generation with selection = uniform (the paper: population N minus its one elite)."""
     elites: int = Field(1, ge=0, le=10_000)
     """Best individuals carried over unchanged (and re-evaluated); at most `parents`."""
+    elite_candidates: int = Field(0, ge=0, le=10_000)
+    """For noisy fitness: the best C of each generation are re-evaluated on `elite_episodes` more episodes and the `elites` best means carried over; 0 = elites are the E fittest."""
+    elite_episodes: int = Field(30, ge=1, le=1000)
+    """Episodes each elite candidate plays in its re-evaluation (the paper: 30)."""
+    frame_budget: int | None = Field(None, ge=1)
+    """Stop once this many emulator frames have been played in all (atari); the run also stops after `generations`."""
     mutation: MutationSpec = Field(default_factory=MutationSpec)
     """How children are mutated."""
     crossover_rate: float = Field(0.0, ge=0, le=1)
@@ -222,9 +253,15 @@ class GASpec(SpecModel):
     """Every N generations, save every parent's weights and rebase descendants on them (short task messages); 0 = never."""
 
     @property
+    def children_per_generation(self) -> int:
+        """Children born per generation: `children` (uniform) or parents x children_per_parent."""
+        return self.children if self.selection == "uniform" else self.parents * self.children_per_parent
+
+    @property
     def population(self) -> int:
-        """Individuals evaluated per generation after generation 0: the children plus the elites."""
-        return self.parents * self.children_per_parent + self.elites
+        """Individuals evaluated per generation after generation 0: the children plus the elites
+        (with elite candidates: plus the candidates, re-evaluated)."""
+        return self.children_per_generation + (self.elite_candidates or self.elites)
 
     @property
     def generation_zero_size(self) -> int:
@@ -237,6 +274,12 @@ class GASpec(SpecModel):
             raise _field_error(
                 "elites", self.elites, f"must be at most ga.parents ({self.parents})"
             )
+        if self.selection == "uniform" and self.children is None:
+            raise _field_error("children", None, "selection = uniform needs the number of children per generation")
+        if self.selection == "per_parent" and self.children is not None:
+            raise _field_error("children", self.children, "is for selection = uniform; per_parent uses children_per_parent")
+        if self.elite_candidates and not self.elites <= self.elite_candidates:
+            raise _field_error("elites", self.elites, f"must be at most ga.elite_candidates ({self.elite_candidates})")
         if self.checkpoint_every and (self.mutation.momentum > 0 or self.mutation.self_adapt > 0):
             raise _field_error("checkpoint_every", self.checkpoint_every, "must be 0 with mutation.momentum or "
                                "mutation.self_adapt: a rebase drops the deltas a child's mutation reads")
@@ -321,15 +364,20 @@ class ExperimentSpec(SpecModel):
             raise _field_error("arena", "{...}", "give either ga (a GA) or arena (a GAN arena), not both")
         if self.arena is not None and self.problem.kind != "gan":
             raise _field_error("problem.kind", self.problem.kind, "an arena needs a gan problem")
-        if self.ga is not None and self.problem.kind != "memorize":
-            raise _field_error("problem.kind", self.problem.kind, "a GA runs the memorize problem; a gan problem needs arena:")
+        if self.ga is not None and self.problem.kind not in ("memorize", "atari"):
+            raise _field_error("problem.kind", self.problem.kind, "a GA runs the memorize or atari problem; a gan problem needs arena:")
+        if self.ga is not None and self.problem.kind != "atari":
+            for name in ("elite_candidates", "frame_budget"):
+                if getattr(self.ga, name):
+                    raise _field_error(f"ga.{name}", getattr(self.ga, name),
+                                       f"is for a problem with episodes (atari); problem.kind is {self.problem.kind}")
         return self
 
     @model_validator(mode="after")
     def _check_network_fits(self) -> ExperimentSpec:
-        if self.problem.kind != "memorize":
+        if self.problem.kind not in ("memorize", "atari"):
             return self
-        image = self.problem.image
+        image = self.problem.image if self.problem.kind == "memorize" else (4, 84, 84)  # atari: 4 stacked 84x84 frames
         shapes = conv_shapes(image, self.network.convs)
         for index, (conv, (_, height, width)) in enumerate(zip(self.network.convs, shapes)):
             if conv.kernel > min(height, width):
@@ -339,7 +387,8 @@ class ExperimentSpec(SpecModel):
                     f"does not fit the {height}x{width} input this conv gets from a "
                     f"{'x'.join(map(str, image))} image; use a smaller kernel or a larger image",
                 )
-        needed = 2 * parameter_count(image, self.problem.classes, self.network)
+        outputs = self.problem.classes if self.problem.kind == "memorize" else 18  # atari: at most 18 actions
+        needed = 2 * parameter_count(image, outputs, self.network)
         if self.noise.size < needed:
             raise _field_error(
                 "noise.size",

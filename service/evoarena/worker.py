@@ -245,7 +245,11 @@ class Worker:
         materializer = self.materializer(task["noise"])
         with MATERIALIZE_SECONDS.time():
             weights, build = materializer.build_how(genome)
-        metrics = PROBLEMS[task["problem"]["kind"]].evaluate(genome.arch, weights.flat, self.data(task["problem"]))
+        problem, data = PROBLEMS[task["problem"]["kind"]], self.data(task["problem"])
+        if hasattr(problem, "evaluate_task"):  # a fitness that depends on the task (atari: its episode seeds)
+            metrics = problem.evaluate_task(genome.arch, weights.flat, data, task)
+        else:
+            metrics = problem.evaluate(genome.arch, weights.flat, data)
         checkpoints = [self._save(ancestor(genome, i), materializer, task["experiment"]) for i in task.get("checkpoint", [])]
         return {"fitness": metrics.pop("fitness"), "metrics": metrics, "build": build, "checkpoints": checkpoints}
 

@@ -5,13 +5,25 @@
         evaluate every individual                       (workers, in parallel)
         parents <- the T fittest                        (truncation selection)
         elites  <- the E fittest, carried over unchanged and evaluated again
-        for each parent, C children:
-            with probability crossover_rate: one-point crossover with another parent (seed 001)
-            then one mutation (seed 003's kinds: gaussian, layer, norm, adaptive)
+        children, by ga.selection:
+            per_parent: for each parent, C children
+            uniform (the paper's): N children, each of a parent drawn uniformly from the T
+          each: with probability crossover_rate a one-point crossover with another parent (seed 001),
+                then one mutation (seed 003's kinds: gaussian, layer, norm, adaptive)
+        stop early once the frames played pass ga.frame_budget (atari)
+
+With ga.elite_candidates = K (the paper's answer to noisy Atari fitness) the elites are chosen
+on more episodes instead:
+
+        candidates <- the K fittest of generation g
+        in generation g+1, beside the children: each candidate plays ga.elite_episodes more episodes
+        elites <- the E candidates with the best mean over those episodes; the other candidates leave
 
 One step of the master is one generation: `GA.plan` is "evaluate every individual", `GA.advance`
 is selection (and the choice of checkpoints); reproduction happens in the next `plan`, from the
-parents the state holds.
+parents the state holds. The candidates' re-evaluation runs in the next generation's step, beside
+its children (who do not depend on the elite), so it costs no extra step, and a resumed run finds
+the candidates, the frames played and everything else in the stored state.
 
 Everything random here is drawn from numpy Generators seeded by (experiment seed, generation),
 so the same parents always give the same children: a restarted scheduler regenerates exactly
@@ -51,7 +63,11 @@ class GA:
             population = founders(ga, self.arch, rng)
         else:
             parents = [Genome.from_json(g) for g in state["parents"]]
-            population = reproduce(parents, parents[: ga.elites], ga, rng, self.spec.noise.size)
+            if ga.elite_candidates:  # carried over to be re-evaluated; the elites are chosen after
+                carried = [Genome.from_json(g) for g in state["candidates"]]
+                population = reproduce(parents, carried, ga, rng, self.spec.noise.size, carried_role="candidate")
+            else:
+                population = reproduce(parents, parents[: ga.elites], ga, rng, self.spec.noise.size)
         save = ga.checkpoint_every > 0 and generation > 0 and generation % ga.checkpoint_every == 0
         carriers = checkpoint_carriers(population, state) if save else {}
         tasks = [self._task(generation, ind, carriers.get(ind.genome.id, [])) for ind in population]
@@ -66,6 +82,12 @@ class GA:
                                f"({errors[0]['error']}); stopping because ga.on_error = stop")
         genomes = step.about
         scored = [Scored(g, r.get("fitness")) for g, r in zip(genomes, results)]
+        elites: list[Genome] = []
+        if ga.elite_candidates:  # the candidates' fitness is their mean over ga.elite_episodes
+            roles = [t["role"] for t in step.tasks]
+            elites = choose_elites([s for s, role in zip(scored, roles) if role == "candidate"], ga.elites)
+            kept = {e.id for e in elites}
+            scored = [s for s, role in zip(scored, roles) if role != "candidate" or s.genome.id in kept]
         parents, _ = select(scored, ga)  # the elites are parents[:E]; the next plan takes them from there
         if not parents:
             first = next((r["error"] for r in results if r.get("error")), "?")
@@ -75,11 +97,15 @@ class GA:
         checkpoints += [Checkpoint(**c) for r in results for c in r.get("checkpoints", [])]
         checkpoints = checkpoints[-2 * ga.parents :]  # the last two rounds; older lineages have died out
         parents = rebase_all(parents, checkpoints)
+        candidates = rebase_all(ranked(scored)[: ga.elite_candidates], checkpoints)
 
         fitnesses = [s.fitness for s in scored if s.fitness is not None and not math.isnan(s.fitness)]
-        best = next(r for g, r in zip(genomes, results) if g.id == parents[0].id)
+        best_id = elites[0].id if elites else parents[0].id  # with candidates, the paper's elite: best on many episodes
+        best = next(r for g, r in zip(genomes, results) if g.id == best_id)
+        frames = frame_counts(state, results)
         return {
             "parents": [p.to_json() for p in parents],
+            **({"candidates": [c.to_json() for c in candidates]} if ga.elite_candidates else {}),
             "checkpoints": [{"id": c.id, "uri": c.uri} for c in checkpoints],
             "best": {"genome_id": best["genome_id"], "fitness": best["fitness"], "metrics": best["metrics"]},
             "stats": {
@@ -89,18 +115,29 @@ class GA:
                 "worst": min(fitnesses),
                 "evaluated": len(results),
                 "errors": len(results) - len(fitnesses),
+                **({"elite": best["fitness"]} if elites else {}),
+                **frames,
             },
         }
+
+    def stopped(self, state: dict) -> bool:
+        """Whether the run ends after the step whose state is `state` (the frame budget is spent)."""
+        budget = self.spec.ga.frame_budget
+        return budget is not None and state["stats"].get("frames_total", 0) >= budget
 
     def line(self, generation: int, state: dict) -> str:
         s = state["stats"]
         return (f"gen {generation + 1:>5}/{self.steps}  best {s['best']:10.5f}  mean {s['mean']:10.5f}  "
-                f"evals/s {s['evals_per_s']:7.1f}  cache hits {s['hit_rate']:6.1%}"
+                + (f"elite {s['elite']:10.2f}  " if "elite" in s else "")
+                + (f"frames {s['frames_total']:>12,}  " if "frames_total" in s else "")
+                + f"evals/s {s['evals_per_s']:7.1f}  cache hits {s['hit_rate']:6.1%}"
                 + (f"  errors {s['errors']}" if s["errors"] else ""))
 
     # --- bookkeeping ----------------------------------------------------------------------------
 
     def _task(self, generation: int, ind: Individual, checkpoint: list[str]) -> dict:
+        # an elite candidate plays ga.elite_episodes episodes (problems/atari.py: task_seeds)
+        episodes = {"episodes": self.spec.ga.elite_episodes} if ind.role == "candidate" else {}
         return {
             "experiment": self.spec.name,
             "generation": generation,
@@ -109,6 +146,7 @@ class GA:
             "problem": self.spec.problem.model_dump(mode="json"),
             "noise": self.spec.noise.model_dump(mode="json"),
             "checkpoint": checkpoint,  # ids of ancestors in the genome's list whose weights to save too
+            **episodes,
         }
 
 
@@ -137,33 +175,62 @@ def founders(ga: GASpec, arch: dict, rng: np.random.Generator) -> list[Individua
     return [Individual(founder(arch, int(s)), "founder") for s in seeds]
 
 
+def ranked(scored: list[Scored]) -> list[Genome]:
+    """The genomes best first, each once. Failed evaluations (fitness None or NaN) are left out;
+    ties break on the genome id so that the order is deterministic."""
+    valid = [s for s in scored if s.fitness is not None and not np.isnan(s.fitness)]
+    order = sorted(valid, key=lambda s: (-s.fitness, s.genome.id))
+    return list({s.genome.id: s.genome for s in order}.values())  # an elite may appear twice
+
+
 def select(scored: list[Scored], ga: GASpec) -> tuple[list[Genome], list[Genome]]:
     """Truncation selection: (the T fittest as parents, the E fittest as elites), best first.
-
-    Failed evaluations (fitness None or NaN) never reproduce. Ties break on the genome id so
-    that selection is deterministic.
-    """
-    valid = [s for s in scored if s.fitness is not None and not np.isnan(s.fitness)]
-    ranked = sorted(valid, key=lambda s: (-s.fitness, s.genome.id))
-    unique = list({s.genome.id: s.genome for s in ranked}.values())  # an elite may appear twice
+    Failed evaluations never reproduce."""
+    unique = ranked(scored)
     return unique[: ga.parents], unique[: ga.elites]
 
 
-def reproduce(parents: list[Genome], elites: list[Genome], ga: GASpec, rng: np.random.Generator, noise_size: int) -> list[Individual]:
-    """The next generation: elites unchanged, then `children_per_parent` children of each parent."""
+def choose_elites(candidates: list[Scored], elites: int) -> list[Genome]:
+    """The paper's elites: the `elites` candidates with the best fitness on their re-evaluation
+    (the mean return over ga.elite_episodes episodes), whatever they scored before."""
+    return ranked(candidates)[:elites]
+
+
+def frame_counts(state: dict | None, results: list[dict]) -> dict:
+    """Emulator frames played in this generation (every task's, re-evaluations included) and in
+    all, for problems that count them (atari); {} for the others."""
+    played = [r["metrics"]["frames"] for r in results if "frames" in (r.get("metrics") or {})]
+    if not played:
+        return {}
+    before = (state or {}).get("stats", {}).get("frames_total", 0)
+    return {"frames": sum(played), "frames_total": before + sum(played)}
+
+
+def reproduce(parents: list[Genome], elites: list[Genome], ga: GASpec, rng: np.random.Generator, noise_size: int,
+              carried_role: str = "elite") -> list[Individual]:
+    """The next generation: elites (or elite candidates) unchanged, then the children."""
     lay = layout(parents[0].arch)
     m = ga.mutation
-    population = [Individual(e, "elite") for e in elites]
-    for i, parent in enumerate(parents):
-        for _ in range(ga.children_per_parent):
-            delta = child_delta(rng, parent, m, lay, noise_size)  # seed 003's options: genome.py
-            if len(parents) > 1 and lay.n_layers > 1 and rng.random() < ga.crossover_rate:
-                mate = parents[(i + int(rng.integers(1, len(parents)))) % len(parents)]
-                point = int(rng.integers(1, lay.n_layers))
-                population.append(Individual(crossover(parent, mate, point, then=(delta,)), "child"))
-            else:
-                population.append(Individual(mutate(parent, delta), "child"))
+    population = [Individual(e, carried_role) for e in elites]
+    for i in parent_of_each_child(len(parents), ga, rng):
+        parent = parents[i]
+        delta = child_delta(rng, parent, m, lay, noise_size)  # seed 003's options: genome.py
+        if len(parents) > 1 and lay.n_layers > 1 and rng.random() < ga.crossover_rate:
+            mate = parents[(i + int(rng.integers(1, len(parents)))) % len(parents)]
+            point = int(rng.integers(1, lay.n_layers))
+            population.append(Individual(crossover(parent, mate, point, then=(delta,)), "child"))
+        else:
+            population.append(Individual(mutate(parent, delta), "child"))
     return population
+
+
+def parent_of_each_child(n_parents: int, ga: GASpec, rng: np.random.Generator) -> list[int]:
+    """Which parent (an index into the T parents, best first) each child of a generation has.
+    per_parent: each parent `children_per_parent` times, in order. uniform (the paper's):
+    `children` draws, each uniform over the T parents."""
+    if ga.selection == "uniform":
+        return [int(i) for i in rng.integers(0, n_parents, size=ga.children)]
+    return [i for i in range(n_parents) for _ in range(ga.children_per_parent)]
 
 
 def rebase_all(genomes: list[Genome], checkpoints: list[Checkpoint]) -> list[Genome]:

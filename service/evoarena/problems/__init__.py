@@ -1,6 +1,8 @@
 """What a fitness means. Each problem module offers `make_data(problem, device)` and
-`evaluate(arch, flat, data) -> {"fitness": ..., other metrics}`; `evolve/` never looks inside."""
+`evaluate(arch, flat, data) -> {"fitness": ..., other metrics}`. A problem whose fitness depends
+on the task (atari: the episodes it plays) offers `evaluate_task(arch, flat, data, task)` in place
+of `evaluate`. `evolve/` never looks inside."""
 
-from . import memorize
+from . import atari, memorize
 
-PROBLEMS = {"memorize": memorize}
+PROBLEMS = {"memorize": memorize, "atari": atari}
