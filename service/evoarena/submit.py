@@ -123,7 +123,11 @@ def _env_image() -> str | None:
 
 
 def build_objects(names: Names, text: str, filename: str, image: str) -> list[dict]:
-    """The ConfigMap holding the experiment file and the Job that runs its master."""
+    """The ConfigMap holding the experiment file and the Job that runs its master.
+
+    The chart's admission policy (helm/evoarena/templates/admission.yaml) admits from whoever may
+    not read the release's Secrets this Job and nothing else: a field added here needs its rule
+    there (tests/test_admission.py checks the two agree)."""
     labels = {
         "app.kubernetes.io/name": "evoarena",
         "app.kubernetes.io/instance": names.release,
