@@ -39,11 +39,11 @@ from evoarena.worker import WorkerConfig
 root = Path(sys.argv[1])
 spec = parse_spec({
     "name": "arena-bits", "seed": 2,
-    "problem": {"kind": "gan", "latent": 8, "metric_samples": 500,
+    "problem": {"kind": "gan", "latent": 8, "metric_samples": 200,
                 "data": {"kind": "ring", "modes": 8, "radius": 2.0, "std": 0.02, "train": 4000, "heldout": 500}},
     "arena": {"rounds": 2, "players": 2, "generators": 1, "discriminators": 1,
               "generator": {"hidden": [64, 64]}, "discriminator": {"hidden": [64, 64]},
-              "train_steps": 60, "cross_train_steps": 10, "batch_size": 64, "match_samples": 256},
+              "train_steps": 30, "cross_train_steps": 10, "batch_size": 64, "match_samples": 128},
     "noise": {"size": 65536},
 })
 url = f"sqlite:///{root / 'results.db'}"
