@@ -31,6 +31,7 @@ through `torch.func.vmap` (each on its own episodes' observations).
 
 from __future__ import annotations
 
+import atexit
 import hashlib
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -87,9 +88,16 @@ class AtariData:
             self.envs.append(make_env(self.problem))
         return self.envs[:n]
 
+    def close(self) -> None:
+        for env in self.envs:
+            env.close()
+        self.envs.clear()  # the emulators go now, not in the interpreter's teardown (where ale-py complains)
+
 
 def make_data(problem: dict, device: torch.device | str = "cpu") -> AtariData:
-    return AtariData(problem, str(device))
+    data = AtariData(problem, str(device))
+    atexit.register(data.close)
+    return data
 
 
 def episode_seeds(problem: dict, generation: int, genome_id: str, count: int) -> list[int]:

@@ -1,0 +1,184 @@
+"""Atari as in Such et al. 2017: emulator frames/s per worker, and the GA's score against frames.
+
+1. Frames per second of one worker (one process, one torch thread) playing the paper's network
+   on Frostbite, episodes capped at `--cap` frames, counted as the paper counts them (every
+   emulator frame, skipped ones and no-ops included):
+     one by one        each episode alone: one forward pass per step for one observation
+     batched episodes  each network's episodes in lockstep: one forward pass per step for all of them
+     batched networks  every episode of every network in lockstep: one vmapped forward pass per step
+   Each is given as frames per wall second and per CPU second of the process; the second is what
+   the bars use, because the wall clock of a machine shared with other work says more about the
+   others than about the code.
+2. A small GA run: experiments/atari-frostbite.yaml (2 workers) with its frame budget set to
+   `--frames`, printing per generation the frames played and the elite's mean return over its
+   re-evaluation episodes; then a random policy (uniform random actions) on the same capped
+   episodes; then the paper's figure for its own budget of 1 billion frames, labelled as such.
+   `--frames 2000000` is the experiment file's own budget (the full run).
+
+Bars (exit 1 when one is missed):
+- batched episodes are no slower than one by one (frames per CPU second): one network's episodes
+  share a forward pass, so the network's weights are read once per step for all of them;
+- batched networks reach at least 0.9 of one by one (frames per CPU second). On a CPU a
+  network's dense layer is a matrix-vector product bound by reading its 6.4 MB of weights, and
+  stacking networks does not read them less, so the batched pass only removes per-call overhead;
+  the bar says it costs no more than that. Its gain is on GPUs, which this bench does not measure;
+- the GA's last elite scores more than the random policy's mean over the same capped episodes.
+
+    python bench/atari.py                    # ~4 min on 2 cores: throughput, 300k frames of GA, random policy
+    python bench/atari.py --frames 2000000   # the whole experiments/atari-frostbite.yaml (~15 min on 2 cores)
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from evoarena import nets, scheduler
+from evoarena.fleet.executor import LocalExecutor
+from evoarena.problems import atari
+from evoarena.settings import Settings
+from evoarena.spec import load_spec
+from evoarena.store import open_store
+from evoarena.worker import WorkerConfig
+
+ROOT = Path(__file__).resolve().parent.parent
+EXPERIMENT = ROOT / "experiments" / "atari-frostbite.yaml"
+NETWORKS, EPISODES = 4, 2  # throughput: 4 networks x 2 episodes each
+ACROSS_NETWORKS_BAR = 0.9
+PAPER_FIGURE = "paper figure: see Table 1 of Such et al. 2017 (GA, 1 billion frames)"
+"""The paper's GA score on Frostbite. Not a number: the search tool found no copy of Table 1 to
+check one against, and a figure quoted from memory is not a figure."""
+
+
+def throughput(problem: dict) -> dict[str, tuple[float, float, int]]:
+    """(frames per wall second, frames per CPU second, frames) of each way of playing."""
+    torch.set_num_threads(1)
+    arch = atari.architecture(problem, load_spec(EXPERIMENT).network.model_dump(mode="json"))
+    flats = []
+    for seed in range(NETWORKS):
+        flat = torch.empty(nets.layout(arch).size)
+        nets.init_layers(arch, seed, flat)
+        flats.append(flat)
+    seeds = [[100 * n + e for e in range(EPISODES)] for n in range(NETWORKS)]
+    data = atari.make_data(problem)
+    data.take(NETWORKS * EPISODES)  # the environments exist before any clock starts
+    ways = {
+        "one by one": lambda: [atari.play(arch, [f], [[s]], data) for f, own in zip(flats, seeds) for s in own],
+        "batched episodes": lambda: [atari.play(arch, [f], [own], data) for f, own in zip(flats, seeds)],
+        "batched networks": lambda: [atari.play(arch, flats, seeds, data)],
+    }
+    out = {}
+    for name, way in ways.items():
+        wall, cpu = time.perf_counter(), time.process_time()
+        played = way()
+        wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+        frames = sum(e.frames for call in played for per_net in call for e in per_net)
+        out[name] = (frames / wall, frames / cpu, frames)
+        print(f"  {name:<17} {frames / wall:8.0f} frames/s wall  {frames / cpu:8.0f} frames/CPU-s  ({frames} frames)",
+              flush=True)
+    return out
+
+
+def random_policy(problem: dict, episodes: int) -> list[float]:
+    """Returns of uniformly random actions on `episodes` capped episodes (seeds as a task's)."""
+    env = atari.make_env(problem)
+    returns = []
+    for seed in atari.episode_seeds(problem, 0, "random-policy", episodes):
+        rng = np.random.default_rng(seed)
+        env.reset(seed=seed)
+        total, over = 0.0, False
+        while not over:
+            _, reward, terminated, truncated, _ = env.step(int(rng.integers(env.action_space.n)))
+            total, over = total + float(reward), terminated or truncated
+        returns.append(total)
+    env.close()
+    return returns
+
+
+def run_ga(frames: int, workers: int) -> tuple[list[dict], float]:
+    """experiments/atari-frostbite.yaml with frame budget `frames`, on a fresh store: its generation
+    docs and the wall seconds it took."""
+    spec = load_spec(EXPERIMENT)
+    spec = spec.model_copy(update={"ga": spec.ga.model_copy(update={"frame_budget": frames})})
+    with tempfile.TemporaryDirectory() as tmp:
+        config = WorkerConfig(f"sqlite:///{tmp}/bench.db", f"{tmp}/artifacts", str(Settings.from_env().noise_dir),
+                              spec.executor.cache_mb << 20)
+        store, executor = open_store(config.store_url), LocalExecutor(config, workers)
+        started = time.perf_counter()
+
+        def show(p: scheduler.Progress) -> None:
+            s = store.get_generation(spec.name, p.generation)["stats"]
+            elite = f"{s['elite']:7.1f}" if "elite" in s else "      -"
+            print(f"  gen {p.generation:>3}  frames {s['frames_total']:>9,}  elite (mean of {spec.ga.elite_episodes}) {elite}  "
+                  f"best single episode {s['best']:6.1f}  mean {s['mean']:6.1f}  ({time.perf_counter() - started:.0f}s)",
+                  flush=True)
+
+        try:
+            scheduler.run(spec, store, executor, on_progress=show)
+            docs = store.list_generations(spec.name)
+        finally:
+            executor.close()
+            store.close()
+    wall = time.perf_counter() - started
+    print(f"  => {docs[-1]['stats']['frames_total']:,} frames in {len(docs)} generations, {wall:.0f}s wall")
+    return docs, wall
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--frames", type=int, default=300_000, help="the GA run's frame budget (default 300,000)")
+    parser.add_argument("--cap", type=int, default=1500, help="throughput: episode cap in frames (default 1500)")
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--random-episodes", type=int, default=30)
+    args = parser.parse_args()
+    failures = []
+    problem = load_spec(EXPERIMENT).problem.model_dump(mode="json")
+
+    print(f"Throughput of one worker: the paper's network on {problem['game']}, {NETWORKS} networks x {EPISODES} "
+          f"episodes, capped at {args.cap} frames, 1 torch thread")
+    rates = throughput({**problem, "max_episode_frames": args.cap})
+    one = rates["one by one"][1]
+    for name, bar in (("batched episodes", 1.0), ("batched networks", ACROSS_NETWORKS_BAR)):
+        ratio = rates[name][1] / one
+        print(f"  {name} / one by one: {ratio:.2f}x frames per CPU second (bar: {bar:.1f}x)")
+        if ratio < bar:
+            failures.append(f"{name}: {ratio:.2f}x one by one's frames per CPU second; bar {bar:.1f}x")
+
+    print(f"GA: {EXPERIMENT.name} with a budget of {args.frames:,} frames, {args.workers} workers")
+    docs, wall = run_ga(args.frames, args.workers)
+    elite = docs[-1]["stats"].get("elite", docs[-1]["stats"]["best"])
+    budget, played = load_spec(EXPERIMENT).ga.frame_budget, docs[-1]["stats"]["frames_total"]
+    if played < budget:  # extrapolations, labelled so: the full run was not measured here
+        print(f"  the experiment's own budget of {budget:,} frames, extrapolated: ~{budget / played * wall / 60:.0f} min "
+              f"at this run's pace; ~{budget / (args.workers * one) / 60:.0f} min of play on {args.workers} idle cores "
+              f"at the one-by-one frames per CPU second above")
+
+    print(f"Random policy: {args.random_episodes} episodes capped at {problem['max_episode_frames']} frames")
+    returns = random_policy(problem, args.random_episodes)
+    mean = statistics.fmean(returns)
+    print(f"  => mean return {mean:.1f} (sd {statistics.stdev(returns):.1f}, best {max(returns):.0f})")
+
+    print(f"Score against frames, {problem['game']}, episodes capped at {problem['max_episode_frames']} frames:")
+    print(f"  GA elite after {docs[-1]['stats']['frames_total']:,} frames: {elite:.1f}")
+    print(f"  random policy: {mean:.1f}")
+    print(f"  {PAPER_FIGURE}: a budget {1e9 / docs[-1]['stats']['frames_total']:,.0f}x this run's, "
+          f"and its episodes were not capped at {problem['max_episode_frames']:,} frames")
+    if not elite > mean:
+        failures.append(f"the GA's elite ({elite:.1f}) does not beat the random policy ({mean:.1f})")
+
+    for failure in failures:
+        print("FAIL:", failure)
+    if not failures:
+        print("PASS")
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
