@@ -251,6 +251,8 @@ class GASpec(SpecModel):
     """A failed evaluation: skip (recorded, never selected, the run goes on) or stop the run."""
     checkpoint_every: int = Field(0, ge=0)
     """Every N generations, save every parent's weights and rebase descendants on them (short task messages); 0 = never."""
+    eval_group: int = Field(1, ge=1, le=1024)
+    """Children of one parent sent as one task and scored in one batched pass (batched.py); 1 = one task each. A worker splits a group whose stacked weights would pass half its cache budget."""
 
     @property
     def children_per_generation(self) -> int:

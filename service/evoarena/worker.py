@@ -205,11 +205,75 @@ class Worker:
 
     def evaluate(self, task: dict) -> dict:
         """Build the task's genome, score it on its problem, store the result document."""
+        doc = self._evaluation_doc(task)
+        doc = {"_id": self.admit("evaluate", task), **doc}
+        started = time.perf_counter()
+        try:
+            doc.update(self._evaluate(task, Genome.from_json(task["genome"])))
+            doc["error"] = None
+        except Exception as exc:  # a poison task: record why against the individual, do not retry
+            _unless_transient(exc)
+            doc.update(_failed(exc))
+        doc["seconds"] = time.perf_counter() - started
+        self._store(doc)
+        return summary_of(doc)
+
+    def evaluate_group(self, group: dict) -> dict:
+        """A group of siblings (fleet/groups.py): build each child from the cached parent, score
+        them together in batched passes (batched.py), store each child's document as `evaluate`
+        would, under its own id. A child that fails to build or score fails alone."""
+        from . import batched
+        from .fleet.groups import children_tasks, group_summary
+
+        group_id = self.admit("evaluate", group)
+        try:
+            tasks = children_tasks(group)
+        except ValueError as exc:
+            raise TaskRefused(f"task {group_id}: {exc}") from exc
+        docs = [{"_id": task_id("evaluate", t), **self._evaluation_doc(t)} for t in tasks]
+        started = time.perf_counter()
+        materializer, problem = self.materializer(group["noise"]), PROBLEMS[group["problem"]["kind"]]
+        genomes = [Genome.from_json(t["genome"]) for t in tasks]
+        flats = {}
+        for i, (genome, doc) in enumerate(zip(genomes, docs)):
+            try:
+                with MATERIALIZE_SECONDS.time():
+                    weights, doc["build"] = materializer.build_how(genome)
+                flats[i] = weights.flat
+            except Exception as exc:
+                _unless_transient(exc)
+                doc.update(_failed(exc))
+        arch = genomes[0].arch
+        built = list(flats)
+        cap = batched.group_cap(arch, self.config.cache_bytes)
+        for chunk in (built[j : j + cap] for j in range(0, len(built), cap)):
+            try:
+                scored = _score_many(problem, arch, [flats[i] for i in chunk], self.data(group["problem"]),
+                                     [tasks[i] for i in chunk])
+            except Exception as exc:  # score one by one: each error then lands on its own child
+                _unless_transient(exc)
+                scored = None
+            for i, metrics in zip(chunk, scored or [None] * len(chunk)):
+                try:
+                    metrics = metrics or _score(problem, arch, flats[i], self.data(group["problem"]), tasks[i])
+                    checkpoints = [self._save(ancestor(genomes[i], a), materializer, group["experiment"])
+                                   for a in tasks[i].get("checkpoint", [])]
+                    docs[i].update(fitness=metrics.pop("fitness"), metrics=metrics, checkpoints=checkpoints, error=None)
+                except Exception as exc:
+                    _unless_transient(exc)
+                    docs[i].update(_failed(exc))
+        share = (time.perf_counter() - started) / len(docs)  # the group's time, shared evenly
+        for doc in docs:
+            doc["seconds"] = share
+            self._store(doc)
+        return group_summary(group_id, [summary_of(doc) for doc in docs])
+
+    def _evaluation_doc(self, task: dict) -> dict:
+        """The fields of an evaluate result document that depend neither on its id nor on its outcome."""
         experiment, generation, genome_json = _required(task, "experiment", "generation", "genome")
         if not isinstance(genome_json, dict) or "id" not in genome_json:
             raise ValueError("task 'genome' must be a genome JSON object with an 'id'")
-        doc = {
-            "_id": self.admit("evaluate", task),
+        return {
             "experiment": experiment,
             "generation": generation,
             "op": "evaluate",
@@ -222,17 +286,6 @@ class Worker:
             "device": self.config.device,
             "device_kind": self.device_kind,
         }
-        started = time.perf_counter()
-        try:
-            doc.update(self._evaluate(task, Genome.from_json(genome_json)))
-            doc["error"] = None
-        except Exception as exc:  # a poison task: record why against the individual, do not retry
-            _unless_transient(exc)
-            doc.update(fitness=None, metrics={}, build=None, checkpoints=[],
-                       error=f"{type(exc).__name__}: {exc}", traceback=traceback.format_exc(limit=5))
-        doc["seconds"] = time.perf_counter() - started
-        self._store(doc)
-        return summary_of(doc)
 
     def _store(self, doc: dict) -> None:
         try:
@@ -245,11 +298,7 @@ class Worker:
         materializer = self.materializer(task["noise"])
         with MATERIALIZE_SECONDS.time():
             weights, build = materializer.build_how(genome)
-        problem, data = PROBLEMS[task["problem"]["kind"]], self.data(task["problem"])
-        if hasattr(problem, "evaluate_task"):  # a fitness that depends on the task (atari: its episode seeds)
-            metrics = problem.evaluate_task(genome.arch, weights.flat, data, task)
-        else:
-            metrics = problem.evaluate(genome.arch, weights.flat, data)
+        metrics = _score(PROBLEMS[task["problem"]["kind"]], genome.arch, weights.flat, self.data(task["problem"]), task)
         checkpoints = [self._save(ancestor(genome, i), materializer, task["experiment"]) for i in task.get("checkpoint", [])]
         return {"fitness": metrics.pop("fitness"), "metrics": metrics, "build": build, "checkpoints": checkpoints}
 
@@ -258,6 +307,30 @@ class Worker:
         weights = materializer.build(genome)
         key = artifact_key(experiment, genome.id)
         return {"id": genome.id, "uri": self.artifacts.put(key, weights.tensors(genome.arch), {"experiment": experiment})}
+
+
+def _score(problem, arch: dict, flat: torch.Tensor, data, task: dict) -> dict:
+    """One network's metrics: from its task where the fitness depends on it (atari: its episode
+    seeds), else from its weights alone."""
+    if hasattr(problem, "evaluate_task"):
+        return problem.evaluate_task(arch, flat, data, task)
+    return problem.evaluate(arch, flat, data)
+
+
+def _score_many(problem, arch: dict, flats: list[torch.Tensor], data, tasks: list[dict]) -> list[dict] | None:
+    """Several networks' metrics in batched passes (batched.py), or None for a problem that
+    scores one network at a time."""
+    if hasattr(problem, "evaluate_tasks"):
+        return problem.evaluate_tasks(arch, flats, data, tasks)
+    if hasattr(problem, "evaluate_many"):
+        return problem.evaluate_many(arch, torch.stack(flats), data)
+    return None
+
+
+def _failed(exc: Exception) -> dict:
+    """The fields of an evaluate result document whose individual failed with `exc`."""
+    return {"fitness": None, "metrics": {}, "build": None, "checkpoints": [],
+            "error": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc(limit=5)}
 
 
 def _unless_transient(exc: Exception) -> None:
@@ -285,7 +358,9 @@ def run_on(worker: Worker, op: str, task: dict) -> dict:
     retries = 0
     while True:
         try:
-            return worker.evaluate(task) if op == "evaluate" else worker.arena(op, task)
+            if op == "evaluate":
+                return worker.evaluate_group(task) if "children" in task else worker.evaluate(task)
+            return worker.arena(op, task)
         except TaskRefused as exc:
             return {**error_summary(task_id(op, task), task, f"TaskRefused: {exc}"), "seconds": 0.0, "worker": worker.name}
         except Transient as exc:

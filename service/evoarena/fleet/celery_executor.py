@@ -42,10 +42,11 @@ from kombu.exceptions import OperationalError
 from .. import metrics
 from ..settings import FleetSettings
 from ..store import ResultStore
-from ..store.results import error_summary, summary_of
+from ..store.results import error_summary
 from ..store.results import task_id as result_id_of
 from .app import DIRECT_EXCHANGE, TIME_LIMITS, declare_dead_letter_queue, direct_queue
 from .executor import Feed, queue_of
+from .groups import stored_summary, unpack
 from .routing import BACKLOG, AffinityRouter, built, wanted
 from .signing import sign, task_key
 
@@ -100,7 +101,11 @@ class CeleryExecutor:
         pass
 
     def map(self, op: str, tasks: list[dict]) -> Iterator[dict]:
-        queue = queue_of(tasks)
+        # siblings that asked for it travel as one message (groups.py); each child's summary comes back
+        for summary in self._map(op, queue_of(tasks, op)):
+            yield from unpack(summary)
+
+    def _map(self, op: str, queue: list[dict]) -> Iterator[dict]:
         pending: dict[str, Sent] = {}
         started: set[str] = set()
         # a task running this long after a worker started it has outlived its op's hard time limit
@@ -261,13 +266,12 @@ class CeleryExecutor:
         are not arriving, and the reply queue is subscribed to again."""
         found = 0
         for task_id in list(pending):
-            doc = self.store.get_result(task_id)
-            if doc is not None:
+            summary = stored_summary(self.store, task_id, pending[task_id].task)
+            if summary is not None:
                 found += 1
                 sent = pending.pop(task_id)
                 self.outcomes["store"] += 1
-                summary = summary_of(doc)
-                self._learn(doc.get("node"), sent.task, summary)
+                self._learn(summary.get("node"), sent.task, summary)
                 yield summary
         if found and self.found_in_store:
             self.resubscribe = True
@@ -372,8 +376,10 @@ class CeleryExecutor:
 
 
 def _parent(task: dict) -> str | None:
-    """The one parent of an evaluation's mutation child (None for founders, crossover children
-    and arena tasks)."""
+    """The one parent of an evaluation's mutation child or of a sibling group (None for founders,
+    crossover children and arena tasks)."""
+    if "parent" in task:
+        return task["parent"]["id"]
     parents = task.get("genome", {}).get("parents", [])
     return parents[0] if len(parents) == 1 else None
 

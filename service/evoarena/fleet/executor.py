@@ -18,6 +18,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wai
 from concurrent.futures.process import BrokenProcessPool
 from typing import Protocol
 
+from .groups import pack, unpack
 from .routing import BACKLOG, AffinityRouter, built
 from ..process import init_process, run_task
 from ..store.results import error_summary, task_id
@@ -29,9 +30,11 @@ class Feed(list):
     (the arena's asynchronous fight) adds a task each time one finishes. Executors consume it."""
 
 
-def queue_of(tasks: list[dict]) -> list[dict]:
-    """What an executor takes tasks from: a Feed itself (it grows while map runs), else a copy."""
-    return tasks if isinstance(tasks, Feed) else list(tasks)
+def queue_of(tasks: list[dict], op: str) -> list[dict]:
+    """What an executor takes tasks from: a Feed itself (it grows while map runs), else a copy in
+    which siblings that asked for it travel together (groups.py: the executor then yields each
+    child's summary, `unpack`)."""
+    return tasks if isinstance(tasks, Feed) else pack(list(tasks), op)
 
 
 class Executor(Protocol):
@@ -49,9 +52,9 @@ class InlineExecutor:
         self.worker = Worker(config)
 
     def map(self, op: str, tasks: list[dict]) -> Iterator[dict]:
-        queue = queue_of(tasks)
+        queue = queue_of(tasks, op)
         while queue:
-            yield run_on(self.worker, op, queue.pop(0))
+            yield from unpack(run_on(self.worker, op, queue.pop(0)))
 
     def close(self) -> None:
         pass
@@ -80,7 +83,7 @@ class LocalExecutor:
     def map(self, op: str, tasks: list[dict]) -> Iterator[dict]:
         backlog = [0] * len(self.pools)
         pending: dict[Future, tuple[int, dict, int]] = {}  # future -> (worker, task, order sent)
-        queue = queue_of(tasks)
+        queue = queue_of(tasks, op)
         sent = itertools.count()
         try:
             while queue or pending:
@@ -95,7 +98,7 @@ class LocalExecutor:
                         continue
                     worker, task, _ = pending[future]
                     if isinstance(future.exception(), BrokenProcessPool):
-                        yield self._crashed(op, worker, pending, queue)
+                        yield from unpack(self._crashed(op, worker, pending, queue))
                         backlog[worker] = 0
                         continue
                     del pending[future]
@@ -103,7 +106,7 @@ class LocalExecutor:
                     summary = future.result()
                     for genome_id in built(task, summary) if self.router else ():
                         self.router.record(worker, genome_id)
-                    yield summary
+                    yield from unpack(summary)
         finally:
             for future in pending:
                 future.cancel()

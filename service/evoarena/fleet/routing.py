@@ -45,8 +45,11 @@ class AffinityRouter:
 
 
 def task_genomes(task: dict) -> list[dict]:
-    """The genomes (JSON) a task builds: an evaluation's one, or an arena task's `genomes`."""
-    return task["genomes"] if "genomes" in task else [task["genome"]]
+    """The genomes (JSON) a task names: an evaluation's one, a sibling group's parent (groups.py),
+    or an arena task's `genomes`."""
+    if "genomes" in task:
+        return task["genomes"]
+    return [task["parent"] if "parent" in task else task["genome"]]
 
 
 def wanted(task: dict) -> list[str]:
@@ -57,9 +60,10 @@ def wanted(task: dict) -> list[str]:
 def built(task: dict, summary: dict | None = None) -> list[str]:
     """Ids a worker holds in its cache after running `task`: each genome, the one parent of a
     mutation child (a crossover child's parents are not rebuilt), and what the summary says it
-    made (`holds`: the genomes an arena task trained)."""
+    made (`holds`: the genomes an arena task trained; `group`: the children of a sibling group)."""
     ids = []
     for genome in task_genomes(task):
         parents = genome.get("parents", [])
         ids += [genome["id"]] + (parents if len(parents) == 1 else [])
-    return ids + list((summary or {}).get("holds") or [])
+    children = [s["genome_id"] for s in (summary or {}).get("group") or [] if s.get("genome_id")]
+    return ids + children + list((summary or {}).get("holds") or [])

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .. import nets
+from .. import batched, nets
 
 EVAL_CHUNK = 512  # images per forward pass when scoring; bounds activation memory
 FITNESS_KINDS = ("cross_entropy", "memorized", "memorized_margin")
@@ -127,6 +127,35 @@ def evaluate(arch: dict, flat: torch.Tensor, data: MemorizeData) -> dict:
     train = training_metrics(data.fitness, logits_over(run, data.train_x), data.train_y)
     val_loss, val_acc = score(run, data.val_x, data.val_y)
     return {**{k: v.item() for k, v in train.items()}, "val_loss": val_loss, "val_accuracy": val_acc}
+
+
+def score_many(logits_of: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, y: torch.Tensor,
+               chunk: int) -> tuple[list[float], list[float]]:
+    """`score` for G networks at once (x not empty): `logits_of(x)` gives their logits as (G, len(x), classes)."""
+    loss = correct = None
+    for i in range(0, len(x), chunk):
+        logits = logits_of(x[i : i + chunk])
+        g, n, classes = logits.shape
+        targets = y[i : i + chunk]
+        ce = F.cross_entropy(logits.reshape(g * n, classes), targets.repeat(g), reduction="none").view(g, n)
+        part_loss, part_correct = ce.sum(1).double(), (logits.argmax(2) == targets).sum(1)
+        loss = part_loss if loss is None else loss + part_loss
+        correct = part_correct if correct is None else correct + part_correct
+    return (loss / len(x)).tolist(), (correct.double() / len(x)).tolist()
+
+
+@torch.no_grad()
+def evaluate_many(arch: dict, stacked: torch.Tensor, data: MemorizeData) -> list[dict]:
+    """`evaluate` for each row of `stacked` (G flat weight vectors), in batched passes
+    (batched.py); equal to G calls of `evaluate` within batched.FITNESS_ATOL."""
+    run = lambda x: batched.forward_many(arch, stacked, x)  # noqa: E731
+    chunk = batched.images_per_pass(len(stacked), EVAL_CHUNK)
+    nan = [float("nan")] * len(stacked)
+    # the training metrics by the same rule as `evaluate` (training_metrics, fitness_of), per row
+    train = training_metrics(data.fitness, logits_over(run, data.train_x, chunk), data.train_y)
+    rows = [dict(zip(train, values)) for values in zip(*(v.tolist() for v in train.values()))]
+    val_loss, val_acc = score_many(run, data.val_x, data.val_y, chunk) if len(data.val_x) else (nan, nan)
+    return [{**row, "val_loss": vl, "val_accuracy": va} for row, vl, va in zip(rows, val_loss, val_acc)]
 
 
 def baseline(problem: dict, network: dict, epochs: int, lr: float, seed: int = 0,

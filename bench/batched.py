@@ -1,0 +1,204 @@
+"""Evaluations per second: one network at a time against a batched group of siblings (batched.py).
+
+For groups of 1, 4, 16 and 64 siblings (a parent, then one sigma-0.02 Gaussian perturbation of
+it per child) of two networks:
+
+  memorize  experiments/memorize.yaml's: seed 003's convnet (conv 32 8x8 s4, conv 64 4x4 s2,
+            conv 64 3x3 s1, dense 512, 10 classes) on 3x64x64 images, 606K parameters, scored as
+            the GA scores it: its 512 training and 64 validation images, cross-entropy and accuracy
+  atari     the DQN network of Such et al. 2017 (Mnih et al. 2015): the same convolutions on
+            4x84x84 frames, dense 512, 18 actions, 1.7M parameters, run on 32 random frames (the
+            actions of 32 environment steps)
+
+  one by one  memorize.evaluate (atari: nets.forward) for each child in turn
+  batched     memorize.evaluate_many (atari: batched.forward_many) on the stacked group
+
+Both modes run in the same process, interleaved (one by one, then batched, at each repetition);
+a first pass of each is profiled (and is the warm-up) to count conv and linear layer calls
+(batched.layer_calls); the figures are medians over the timed repetitions. On a CPU the bench
+runs one torch thread (--threads), as each worker of a 2-worker local run on 2 cores does, and
+times the process's CPU time (time.process_time): on a machine shared with other jobs, wall time
+swung 8x between identical repetitions, CPU time by a few percent. On a GPU it times wall
+time, synchronised.
+
+It also prints the size of a group message (fleet/groups.py) for 64 siblings against the 64
+single tasks it replaces: task JSON, as bench/message.py counts it (len(json.dumps(task))), from
+the GA's own tasks for experiments/memorize.yaml with 64 children per parent.
+
+Bars, on a CPU:
+  - batched evaluations/s >= 0.9 x one by one at every group size: "no slower", with a 10%
+    allowance for the noise of a shared machine (both are measured interleaved, so a busy
+    neighbour slows both);
+  - at group 64, batched makes at most 1/8 of the layer calls one by one makes. A CPU gains
+    little from larger kernels, so a "batched" path that looped over the children in Python
+    would pass the speed bar; it cannot pass this one.
+On a GPU (when torch.cuda.is_available()), also: batched at group 64 >= 10x one by one.
+Message: the group message is at most 1/8 of the bytes of the 64 single tasks.
+Prints the table and PASS, or the failed bars and exits 1.
+
+    python bench/batched.py            # 3 timed repetitions, ~2 min on 2 busy cores
+    python bench/batched.py --quick    # 1 timed repetition, ~1 min
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable
+
+import torch
+
+from evoarena import batched, nets
+from evoarena.problems import memorize
+
+GROUPS = (1, 4, 16, 64)
+SIGMA = 0.02
+MIN_CPU_RATIO = 0.9  # batched / one by one evaluations per second, every group size
+MAX_CALL_SHARE = 1 / 8  # batched layer calls / one by one's, at group 64
+MIN_GPU_RATIO = 10.0  # batched / one by one evaluations per second at group 64, on a GPU
+MAX_MESSAGE_SHARE = 1 / 8  # a group message's bytes / those of the single tasks it replaces
+DQN_CONVS = [{"channels": 32, "kernel": 8, "stride": 4}, {"channels": 64, "kernel": 4, "stride": 2},
+             {"channels": 64, "kernel": 3, "stride": 1}]
+ATARI_FRAMES, ATARI_ACTIONS = 32, 18
+
+
+def memorize_case(device: str) -> tuple[dict, Callable, Callable]:
+    """experiments/memorize.yaml's network and data; (arch, one child's evaluation, a group's)."""
+    from evoarena.spec import load_spec
+    from pathlib import Path
+
+    spec = load_spec(Path(__file__).resolve().parent.parent / "experiments" / "memorize.yaml")
+    problem, network = spec.problem.model_dump(mode="json"), spec.network.model_dump(mode="json")
+    arch = memorize.architecture(problem, network)
+    data = memorize.make_data(problem, device)
+    return arch, lambda flat: memorize.evaluate(arch, flat, data), lambda stacked: memorize.evaluate_many(arch, stacked, data)
+
+
+def atari_case(device: str) -> tuple[dict, Callable, Callable]:
+    """The DQN network on a batch of random frames; (arch, one child's forward, a group's)."""
+    arch = nets.convnet([4, 84, 84], DQN_CONVS, [512], ATARI_ACTIONS)
+    frames = torch.rand(ATARI_FRAMES, 4, 84, 84, generator=torch.Generator().manual_seed(0)).to(device)
+    return (arch, lambda flat: nets.forward(arch, flat, frames).argmax(1),
+            lambda stacked: batched.forward_many(arch, stacked, frames).argmax(2))
+
+
+def siblings(arch: dict, group: int, device: str) -> torch.Tensor:
+    """A parent (initialized as the GA initializes founders) and `group` Gaussian children, stacked."""
+    lay = nets.layout(arch)
+    parent = torch.empty(lay.size)
+    nets.init_layers(arch, 7, parent)
+    noise = torch.randn(group, lay.size, generator=torch.Generator().manual_seed(group))
+    return (parent + SIGMA * noise).to(device)
+
+
+def timed(run: Callable[[], object], device: str) -> float:
+    """Seconds `run()` takes: wall time on a GPU (synchronised), this process's CPU time on a CPU."""
+    gpu = device.startswith("cuda")
+    clock = time.perf_counter if gpu else time.process_time
+    if gpu:
+        torch.cuda.synchronize()
+    started = clock()
+    with torch.no_grad():
+        run()
+    if gpu:
+        torch.cuda.synchronize()
+    return clock() - started
+
+
+def measure(case: Callable, device: str, repeats: int) -> list[dict]:
+    arch, one, many = case(device)
+    rows = []
+    for group in GROUPS:
+        stacked = siblings(arch, group, device)
+        modes = {"one by one": lambda: [one(flat) for flat in stacked], "batched": lambda: many(stacked)}
+        with torch.no_grad():
+            calls = {mode: batched.layer_calls(run) for mode, run in modes.items()}  # also the warm-up
+        seconds: dict[str, list[float]] = {mode: [] for mode in modes}
+        for _ in range(repeats):
+            for mode, run in modes.items():
+                seconds[mode].append(timed(run, device))
+        rate = {mode: group / statistics.median(s) for mode, s in seconds.items()}
+        rows.append({"group": group, "one": rate["one by one"], "batched": rate["batched"],
+                     "ratio": rate["batched"] / rate["one by one"],
+                     "calls_one": calls["one by one"], "calls_batched": calls["batched"]})
+    return rows
+
+
+def message_sizes() -> tuple[int, int]:
+    """Task JSON bytes of one group of 64 siblings, and of their 64 single tasks (the GA's own
+    tasks for experiments/memorize.yaml, 64 children per parent, at generation 1)."""
+    from evoarena.evolve.ga import GA
+    from evoarena.fleet.groups import pack, is_group
+    from evoarena.spec import load_spec
+    from pathlib import Path
+
+    spec = load_spec(Path(__file__).resolve().parent.parent / "experiments" / "memorize.yaml")
+    spec = spec.model_copy(update={"ga": spec.ga.model_copy(update={"children_per_parent": GROUPS[-1],
+                                                                   "eval_group": GROUPS[-1]})})
+    algo = GA(spec)
+    founders = algo.plan(0, None).about
+    tasks = algo.plan(1, {"parents": [founders[0].to_json()], "checkpoints": []}).tasks
+    children = [t for t in tasks if t["role"] == "child"]
+    group = next(t for t in pack(children, "evaluate") if is_group(t))
+    return len(json.dumps(group).encode()), sum(len(json.dumps(t).encode()) for t in children)
+
+
+def device_name(device: str) -> str:
+    if device.startswith("cuda"):
+        return torch.cuda.get_device_name(device)
+    return f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads)"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="one timed repetition instead of three")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                        help="cpu or cuda (default: cuda when available)")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads on a CPU (default 1)")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    repeats = 1 if args.quick else 3
+    gpu = args.device.startswith("cuda")
+    clock = "wall time" if args.device.startswith("cuda") else "CPU time"
+    print(f"device: {device_name(args.device)}; torch {torch.__version__}; {clock}, median of {repeats} timed "
+          f"repetition(s), interleaved, after a profiled warm-up")
+    print(f"{'network':<9} {'group':>5} {'one by one/s':>13} {'batched/s':>10} {'ratio':>6} {'layer calls one/batched':>24}")
+    failures = []
+    for name, case in (("memorize", memorize_case), ("atari", atari_case)):
+        for row in measure(case, args.device, repeats):
+            print(f"{name:<9} {row['group']:>5} {row['one']:>13.1f} {row['batched']:>10.1f} {row['ratio']:>6.2f} "
+                  f"{row['calls_one']:>12} / {row['calls_batched']:<10}", flush=True)
+            if not gpu and row["ratio"] < MIN_CPU_RATIO:
+                failures.append(f"FAIL: {name} group {row['group']}: batched {row['ratio']:.2f}x one by one "
+                                f"(bar: >= {MIN_CPU_RATIO})")
+            if row["group"] == GROUPS[-1]:
+                if row["calls_batched"] > MAX_CALL_SHARE * row["calls_one"]:
+                    failures.append(f"FAIL: {name} group {row['group']}: batched makes {row['calls_batched']} layer "
+                                    f"calls, one by one {row['calls_one']} (bar: at most 1/{1 / MAX_CALL_SHARE:.0f})")
+                if gpu and row["ratio"] < MIN_GPU_RATIO:
+                    failures.append(f"FAIL: {name} group {row['group']} on the GPU: batched {row['ratio']:.1f}x one "
+                                    f"by one (bar: >= {MIN_GPU_RATIO:.0f}x)")
+    group_bytes, single_bytes = message_sizes()
+    print(f"message: a group of {GROUPS[-1]} siblings {group_bytes:,} B of task JSON; the {GROUPS[-1]} single tasks "
+          f"{single_bytes:,} B ({single_bytes / group_bytes:.1f}x)")
+    if group_bytes > MAX_MESSAGE_SHARE * single_bytes:
+        failures.append(f"FAIL: the group message is {group_bytes / single_bytes:.2f} of the single tasks' bytes "
+                        f"(bar: at most 1/{1 / MAX_MESSAGE_SHARE:.0f})")
+    if not gpu:
+        print(f"GPU bar (batched >= {MIN_GPU_RATIO:.0f}x one by one at group {GROUPS[-1]}): not measured, no GPU here")
+    for failure in failures:
+        print(failure)
+    if failures:
+        return 1
+    print(f"PASS: batched >= {MIN_CPU_RATIO}x one by one at every group size" if not gpu else
+          f"PASS: batched >= {MIN_GPU_RATIO:.0f}x one by one at group {GROUPS[-1]}",
+          f"and <= 1/{1 / MAX_CALL_SHARE:.0f} of its layer calls at group {GROUPS[-1]}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,120 @@
+"""Population-batched evaluation: a group of networks of one architecture in one forward pass.
+
+Siblings share their parent's architecture and differ only in their weights. Their flat weight
+vectors are stacked into one (G, P) tensor, and the network runs once for the whole group, each
+layer ONE kernel call for the G networks instead of one per network:
+
+    input x (n, C, H, W), the same for every network
+    first conv     one convolution with the G kernels side by side as G*O output channels
+    later convs    one grouped convolution (groups = G) over the G networks' channels side by side
+    activations    one call on the whole activation tensor (in place)
+    flatten        (n, G*C, H, W) -> (G, n, C*H*W): each network's features, in one view
+    linear         one batched matrix product (baddbmm) over the G networks
+
+The weights are views of the stacked tensor (nets.Layout.views, per network), reshaped. Images
+travel channels-last (NHWC), where oneDNN's grouped convolution is as fast per network as G
+separate ones (bench/batched.py). Layer types handled this way, in `GROUPED`: conv, linear, the
+activations and flatten: every network the GA builds (nets.convnet). An architecture with any
+other layer (deconv, bnorm, reshape, resize) is run one network after another by
+`forward_many`, with the same result; `batchable` says which.
+
+The result equals one-by-one evaluation up to float rounding: channels-last kernels and batched
+matrix products may sum in another order than the single-network ones. FITNESS_ATOL is the
+documented bound on the difference of a fitness (mean cross-entropy), on float32 CPU;
+tests/test_batched.py pins it.
+
+How large a group may be is written once here: the spec asks for `ga.eval_group` siblings per
+task (fleet/groups.py packs them), and a worker cuts a group into passes of at most `group_cap`
+networks, so the stacked copy of their weights takes at most STACK_FRACTION of its cache budget
+(EVOARENA_CACHE_MB); `images_per_pass` bounds the activations in the same way.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from . import nets
+
+FITNESS_ATOL = 1e-5
+"""Largest difference between a batched and a one-by-one fitness (mean cross-entropy, float32 on
+CPU; measured differences are below 1e-6). GPUs are not covered: cuDNN may use TF32 there."""
+
+STACK_FRACTION = 0.5
+"""Share of a worker's cache budget that the stacked weights of one batched pass may take (the
+children themselves are in the cache as well)."""
+
+GROUP_SAMPLES = 8192
+"""Network-inputs per batched pass (networks x images), 16 times memorize.EVAL_CHUNK: larger
+kernels run faster per network on a CPU (bench/batched.py), at the cost of activation memory."""
+
+GROUPED = {"conv", "linear", "flatten"} | set(nets.ACTIVATIONS)
+"""Layer types run as one kernel call for the whole group."""
+
+
+def batchable(arch: dict) -> bool:
+    """Whether `forward_many` runs `arch` in one pass for the group (else one network after another)."""
+    return all(layer["type"] in GROUPED for layer in arch["layers"])
+
+
+def group_cap(arch: dict, cache_bytes: int) -> int:
+    """The most networks of `arch` one batched pass takes on a worker with `cache_bytes` of cache."""
+    stacked = nets.layout(arch).size * 4  # float32
+    return max(1, int(cache_bytes * STACK_FRACTION) // stacked)
+
+
+def images_per_pass(group: int, chunk: int) -> int:
+    """Images per batched pass for `group` networks: at most `chunk` (one network's), and at most
+    GROUP_SAMPLES network-inputs in all."""
+    return max(1, min(chunk, GROUP_SAMPLES // max(1, group)))
+
+
+def forward_many(arch: dict, stacked: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """Outputs (G, batch, ...) of the G networks whose flat weights are the rows of `stacked`, on
+    the same batch `x`: one pass if `batchable(arch)`, else one network after another."""
+    if not batchable(arch):
+        return torch.stack([nets.forward(arch, flat, x) for flat in stacked])
+    g = len(stacked)
+    weights = {s.name: stacked[:, s.start : s.stop].view(g, *s.shape) for s in nets.layout(arch).slots}
+    h, shared = (x.contiguous(memory_format=torch.channels_last) if x.dim() == 4 else x), True
+    for i, spec in enumerate(arch["layers"]):
+        kind = spec["type"]
+        if kind == "conv":  # (n, C or G*C, H, W) -> (n, G*O, H', W')
+            w, b = weights[f"{i}.weight"], weights[f"{i}.bias"]
+            kernels = w.reshape(g * w.shape[1], *w.shape[2:]).contiguous(memory_format=torch.channels_last)
+            h = F.conv2d(h, kernels, b.reshape(-1), spec.get("stride", 1), spec.get("padding", 0), groups=1 if shared else g)
+        elif kind == "linear":  # (n, F) shared, or (G, n, F) -> (G, n, O)
+            w, b = weights[f"{i}.weight"], weights[f"{i}.bias"]
+            if shared:
+                h = F.linear(h, w.reshape(-1, w.shape[2]), b.reshape(-1)).view(len(h), g, -1).transpose(0, 1)
+            else:
+                h = torch.baddbmm(b.unsqueeze(1), h, w.transpose(1, 2))
+        elif kind == "flatten":  # (n, G*C, H, W) -> (G, n, C*H*W), in each network's flatten order
+            h = h.flatten(1) if shared else h.contiguous().view(len(h), g, -1).transpose(0, 1)
+            continue
+        else:  # an activation; on the shared input it must not write into x
+            h = nets.ACTIVATIONS[kind]()(h) if shared else _in_place(kind, h)
+            continue
+        shared = False
+    return h.unsqueeze(0).expand(g, *h.shape) if shared else h
+
+
+def _in_place(kind: str, h: torch.Tensor) -> torch.Tensor:
+    if kind == "relu":
+        return h.relu_()
+    if kind == "lrelu":
+        return F.leaky_relu_(h, 0.2)
+    return h.tanh_() if kind == "tanh" else h.sigmoid_()
+
+
+LAYER_OPS = ("aten::conv2d", "aten::conv_transpose2d", "aten::linear", "aten::baddbmm")
+
+
+def layer_calls(run) -> int:
+    """How many conv and linear layer calls torch makes while `run()` runs (its profiler's count
+    of LAYER_OPS): one per layer per pass for a batched group, one per layer per network otherwise."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        run()
+    return sum(1 for event in prof.events() if event.name in LAYER_OPS)
