@@ -34,9 +34,10 @@ def is_group(task: dict) -> bool:
 
 
 def pack(tasks: list[dict], op: str) -> list[dict]:
-    """`tasks` with each run of siblings that asked for it (`eval_group` > 1) packed into group
-    messages of at most `eval_group` children, in the order of their first member. Only evaluate
-    tasks are packed; a task that could not be unpacked exactly is left alone."""
+    """`tasks` with the siblings that asked for it (`eval_group` > 1), wherever they are in the
+    list, packed into group messages of at most `eval_group` children, each where its first member
+    was. Only evaluate tasks are packed; a task that would not unpack exactly is left alone, and a
+    group of one is sent as the task it is."""
     if op != "evaluate":
         return tasks
     out: list[dict | list[dict]] = []
@@ -54,8 +55,7 @@ def pack(tasks: list[dict], op: str) -> list[dict]:
             group = open_groups[parent.id + shared] = []
             out.append(group)
         group.append(task)
-    return [_group(item) if isinstance(item, list) and len(item) > 1 else (item[0] if isinstance(item, list) else item)
-            for item in out]
+    return [item if isinstance(item, dict) else item[0] if len(item) == 1 else _group(item) for item in out]
 
 
 def children_tasks(group: dict) -> list[dict]:
