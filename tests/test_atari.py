@@ -14,6 +14,8 @@ import pytest
 import torch
 
 from evoarena import nets, scheduler
+from evoarena.report import build_page
+from evoarena.status import status_lines
 from evoarena.evolve import ga
 from evoarena.fleet.executor import InlineExecutor
 from evoarena.genome import founder
@@ -198,6 +200,7 @@ def test_the_elite_is_the_candidate_with_the_best_mean_over_its_extra_episodes()
     assert state1["stats"]["elite"] == 400.0
     parent_ids = [p["id"] for p in state1["parents"]]
     assert parent_ids[0] == b and a not in parent_ids  # the losing candidate leaves
+    assert state1["stats"]["errors"] == 0 and state1["stats"]["evaluated"] == len(gen1.tasks)
     assert state1["stats"]["frames"] == 100 * len(gen1.tasks)
     assert state1["stats"]["frames_total"] == 100 * (len(gen0.tasks) + len(gen1.tasks))
 
@@ -255,10 +258,23 @@ class Interrupting:
         self.inner.close()
 
 
-def test_the_run_stops_at_the_first_generation_past_its_frame_budget(lab):
+@pytest.fixture(scope="module")
+def budget_run(tmp_path_factory) -> Iterator:
+    """One run with a budget of 1,500 frames and room for 50 generations, shared by the tests below."""
+    root = tmp_path_factory.mktemp("budget")
+    url = f"sqlite:///{root / 'results.db'}"
     spec = parse_spec(atari_spec(frame_budget=1500, generations=50))
+    store = open_store(url)
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    scheduler.run(spec, store, InlineExecutor(WorkerConfig(url, str(root / "art"), str(root / "noise"), threads=1)))
+    torch.set_num_threads(before)
+    yield spec, store
+    store.close()
 
-    last, store = lab(spec)
+
+def test_the_run_stops_at_the_first_generation_past_its_frame_budget(budget_run):
+    spec, store = budget_run
 
     gens = [store.get_generation(spec.name, g) for g in range(store.last_generation(spec.name) + 1)]
     totals = [g["stats"]["frames_total"] for g in gens]
@@ -268,6 +284,24 @@ def test_the_run_stops_at_the_first_generation_past_its_frame_budget(lab):
         assert doc["stats"]["frames"] == sum(r["metrics"]["frames"] for r in store.find_results(spec.name, index))
     assert scheduler.finished(spec, store)
     assert store.get_experiment(spec.name)["status"] == "complete"
+
+
+def test_status_shows_the_frames_played_against_the_budget(budget_run):
+    spec, store = budget_run
+    total = store.get_generation(spec.name, store.last_generation(spec.name))["stats"]["frames_total"]
+
+    lines = status_lines(store, store.get_experiment(spec.name), spec)
+
+    assert f"frames played {total:,} of a budget of 1,500" in "\n".join(lines)
+
+
+def test_the_report_draws_fitness_and_no_training_loss(budget_run):
+    spec, store = budget_run
+
+    page = build_page(store, spec.name)
+
+    assert "<h2>Fitness</h2>" in page
+    assert "Training loss and accuracy" not in page
 
 
 def test_an_interrupted_atari_run_continues_to_exactly_the_uninterrupted_result(lab):

@@ -245,9 +245,14 @@ def _ga_sections(page: _Page, store, spec, results: list[dict], steps: list[dict
     if not band.x:
         page.note("No evaluation is stored yet: nothing to draw.")
         return
-    page.figure("Fitness", plot_fitness(band, "generation", "fitness (minus the training cross-entropy)"),
+    atari = spec.problem.kind == "atari"
+    page.figure("Fitness", plot_fitness(band, "generation", "fitness (mean episode return)" if atari
+                                        else "fitness (minus the training cross-entropy)"),
                 f"Per generation, over its evaluated individuals: best, mean and the {BAND[0]}th-{BAND[1]}th "
                 "percentile band.")
+    if atari:  # no training set and no gradient baseline; bench/atari.py puts the return against frames
+        _in_progress_note(page, steps, band, values)
+        return
     adam, why_not = adam_baseline(store, spec)
     n_train = spec.problem.batch_size * spec.problem.train_batches
     evaluations = max(len(v) for v in values.values())
@@ -263,6 +268,10 @@ def _ga_sections(page: _Page, store, spec, results: list[dict], steps: list[dict
                    "without a gradient, an epoch takes gradient steps with one network." if adam else "."))
     if why_not:
         page.note(why_not, section="Training loss and accuracy")
+    _in_progress_note(page, steps, band, values)
+
+
+def _in_progress_note(page: _Page, steps: list[dict], band, values: dict) -> None:
     if len(steps) < band.x[-1]:
         page.note(f"Generation {band.x[-1]} is in progress: the figures include the {len(values[band.x[-1]])} "
                   "results stored so far.")

@@ -145,8 +145,13 @@ def status_lines(store: ResultStore, experiment: dict, spec: ExperimentSpec) -> 
         lines.append(f"last        best {s['best']:.6g}  mean {s['mean']:.6g}  evals/s {s['evals_per_s']:.1f}  "
                      f"cache hits {s['hit_rate']:.1%}  errors {s['errors']}")
         m = best["metrics"]
-        lines.append(f"best        genome {best['genome_id']}  train loss {m['train_loss']:.6g}  "
-                     f"train acc {m['train_accuracy']:.1%}  val loss {m['val_loss']:.6g}  val acc {m['val_accuracy']:.1%}")
+        if "frames_total" in s:  # atari: returns, and the frames played against the budget
+            budget = f" of a budget of {spec.ga.frame_budget:,}" if spec.ga.frame_budget else ""
+            lines.append(f"best        genome {best['genome_id']}  mean return {best['fitness']:.6g} over "
+                         f"{len(m['returns'])} episodes  frames played {s['frames_total']:,}{budget}")
+        else:
+            lines.append(f"best        genome {best['genome_id']}  train loss {m['train_loss']:.6g}  "
+                         f"train acc {m['train_accuracy']:.1%}  val loss {m['val_loss']:.6g}  val acc {m['val_accuracy']:.1%}")
     lines.append(f"results     {store.count_results(name)} stored")
     return lines
 

@@ -99,7 +99,7 @@ class GA:
         parents = rebase_all(parents, checkpoints)
         candidates = rebase_all(ranked(scored)[: ga.elite_candidates], checkpoints)
 
-        fitnesses = [s.fitness for s in scored if s.fitness is not None and not math.isnan(s.fitness)]
+        fitnesses = [s.fitness for s in scored if _valid(s.fitness)]  # the generation: children and elites
         best_id = elites[0].id if elites else parents[0].id  # with candidates, the paper's elite: best on many episodes
         best = next(r for g, r in zip(genomes, results) if g.id == best_id)
         frames = frame_counts(state, results)
@@ -114,7 +114,7 @@ class GA:
                 "median": statistics.median(fitnesses),
                 "worst": min(fitnesses),
                 "evaluated": len(results),
-                "errors": len(results) - len(fitnesses),
+                "errors": sum(not _valid(r.get("fitness")) for r in results),
                 **({"elite": best["fitness"]} if elites else {}),
                 **frames,
             },
@@ -178,10 +178,15 @@ def founders(ga: GASpec, arch: dict, rng: np.random.Generator) -> list[Individua
     return [Individual(founder(arch, int(s)), "founder") for s in seeds]
 
 
+def _valid(fitness: float | None) -> bool:
+    """Whether an evaluation succeeded (a failed one has fitness None or NaN)."""
+    return fitness is not None and not math.isnan(fitness)
+
+
 def ranked(scored: list[Scored]) -> list[Genome]:
     """The genomes best first, each once. Failed evaluations (fitness None or NaN) are left out;
     ties break on the genome id so that the order is deterministic."""
-    valid = [s for s in scored if s.fitness is not None and not np.isnan(s.fitness)]
+    valid = [s for s in scored if _valid(s.fitness)]
     order = sorted(valid, key=lambda s: (-s.fitness, s.genome.id))
     return list({s.genome.id: s.genome for s in order}.values())  # an elite may appear twice
 
