@@ -318,3 +318,25 @@ def test_an_interrupted_atari_run_continues_to_exactly_the_uninterrupted_result(
     assert fitness(cut_store) == fitness(whole_store)
     assert resumed["best"] == whole["best"] and resumed["stats"]["frames_total"] == whole["stats"]["frames_total"]
     assert resumed["candidates"] == whole["candidates"]
+
+
+def test_siblings_scored_in_groups_store_what_they_store_one_by_one(lab, monkeypatch):
+    # eval_group: siblings travel as one task and their episodes share one vmapped forward pass per step
+    alone, alone_store = lab(parse_spec(atari_spec(generations=3)), "alone")
+    group_sizes, evaluate_tasks = [], atari.evaluate_tasks
+
+    def counting(arch, flats, data, tasks):
+        group_sizes.append(len(flats))
+        return evaluate_tasks(arch, flats, data, tasks)
+
+    monkeypatch.setattr(atari, "evaluate_tasks", counting)
+    grouped, grouped_store = lab(parse_spec(atari_spec(generations=3, eval_group=4)), "grouped")
+
+    assert max(group_sizes) > 1  # some siblings were played together
+
+    def stored(store):
+        return sorted((d["generation"], d["genome_id"], d["fitness"], d["metrics"]["frames"], tuple(d["metrics"]["returns"]))
+                      for d in store.find_results("atari-tiny"))
+
+    assert stored(grouped_store) == stored(alone_store)
+    assert grouped["best"] == alone["best"]
