@@ -222,7 +222,7 @@ def markdown(done: dict, base: list[dict | None], args: argparse.Namespace, roun
         "There is no bar: the bench answers questions.",
         "",
         f"Every run computed with the CPU arithmetic evoarena pins ({', '.join(f'{k}={v}' for k, v in arithmetic().items())}; "
-        "service/evoarena/arithmetic.py): the same seed gives the same bits on any x86-64 machine with AVX2, whatever its load "
+        "service/evoarena/arithmetic.py): the same seed gives the same bits on any Intel machine with AVX2, whatever its load "
         f"(tests/test_arena_determinism.py). {sum(r is not None for rs in [base, *done.values()] for r in rs)} runs "
         f"finished in {seconds:,.0f} s of wall time on this machine.",
         "",

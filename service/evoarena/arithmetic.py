@@ -1,14 +1,14 @@
-"""One CPU arithmetic on every x86 machine: the kernels torch computes with are pinned to AVX2.
+"""One CPU arithmetic on every Intel machine: the kernels torch computes with are pinned to AVX2.
 
 torch picks its CPU kernels by what the CPU can do: MKL's matrix products, ATen's vectorised
 loops and reductions, and oneDNN's convolutions each have an AVX-512 path and an AVX2 path,
 which round differently. GAN training amplifies one differing bit into a different run: the ring
-arena at seed 2 ends with 0 of 8 modes covered on an AVX-512 machine and with 8 of 8 where MKL
-takes its AVX2 path (docs/QUESTIONS.md; tests/test_arena_determinism.py). So that the same
-genome and task give the same bits on every x86-64 worker (DESIGN invariant 2), each library is
-told to take the AVX2 path, which every x86-64 server CPU of the last decade has:
+arena at seed 2 ends with 0 of 8 modes covered where MKL takes its AVX-512 path and with 8 of 8
+where it takes its AVX2 path (tests/test_arena_determinism.py shows the two paths store different
+bits). So that the same genome and task give the same bits on every worker (DESIGN invariant 2),
+each library is told to take the AVX2 path:
 
-    MKL_CBWR=AVX2             MKL's conditional bitwise reproducibility, AVX2 code path
+    MKL_CBWR=AVX2             MKL's conditional numerical reproducibility, AVX2 code branch
     ATEN_CPU_CAPABILITY=avx2  ATen's vectorised kernels at most AVX2
     ONEDNN_MAX_CPU_ISA=AVX2   oneDNN's generated kernels at most AVX2
 
@@ -17,6 +17,10 @@ in any process that has computed nothing yet; evoarena's package import calls it
 master, local pool process and fleet worker is pinned, and the processes they start inherit the
 variables. A variable already set is left as it is: `MKL_CBWR=AUTO ATEN_CPU_CAPABILITY=avx512
 ONEDNN_MAX_CPU_ISA=ALL` gives back the machine's fastest (and machine-dependent) arithmetic.
+
+Limits. Intel documents MKL's AVX2 branch as reproducible on Intel CPUs with AVX2; on other
+vendors' CPUs (AMD) MKL may fall back to its own choice, and only `MKL_CBWR=COMPATIBLE` (SSE2,
+slower) gives the same bits everywhere: set it on every machine of a fleet that mixes vendors.
 Other instruction sets (arm64) compute differently whatever these say; GPUs are not affected.
 """
 
