@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 
-from evoarena.arithmetic import PINNED
+from evoarena.arithmetic import PINNED, pin
 
 # A small ring arena: 2 rounds of 2 players with one generator and one discriminator each.
 RUN = r"""
@@ -112,3 +112,18 @@ def test_without_the_pin_the_arena_stores_different_bits_on_avx512_and_avx2(tmp_
     avx2 = stored(tmp_path, "avx2", tmp_path / "noise", **{**UNPINNED, **AVX2_MACHINE})
     assert here["steps"][0]["members"] == avx2["steps"][0]["members"]  # the same founders...
     assert here["results"] != avx2["results"]  # ...trained to different bits
+
+
+def test_pin_sets_the_avx2_path_but_keeps_a_choice_already_made():
+    environ = {"MKL_CBWR": "COMPATIBLE"}
+    assert pin(environ) == {"MKL_CBWR": "COMPATIBLE", "ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2"}
+    assert environ == {"MKL_CBWR": "COMPATIBLE", "ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2"}
+
+
+def test_importing_evoarena_pins_a_fresh_interpreter():
+    env = {k: v for k, v in os.environ.items() if k not in PINNED}
+    done = subprocess.run([sys.executable, "-c", "import os, evoarena, torch; "
+                           "print(os.environ['MKL_CBWR'], torch.backends.cpu.get_cpu_capability())"],
+                          env=env, capture_output=True, text=True, timeout=120)
+    mkl, aten = done.stdout.split() or ["", ""]
+    assert (mkl, aten in ("AVX2", "DEFAULT")) == ("AVX2", True), done.stderr[-2000:]  # never AVX512
