@@ -15,7 +15,9 @@ it per child) of two networks:
 
 Both modes run in the same process, interleaved (one by one, then batched, at each repetition);
 a first pass of each is profiled (and is the warm-up) to count conv and linear layer calls
-(batched.layer_calls); the figures are medians over the timed repetitions. On a CPU the bench
+(batched.layer_calls), and their outputs are compared ("difference": memorize, the largest
+|fitness batched - fitness one by one|, bar batched.FITNESS_ATOL; atari, the share of the 32
+actions that differ, printed only); the figures are medians over the timed repetitions. On a CPU the bench
 runs one torch thread (--threads), as each worker of a 2-worker local run on 2 cores does, and
 times the process's CPU time (time.process_time): on a machine shared with other jobs, wall time
 swung 8x between identical repetitions, CPU time by a few percent. On a GPU it times wall
@@ -66,8 +68,9 @@ DQN_CONVS = [{"channels": 32, "kernel": 8, "stride": 4}, {"channels": 64, "kerne
 ATARI_FRAMES, ATARI_ACTIONS = 32, 18
 
 
-def memorize_case(device: str) -> tuple[dict, Callable, Callable]:
-    """experiments/memorize.yaml's network and data; (arch, one child's evaluation, a group's)."""
+def memorize_case(device: str) -> tuple[dict, Callable, Callable, Callable]:
+    """experiments/memorize.yaml's network and data; (arch, one child's evaluation, a group's,
+    the largest fitness difference between the two)."""
     from evoarena.spec import load_spec
     from pathlib import Path
 
@@ -75,15 +78,18 @@ def memorize_case(device: str) -> tuple[dict, Callable, Callable]:
     problem, network = spec.problem.model_dump(mode="json"), spec.network.model_dump(mode="json")
     arch = memorize.architecture(problem, network)
     data = memorize.make_data(problem, device)
-    return arch, lambda flat: memorize.evaluate(arch, flat, data), lambda stacked: memorize.evaluate_many(arch, stacked, data)
+    return (arch, lambda flat: memorize.evaluate(arch, flat, data), lambda stacked: memorize.evaluate_many(arch, stacked, data),
+            lambda alone, together: max(abs(a["fitness"] - b["fitness"]) for a, b in zip(alone, together)))
 
 
-def atari_case(device: str) -> tuple[dict, Callable, Callable]:
-    """The DQN network on a batch of random frames; (arch, one child's forward, a group's)."""
+def atari_case(device: str) -> tuple[dict, Callable, Callable, Callable]:
+    """The DQN network on a batch of random frames; (arch, one child's actions, a group's, the
+    share of actions that differ between the two)."""
     arch = nets.convnet([4, 84, 84], DQN_CONVS, [512], ATARI_ACTIONS)
     frames = torch.rand(ATARI_FRAMES, 4, 84, 84, generator=torch.Generator().manual_seed(0)).to(device)
     return (arch, lambda flat: nets.forward(arch, flat, frames).argmax(1),
-            lambda stacked: batched.forward_many(arch, stacked, frames).argmax(2))
+            lambda stacked: batched.forward_many(arch, stacked, frames).argmax(2),
+            lambda alone, together: (torch.stack(alone) != together).double().mean().item())
 
 
 def siblings(arch: dict, group: int, device: str) -> torch.Tensor:
@@ -110,13 +116,14 @@ def timed(run: Callable[[], object], device: str) -> float:
 
 
 def measure(case: Callable, device: str, repeats: int) -> list[dict]:
-    arch, one, many = case(device)
+    arch, one, many, gap = case(device)
     rows = []
     for group in GROUPS:
         stacked = siblings(arch, group, device)
         modes = {"one by one": lambda: [one(flat) for flat in stacked], "batched": lambda: many(stacked)}
-        with torch.no_grad():
-            calls = {mode: batched.layer_calls(run) for mode, run in modes.items()}  # also the warm-up
+        outputs = {}
+        with torch.no_grad():  # the profiled pass is also the warm-up, and gives the outputs compared
+            calls = {mode: batched.layer_calls(lambda: outputs.__setitem__(mode, run())) for mode, run in modes.items()}
         seconds: dict[str, list[float]] = {mode: [] for mode in modes}
         for _ in range(repeats):
             for mode, run in modes.items():
@@ -124,7 +131,8 @@ def measure(case: Callable, device: str, repeats: int) -> list[dict]:
         rate = {mode: group / statistics.median(s) for mode, s in seconds.items()}
         rows.append({"group": group, "one": rate["one by one"], "batched": rate["batched"],
                      "ratio": rate["batched"] / rate["one by one"],
-                     "calls_one": calls["one by one"], "calls_batched": calls["batched"]})
+                     "calls_one": calls["one by one"], "calls_batched": calls["batched"],
+                     "gap": gap(outputs["one by one"], outputs["batched"])})
     return rows
 
 
@@ -166,12 +174,16 @@ def main() -> int:
     clock = "wall time" if args.device.startswith("cuda") else "CPU time"
     print(f"device: {device_name(args.device)}; torch {torch.__version__}; {clock}, median of {repeats} timed "
           f"repetition(s), interleaved, after a profiled warm-up")
-    print(f"{'network':<9} {'group':>5} {'one by one/s':>13} {'batched/s':>10} {'ratio':>6} {'layer calls one/batched':>24}")
+    print(f"{'network':<9} {'group':>5} {'one by one/s':>13} {'batched/s':>10} {'ratio':>6} {'layer calls one/batched':>24} "
+          f"{'difference':>10}")
     failures = []
     for name, case in (("memorize", memorize_case), ("atari", atari_case)):
         for row in measure(case, args.device, repeats):
             print(f"{name:<9} {row['group']:>5} {row['one']:>13.1f} {row['batched']:>10.1f} {row['ratio']:>6.2f} "
-                  f"{row['calls_one']:>12} / {row['calls_batched']:<10}", flush=True)
+                  f"{row['calls_one']:>12} / {row['calls_batched']:<10} {row['gap']:>10.2g}", flush=True)
+            if name == "memorize" and row["gap"] > batched.FITNESS_ATOL:
+                failures.append(f"FAIL: memorize group {row['group']}: fitness differs by {row['gap']:.2g} "
+                                f"(batched.FITNESS_ATOL {batched.FITNESS_ATOL})")
             if not gpu and row["ratio"] < MIN_CPU_RATIO:
                 failures.append(f"FAIL: {name} group {row['group']}: batched {row['ratio']:.2f}x one by one "
                                 f"(bar: >= {MIN_CPU_RATIO})")
