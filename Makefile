@@ -43,6 +43,7 @@ bench: install
 	$(PY) bench/materialize.py
 	$(PY) bench/memorize.py
 	$(PY) bench/message.py
+	$(PY) bench/batched.py
 	$(PY) bench/arena_vs_single.py
 	$(PY) bench/dispatch.py      # these four need RabbitMQ on 127.0.0.1:5672
 	$(PY) bench/affinity.py

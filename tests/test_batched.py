@@ -18,7 +18,7 @@ from evoarena.evolve.ga import GA
 from evoarena.fleet.executor import InlineExecutor, LocalExecutor
 from evoarena.fleet.groups import children_tasks, pack, unpack
 from evoarena.fleet.routing import AffinityRouter, built, wanted
-from evoarena.genome import founder, mutate, sample_delta
+from evoarena.genome import Genome, founder, mutate, sample_delta
 from evoarena.materialize import Materializer, ParentCache
 from evoarena.noise import open_noise
 from evoarena.problems import memorize
@@ -301,3 +301,39 @@ def test_an_atari_run_with_groups_plays_each_childs_own_episodes_as_a_run_withou
     for _id, doc in alone.items():
         assert grouped[_id]["metrics"]["episode_seeds"] == doc["metrics"]["episode_seeds"]
         assert grouped[_id]["metrics"]["frames"] == doc["metrics"]["frames"]
+
+
+def test_a_group_larger_than_the_cache_allows_is_scored_in_passes_of_what_it_allows(tmp_path, monkeypatch):
+    tasks = plan(children_per_parent=5, eval_group=5)
+    group = pack(copy.deepcopy(tasks), "evaluate")[1]
+    arch = Genome.from_json(tasks[1]["genome"]).arch
+    one = nets.layout(arch).size * 4
+    store = open_store(config(tmp_path, "main").store_url)
+    scheduler.register(tiny(children_per_parent=5, eval_group=5), store)
+    small = WorkerConfig(**{**config(tmp_path, "main").__dict__, "cache_bytes": 4 * one})  # 2 networks per pass
+    passes = []
+    evaluate_many = memorize.evaluate_many
+    monkeypatch.setattr(memorize, "evaluate_many", lambda a, stacked, d: passes.append(len(stacked)) or evaluate_many(a, stacked, d))
+
+    summaries = unpack(run_on(Worker(small), "evaluate", group))
+
+    assert passes == [2, 2, 1]
+    assert [s["_id"] for s in summaries] == [task_id("evaluate", t) for t in tasks[1:6]]
+    assert all(s["error"] is None for s in summaries)
+    alone = Worker(config(tmp_path, "alone"))
+    scheduler.register(tiny(children_per_parent=5, eval_group=5), alone.store)
+    for task, summary in zip(tasks[1:6], summaries):
+        assert abs(run_on(alone, "evaluate", task)["fitness"] - summary["fitness"]) <= batched.FITNESS_ATOL
+
+
+def test_a_group_whose_parent_does_not_match_its_id_is_refused_and_stores_nothing(tmp_path):
+    tasks = plan(children_per_parent=3, eval_group=3)
+    group = pack(copy.deepcopy(tasks), "evaluate")[1]
+    group["parent"]["init_seed"] += 1  # the id stays: a forged or corrupted message
+    store = open_store(config(tmp_path, "main").store_url)
+    scheduler.register(tiny(children_per_parent=3, eval_group=3), store)
+
+    summary = run_on(Worker(config(tmp_path, "main")), "evaluate", group)
+
+    assert summary["error"].startswith("TaskRefused") and group["parent"]["id"] in summary["error"]
+    assert store.find_results("tiny") == []
