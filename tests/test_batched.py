@@ -4,6 +4,7 @@ task per child gives (batched.py, fleet/groups.py)."""
 from __future__ import annotations
 
 import copy
+import json
 from pathlib import Path
 
 import numpy as np
@@ -167,8 +168,6 @@ def test_crossover_children_and_founders_are_never_grouped():
 
 
 def test_a_group_message_grows_by_a_delta_per_child_not_a_genome():
-    import json
-
     tasks = plan(children_per_parent=8, eval_group=8)
     group = next(t for t in pack(copy.deepcopy(tasks), "evaluate") if "children" in t)
     alone = sum(len(json.dumps(t)) for t in tasks[1:9])
@@ -281,7 +280,9 @@ def test_the_celery_fleet_runs_group_tasks(tmp_path):
     scheduler.run(tiny(generations=3, children_per_parent=4), open_store(config(tmp_path, "alone").store_url),
                   InlineExecutor(config(tmp_path, "alone")))
     assert_same_documents(stored(tmp_path, "alone", "tiny"), stored(tmp_path, "fleet", "tiny"))
-    assert log.count('"started": "evaluate"') == 9 + 2 * 3  # founders alone; per generation the elite and 2 groups
+    finished = [json.loads(line) for line in log.splitlines() if line.startswith('{"op": "evaluate"')]
+    # founders alone; then per generation the elite alone and each parent's 4 children in one message
+    assert sorted(line["children"] for line in finished) == [0] * (9 + 2) + [4] * 4
 
 
 def test_an_atari_run_with_groups_plays_each_childs_own_episodes_as_a_run_without(tmp_path):

@@ -245,6 +245,7 @@ def _register(app: Celery, op: str) -> None:
         summary["node"] = worker.node
         metrics.record_task(op, summary, time.perf_counter() - started, worker.cache_bytes())
         logs.event({"op": op, "task": self.request.id, "genome": payload.get("genome", {}).get("id"),
+                    "children": len(payload.get("children", [])),  # a sibling group (groups.py); 0: a single task
                     "node": summary["node"], "build": summary.get("build"), "hit_rate": round(worker.hit_rate(), 4),
                     # a delivery the broker made before (its worker died before acknowledging it)
                     "redelivered": bool((self.request.delivery_info or {}).get("redelivered")),
