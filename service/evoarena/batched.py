@@ -11,9 +11,9 @@ layer ONE kernel call for the G networks instead of one per network:
     flatten        (n, G*C, H, W) -> (G, n, C*H*W): each network's features, in one view
     linear         one batched matrix product (baddbmm) over the G networks
 
-The weights are views of the stacked tensor (nets.Layout.views, per network), reshaped. Images
-travel channels-last (NHWC), where oneDNN's grouped convolution is as fast per network as G
-separate ones (bench/batched.py). Layer types handled this way, in `GROUPED`: conv, linear, the
+The weights are views of the stacked tensor (each parameter's columns, from nets.Layout's slots),
+reshaped. Images travel channels-last (NHWC), the layout oneDNN's grouped convolutions prefer.
+bench/batched.py measures the pass against one network at a time. Layer types handled this way, in `GROUPED`: conv, linear, the
 activations and flatten: every network the GA builds (nets.convnet). An architecture with any
 other layer (deconv, bnorm, reshape, resize) is run one network after another by
 `forward_many`, with the same result; `batchable` says which.
@@ -38,15 +38,17 @@ from . import nets
 
 FITNESS_ATOL = 1e-5
 """Largest difference between a batched and a one-by-one fitness (mean cross-entropy, float32 on
-CPU; measured differences are below 1e-6). GPUs are not covered: cuDNN may use TF32 there."""
+CPU; bench/batched.py prints the largest it meets, about 1e-8). GPUs are not covered: cuDNN may
+use TF32 there."""
 
 STACK_FRACTION = 0.5
 """Share of a worker's cache budget that the stacked weights of one batched pass may take (the
 children themselves are in the cache as well)."""
 
 GROUP_SAMPLES = 8192
-"""Network-inputs per batched pass (networks x images), 16 times memorize.EVAL_CHUNK: larger
-kernels run faster per network on a CPU (bench/batched.py), at the cost of activation memory."""
+"""Network-inputs per batched pass (networks x images), 16 times memorize.EVAL_CHUNK: each pass
+reads the whole group's weights again (and oneDNN reorders conv weights on every call), so fewer,
+larger passes cost less, at the price of activation memory (16 of one network's 512-image chunks)."""
 
 GROUPED = {"conv", "linear", "flatten"} | set(nets.ACTIVATIONS)
 """Layer types run as one kernel call for the whole group."""
