@@ -23,7 +23,7 @@ from evoarena.genome import Genome, founder, mutate, sample_delta
 from evoarena.materialize import Materializer, ParentCache
 from evoarena.noise import open_noise
 from evoarena.problems import memorize
-from evoarena.spec import parse_spec
+from evoarena.spec import ExperimentSpec, parse_spec
 from evoarena.store import open_store
 from evoarena.store.results import error_summary, task_id
 from evoarena.worker import Worker, WorkerConfig, run_on
@@ -34,7 +34,8 @@ SEED_003_CONVS = [{"channels": 32, "kernel": 8, "stride": 4}, {"channels": 64, "
                   {"channels": 64, "kernel": 3, "stride": 1}]
 
 
-def tiny(generations: int = 3, **ga) -> "ExperimentSpec":  # noqa: F821
+def tiny(generations: int = 3, **ga) -> ExperimentSpec:
+    """tiny.yaml with `generations` and other `ga` fields."""
     data = copy.deepcopy(TINY)
     data["ga"] = {**data["ga"], "generations": generations, **ga}
     return parse_spec(data)
