@@ -82,9 +82,6 @@ METRICS = [
     ("oracle pick: high-quality share", "oracle", "high_quality", 3),
 ]
 PLOTTED = METRICS[:3]  # the arena's own choice: what a user of the arena would get
-# Sections another bench appends to the same file (bench/questions_ga.py: seed 003's questions):
-# from the first such heading to the end, they are kept when this bench rewrites its own part.
-KEPT = "## Seed 003"
 
 
 # --- one run ---------------------------------------------------------------------------------------
@@ -198,10 +195,13 @@ def plot(name: str, runs: list[dict | None], base: list[dict | None], path: Path
 
 
 def kept(path: Path) -> str:
-    """The end of `path` from its first KEPT heading on (another bench's sections), or ''."""
+    """The end of `path` from bench/questions_ga.py's seed-003 block on (its start marker, then its
+    "## Seed 003" sections), or ''; this bench rewrites only what comes before it."""
+    from questions_ga import START  # the other bench's marker, defined once there
+
     text = path.read_text() if path.exists() else ""
-    at = text.find("\n" + KEPT)
-    return "" if at < 0 else text[at + 1 :]
+    at = text.find(START)
+    return "" if at < 0 else text[at:]
 
 
 def markdown(done: dict, base: list[dict | None], args: argparse.Namespace, rounds_text: str, plots: dict,
