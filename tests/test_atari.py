@@ -340,3 +340,11 @@ def test_siblings_scored_in_groups_store_what_they_store_one_by_one(lab, monkeyp
 
     assert stored(grouped_store) == stored(alone_store)
     assert grouped["best"] == alone["best"]
+
+
+def test_an_unknown_game_is_refused_naming_the_field_and_the_games_accepted():
+    data = atari_spec()
+    data["problem"]["game"] = "Frostbit"
+
+    with pytest.raises(SpecError, match=r"problem\.game = 'Frostbit': not a game of ale-py; accepted: .*Frostbite"):
+        parse_spec(data)

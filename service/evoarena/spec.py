@@ -90,12 +90,31 @@ class MemorizeSpec(SpecModel):
     """cross_entropy: minus the mean training cross-entropy; memorized: training points whose argmax is their label; memorized_margin: that count plus a tie-break in (0, 1) from the mean margin (problems/memorize.py)."""
 
 
+def ale_games() -> list[str] | None:
+    """The games ale-py offers, as `problem.game` names them; None where ale-py is not installed
+    (the light submit install: the master and the workers check the game again)."""
+    try:
+        import ale_py
+        import gymnasium as gym
+    except ImportError:
+        return None
+    gym.register_envs(ale_py)
+    return sorted(k[len("ALE/") : -len("-v5")] for k in gym.registry if k.startswith("ALE/") and k.endswith("-v5"))
+
+
+def _check_game(game: str) -> str:
+    games = ale_games()
+    if games is not None and game not in games:
+        raise ValueError(f"not a game of ale-py; accepted: {', '.join(games)}")
+    return game
+
+
 class AtariSpec(SpecModel):
     """An Atari game on ale-py, preprocessed as DQN and Such et al. 2017 did (problems/atari.py); fitness = episode return."""
 
     kind: Literal["atari"]
     """Which problem this is."""
-    game: str = Field("Frostbite", pattern=r"^[A-Z][A-Za-z]+$")
+    game: Annotated[str, AfterValidator(_check_game)] = "Frostbite"
     """The ALE game, as gymnasium names it after `ALE/` (Frostbite, Pong, ...)."""
     episodes: int = Field(1, ge=1, le=1000)
     """Episodes each individual plays per generation; its fitness is their mean return (the paper: 1)."""

@@ -41,6 +41,7 @@ import torch
 from torch.func import functional_call, vmap
 
 from .. import nets
+from ..spec import ale_games
 
 FRAME_STACK = 4
 SCREEN = 84
@@ -53,6 +54,8 @@ def make_env(problem: dict):
     from gymnasium.wrappers import AtariPreprocessing, FrameStackObservation
 
     gym.register_envs(ale_py)
+    if problem["game"] not in ale_games():
+        raise ValueError(f"problem.game = {problem['game']!r}: not a game of ale-py; accepted: {', '.join(ale_games())}")
     env = gym.make(f"ALE/{problem['game']}-v5", frameskip=1, repeat_action_probability=problem["sticky"],
                    max_num_frames_per_episode=problem["max_episode_frames"])
     env = AtariPreprocessing(env, noop_max=problem["noop_max"], frame_skip=problem["frame_skip"],
