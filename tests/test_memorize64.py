@@ -243,6 +243,11 @@ def test_a_rated_delta_moves_each_layer_by_its_own_sigma(noise):
         assert np.allclose(moved[lo:hi], expected, atol=1e-6)
 
 
+def test_a_rated_delta_whose_sigmas_are_not_a_list_of_numbers_is_refused():
+    with pytest.raises(ValueError, match="'ss' must be a list of numbers"):
+        Delta.from_json({"k": "rated", "o": 3, "ss": 0.5})
+
+
 def test_a_rated_delta_with_the_wrong_number_of_sigmas_is_refused(noise):
     child = mutate(founder(ARCH, 7), Delta("rated", 500, sigmas=(0.1, 0.2)))
     with pytest.raises(ValueError, match="2 sigmas"):

@@ -131,10 +131,13 @@ class Delta:
         edit = d.get("e")
         if edit is not None and not (isinstance(edit, dict) and isinstance(edit.get("src"), dict)):
             raise ValueError(f"delta {d!r}: 'e' must be an edit object with the 'src' architecture")
+        sigmas = d.get("ss", [])
+        if not (isinstance(sigmas, list) and all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in sigmas)):
+            raise ValueError(f"delta {d!r}: 'ss' must be a list of numbers, one sigma per layer")
         return cls(d.get("k", "gaussian"), int(d.get("o", 0)), float(d.get("s", 0.0)), tuple(layers) if layers else None,
                    int(d.get("r", 0)), float(d.get("t", 0.0)), int(d.get("seed", 0)), str(d.get("uri", "")),
                    tuple(d.get("p", ())), int(d.get("at", 0)), canonical(edit) if edit is not None else "",
-                   int(d.get("q", 0)), float(d.get("w", 0.0)), tuple(d.get("ss", ())))
+                   int(d.get("q", 0)), float(d.get("w", 0.0)), tuple(sigmas))
 
     @property
     def key(self) -> bytes:
