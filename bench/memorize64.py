@@ -17,6 +17,10 @@ Settings (SETTINGS; each a problem.fitness and ga overrides):
                      99 children + 1 elite, sigma 0.002
   best               what this bench found best (see the README): seed-8x4 with the margin
                      tie-break fitness and per-layer self-adaptive sigmas
+One change at a time from seed-8x4, with the margin tie-break (run with --settings): margin (the
+tie-break alone), cross-entropy (fitness cross_entropy instead), momentum (w 0.5), self-adapt (one
+sigma, tau' 0.2), layer (one random layer, sigma 0.05), largest-sigma (the layer with the largest
+of the per-layer self-adaptive sigmas).
 Seed 003's settings and the paper's use fitness `memorized` (the count: seed 003's "no-grad"
 task); `best` uses `memorized_margin`. `--fitness` overrides them all.
 
@@ -31,6 +35,7 @@ kernels and strides of seed 003, channels 8/16/16, hidden 64: 23k weights instea
     python bench/memorize64.py --full                   # seed 003's network, 500 generations (hours on 2 cores)
     python bench/memorize64.py --settings seed-8x4 best --generations 50   # a smoke run
     python bench/memorize64.py --plot docs/memorize64.png
+    python bench/memorize64.py --generations 150 --settings seed-8x4 margin cross-entropy momentum self-adapt layer largest-sigma best
 """
 
 from __future__ import annotations
@@ -65,6 +70,17 @@ SETTINGS: dict[str, tuple[str, dict]] = {
     "best": ("memorized_margin", {**SEED_GA, "parents": 8, "children_per_parent": 4,
                                   "mutation": {"kind": "gaussian", "sigma": 0.02, "self_adapt": 0.2, "per_layer": True}}),
 }
+EIGHT_BY_FOUR = {**SEED_GA, "parents": 8, "children_per_parent": 4}
+SETTINGS.update({  # one change at a time from seed-8x4, for --settings (not run by default)
+    "margin": ("memorized_margin", EIGHT_BY_FOUR),
+    "cross-entropy": ("cross_entropy", EIGHT_BY_FOUR),
+    "momentum": ("memorized_margin", {**EIGHT_BY_FOUR, "mutation": {"kind": "gaussian", "sigma": 0.02, "momentum": 0.5}}),
+    "self-adapt": ("memorized_margin", {**EIGHT_BY_FOUR, "mutation": {"kind": "gaussian", "sigma": 0.02, "self_adapt": 0.2}}),
+    "layer": ("memorized_margin", {**EIGHT_BY_FOUR, "mutation": {"kind": "layer", "sigma": 0.05}}),
+    "largest-sigma": ("memorized_margin", {**EIGHT_BY_FOUR, "mutation": {"kind": "layer", "sigma": 0.02, "self_adapt": 0.2,
+                                                                          "per_layer": True, "layer_choice": "largest_sigma"}}),
+})
+DEFAULT_SETTINGS = ["seed-1x16", "seed-1x16-sigma", "seed-8x4", "paper", "best"]
 BASELINE, BEST = "seed-8x4", "best"
 
 
@@ -145,7 +161,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--full", action="store_true", help="seed 003's network (606k weights) instead of the narrow one")
     parser.add_argument("--generations", type=int, default=500, help="generations, 0 included (default 500)")
-    parser.add_argument("--settings", nargs="+", choices=list(SETTINGS), default=list(SETTINGS))
+    parser.add_argument("--settings", nargs="+", choices=list(SETTINGS), default=DEFAULT_SETTINGS)
     parser.add_argument("--fitness", choices=["cross_entropy", "memorized", "memorized_margin"],
                         help="one fitness kind for every setting (default: each setting's own)")
     parser.add_argument("--one-by-one", action="store_true", help="no batched evaluation (ga.eval_group = 1)")
@@ -163,9 +179,10 @@ def main() -> int:
         spec = setting_spec(name, generations, args.full, args.fitness, batched, args.seed)
         ga = spec.ga
         m = ga.mutation
-        options = ", ".join(f"{k} {v}" for k, v in m.model_dump().items() if k in ("momentum", "self_adapt", "per_layer") and v)
+        options = ", ".join(f"{k} {v}" for k, v in m.model_dump().items()
+                            if k in ("momentum", "self_adapt", "per_layer") and v or k == "layer_choice" and v != "random")
         print(f"{name}: fitness {spec.problem.fitness}, {ga.population} per generation "
-              f"({ga.selection}, T = {ga.parents}), sigma {m.sigma}{', ' + options if options else ''}", flush=True)
+              f"({ga.selection}, T = {ga.parents}), mutation {m.kind}, sigma {m.sigma}{', ' + options if options else ''}", flush=True)
         runs[name] = run_ga(spec, every=max(1, generations // 5))
         run = runs[name]
         print(f"  => {run.memorized[0]} -> {run.memorized[-1]} points memorized, {run.evaluations} evaluations "
