@@ -48,7 +48,8 @@ spec = parse_spec({
 })
 url = f"sqlite:///{root / 'results.db'}"
 store = open_store(url)
-executor = LocalExecutor(WorkerConfig(url, str(root / "artifacts"), sys.argv[2]), 2)
+# argv: store folder, noise folder, pool processes, cache bytes per process
+executor = LocalExecutor(WorkerConfig(url, str(root / "artifacts"), sys.argv[2], int(sys.argv[4])), int(sys.argv[3]))
 try:
     scheduler.run(spec, store, executor)
 finally:
@@ -72,12 +73,13 @@ AVX2_MACHINE = {"MKL_ENABLE_INSTRUCTIONS": "AVX2", "ATEN_CPU_CAPABILITY": "avx2"
 UNPINNED = {"MKL_CBWR": "AUTO", "ATEN_CPU_CAPABILITY": "avx512", "ONEDNN_MAX_CPU_ISA": "ALL"}
 
 
-def stored(tmp: Path, name: str, noise: Path, **env: str) -> dict:
-    """What a run of the small arena stores, in a fresh interpreter with `env` added to its environment."""
+def stored(tmp: Path, name: str, noise: Path, workers: int = 2, cache_bytes: int = 512 << 20, **env: str) -> dict:
+    """What a run of the small arena stores, in a fresh interpreter with `env` added to its environment,
+    on `workers` pool processes each caching up to `cache_bytes` of weights."""
     root = tmp / name
     root.mkdir()
     base = {k: v for k, v in os.environ.items() if k not in PINNED and k != "MKL_ENABLE_INSTRUCTIONS"}
-    done = subprocess.run([sys.executable, "-c", RUN, str(root), str(noise)], env={**base, **env},
+    done = subprocess.run([sys.executable, "-c", RUN, str(root), str(noise), str(workers), str(cache_bytes)], env={**base, **env},
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     return json.loads(done.stdout.splitlines()[-1])
@@ -114,9 +116,20 @@ def test_without_the_pin_the_arena_stores_different_bits_on_avx512_and_avx2(tmp_
     assert here["results"] != avx2["results"]  # ...trained to different bits
 
 
+def test_arena_stores_the_same_bits_whatever_its_pool_does(tmp_path):
+    """One process with no cache (every network rebuilt from its checkpoint, every task on the same
+    process, and, on two cores, two threads) against two caching processes routed by affinity (one
+    thread each). Without STRICT in MKL_CBWR the thread counts alone make the bits differ."""
+    two = stored(tmp_path, "two", tmp_path / "noise")
+    one = stored(tmp_path, "one", tmp_path / "noise", workers=1, cache_bytes=0)
+    assert two["results"] and two["checkpoints"]
+    assert two == one, f"first difference: {first_difference(two, one)}"
+
+
 def test_pin_sets_the_avx2_path_but_keeps_a_choice_already_made():
     environ = {"MKL_CBWR": "COMPATIBLE"}
     assert pin(environ) == {"MKL_CBWR": "COMPATIBLE", "ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2"}
+    assert pin({}) == {"MKL_CBWR": "AVX2,STRICT", "ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2"}
     assert environ == {"MKL_CBWR": "COMPATIBLE", "ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2"}
 
 
@@ -126,4 +139,4 @@ def test_importing_evoarena_pins_a_fresh_interpreter():
                            "print(os.environ['MKL_CBWR'], torch.backends.cpu.get_cpu_capability())"],
                           env=env, capture_output=True, text=True, timeout=120)
     mkl, aten = done.stdout.split() or ["", ""]
-    assert (mkl, aten in ("AVX2", "DEFAULT")) == ("AVX2", True), done.stderr[-2000:]  # never AVX512
+    assert (mkl, aten in ("AVX2", "DEFAULT")) == ("AVX2,STRICT", True), done.stderr[-2000:]  # never AVX512

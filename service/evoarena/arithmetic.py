@@ -8,7 +8,10 @@ where it takes its AVX2 path (tests/test_arena_determinism.py shows the two path
 bits). So that the same genome and task give the same bits on every worker (DESIGN invariant 2),
 each library is told to take the AVX2 path:
 
-    MKL_CBWR=AVX2             MKL's conditional numerical reproducibility, AVX2 code branch
+    MKL_CBWR=AVX2,STRICT      MKL's conditional numerical reproducibility, AVX2 code branch, strict:
+                              its matrix products give the same bits whatever the number of threads
+                              (without STRICT, 1 and 2 threads differ, and a local pool's processes
+                              get cores // workers threads each: another machine, other bits)
     ATEN_CPU_CAPABILITY=avx2  ATen's vectorised kernels at most AVX2
     ONEDNN_MAX_CPU_ISA=AVX2   oneDNN's generated kernels at most AVX2
 
@@ -20,8 +23,11 @@ ONEDNN_MAX_CPU_ISA=ALL` gives back the machine's fastest (and machine-dependent)
 
 Limits. Intel documents MKL's AVX2 branch as reproducible on Intel CPUs with AVX2; on other
 vendors' CPUs (AMD) MKL may fall back to its own choice, and only `MKL_CBWR=COMPATIBLE` (SSE2,
-slower) gives the same bits everywhere: set it on every machine of a fleet that mixes vendors.
-Other instruction sets (arm64) compute differently whatever these say; GPUs are not affected.
+slower, and not strict) gives the same bits everywhere: set it on every machine of a fleet that mixes vendors.
+ATen's own reductions split a large tensor (tens of thousands of elements) among threads, so
+networks that large reduce in an order that depends on the thread count; the arena's networks
+are below that size. Other instruction sets (arm64) compute differently whatever these say;
+GPUs are not affected.
 """
 
 from __future__ import annotations
@@ -29,7 +35,7 @@ from __future__ import annotations
 import os
 from collections.abc import MutableMapping
 
-PINNED = {"MKL_CBWR": "AVX2", "ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2"}
+PINNED = {"MKL_CBWR": "AVX2,STRICT", "ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2"}
 
 
 def pin(environ: MutableMapping[str, str] = os.environ) -> dict[str, str]:
