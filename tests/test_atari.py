@@ -5,13 +5,17 @@ paper's network is the same code with the spec's default `network`."""
 
 from __future__ import annotations
 
-import copy
+import os
+import re
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+import yaml
 
 from evoarena import nets, scheduler
 from evoarena.report import build_page
@@ -348,3 +352,17 @@ def test_an_unknown_game_is_refused_naming_the_field_and_the_games_accepted():
 
     with pytest.raises(SpecError, match=r"problem\.game = 'Frostbit': not a game of ale-py; accepted: .*Frostbite"):
         parse_spec(data)
+
+
+def test_evoarena_run_ends_an_atari_run_with_its_mean_return_and_frames(tmp_path):
+    spec = tmp_path / "atari.yaml"
+    spec.write_text(yaml.safe_dump(atari_spec(generations=2)))
+    env = {**os.environ, "EVOARENA_NOISE_DIR": str(tmp_path / "noise"), "EVOARENA_ARTIFACTS": str(tmp_path / "art")}
+
+    done = subprocess.run([sys.executable, "-m", "evoarena.cli", "run", str(spec), "--inline",
+                           "--store", f"sqlite:///{tmp_path / 'r.db'}"], env=env, capture_output=True, text=True)
+
+    assert done.returncode == 0, done.stderr
+    last = done.stdout.strip().splitlines()[-1]
+    assert re.fullmatch(r"atari-tiny: done; best fitness [0-9.]+ \(mean return over 2 episodes, after [0-9,]+ frames\), "
+                        r"genome [0-9a-f]+", last), last
