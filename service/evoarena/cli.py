@@ -129,7 +129,8 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
               f"{quality_text(s['best_quality'])}")
         return 0
     best = final["best"]
-    meaning = (f"mean return over {len(best['metrics']['returns'])} episodes, after {final['stats']['frames_total']:,} frames"
+    episodes = len(best["metrics"].get("returns", []))
+    meaning = (f"mean return over {episodes} episode{'s' * (episodes != 1)}, after {final['stats']['frames_total']:,} frames"
                if spec.problem.kind == "atari" else f"training cross-entropy {-best['fitness']:.6g}")
     print(f"{spec.name}: done; best fitness {best['fitness']:.6g} ({meaning}), genome {best['genome_id']}")
     return 0
