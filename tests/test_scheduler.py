@@ -365,6 +365,9 @@ def test_the_experiment_records_its_provenance_and_each_result_its_device(lab):
     recorded = lab.store().get_experiment("tiny")["provenance"]
     assert (recorded["evoarena"], recorded["torch"], recorded["numpy"]) == (
         evoarena.__version__, torch.__version__, numpy.__version__)
+    # the tests run with the pin evoarena's import sets (no variable set beforehand)
+    assert recorded["arithmetic"] == {"MKL_CBWR": "AVX2,STRICT", "ATEN_CPU_CAPABILITY": "avx2",
+                                      "ONEDNN_MAX_CPU_ISA": "AVX2"}
     spec = tiny()
     # the fingerprint in the name of the noise table file the run built and verified
     (built,) = (lab.root / "noise").glob("noise-*.f32")

@@ -81,19 +81,23 @@ def complete_generations(store: ResultStore, name: str) -> int:
 
 def provenance(spec: ExperimentSpec) -> dict:
     """What produced a run, beside its spec: the versions of evoarena, Python, torch and NumPy on
-    the master, its device, and the fingerprint of the noise table every genome is built from
-    (each result document names the device its worker computed on). Recorded at each (re)start."""
+    the master, its device, the CPU arithmetic it was pinned to (arithmetic.py), and the fingerprint
+    of the noise table every genome is built from (each result document names the device its
+    worker computed on). Recorded at each (re)start."""
+    import os
     import platform
 
     import numpy
     import torch
 
     from . import __version__
+    from .arithmetic import PINNED
     from .noise import fingerprint
 
     return {"evoarena": __version__, "python": platform.python_version(), "torch": torch.__version__,
             "numpy": numpy.__version__,
             "master_device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else platform.processor() or "cpu",
+            "arithmetic": {name: os.environ.get(name) for name in PINNED},
             "noise_fingerprint": fingerprint(spec.noise.seed, spec.noise.size)}
 
 
