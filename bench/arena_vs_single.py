@@ -117,8 +117,10 @@ def check_score(problem: dict, cache_dir: str, seed: int, arch: dict, flat: torc
 # --- the arena -------------------------------------------------------------------------------------
 
 
-def run_arena(spec: ExperimentSpec, workers: int, noise_dir: str, cache_dir: str) -> dict:
-    """Run the arena on a fresh store; its step count, its two picks' report quality, wall time."""
+def run_arena(spec: ExperimentSpec, workers: int, noise_dir: str, cache_dir: str, after=None) -> dict:
+    """Run the arena on a fresh store; its step count, its two picks' report quality, wall time.
+    `after(store, config)`, when given, is called once the run is done, while the temporary store and
+    its artifacts still exist (bench/questions.py writes the run's report page there)."""
     problem = spec.problem.model_dump(mode="json")
     with tempfile.TemporaryDirectory() as tmp:
         config = WorkerConfig(f"sqlite:///{tmp}/arena.db", f"{tmp}/artifacts", noise_dir, spec.executor.cache_mb << 20)
@@ -134,6 +136,8 @@ def run_arena(spec: ExperimentSpec, workers: int, noise_dir: str, cache_dir: str
             # the weights of the final generators, rebuilt from their checkpoints before tmp goes
             builder = Worker(config).materializer(spec.noise.model_dump(mode="json"))
             flats = {m["id"]: builder.build(Genome.from_json(m["genome"])).flat.clone() for m in gens}
+            if after is not None:
+                after(store, config)
         finally:
             executor.close()
             store.close()

@@ -25,11 +25,18 @@ run fails (the failure is printed and the other runs go on).
     python bench/questions.py --questions host-pathogen elo --seeds 3
     python bench/questions.py --seeds 2 --rounds 4 --plot docs/questions --markdown docs/QUESTIONS.md
     python bench/questions.py --questions bottleneck --seeds 1 --rounds 1   # a smoke run, about a minute
+    python bench/questions.py --seeds 1 --reports docs/questions/reports  # seed 0's report page of each
+
+With `--reports DIR`, seed 0's run of the baseline and of each question also leaves its `evoarena
+report` page (service/evoarena/report.py) in DIR as arena-ring.html and QUESTION.html, written while
+the run's temporary store and artifacts still exist, so its generator samples are drawn.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import os
 import statistics
 import sys
 import time
@@ -84,6 +91,12 @@ METRICS = [
 PLOTTED = METRICS[:3]  # the arena's own choice: what a user of the arena would get
 
 
+def arena_questions() -> list[str]:
+    """The names of the files in experiments/questions/ whose spec is an arena: the GA files there
+    (seed 003's ga-*.yaml) are bench/questions_ga.py's, which the arena runner cannot run."""
+    return sorted(p.stem for p in QUESTIONS.glob("*.yaml") if load(p, 0, None).algorithm == "arena")
+
+
 # --- one run ---------------------------------------------------------------------------------------
 
 
@@ -96,13 +109,28 @@ def load(path: Path, seed: int, rounds: int | None) -> ExperimentSpec:
     return parse_spec(doc, str(path))
 
 
-def run_seeds(path: Path, seeds: int, rounds: int | None, noise_dir: str, cache_dir: str) -> list[dict | None]:
-    """run_arena for seeds 0..seeds-1; None for a run that failed (its traceback printed)."""
+def report_writer(path: Path, name: str, noise_dir: str):
+    """run_arena's `after`: write the run's `evoarena report` page to `path`, from its temporary store,
+    with its artifact store reachable so that the generators' samples are drawn."""
+    from questions_ga import write_report  # the page writer, shared with the GA bench
+
+    def write(store, config) -> None:
+        settings = dataclasses.replace(Settings.from_env(), store=config.store_url, artifacts=config.artifacts_url,
+                                       noise_dir=Path(noise_dir))
+        write_report(path, store, name, settings, config.store_url)
+    return write
+
+
+def run_seeds(path: Path, seeds: int, rounds: int | None, noise_dir: str, cache_dir: str,
+              reports: Path | None = None) -> list[dict | None]:
+    """run_arena for seeds 0..seeds-1; None for a run that failed (its traceback printed). With
+    `reports`, seed 0's report page goes to reports/STEM.html."""
     runs: list[dict | None] = []
     for seed in range(seeds):
         spec = load(path, seed, rounds)
+        after = report_writer(reports / f"{path.stem}.html", spec.name, noise_dir) if reports and seed == 0 else None
         try:
-            run = run_arena(spec, spec.executor.workers, noise_dir, cache_dir)
+            run = run_arena(spec, spec.executor.workers, noise_dir, cache_dir, after)
         except Exception:  # one failed run should not cost the others
             print(f"  {path.stem} seed {seed}: FAILED", flush=True)
             traceback.print_exc()
@@ -204,9 +232,20 @@ def kept(path: Path) -> str:
     return "" if at < 0 else text[at:]
 
 
+def report_link(stem: str, reports: Path, out: Path) -> list[str]:
+    """The line that links a section of the document in `out` to seed 0's report page in `reports`
+    (written by --reports), and a blank line; nothing when there is no such page."""
+    page = (reports / f"{stem}.html").resolve()
+    if not page.exists():
+        return []
+    rel = Path(os.path.relpath(page, out)).as_posix()
+    return [f"Report (seed 0): [{rel}]({rel})", ""]
+
+
 def markdown(done: dict, base: list[dict | None], args: argparse.Namespace, rounds_text: str, plots: dict,
              seconds: float) -> str:
     out = Path(args.markdown).resolve().parent
+    reports = args.reports or out / "questions" / "reports"  # pages of an earlier --reports run are linked too
     command = "python bench/questions.py " + " ".join(sys.argv[1:])
     lines = [
         "# The seed questions on the ring arena",
@@ -221,6 +260,11 @@ def markdown(done: dict, base: list[dict | None], args: argparse.Namespace, roun
         "(its own choice); \"oracle pick\" the best final generator on check samples (reference only). "
         "There is no bar: the bench answers questions.",
         "",
+        f"What ran is cut to two shared cores: {args.seeds} seed{'s' if args.seeds != 1 else ''} per question on the "
+        "8-mode ring with two players of small MLPs; a fleet run would add 10-20 seeds per question (the last section), "
+        "more rounds, larger pools and the digits data (experiments/arena-digits.yaml). Each section links the `evoarena "
+        "report` page of its seed-0 run (`--reports`), with its encounter matrices, lineages and generator samples.",
+        "",
         f"Every run computed with the CPU arithmetic evoarena pins ({', '.join(f'{k}={v}' for k, v in arithmetic().items())}; "
         "service/evoarena/arithmetic.py): the same seed gives the same bits on any Intel machine with AVX2, whatever its load "
         "(tests/test_arena_determinism.py). Before the pin, MKL took the machine's own path, and the baseline's seed 2 "
@@ -231,6 +275,7 @@ def markdown(done: dict, base: list[dict | None], args: argparse.Namespace, roun
         "",
         "## Baseline: experiments/arena-ring.yaml",
         "",
+        *report_link(BASELINE.stem, reports, out),
         "| measure | baseline |", "|---|---|",
     ]
     for label, pick, key, digits in METRICS:
@@ -239,11 +284,11 @@ def markdown(done: dict, base: list[dict | None], args: argparse.Namespace, roun
         seed, words = WORDING.get(name, (None, None))
         asked = (f"Seed {seed}: \"{words}\"" if words else
                  "Not worded in seeds 000/001; the file says") + f" — the switch: *{load(QUESTIONS / f'{name}.yaml', 0, None).description}*"
-        lines += ["", f"## {name}", "", asked, ""]
+        lines += ["", f"## {name}", "", *report_link(name, reports, out), asked, ""]
         if name in plots:
             lines += [f"![{name}: per seed, question vs baseline]({plots[name].relative_to(out).as_posix()})", ""]
         lines += [table(name, runs, base), "", f"**Answer.** {answer(name, runs, base)}"]
-    rest = sorted(p.stem for p in QUESTIONS.glob("*.yaml") if p.stem not in done)
+    rest = [name for name in arena_questions() if name not in done]
     lines += ["", "## Not run yet", ""]
     if rest:
         lines += [f"{', '.join(rest)}. To run them with the same settings:", "",
@@ -274,14 +319,17 @@ def main() -> int:
     parser.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1 for the baseline and every question")
     parser.add_argument("--rounds", type=int, default=None, help="arena rounds for every run (default: each file's)")
     parser.add_argument("--plot", type=Path, default=None, help="folder for one PNG per question")
+    parser.add_argument("--reports", type=Path, default=None,
+                        help="write seed 0's report page of each run there as QUESTION.html (docs/questions/reports)")
     parser.add_argument("--markdown", type=Path, default=None,
                         help="write the results there (e.g. docs/QUESTIONS.md), rewritten after each question")
     args = parser.parse_args()
-    names = args.questions or sorted(p.stem for p in QUESTIONS.glob("*.yaml"))
+    known = arena_questions()
+    names = args.questions or known
     for name in names:
-        if not (QUESTIONS / f"{name}.yaml").exists():
-            known = ", ".join(sorted(p.stem for p in QUESTIONS.glob("*.yaml")))
-            parser.error(f"--questions: no experiments/questions/{name}.yaml; known: {known}")
+        if name not in known:
+            parser.error(f"--questions: {name!r} is not an arena file in experiments/questions/ "
+                         f"(the ga-*.yaml files are bench/questions_ga.py's); known: {', '.join(known)}")
     noise_dir = str(Settings.from_env().noise_dir)
     cache_dir = str(models_dir(noise_dir))
     torch.set_num_threads(1)  # the bench process only draws samples and scores them
@@ -290,12 +338,12 @@ def main() -> int:
     print(f"Seed questions vs the baseline arena-ring.yaml: {args.seeds} seeds each, {rounds_text}; "
           f"questions: {', '.join(names)}. No bar.\n", flush=True)
 
-    base = run_seeds(BASELINE, args.seeds, args.rounds, noise_dir, cache_dir)
+    base = run_seeds(BASELINE, args.seeds, args.rounds, noise_dir, cache_dir, args.reports)
     failed = sum(r is None for r in base)
     done: dict[str, list[dict | None]] = {}
     plots: dict[str, Path] = {}
     for name in names:
-        runs = run_seeds(QUESTIONS / f"{name}.yaml", args.seeds, args.rounds, noise_dir, cache_dir)
+        runs = run_seeds(QUESTIONS / f"{name}.yaml", args.seeds, args.rounds, noise_dir, cache_dir, args.reports)
         failed += sum(r is None for r in runs)
         done[name] = runs
         print(f"\n### {name}: median [min, max] over {args.seeds} seeds ({rounds_text})\n")

@@ -36,6 +36,7 @@ raises, or an individual whose rebuilt fitness differs from the one the store ho
     python bench/questions_ga.py --seeds 3 --plot docs/questions --markdown docs/questions/seed003.md --questions-md docs/QUESTIONS.md
     python bench/questions_ga.py --settings ga-1x16 --seeds 1 --generations 30   # a smoke run, seconds
     python bench/questions_ga.py --block-from docs/questions/seed003.md --questions-md docs/QUESTIONS.md  # no run
+    python bench/questions_ga.py --seeds 1 --reports docs/questions/reports  # seed 0's report page of each setting
 """
 
 from __future__ import annotations
@@ -173,6 +174,17 @@ def relink(text: str, from_dir: Path, to_dir: Path) -> str:
         return f"{m.group(1)}({Path(moved).as_posix()})"
 
     return re.sub(r"(!\[[^\]]*\])\(([^)\s]+)\)", move, text)
+
+
+def write_report(path: Path, store, name: str, settings: Settings | None = None, store_url: str = "") -> None:
+    """The `evoarena report` page of experiment `name` in `store` (service/evoarena/report.py), to `path`;
+    with `settings` and `store_url`, an arena's page also draws its generators' samples from the artifacts.
+    bench/questions.py writes its arena pages with it too."""
+    from evoarena.report import build_page  # matplotlib only when a page is written
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(build_page(store, name, settings, store_url), encoding="utf-8")
+    print(f"  report: {path} ({path.stat().st_size / 1e6:.2f} MB)", flush=True)
 
 
 # --- scoring rebuilt individuals ------------------------------------------------------------------
@@ -554,6 +566,8 @@ def main() -> int:
     parser.add_argument("--probes", type=int, default=64, help="fresh mutations per robustness measurement")
     parser.add_argument("--every", type=int, default=25, help="measure robustness every N generations")
     parser.add_argument("--plot", type=Path, default=None, help="folder for ga-overwrite.png and ga-robustness.png")
+    parser.add_argument("--reports", type=Path, default=None,
+                        help="write seed 0's report page of each setting there as SETTING.html (docs/questions/reports)")
     parser.add_argument("--markdown", type=Path, default=None, help="write the section there (docs/questions/seed003.md)")
     parser.add_argument("--questions-md", type=Path, default=None,
                         help="replace the seed-003 block at the end of this file (docs/QUESTIONS.md)")
@@ -599,6 +613,8 @@ def main() -> int:
                     store = run_ga(spec, tmp)
                     ran = time.perf_counter() - t0
                     try:
+                        if args.reports and seed == 0:
+                            write_report(args.reports / f"{setting}.html", store, spec.name)
                         run = measure(setting, spec, store, probe, args.pairs, args.every)
                     finally:
                         store.close()
