@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import os
 import statistics
 import sys
 import time
@@ -47,6 +46,7 @@ import torch
 import yaml
 
 from arena_vs_single import run_arena  # the arena run and its scoring, shared with that bench
+from questions_ga import REPORTS, report_links  # the report pages' folder and links, shared with that bench
 
 from evoarena.arena_worker import models_dir
 from evoarena.arithmetic import PINNED
@@ -232,20 +232,10 @@ def kept(path: Path) -> str:
     return "" if at < 0 else text[at:]
 
 
-def report_link(stem: str, reports: Path, out: Path) -> list[str]:
-    """The line that links a section of the document in `out` to seed 0's report page in `reports`
-    (written by --reports), and a blank line; nothing when there is no such page."""
-    page = (reports / f"{stem}.html").resolve()
-    if not page.exists():
-        return []
-    rel = Path(os.path.relpath(page, out)).as_posix()
-    return [f"Report (seed 0): [{rel}]({rel})", ""]
-
-
 def markdown(done: dict, base: list[dict | None], args: argparse.Namespace, rounds_text: str, plots: dict,
              seconds: float) -> str:
     out = Path(args.markdown).resolve().parent
-    reports = args.reports or out / "questions" / "reports"  # pages of an earlier --reports run are linked too
+    reports = args.reports or REPORTS  # the pages of an earlier --reports run are linked too
     command = "python bench/questions.py " + " ".join(sys.argv[1:])
     lines = [
         "# The seed questions on the ring arena",
@@ -275,7 +265,7 @@ def markdown(done: dict, base: list[dict | None], args: argparse.Namespace, roun
         "",
         "## Baseline: experiments/arena-ring.yaml",
         "",
-        *report_link(BASELINE.stem, reports, out),
+        *report_links([BASELINE.stem], reports, out),
         "| measure | baseline |", "|---|---|",
     ]
     for label, pick, key, digits in METRICS:
@@ -284,7 +274,7 @@ def markdown(done: dict, base: list[dict | None], args: argparse.Namespace, roun
         seed, words = WORDING.get(name, (None, None))
         asked = (f"Seed {seed}: \"{words}\"" if words else
                  "Not worded in seeds 000/001; the file says") + f" — the switch: *{load(QUESTIONS / f'{name}.yaml', 0, None).description}*"
-        lines += ["", f"## {name}", "", *report_link(name, reports, out), asked, ""]
+        lines += ["", f"## {name}", "", *report_links([name], reports, out), asked, ""]
         if name in plots:
             lines += [f"![{name}: per seed, question vs baseline]({plots[name].relative_to(out).as_posix()})", ""]
         lines += [table(name, runs, base), "", f"**Answer.** {answer(name, runs, base)}"]
