@@ -166,7 +166,7 @@ def replace_block(text: str, block: str) -> str:
 
 
 def relink(text: str, from_dir: Path, to_dir: Path) -> str:
-    """`text` (markdown written in `from_dir`) with its relative image links made relative to `to_dir`."""
+    """`text` (markdown written in `from_dir`) with its relative image and page links made relative to `to_dir`."""
     def move(m: re.Match) -> str:
         target = m.group(2)
         if "://" in target or target.startswith("/"):
@@ -174,7 +174,7 @@ def relink(text: str, from_dir: Path, to_dir: Path) -> str:
         moved = os.path.relpath(os.path.normpath(os.path.join(from_dir, target)), to_dir)
         return f"{m.group(1)}({Path(moved).as_posix()})"
 
-    return re.sub(r"(!\[[^\]]*\])\(([^)\s]+)\)", move, text)
+    return re.sub(r"(!?\[[^\]]*\])\(([^)\s]+)\)", move, text)
 
 
 def write_report(path: Path, store, name: str, settings: Settings | None = None, store_url: str = "") -> None:
@@ -193,8 +193,8 @@ def report_links(stems: list[str], reports: Path, out: Path) -> list[str]:
     (written by --reports; bench/questions.py links its sections with it too), and a blank line; only the
     pages that exist, and nothing when none does."""
     pages = [(reports / f"{stem}.html").resolve() for stem in stems]
-    rel = [Path(os.path.relpath(page, out.resolve())).as_posix() for page in pages if page.exists()]
-    return [f"Report (seed 0): {', '.join(f'[{r}]({r})' for r in rel)}", ""] if rel else []
+    links = [f"[{page.name}]({Path(os.path.relpath(page, out.resolve())).as_posix()})" for page in pages if page.exists()]
+    return [f"Report (seed 0): {', '.join(links)}", ""] if links else []
 
 
 # --- scoring rebuilt individuals ------------------------------------------------------------------

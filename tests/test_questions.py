@@ -26,7 +26,7 @@ def test_report_link_points_from_the_document_to_the_page(tmp_path):
     reports.mkdir(parents=True)
     (reports / "elo.html").write_text("<html></html>")
     assert questions.report_links(["elo"], reports, tmp_path) == [
-        "Report (seed 0): [questions/reports/elo.html](questions/reports/elo.html)", ""]
+        "Report (seed 0): [elo.html](questions/reports/elo.html)", ""]
 
 
 def test_report_links_name_only_the_pages_that_exist(tmp_path):
@@ -34,7 +34,7 @@ def test_report_links_name_only_the_pages_that_exist(tmp_path):
     reports.mkdir()
     (reports / "ga-8x4.html").write_text("<html></html>")
     assert questions.report_links(["ga-1x16", "ga-8x4"], reports, tmp_path) == [
-        "Report (seed 0): [reports/ga-8x4.html](reports/ga-8x4.html)", ""]
+        "Report (seed 0): [ga-8x4.html](reports/ga-8x4.html)", ""]
 
 
 def test_report_link_is_absent_when_no_page_was_written(tmp_path):

@@ -198,3 +198,8 @@ def test_relink_moves_relative_image_links_to_the_new_folder():
     text = "![q1](ga-overwrite.png) and ![web](https://x/y.png) and ![abs](/a/b.png)"
     out = qga.relink(text, Path("docs/questions"), Path("docs"))
     assert out == "![q1](questions/ga-overwrite.png) and ![web](https://x/y.png) and ![abs](/a/b.png)"
+
+
+def test_relink_moves_relative_page_links_too():
+    out = qga.relink("Report (seed 0): [ga-1x16.html](reports/ga-1x16.html)", Path("docs/questions"), Path("docs"))
+    assert out == "Report (seed 0): [ga-1x16.html](questions/reports/ga-1x16.html)"
