@@ -52,6 +52,14 @@ def algorithm(spec: ExperimentSpec, store: ResultStore | None = None) -> Algorit
         from .evolve.fight import Fight
 
         return Fight(spec, store) if spec.arena.mode == "async" else Arena(spec, store)
+    if spec.algorithm == "pso":
+        from .evolve.pso import PSO
+
+        return PSO(spec)
+    if spec.algorithm == "tune":
+        from .evolve.tune import Tune
+
+        return Tune(spec)
     from .evolve.ga import GA
 
     return GA(spec)

@@ -26,8 +26,11 @@ from pydantic import (
 
 from .spec_arena import ArenaSpec, GanSpec
 from .spec_base import SpecModel, _field_error
+from .spec_pso import PSOSpec
+from .spec_tune import TuneSpec
 
 NAME_MAX_LENGTH = 53
+ALGORITHMS = ("ga", "arena", "pso", "tune")  # the spec sections that name an algorithm; exactly one (none: an error)
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 
 
@@ -360,6 +363,10 @@ class ExperimentSpec(SpecModel):
     """The genetic algorithm (GA experiments; exactly one of `ga` and `arena`)."""
     arena: ArenaSpec | None = None
     """The GAN arena (arena experiments, with a `gan` problem)."""
+    pso: PSOSpec | None = None
+    """Particle swarm optimisation of the network's weights (a memorize or atari problem)."""
+    tune: TuneSpec | None = None
+    """A search (GA or PSO) over the meta-parameters of an arena (a `gan` problem); each trial is a short arena run."""
     noise: NoiseSpec = Field(default_factory=NoiseSpec)
     """The shared noise table."""
     executor: ExecutorSpec = Field(default_factory=ExecutorSpec)
@@ -371,20 +378,31 @@ class ExperimentSpec(SpecModel):
 
     @property
     def algorithm(self) -> str:
-        """Which algorithm runs this experiment: "ga" or "arena"."""
-        return "arena" if self.arena is not None else "ga"
+        """Which algorithm runs this experiment: "ga", "arena", "pso" or "tune"."""
+        given = [name for name in ALGORITHMS if getattr(self, name) is not None]
+        return given[0] if given else "ga"
 
     @property
     def steps_wanted(self) -> int:
-        """Generations (GA) or rounds (arena) asked for."""
-        return self.arena.rounds if self.arena is not None else self.ga.generations
+        """Generations (GA), rounds (arena) or steps (pso, tune) asked for."""
+        if self.arena is not None:
+            return self.arena.rounds
+        if self.pso is not None or self.tune is not None:
+            return (self.pso or self.tune).steps
+        return self.ga.generations
 
     @model_validator(mode="after")
     def _check_algorithm(self) -> ExperimentSpec:
-        if self.ga is not None and self.arena is not None:
-            raise _field_error("arena", "{...}", "give either ga (a GA) or arena (a GAN arena), not both")
+        given = [name for name in ALGORITHMS if getattr(self, name) is not None]
+        if len(given) > 1:
+            raise _field_error(given[1], "{...}", f"give one algorithm section of {', '.join(ALGORITHMS)}; "
+                               f"this file gives {' and '.join(given)}")
         if self.arena is not None and self.problem.kind != "gan":
             raise _field_error("problem.kind", self.problem.kind, "an arena needs a gan problem")
+        if self.tune is not None and self.problem.kind != "gan":
+            raise _field_error("problem.kind", self.problem.kind, "tune searches an arena's meta-parameters: it needs a gan problem")
+        if self.pso is not None and self.problem.kind not in ("memorize", "atari"):
+            raise _field_error("problem.kind", self.problem.kind, "pso runs the memorize or atari problem")
         if self.ga is not None and self.problem.kind not in ("memorize", "atari"):
             raise _field_error("problem.kind", self.problem.kind, "a GA runs the memorize or atari problem; a gan problem needs arena:")
         if self.ga is not None and self.problem.kind != "atari":
