@@ -466,8 +466,9 @@ def parse_spec(data: Any, source: str = "<spec>") -> ExperimentSpec:
     if not isinstance(data, dict):
         found = "nothing (empty file)" if data is None else type(data).__name__
         raise SpecError(source, "", f"the top level must be a mapping of fields, got {found}")
-    if "ga" not in data and "arena" not in data:
-        raise SpecError(source, "ga", "required field missing (a GAN arena gives arena: instead)")
+    if not any(name in data for name in ALGORITHMS):
+        raise SpecError(source, "ga", "required field missing (or another algorithm's section: "
+                        f"{', '.join(ALGORITHMS[1:])})")
     try:
         return ExperimentSpec.model_validate(data)
     except ValidationError as error:
