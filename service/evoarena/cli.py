@@ -128,6 +128,12 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
         print(f"{spec.name}: done; best generator {s['best_member']} (fitness {s['best']:.4g}) "
               f"{quality_text(s['best_quality'])}")
         return 0
+    if spec.algorithm == "tune":
+        best = final["best"]
+        values = ", ".join(f"{k} = {v}" for k, v in best["values"].items())
+        print(f"{spec.name}: done; best {spec.tune.objective} {best['objective']:.4g} at step {best['step']} "
+              f"trial {best['trial']}: {values}")
+        return 0
     best = final["best"]
     episodes = len(best["metrics"].get("returns", []))
     meaning = (f"mean return over {episodes} episode{'s' * (episodes != 1)}, after {final['stats']['frames_total']:,} frames"
@@ -142,6 +148,9 @@ def _size(spec) -> str:
         a = spec.arena
         return (f"{a.rounds} rounds of {a.players} players x ({a.generators} generators + "
                 f"{a.discriminators} discriminators)")
+    if spec.algorithm == "tune":
+        t = spec.tune
+        return f"{t.steps} steps of {t.population} trials ({t.search} over {len(t.space)} values of an arena)"
     return f"{spec.ga.generations} generations of {spec.ga.population}"
 
 

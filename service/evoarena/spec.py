@@ -401,6 +401,9 @@ class ExperimentSpec(SpecModel):
             raise _field_error("problem.kind", self.problem.kind, "an arena needs a gan problem")
         if self.tune is not None and self.problem.kind != "gan":
             raise _field_error("problem.kind", self.problem.kind, "tune searches an arena's meta-parameters: it needs a gan problem")
+        if self.tune is not None and self.problem.data.kind not in ("ring", "grid"):
+            raise _field_error("problem.data.kind", self.problem.data.kind, "tune's objectives (trial.py) count a "
+                               "mixture's modes: ring or grid")
         if self.pso is not None and self.problem.kind not in ("memorize", "atari"):
             raise _field_error("problem.kind", self.problem.kind, "pso runs the memorize or atari problem")
         if self.ga is not None and self.problem.kind not in ("memorize", "atari"):

@@ -135,6 +135,12 @@ def status_lines(store: ResultStore, experiment: dict, spec: ExperimentSpec) -> 
                      f"{store.count_docs('pure_gen', name)} generators and {store.count_docs('pure_disc', name)} "
                      "discriminators recorded")
         return lines
+    if spec.algorithm == "tune":  # evolve/tune.py: each step's trials are whole arena runs
+        lines.append(f"steps       {done}/{algo.steps} complete ({spec.tune.population} trials each)")
+        if last is not None:
+            lines.append(f"last        {algo.line(last, store.get_generation(name, last))}")
+        lines.append(f"results     {store.count_results(name)} stored")
+        return lines
     total = algo.steps
     partial = store.count_results(name, done, "evaluate") if done < total else 0
     lines.append(f"generations {done}/{total} complete"

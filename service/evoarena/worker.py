@@ -185,8 +185,9 @@ class Worker:
         return self._specs[experiment]
 
     def arena(self, op: str, task: dict) -> dict:
-        """Run an arena op (arena_worker.py) and store its result document, or its error."""
-        from . import arena_worker
+        """Run an arena op (arena_worker.py), or a meta-parameter search's trial (trial.py: a whole
+        arena run), and store its result document, or its error."""
+        from . import arena_worker, trial
 
         _id = self.admit(op, task)
         doc = {"_id": _id, "experiment": task["experiment"], "generation": task["generation"], "op": op,
@@ -194,7 +195,7 @@ class Worker:
                "device": self.config.device, "device_kind": self.device_kind}
         started = time.perf_counter()
         try:
-            doc.update(getattr(arena_worker, op)(self, task, _id))
+            doc.update(trial.trial(self, task, _id) if op == "trial" else getattr(arena_worker, op)(self, task, _id))
             doc["error"] = None
         except Exception as exc:  # a poison task: record why, do not retry
             _unless_transient(exc)
@@ -346,7 +347,7 @@ def _required(task: dict, *keys: str) -> list:
     return [task[k] for k in keys]
 
 
-OPS = ("evaluate", "train_pair", "match", "cross_train")
+OPS = ("evaluate", "train_pair", "match", "cross_train", "trial")
 
 def run_on(worker: Worker, op: str, task: dict) -> dict:
     """Run `op` on `task` in `worker`, on every executor alike. A task that fails because of its

@@ -45,6 +45,7 @@ def time_limits(longest_s: float) -> dict[str, tuple[float, float]]:
     Long training is split into chunks well below these."""
     arena = (longest_s * 5 / 6, longest_s)
     return {"evaluate": (arena[0] / 2, arena[1] / 2), "train_pair": arena, "match": arena, "cross_train": arena,
+            "trial": arena,  # a whole short arena run (trial.py); a longer one than the limit needs a higher limit
             "sleep": (60, 120)}  # bench/scale.py's stand-in for GPU work: it only sleeps
 
 

@@ -17,7 +17,7 @@ from collections.abc import Hashable
 # take seconds: a queued second one only keeps an idle worker from taking it (bench/arena_fleet.py).
 # The benchmark's stand-in op (bench/scale.py: a sleep for GPU work) holds no genome, so its tasks
 # all go to the shared queue and its backlog is never reached; 1, as for the arena's long tasks.
-BACKLOG = {"evaluate": 2, "train_pair": 1, "match": 1, "cross_train": 1, "sleep": 1}
+BACKLOG = {"evaluate": 2, "train_pair": 1, "match": 1, "cross_train": 1, "trial": 1, "sleep": 1}
 
 
 class AffinityRouter:
