@@ -55,10 +55,7 @@ class TuneSpec(SpecModel):
     base: ArenaSpec
     """The arena every trial runs (to its last round, with the experiment's seed), with the trial's values applied."""
     objective: Literal["modes_hq", "modes_covered", "high_quality", "reverse_kl"] = "modes_hq"
-    """What a trial scores, measured on the final round's generators against the real mixture (never
-    the arena's own fitness, whose scale changes with the fitness parameters searched), the best
-    generator's: modes_hq: modes covered plus the high-quality share (ties in modes broken by
-    quality); modes_covered; high_quality; reverse_kl: minus the reverse KL to uniform modes."""
+    """What a trial scores, the final round's best generator against the real modes (trial.py): modes_hq is modes covered + high-quality share."""
     inertia: float = Field(INERTIA, ge=0, le=10)
     """pso: w."""
     cognitive: float = Field(ACCELERATION, ge=0, le=10)
