@@ -151,6 +151,9 @@ def _size(spec) -> str:
     if spec.algorithm == "tune":
         t = spec.tune
         return f"{t.steps} steps of {t.population} trials ({t.search} over {len(t.space)} values of an arena)"
+    if spec.algorithm == "pso":
+        p = spec.pso
+        return f"{p.steps} steps of {p.particles} particles ({p.directions} directions)"
     return f"{spec.ga.generations} generations of {spec.ga.population}"
 
 

@@ -15,11 +15,22 @@ of parametric layers, absent = all:
     init      seed                               layers re-initialized from seed (crossover with another founder)
     load      uri                                layers copied from a checkpoint (crossover with a rebased lineage)
     cross     p: [parent 1 id, parent 2 id], at: point   no-op marking where a crossover child begins
+    span      d: direction seed, s: scale, c: [c_1 .. c_K]
+                                                 theta += s * sum_k c_k * noise[o_k:], o_1 .. o_K = span_offsets(d, K)
     morph     e: {"src": architecture before, ...the edit}, p: [other parent id], uri: its checkpoint
               an architecture edit (arch.py): the weights become `arch.apply_edit(src, theta, edit)`,
               a network of another shape; a crossover edit also reads the other parent's weights
 Noise for a delta covering flat positions [a, b) is read from noise[o : o + b - a] (and, for
 momentum, from noise[q : q + b - a]).
+
+A span delta is the particle swarm's position (evolve/pso.py): a point of the K-dimensional
+subspace spanned by K fixed noise-table directions, the same K for every particle of a run. The
+message carries the K coefficients and one seed, not K offsets: `span_offsets(d, K, n, table
+size)` draws the offsets from numpy's PCG64 seeded by [SPAN_STREAM, d]. It is summed in float64,
+k = 1 .. K in order, one exactly rounded multiply and add per term, then added to the float32
+weights and rounded once (materialize.py), so numpy reproduces it bit for bit. It always covers
+the whole network: crossover cannot restrict it to some layers (its directions are not layer-wise
+slices of one noise read), and `restrict` refuses it.
 
 Seed 003's mutation ideas, as the GA draws them (`child_delta`; spec: ga.mutation). Each keeps the
 delta a few numbers and the child one delta from its parent:
@@ -63,10 +74,11 @@ import numpy as np
 
 from .nets import Layout, arch_key, layout
 
-KINDS = ("gaussian", "norm", "adaptive", "momentum", "rated", "init", "load", "cross", "morph")
+KINDS = ("gaussian", "norm", "adaptive", "momentum", "rated", "init", "load", "cross", "morph", "span")
 NOISY = ("gaussian", "norm", "adaptive", "momentum", "rated")  # kinds that read noise at offset o
 SIGMA_DIGITS = 6  # significant digits of an adapted sigma: enough, and keeps the JSON short
 SIGMA_RANGE = (1e-8, 10.0)  # an adapted sigma stays in this range (the spec's sigma is in (0, 10])
+SPAN_STREAM = 12  # first word of the seed of a span delta's direction offsets (a stream of its own)
 
 
 @dataclass(frozen=True)
@@ -87,6 +99,7 @@ class Delta:
     prev_offset: int = 0  # momentum: noise offset of the step it repeats
     weight: float = 0.0  # momentum: weight of the repeated step
     sigmas: tuple[float, ...] = ()  # rated: one sigma per parametric layer
+    coefficients: tuple[float, ...] = ()  # span: one coefficient per direction (seed = the direction seed)
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -96,6 +109,9 @@ class Delta:
                            ("point", int), ("mates", tuple), ("prev_offset", int), ("weight", float)):
             object.__setattr__(self, name, kind(getattr(self, name)))
         object.__setattr__(self, "sigmas", tuple(float(x) for x in self.sigmas))
+        object.__setattr__(self, "coefficients", tuple(float(x) for x in self.coefficients))
+        if self.kind == "span" and self.layers is not None:
+            raise ValueError(f"a span delta covers the whole network; got layers {self.layers}")
         if self.layers is not None:
             object.__setattr__(self, "layers", (int(self.layers[0]), int(self.layers[1])))
 
@@ -111,6 +127,8 @@ class Delta:
             d["o"], d["ss"] = self.offset, list(self.sigmas)
         if self.kind == "init":
             d["seed"] = self.seed
+        if self.kind == "span":
+            d["d"], d["s"], d["c"] = self.seed, self.sigma, list(self.coefficients)
         if self.kind == "load":
             d["uri"] = self.uri
         if self.kind == "cross":
@@ -125,8 +143,8 @@ class Delta:
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> Delta:
-        if not isinstance(d, dict) or set(d) - {"k", "o", "s", "r", "t", "seed", "uri", "l", "p", "at", "e", "q", "w", "ss"}:
-            raise ValueError(f"delta {d!r}: a JSON object with only the keys k, o, s, r, t, seed, uri, l, p, at, e, q, w, ss")
+        if not isinstance(d, dict) or set(d) - {"k", "o", "s", "r", "t", "seed", "uri", "l", "p", "at", "e", "q", "w", "ss", "d", "c"}:
+            raise ValueError(f"delta {d!r}: a JSON object with only the keys k, o, s, r, t, seed, uri, l, p, at, e, q, w, ss, d, c")
         layers = d.get("l")
         edit = d.get("e")
         if edit is not None and not (isinstance(edit, dict) and isinstance(edit.get("src"), dict)):
@@ -134,10 +152,13 @@ class Delta:
         sigmas = d.get("ss", [])
         if not (isinstance(sigmas, list) and all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in sigmas)):
             raise ValueError(f"delta {d!r}: 'ss' must be a list of numbers, one sigma per layer")
+        coefficients = d.get("c", [])
+        if not (isinstance(coefficients, list) and all(_number(x) for x in coefficients)):
+            raise ValueError(f"delta {d!r}: 'c' must be a list of finite numbers, one coefficient per direction")
         return cls(d.get("k", "gaussian"), int(d.get("o", 0)), float(d.get("s", 0.0)), tuple(layers) if layers else None,
-                   int(d.get("r", 0)), float(d.get("t", 0.0)), int(d.get("seed", 0)), str(d.get("uri", "")),
+                   int(d.get("r", 0)), float(d.get("t", 0.0)), int(d.get("d", d.get("seed", 0))), str(d.get("uri", "")),
                    tuple(d.get("p", ())), int(d.get("at", 0)), canonical(edit) if edit is not None else "",
-                   int(d.get("q", 0)), float(d.get("w", 0.0)), tuple(sigmas))
+                   int(d.get("q", 0)), float(d.get("w", 0.0)), tuple(sigmas), tuple(coefficients))
 
     @property
     def key(self) -> bytes:
@@ -153,6 +174,10 @@ class Delta:
     def source_arch(self) -> dict:
         """morph: the architecture the edit starts from."""
         return json.loads(self.edit)["src"]
+
+
+def _number(x: Any) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and np.isfinite(x)
 
 
 def canonical(data: Any) -> str:
@@ -297,6 +322,9 @@ def restrict(delta: Delta, lo: int, hi: int, lay: Layout) -> Delta | None:
     """`delta` limited to parametric layers [lo, hi), reading the same noise for the layers it keeps."""
     if delta.kind == "cross":
         return None  # markers only name an ancestor; the merged list replays the weights without them
+    if delta.kind == "span":
+        raise ValueError("a span delta (a particle's position) covers the whole network: crossover cannot split it "
+                         "at a layer; run crossover only on GA genomes")
     own_lo, own_hi = delta.layers or (0, lay.n_layers)
     new_lo, new_hi = max(own_lo, lo), min(own_hi, hi)
     if new_lo >= new_hi:
@@ -393,6 +421,22 @@ def _adapted(sigma: float, tau: float, rng: np.random.Generator) -> float:
     """sigma * exp(tau * N(0, 1)), kept in SIGMA_RANGE and rounded to SIGMA_DIGITS digits."""
     drawn = sigma * float(np.exp(tau * rng.standard_normal()))
     return float(f"{min(max(drawn, SIGMA_RANGE[0]), SIGMA_RANGE[1]):.{SIGMA_DIGITS}g}")
+
+
+def span(founder_genome: Genome, direction_seed: int, scale: float, coefficients: list[float]) -> Genome:
+    """A particle at `coefficients` in the span of the K = len(coefficients) directions of
+    `direction_seed`, around `founder_genome`: one delta from it, so every worker that has built
+    the founder builds the particle with one delta."""
+    return mutate(founder_genome, Delta("span", sigma=scale, seed=direction_seed, coefficients=tuple(coefficients)))
+
+
+def span_offsets(direction_seed: int, directions: int, length: int, noise_size: int) -> list[int]:
+    """The noise offsets o_1 .. o_K of a span delta's directions over `length` weights: a pure
+    function of the seed and the sizes, so the message carries one seed instead of K offsets."""
+    if length > noise_size:
+        raise ValueError(f"the noise table ({noise_size} samples) is smaller than the {length} parameters to span")
+    rng = np.random.default_rng([SPAN_STREAM, direction_seed])
+    return [int(o) for o in rng.integers(0, noise_size - length + 1, size=directions)]
 
 
 def _offset(rng: np.random.Generator, n: int, noise_size: int) -> int:

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 import torch
 
 from . import nets
-from .genome import Delta, Genome
+from .genome import Delta, Genome, span_offsets
 from .noise import NoiseTable
 
 
@@ -267,6 +267,8 @@ def apply_delta(delta: Delta, w: Weights, arch: dict, noise: NoiseTable, load: C
         theta.copy_(fresh[start:stop])
         if w.rates is not None:
             w.rates[start:stop] = 0
+    elif delta.kind == "span":
+        theta.copy_((theta.double() + delta.sigma * span_sum(delta, noise, stop - start, device)).float())
     elif delta.kind == "cross":
         pass  # a marker: the deltas before it already replayed the crossover
     elif delta.kind == "morph":
@@ -286,3 +288,12 @@ def apply_delta(delta: Delta, w: Weights, arch: dict, noise: NoiseTable, load: C
             w.rates[start:stop] = 0 if source.rates is None else source.rates[start:stop]
     else:  # Delta validates its kind; this is a programming error
         raise AssertionError(delta.kind)
+
+
+def span_sum(delta: Delta, noise: NoiseTable, length: int, device: torch.device | str) -> torch.Tensor:
+    """sum_k c_k * noise[o_k : o_k + length] in float64, k in order, one exactly rounded multiply and
+    add per term (genome.py: a span delta), so any IEEE machine, numpy included, gets the same bits."""
+    total = torch.zeros(length, dtype=torch.float64, device=device)
+    for offset, c in zip(span_offsets(delta.seed, len(delta.coefficients), length, noise.size), delta.coefficients):
+        total += c * noise.slice(offset, length, device).double()
+    return total

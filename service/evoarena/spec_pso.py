@@ -6,10 +6,15 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from .evolve.swarm import ACCELERATION, INERTIA
-from .spec_base import SpecModel
+from .spec_base import SpecModel, _field_error
+
+SWARM_NUMBERS = 1 << 16
+"""Most particles x directions: each stored step holds four such arrays (positions, velocities,
+personal bests, the positions evaluated), about 20 bytes a number in JSON, so a step document stays
+near 5 MB, under MongoDB's 16 MB per document."""
 
 
 class PSOSpec(SpecModel):
@@ -39,3 +44,12 @@ class PSOSpec(SpecModel):
     """ring: neighbours on each side."""
     on_error: Literal["skip", "stop"] = "skip"
     """A failed evaluation: skip (the particle keeps its old best and moves on) or stop the run."""
+
+    @model_validator(mode="after")
+    def _check_swarm_fits(self) -> PSOSpec:
+        if self.particles * self.directions > SWARM_NUMBERS:
+            raise _field_error("particles", self.particles,
+                               f"particles x directions = {self.particles} x {self.directions} = "
+                               f"{self.particles * self.directions}; at most {SWARM_NUMBERS} (a step's stored swarm "
+                               "must fit one document)")
+        return self
