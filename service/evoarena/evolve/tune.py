@@ -119,11 +119,13 @@ def step_rng(seed: int, step: int) -> np.random.Generator:
 
 def to_value(p: ParameterSpec, u: float) -> float | int:
     """The value at unit coordinate `u` of parameter `p` (the module docstring's map)."""
-    if p.log:
+    if u <= 0.0 or u >= 1.0:  # a wall of the box is exactly low or high (exp(log(x)) may not give x back)
+        value = p.low if u <= 0.0 else p.high
+    elif p.log:
         value = math.exp(math.log(p.low) + u * (math.log(p.high) - math.log(p.low)))
     else:
         value = p.low + u * (p.high - p.low)
-    value = min(max(value, p.low), p.high)  # exp(log(x)) may come back a rounding outside the range
+    value = min(max(value, p.low), p.high)
     return int(math.floor(value + 0.5)) if p.integer else value
 
 
