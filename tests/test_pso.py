@@ -1,0 +1,247 @@
+"""Particle swarm optimisation over a network's weights (evolve/pso.py): the span encoding, the
+algorithm on a known function, and whole runs through `evoarena run`, a kill -9 and the fleet."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from evoarena import scheduler
+from evoarena.evolve.pso import PSO, run_seeds
+from evoarena.fleet.executor import InlineExecutor
+from evoarena.genome import Delta, Genome, crossover, founder, span, span_offsets
+from evoarena.materialize import Materializer, ParentCache
+from evoarena.nets import layout
+from evoarena.noise import generate, open_noise
+from evoarena.spec import SpecError, load_spec, parse_spec
+from evoarena.store import open_store
+from evoarena.worker import WorkerConfig
+
+ROOT = Path(__file__).resolve().parent.parent
+NOISE_SIZE = 1 << 16
+
+
+def spec_dict(name: str = "pso-tiny", steps: int = 6, **pso) -> dict:
+    """tiny.yaml's problem and network, with a swarm instead of the GA."""
+    data = yaml.safe_load((ROOT / "experiments" / "tiny.yaml").read_text())
+    del data["ga"]
+    data["name"] = name
+    data["pso"] = {"steps": steps, "particles": 8, "directions": 16, "scale": 0.05, **pso}
+    return data
+
+
+# --- the encoding ---------------------------------------------------------------------------------
+
+
+def a_particle(directions: int = 5) -> tuple[Genome, Genome, list[float]]:
+    spec = parse_spec(spec_dict(directions=directions))
+    algo = PSO(spec)
+    c = [float(x) for x in np.random.default_rng(1).uniform(-1, 1, directions)]
+    c[0] = 0.1 + 0.2  # a float whose shortest repr has 17 digits
+    return algo.founder, span(algo.founder, algo.direction_seed, 0.05, c), c
+
+
+def test_a_particle_is_its_founder_plus_one_span_delta_carrying_k_coefficients_and_one_seed():
+    base, particle, c = a_particle()
+
+    assert particle.deltas[:-1] == () and particle.parents == (base.id,)
+    assert particle.to_json()["deltas"] == [{"k": "span", "d": PSO(parse_spec(spec_dict())).direction_seed,
+                                             "s": 0.05, "c": c}]
+
+
+def test_a_particle_round_trips_json_exactly_with_the_same_id():
+    _, particle, c = a_particle()
+    back = Genome.from_json(json.loads(json.dumps(particle.to_json())))
+
+    assert back == particle and back.id == particle.id
+    assert list(back.deltas[-1].coefficients) == c  # the same floats, bit for bit
+    assert back.deltas[-1].coefficients[0] == 0.30000000000000004
+
+
+def test_a_particle_id_is_a_content_hash_of_its_coefficients():
+    base, particle, c = a_particle()
+    moved = span(base, particle.deltas[-1].seed, 0.05, [c[0] + 2**-52] + c[1:])
+
+    assert moved.id != particle.id
+    assert span(base, particle.deltas[-1].seed, 0.05, list(c)).id == particle.id
+
+
+def test_a_tampered_coefficient_fails_the_id_check():
+    _, particle, _ = a_particle()
+    data = particle.to_json()
+    data["deltas"][0]["c"][1] += 1e-9
+    with pytest.raises(ValueError, match="does not match its content"):
+        Genome.from_json(data)
+
+
+def test_a_span_delta_materializes_to_founder_plus_scale_times_the_directions_as_numpy_computes_them(tmp_path):
+    base, particle, c = a_particle(directions=7)
+    noise = open_noise(0, NOISE_SIZE, tmp_path)
+    n = layout(base.arch).size
+    materializer = Materializer(noise, ParentCache(1 << 26))
+    founder_weights = materializer.build(base).flat.clone()
+
+    table = generate(0, NOISE_SIZE)  # the table as noise.py defines it, not the memory-mapped file
+    offsets = np.random.default_rng([12, particle.deltas[-1].seed]).integers(0, NOISE_SIZE - n + 1, size=7)
+    total = np.zeros(n)
+    for o, ck in zip(offsets, c):
+        total = total + ck * table[o : o + n].astype(np.float64)
+    expected = (founder_weights.numpy().astype(np.float64) + 0.05 * total).astype(np.float32)
+
+    built = materializer.build(particle).flat.numpy()
+    assert built.view(np.int32).tolist() == expected.view(np.int32).tolist()
+    assert materializer.stats.from_parent == 1  # one delta from the cached founder
+    fresh = Materializer(noise, ParentCache(1 << 26)).build(particle).flat  # the full chain: the same bits
+    assert torch.equal(fresh.view(torch.int32), torch.from_numpy(expected).view(torch.int32))
+
+
+def test_span_offsets_are_fixed_by_the_seed_and_fit_the_table():
+    offsets = span_offsets(41, 64, 1000, NOISE_SIZE)
+
+    assert offsets == span_offsets(41, 64, 1000, NOISE_SIZE)
+    assert offsets != span_offsets(42, 64, 1000, NOISE_SIZE)
+    assert len(offsets) == 64 and min(offsets) >= 0 and max(offsets) <= NOISE_SIZE - 1000
+    with pytest.raises(ValueError, match="smaller than the 70000 parameters"):
+        span_offsets(41, 4, 70_000, NOISE_SIZE)
+
+
+def test_a_span_delta_refuses_layers_and_crossover_refuses_to_split_it():
+    base, particle, _ = a_particle()
+    with pytest.raises(ValueError, match="covers the whole network"):
+        Delta("span", sigma=0.1, seed=3, coefficients=(1.0,), layers=(0, 1))
+    with pytest.raises(ValueError, match="crossover cannot split it"):
+        crossover(particle, base, 1)
+
+
+def test_a_span_delta_with_non_numbers_for_coefficients_is_refused():
+    with pytest.raises(ValueError, match="'c' must be a list of finite numbers"):
+        Delta.from_json({"k": "span", "d": 3, "s": 0.1, "c": [1.0, "2"]})
+
+
+def test_the_founder_and_the_direction_seed_come_from_the_experiment_seed():
+    assert run_seeds(0) == run_seeds(0) and run_seeds(0) != run_seeds(1)
+    a, b = PSO(parse_spec({**spec_dict(), "seed": 5})), PSO(parse_spec({**spec_dict(), "seed": 6}))
+    assert (a.founder.init_seed, a.direction_seed) == run_seeds(5) != (b.founder.init_seed, b.direction_seed)
+
+
+# --- the algorithm, on a function whose minimum is known ----------------------------------------------
+
+OPTIMUM = np.array([0.3 * (-1) ** k for k in range(64)])
+
+
+def shifted_sphere(step) -> list[dict]:
+    """Result documents as a worker would store them, scoring each particle's coefficients with
+    minus the squared distance to OPTIMUM (its first K coordinates; no network is built)."""
+    docs = []
+    for task in step.tasks:
+        c = np.array(task["genome"]["deltas"][-1]["c"])
+        docs.append({"genome_id": task["genome"]["id"], "fitness": -float(np.sum((c - OPTIMUM[: len(c)]) ** 2)),
+                     "metrics": {}, "error": None})
+    return docs
+
+
+def drive(algo: PSO, steps: int) -> list[dict]:
+    """Every state of `steps` steps of `algo`, each through a JSON round trip as the store does."""
+    states, state = [], None
+    for index in range(steps):
+        step = algo.plan(index, state)
+        state = json.loads(json.dumps(algo.advance(index, state, step, shifted_sphere(step))))
+        states.append(state)
+    return states
+
+
+def test_pso_finds_the_minimum_of_a_10d_sphere_to_1e_minus_6_in_6000_evaluations():
+    algo = PSO(parse_spec(spec_dict(steps=300, particles=20, directions=10, bound=1.0, vmax=1.0)))
+    final = drive(algo, 300)[-1]
+
+    assert final["best"]["fitness"] >= -1e-6
+    position = np.array(final["swarm"]["best_position"])[np.argmax(final["swarm"]["best_fitness"])]
+    assert np.abs(position - OPTIMUM[:10]).max() < 1e-3
+
+
+def test_the_swarms_best_never_falls_and_every_step_stores_the_whole_swarm():
+    states = drive(PSO(parse_spec(spec_dict(steps=20, particles=6, directions=4))), 20)
+    bests = [s["stats"]["best"] for s in states]
+
+    assert bests == sorted(bests) and bests[-1] > bests[0]
+    for s in states:
+        assert np.array(s["swarm"]["position"]).shape == (6, 4) == np.array(s["swarm"]["velocity"]).shape
+        assert np.array(s["swarm"]["best_position"]).shape == (6, 4) == np.array(s["evaluated"]["position"]).shape
+        assert len(s["evaluated"]["fitness"]) == len(s["evaluated"]["genome_ids"]) == 6
+    assert states[4]["evaluated"]["position"] == states[3]["swarm"]["position"]  # step t evaluates step t-1's move
+
+
+def test_planning_and_advancing_a_step_again_gives_the_same_tasks_and_state():
+    algo = PSO(parse_spec(spec_dict(steps=5)))
+    states = drive(algo, 3)
+    again = PSO(parse_spec(spec_dict(steps=5)))  # a restarted master
+
+    assert again.plan(3, states[2]).tasks == algo.plan(3, states[2]).tasks
+    step = again.plan(2, states[1])
+    assert json.loads(json.dumps(again.advance(2, states[1], step, shifted_sphere(step)))) == states[2]
+
+
+def test_a_failed_particle_is_skipped_and_on_error_stop_stops_the_run():
+    algo = PSO(parse_spec(spec_dict(particles=4, directions=3)))
+    step = algo.plan(0, None)
+    results = shifted_sphere(step)
+    results[1] = {"genome_id": results[1]["genome_id"], "fitness": None, "metrics": {}, "error": "boom"}
+
+    state = algo.advance(0, None, step, results)
+    assert state["evaluated"]["fitness"][1] is None and state["swarm"]["best_fitness"][1] is None
+    assert state["stats"]["errors"] == 1
+    stopping = PSO(parse_spec(spec_dict(particles=4, directions=3, on_error="stop")))
+    with pytest.raises(RuntimeError, match="particle .* failed \\(boom\\); stopping because pso.on_error = stop"):
+        stopping.advance(0, None, step, results)
+
+
+def test_a_step_where_every_particle_failed_is_an_error():
+    algo = PSO(parse_spec(spec_dict(particles=3, directions=3)))
+    step = algo.plan(0, None)
+    failed = [{"genome_id": t["genome"]["id"], "fitness": None, "metrics": {}, "error": "nan weights"} for t in step.tasks]
+    with pytest.raises(RuntimeError, match="every evaluation failed so far; first error: nan weights"):
+        algo.advance(0, None, step, failed)
+
+
+# --- the spec -----------------------------------------------------------------------------------------
+
+BAD = {
+    "inertia below 0": ({"inertia": -0.1}, "pso.inertia = -0.1: must be greater than or equal to 0"),
+    "unknown topology": ({"topology": "star"}, "pso.topology = 'star': must be one of 'global' or 'ring'"),
+    "no directions": ({"directions": 0}, "pso.directions = 0: must be greater than or equal to 1"),
+    "a swarm too big to store": ({"particles": 1000, "directions": 1000},
+                                 "pso.particles = 1000: particles x directions = 1000 x 1000 = 1000000; at most 65536"),
+    "a scale of 0": ({"scale": 0}, "pso.scale = 0: must be greater than 0"),
+}
+
+
+@pytest.mark.parametrize("case", BAD)
+def test_a_bad_pso_value_is_one_line_naming_the_field_the_value_and_what_is_accepted(case, tmp_path):
+    values, expected = BAD[case]
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(spec_dict(**values)))
+    with pytest.raises(SpecError) as caught:
+        load_spec(path)
+    assert expected in str(caught.value) and "\n" not in str(caught.value)
+
+
+def test_pso_on_a_gan_problem_is_refused(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("name: x\nproblem: {kind: gan, data: {kind: ring}}\npso: {steps: 2}\n")
+    with pytest.raises(SpecError, match="problem.kind = 'gan': pso runs the memorize or atari problem"):
+        load_spec(path)
+
+
+def test_the_experiment_file_loads_as_a_pso_run():
+    spec = load_spec(ROOT / "experiments" / "pso-memorize-64.yaml")
+    assert (spec.algorithm, spec.pso.directions, spec.pso.particles) == ("pso", 64, 32)
