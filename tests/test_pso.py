@@ -6,8 +6,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -26,6 +24,7 @@ from evoarena.noise import generate, open_noise
 from evoarena.spec import SpecError, load_spec, parse_spec
 from evoarena.store import open_store
 from evoarena.worker import WorkerConfig
+from test_cli import Place  # the command-line helpers of the GA's run tests
 
 ROOT = Path(__file__).resolve().parent.parent
 NOISE_SIZE = 1 << 16
@@ -245,3 +244,101 @@ def test_pso_on_a_gan_problem_is_refused(tmp_path):
 def test_the_experiment_file_loads_as_a_pso_run():
     spec = load_spec(ROOT / "experiments" / "pso-memorize-64.yaml")
     assert (spec.algorithm, spec.pso.directions, spec.pso.particles) == ("pso", 64, 32)
+
+
+# --- whole runs: `evoarena run`, kill -9, the fleet -------------------------------------------------
+
+LONG = 60  # steps: several seconds on a local pool, so a run can be caught in the middle
+
+
+def write_spec(place: Place, name: str, steps: int, workers: int = 1, **pso) -> Path:
+    data = spec_dict(name, steps, **pso)
+    data["executor"]["workers"] = workers
+    path = place.root / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+def swarm_history(place: Place, name: str) -> list[dict]:
+    """Every stored step without what depends on the clock or on how warm the caches were."""
+    with place.store() as store:
+        return [{k: d[k] for k in ("generation", "swarm", "evaluated", "best")} for d in store.list_generations(name)]
+
+
+@pytest.mark.slow
+def test_a_pso_run_through_evoarena_run_improves_fitness_and_status_and_report_show_it(tmp_path):
+    place = Place(tmp_path)
+    done = place.run("run", write_spec(place, "pso-run", 12))
+
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[0].startswith("pso-run: 12 steps of 8 particles (16 directions) on 1 local workers")
+    assert [line.split()[1] for line in lines[1:13]] == [f"{i}/12" for i in range(1, 13)]
+    with place.store() as store:
+        states = store.list_generations("pso-run")
+        first, last = states[0]["stats"], states[-1]["stats"]
+        assert last["best"] > first["step_best"]  # the swarm found better weights than any of its start
+        assert last["best"] == max(f for s in states for f in s["evaluated"]["fitness"])
+        assert store.count_results("pso-run") == 12 * 8
+    status = place.run("status", "pso-run")
+    assert status.returncode == 0, status.stderr
+    assert "generations 12/12 complete" in status.stdout and f"best {last['best']:.6g}" in status.stdout
+    report = place.run("report", "pso-run")
+    assert report.returncode == 0, report.stderr
+    assert (place.root / "runs" / "reports" / "pso-run.html").stat().st_size > 0
+
+
+@pytest.mark.slow
+def test_a_pso_run_killed_with_sigkill_resumes_to_the_same_swarm_as_an_uninterrupted_run(tmp_path):
+    place = Place(tmp_path)
+    reference = place.run("run", write_spec(place, "pso-reference", LONG, particles=12), timeout=300)
+    assert reference.returncode == 0, reference.stderr
+
+    proc = place.start("run", write_spec(place, "pso-killed", LONG, particles=12))
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            assert proc.poll() is None, f"the run ended before it could be stopped:\n{proc.communicate()}"
+            if place.db.exists():
+                with place.store() as store:
+                    last = store.last_generation("pso-killed")
+                if last is not None and last >= 2:
+                    break
+            time.sleep(0.02)
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
+    assert proc.returncode == -signal.SIGKILL
+    with place.store() as store:
+        complete = store.last_generation("pso-killed") + 1
+    assert 3 <= complete < LONG, "the kill came too late to interrupt anything"
+
+    again = place.run("run", place.root / "pso-killed.yaml", timeout=300)
+    assert again.returncode == 0, again.stderr
+    assert f"resumed at generation {complete}" in again.stdout.splitlines()
+    assert swarm_history(place, "pso-killed") == swarm_history(place, "pso-reference")
+    with place.store() as store:
+        ids = [r["_id"] for r in store.find_results("pso-killed")]
+        assert len(ids) == len(set(ids)) == 12 * LONG  # nothing evaluated twice
+
+
+@pytest.mark.slow
+def test_a_pso_run_on_the_celery_fleet_stores_the_same_swarm_as_an_inline_run(fleet, tmp_path):
+    spec = parse_spec({**spec_dict("pso-fleet", 5), "noise": {"size": 1 << 20}})
+    for name in ("alpha", "beta"):
+        fleet.start(name)
+    fleet.wait_ready()
+
+    scheduler.run(spec, fleet.store, fleet.executor())
+
+    reference = open_store(f"sqlite:///{tmp_path}/reference.db")
+    config = WorkerConfig(store_url=f"sqlite:///{tmp_path}/reference.db", artifacts_url=str(tmp_path / "ref-artifacts"),
+                          noise_dir=str(tmp_path / "noise"), threads=1)
+    scheduler.run(spec, reference, InlineExecutor(config))
+    kept = ("generation", "swarm", "evaluated", "best")
+    assert ([{k: d[k] for k in kept} for d in fleet.store.list_generations("pso-fleet")]
+            == [{k: d[k] for k in kept} for d in reference.list_generations("pso-fleet")])
+    assert {d["node"] for d in fleet.store.find_results("pso-fleet")} == set(fleet.workers)
