@@ -17,7 +17,7 @@ import yaml
 from evoarena import scheduler
 from evoarena.evolve.pso import PSO, run_seeds
 from evoarena.fleet.executor import InlineExecutor
-from evoarena.genome import Delta, Genome, crossover, founder, span, span_offsets
+from evoarena.genome import Delta, Genome, crossover, span, span_offsets
 from evoarena.materialize import Materializer, ParentCache
 from evoarena.nets import layout
 from evoarena.noise import generate, open_noise
