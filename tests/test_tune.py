@@ -287,3 +287,16 @@ def test_a_search_on_the_fleet_stores_what_the_inline_run_stores(inline_runs, fl
     scheduler.run(spec, fleet.store, fleet.executor())
     assert trials_of(fleet.store, spec.name) == trials_of(inline_runs["ga"], spec.name)
     assert '"op": "trial"' in fleet.log("alpha")
+
+
+@pytest.mark.slow
+def test_a_finished_search_extended_by_a_step_keeps_its_trials_and_runs_only_the_new_ones(inline_runs, tmp_path):
+    url = f"sqlite:///{tmp_path / 'r.db'}"
+    store = open_store(url)
+    config = WorkerConfig(url, str(tmp_path / "art"), str(tmp_path / "noise"), threads=1)
+    scheduler.run(parse_spec(tiny(search="ga", steps=1)), store, InlineExecutor(config))
+    first = {d["_id"]: d["seconds"] for d in store.find_results("tune-tiny")}
+    scheduler.run(parse_spec(tiny(search="ga", steps=2)), store, InlineExecutor(config))
+    after = {d["_id"]: d["seconds"] for d in store.find_results("tune-tiny")}
+    assert len(first) == 2 and len(after) == 4 and {k: after[k] for k in first} == first
+    assert trials_of(store, "tune-tiny") == trials_of(inline_runs["ga"], "tune-tiny")
