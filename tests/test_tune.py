@@ -173,6 +173,13 @@ def test_planning_a_step_again_from_its_state_gives_the_same_trials():
     assert pso.plan(1, state).tasks != step0.tasks  # the swarm moved
 
 
+def test_a_point_the_arena_refuses_stops_the_plan_naming_the_path_and_value():
+    spec = parse_spec(tiny())  # a space the file check would refuse, forced past it
+    forced = spec.model_copy(update={"tune": spec.tune.model_copy(update={"space": [param(low=2.0, high=4.0)]})})
+    with pytest.raises(RuntimeError, match=r"step 0: trial 0: the arena refuses meta\.lr = [0-9.]+: Input should be less"):
+        Tune(forced).plan(0, None)
+
+
 # --- the trial task ------------------------------------------------------------------------------------------
 
 

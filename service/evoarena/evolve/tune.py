@@ -34,7 +34,7 @@ import statistics
 import numpy as np
 
 from ..spec import ExperimentSpec
-from ..spec_tune import ParameterSpec, derive
+from ..spec_tune import DerivedSpecError, ParameterSpec, derive
 from . import Step, swarm
 
 
@@ -65,8 +65,11 @@ class Tune:
                 points = children([p["unit"] for p in state["parents"]], n, self.tune.sigma, rng)
             about = None
         values = [to_values(self.tune.space, u) for u in points]
-        for v in values:
-            derive(self.tune.base, v)  # a point the arena refuses stops here, before anything is sent
+        for i, v in enumerate(values):  # a point the arena refuses stops the run here, before anything is sent
+            try:
+                derive(self.tune.base, v)
+            except DerivedSpecError as exc:
+                raise RuntimeError(f"step {index}: trial {i}: the arena refuses {exc}") from exc
         tasks = [self._task(index, i, v) for i, v in enumerate(values)]
         return Step("trial", tasks, about={"points": points.tolist(), "swarm": about})
 
