@@ -125,7 +125,7 @@ def test_tune_on_digits_is_refused_since_its_objectives_count_modes():
 # --- how the next points are chosen (no trial runs) ----------------------------------------------------
 
 
-def fake_results(step, objectives):
+def fake_results(objectives):
     return [{"fitness": f, "error": None if f is not None else "RuntimeError: failed", "metrics": {}}
             for f in objectives]
 
@@ -141,10 +141,10 @@ def test_both_searches_start_from_the_same_points_and_every_trial_names_its_valu
 def test_the_ga_breeds_from_the_best_trials_so_far_and_carries_them_over():
     ga = Tune(parse_spec(tiny(search="ga", population=3, parents=2)))
     step0 = ga.plan(0, None)
-    state = ga.advance(0, None, step0, fake_results(step0, [0.5, None, 2.0]))
+    state = ga.advance(0, None, step0, fake_results([0.5, None, 2.0]))
     assert [(p["step"], p["trial"]) for p in state["parents"]] == [(0, 2), (0, 0)]  # the failed one never breeds
     step1 = ga.plan(1, state)
-    state1 = ga.advance(1, state, step1, fake_results(step1, [1.0, 0.1, 0.2]))
+    state1 = ga.advance(1, state, step1, fake_results([1.0, 0.1, 0.2]))
     assert [(p["step"], p["trial"]) for p in state1["parents"]] == [(0, 2), (1, 0)]  # the elite stays, not rerun
     assert len(state1["trials"]) == 6 and state1["best"]["objective"] == 2.0
 
@@ -160,7 +160,7 @@ def test_ga_children_stay_in_the_box_near_a_parent():
 def test_a_failed_trial_never_becomes_a_particles_best():
     pso = Tune(parse_spec(tiny(search="pso")))
     step0 = pso.plan(0, None)
-    state = pso.advance(0, None, step0, fake_results(step0, [None, 1.5]))
+    state = pso.advance(0, None, step0, fake_results([None, 1.5]))
     assert state["swarm"]["best_fitness"] == [None, 1.5]
     assert state["stats"]["errors"] == 1 and state["best"]["trial"] == 1
 
@@ -168,7 +168,7 @@ def test_a_failed_trial_never_becomes_a_particles_best():
 def test_planning_a_step_again_from_its_state_gives_the_same_trials():
     pso = Tune(parse_spec(tiny(search="pso")))
     step0 = pso.plan(0, None)
-    state = pso.advance(0, None, step0, fake_results(step0, [0.3, 0.7]))
+    state = pso.advance(0, None, step0, fake_results([0.3, 0.7]))
     assert pso.plan(1, state).tasks == pso.plan(1, copy.deepcopy(state)).tasks
     assert pso.plan(1, state).tasks != step0.tasks  # the swarm moved
 
