@@ -16,8 +16,9 @@ this form for the ring arena's meta-parameters): one plain dict per (problem, al
     }
 
 (bench/ga_vs_pso_ring.py gives "evaluations" as one count per seed; both forms are read.) The
-table prints, per row, the median and [min, max] over seeds at each evaluation count, the median
-wall time and the median and largest message per task.
+table prints, per row, the median and [min, max] over seeds at each evaluation count (about every
+quarter of the run where a curve has more than six), the median wall time and the median and
+largest message per task; the plot draws every count.
 
 The memorize half: experiments/memorize-64.yaml's problem, network and fitness (64 random images,
 narrow network, fitness memorized_margin) for the GA with that file's setting (8 parents x 4
@@ -118,9 +119,12 @@ def run_memorize(algorithm: str, seed: int, steps: int) -> dict:
     return {"memorized": memorized, "evaluations": evaluations, "wall_s": wall, "message_bytes": executor.sizes}
 
 
-def marks(steps: int) -> list[int]:
-    """The steps (counted from 1) the table shows: about every quarter, and the last."""
-    return sorted({max(1, round(steps * q / 4)) for q in (1, 2, 3, 4)})
+def shown(counts: list[int]) -> list[int]:
+    """The evaluation counts the table shows: all of up to six, else about every quarter and the last."""
+    counts = sorted(counts)
+    if len(counts) <= 6:
+        return counts
+    return sorted({counts[max(0, round(len(counts) * q / 4) - 1)] for q in (1, 2, 3, 4)})
 
 
 def memorize_rows(seeds: list[int], steps: int, progress=print) -> list[dict]:
@@ -129,12 +133,10 @@ def memorize_rows(seeds: list[int], steps: int, progress=print) -> list[dict]:
     for algorithm in ("ga", "pso"):
         row = {"problem": "memorize-64", "algorithm": algorithm, "fitness": "points memorized (of 64)",
                "evaluations": [], "curve": {}, "wall_s": [], "message_bytes": []}
-        shown = marks(steps)
         for seed in seeds:
             run = run_memorize(algorithm, seed, steps)
-            done = [sum(run["evaluations"][:k]) for k in shown]
-            for k, count in zip(shown, done):
-                row["curve"].setdefault(count, []).append(run["memorized"][k - 1])
+            for k in range(1, steps + 1):  # after every step
+                row["curve"].setdefault(sum(run["evaluations"][:k]), []).append(run["memorized"][k - 1])
             row["evaluations"].append(sum(run["evaluations"]))
             row["wall_s"].append(run["wall_s"])
             row["message_bytes"] += run["message_bytes"]
@@ -157,7 +159,7 @@ def spread(values: list[float], form: str = ".4g") -> str:
 def print_table(rows: list[dict]) -> None:
     for problem in dict.fromkeys(r["problem"] for r in rows):
         mine = [r for r in rows if r["problem"] == problem]
-        counts = sorted({int(c) for r in mine for c in r["curve"]})
+        counts = shown(list({int(c) for r in mine for c in r["curve"]}))
         print(f"\n{problem}: best {mine[0]['fitness']} after n evaluations, median [min, max] over "
               f"{len(mine[0]['wall_s'])} seeds")
         header = f"{'algorithm':<10}" + "".join(f"{'n = ' + str(c):>22}" for c in counts)
@@ -194,7 +196,7 @@ def plot(rows: list[dict], path: Path) -> None:
         for i, r in enumerate(r for r in rows if r["problem"] == problem):
             curve = sorted((int(c), v) for c, v in r["curve"].items())
             x = [c for c, _ in curve]
-            ax.plot(x, [statistics.median(v) for _, v in curve], marker="o", color=f"C{i}",
+            ax.plot(x, [statistics.median(v) for _, v in curve], marker="o" if len(x) <= 10 else None, color=f"C{i}",
                     label=f"{r['algorithm']} (median of {len(r['wall_s'])} seeds)")
             ax.fill_between(x, [min(v) for _, v in curve], [max(v) for _, v in curve], color=f"C{i}", alpha=0.2)
         ax.set_xlabel("evaluations")
