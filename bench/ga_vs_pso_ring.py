@@ -10,7 +10,9 @@ run with `seed: s` on a fresh SQLite store in a temporary directory, on the proj
 (`--workers` processes), and every task payload sent is measured as the JSON bytes on the wire.
 
 It prints, per search, the best objective found after each step's trials (median [min, max] over
-the seeds), the median wall time of a run, and the median and largest task message. It exits 1
+the seeds), the median wall time of a run, the median of each run's mean train_steps per trial
+(equal trials are not equal compute: a search that prefers long training pays for it in wall
+time), and the median and largest task message. It exits 1
 when the two searches did not get the same budget (trials stored per run), when a task message
 reaches 4 KiB (issue 12's bar for PSO, held here by both), or when a run fails.
 
@@ -93,7 +95,8 @@ def run_ring_meta(seeds, population: int = 6, steps: int = 4, workers: int = 2, 
         curve = {population * (k + 1): [] for k in range(steps)}
         row = {"problem": "ring-meta", "algorithm": search,
                "fitness": "modes covered + high-quality share of the final best generator (of 8 modes)",
-               "evaluations": [], "curve": curve, "wall_s": [], "message_bytes": [], "best_values": []}
+               "evaluations": [], "curve": curve, "wall_s": [], "message_bytes": [], "best_values": [],
+               "train_steps": []}  # beside the shared format: each run's mean train_steps per trial (its cost)
         for seed in seeds:
             run = run_search(search, seed, population, steps, workers)
             row["evaluations"].append(len(run["trials"]))
@@ -101,6 +104,7 @@ def run_ring_meta(seeds, population: int = 6, steps: int = 4, workers: int = 2, 
                 curve[count].append(best_so_far(run["trials"], count))
             row["wall_s"].append(run["wall_s"])
             row["message_bytes"] += run["message_bytes"]
+            row["train_steps"].append(statistics.fmean(t["values"]["train_steps"] for t in run["trials"]))
             best = max((t for t in run["trials"] if t["objective"] is not None), key=lambda t: t["objective"], default=None)
             row["best_values"].append(best and best["values"])
             progress(f"  {search} seed {seed}: best {curve[population * steps][-1]:.3f} after {len(run['trials'])} "
@@ -118,10 +122,11 @@ def table(rows: list[dict]) -> list[str]:
     seeds = len(rows[0]["wall_s"])
     lines = [f"ring-meta: {rows[0]['fitness']}, best so far after n trials; median [min, max] over {seeds} seeds",
              f"{'search':<7}" + "".join(f"{f'n = {c}':>22}" for c in counts)
-             + f"{'wall s':>9}{'msg B/task':>12}{'max B':>7}"]
+             + f"{'wall s':>9}{'steps/trial':>12}{'msg B/task':>12}{'max B':>7}"]
     for row in rows:
         lines.append(f"{row['algorithm']:<7}" + "".join(f"{spread(row['curve'][c]):>22}" for c in counts)
-                     + f"{statistics.median(row['wall_s']):>9.0f}{statistics.median(row['message_bytes']):>12.0f}"
+                     + f"{statistics.median(row['wall_s']):>9.0f}{statistics.median(row['train_steps']):>12.0f}"
+                     + f"{statistics.median(row['message_bytes']):>12.0f}"
                      + f"{max(row['message_bytes']):>7}")
     return lines
 
