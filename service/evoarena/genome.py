@@ -24,7 +24,7 @@ Noise for a delta covering flat positions [a, b) is read from noise[o : o + b - 
 momentum, from noise[q : q + b - a]).
 
 A span delta is the particle swarm's position (evolve/pso.py): a point of the K-dimensional
-subspace spanned by K fixed noise-table directions, the same K for every particle of a run. The
+subspace spanned by K fixed noise-table directions, the same for every particle of a run. The
 message carries the K coefficients and one seed, not K offsets: `span_offsets(d, K, n, table
 size)` draws the offsets from numpy's PCG64 seeded by [SPAN_STREAM, d]. It is summed in float64,
 k = 1 .. K in order, one exactly rounded multiply and add per term, then added to the float32
