@@ -342,3 +342,21 @@ def test_a_pso_run_on_the_celery_fleet_stores_the_same_swarm_as_an_inline_run(fl
     assert ([{k: d[k] for k in kept} for d in fleet.store.list_generations("pso-fleet")]
             == [{k: d[k] for k in kept} for d in reference.list_generations("pso-fleet")])
     assert {d["node"] for d in fleet.store.find_results("pso-fleet")} == set(fleet.workers)
+
+
+def inline_run(tmp_path: Path, store_name: str, spec) -> list[dict]:
+    url = f"sqlite:///{tmp_path}/{store_name}.db"
+    config = WorkerConfig(store_url=url, artifacts_url=str(tmp_path / "artifacts"), noise_dir=str(tmp_path / "noise"),
+                          threads=1)
+    with open_store(url) as store:
+        scheduler.run(spec, store, InlineExecutor(config))
+        return [{k: d[k] for k in ("generation", "swarm", "evaluated", "best")} for d in store.list_generations(spec.name)]
+
+
+def test_a_pso_run_extended_by_more_steps_continues_as_one_longer_run(tmp_path):
+    longer = inline_run(tmp_path, "reference", parse_spec(spec_dict("pso-extended", 5)))
+    inline_run(tmp_path, "extended", parse_spec(spec_dict("pso-extended", 3)))
+
+    assert inline_run(tmp_path, "extended", parse_spec(spec_dict("pso-extended", 5))) == longer
+    with pytest.raises(scheduler.ExperimentMismatch, match="pso.steps = 2 but experiment 'pso-extended' already has 5"):
+        inline_run(tmp_path, "extended", parse_spec(spec_dict("pso-extended", 2)))

@@ -112,7 +112,8 @@ def provenance(spec: ExperimentSpec) -> dict:
 def register(spec: ExperimentSpec, store: ResultStore) -> None:
     """Record the experiment, or check that the stored one is the same experiment.
 
-    Only the length of the run (`ga.generations`, `ga.frame_budget`, `arena.rounds`, `tune.steps`) may differ, to extend it.
+    Only the length of the run (`ga.generations`, `ga.frame_budget`, `arena.rounds`, `tune.steps`, `pso.steps`) may
+    differ, to extend it.
     """
     wanted = spec_to_dict(spec)
     stored = store.get_experiment(spec.name)
@@ -120,7 +121,8 @@ def register(spec: ExperimentSpec, store: ResultStore) -> None:
         def same(d: dict) -> dict:
             return {**d, "ga": d.get("ga") and {**d["ga"], "generations": None, "frame_budget": None},
                     "arena": d.get("arena") and {**d["arena"], "rounds": None},
-                    "tune": d.get("tune") and {**d["tune"], "steps": None}}
+                    "tune": d.get("tune") and {**d["tune"], "steps": None},
+                    "pso": d.get("pso") and {**d["pso"], "steps": None}}
         if same(stored["spec"]) != same(wanted):
             raise ExperimentMismatch(
                 f"experiment {spec.name!r} already exists in the store with a different spec; "
@@ -128,7 +130,7 @@ def register(spec: ExperimentSpec, store: ResultStore) -> None:
             )
         complete, steps = complete_generations(store, spec.name), getattr(algorithm(spec), "steps", None)
         if steps is not None and steps < complete:
-            field = {"arena": "arena.rounds", "tune": "tune.steps"}.get(spec.algorithm, "ga.generations")
+            field = {"arena": "arena.rounds", "tune": "tune.steps", "pso": "pso.steps"}.get(spec.algorithm, "ga.generations")
             raise ExperimentMismatch(
                 f"{field} = {spec.steps_wanted} but experiment {spec.name!r} already has "
                 f"{complete} complete steps; ask for more"
