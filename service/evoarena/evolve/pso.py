@@ -77,7 +77,8 @@ class PSO:
         if not np.isfinite(swarm.best_fitness).any():
             first = next((r["error"] for r in results if r.get("error")), "?")
             raise RuntimeError(f"step {index}: every evaluation failed so far; first error: {first}")
-        moved = move(swarm, step_rng(self.spec.seed, index + 1), self.how, self.low, self.high, p.topology, p.neighbours)
+        moved = move(swarm, step_rng(self.spec.seed, index + 1), self.how, self.low, self.high,
+                     p.topology, p.neighbours)
 
         valid = [f for f in fitness if f is not None]
         best_doc = best_so_far((state or {}).get("best"), results, fitness)
@@ -149,13 +150,13 @@ def _valid(fitness: float | None) -> bool:
 def best_so_far(previous: dict | None, results: list[dict], fitness: list[float | None]) -> dict:
     """The best evaluation of the run so far: this step's best (the lowest particle index among
     equals) where it beats the previous best strictly, else the previous best."""
-    scored = [(f, -i) for i, f in enumerate(fitness) if f is not None]
+    scored = [(f, -i) for i, f in enumerate(fitness) if f is not None]  # -i: the lowest index wins a tie
     if not scored:
         return previous
-    f, i = max(scored)
+    f, minus_index = max(scored)
     if previous is not None and not f > previous["fitness"]:
         return previous
-    r = results[-i]
+    r = results[-minus_index]
     return {"genome_id": r["genome_id"], "fitness": r["fitness"], "metrics": r["metrics"]}
 
 
