@@ -20,7 +20,7 @@ from .evolve import Algorithm, EventAlgorithm, Step
 from .fleet.executor import Executor, Feed
 from .heartbeat import HEARTBEAT_S, Heartbeat
 from .materialize import CACHE_HITS
-from .spec import ExperimentSpec, spec_to_dict
+from .spec import ExperimentSpec, SpecError, parse_spec, spec_to_dict
 from .store import ResultStore
 from .store.results import lost_result, task_id
 
@@ -109,11 +109,23 @@ def provenance(spec: ExperimentSpec) -> dict:
             "noise_fingerprint": fingerprint(spec.noise.seed, spec.noise.size)}
 
 
+def stored_spec(name: str, stored: dict) -> dict:
+    """A stored spec as today's spec reads it: a field added since it was stored is written out at
+    its default, which is what every run without the field did (a new field's default must keep
+    the old behaviour), so a run stored before the field resumes. ExperimentMismatch if today's
+    spec refuses the stored one (a field since removed or narrowed)."""
+    try:
+        return spec_to_dict(parse_spec(stored, f"the stored spec of {name!r}"))
+    except SpecError as exc:
+        raise ExperimentMismatch(f"experiment {name!r} is stored with a spec this version cannot read ({exc}); "
+                                 "give this one another name") from None
+
+
 def register(spec: ExperimentSpec, store: ResultStore) -> None:
     """Record the experiment, or check that the stored one is the same experiment.
 
     Only the length of the run (`ga.generations`, `ga.frame_budget`, `arena.rounds`, `tune.steps`, `pso.steps`) may
-    differ, to extend it.
+    differ, to extend it. The stored spec is compared as today's spec reads it (`stored_spec`).
     """
     wanted = spec_to_dict(spec)
     stored = store.get_experiment(spec.name)
@@ -123,7 +135,7 @@ def register(spec: ExperimentSpec, store: ResultStore) -> None:
                     "arena": d.get("arena") and {**d["arena"], "rounds": None},
                     "tune": d.get("tune") and {**d["tune"], "steps": None},
                     "pso": d.get("pso") and {**d["pso"], "steps": None}}
-        if same(stored["spec"]) != same(wanted):
+        if same(stored_spec(spec.name, stored["spec"])) != same(wanted):
             raise ExperimentMismatch(
                 f"experiment {spec.name!r} already exists in the store with a different spec; "
                 "give this one another name, or run the original file to continue it"
