@@ -15,9 +15,10 @@ queue counts against the delivery limit; from 4.3, only failed deliveries do (ba
 requeue, which Celery sends when a worker process dies mid-task, and a closed channel, when the
 whole worker dies), while basic.nack does not. Both count the cases this limit is for.
 
-Time limits: a task is killed after its op's hard limit. RabbitMQ's consumer_timeout (the time
-a delivery may stay unacknowledged; the chart sets it) must be longer than the longest hard
-limit, or the broker closes the channel of a worker that is still busy.
+Time limits: a task is killed after its op's hard limit; a group of siblings gets its op's limits
+times its children, up to the longest op's (`message_limits`, sent with each message). RabbitMQ's
+consumer_timeout (the time a delivery may stay unacknowledged; the chart sets it) must be longer
+than the longest hard limit, or the broker closes the channel of a worker that is still busy.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from .. import logs, metrics
 from ..process import process_worker
 from ..settings import FleetSettings
 from ..store.results import task_id
+from .groups import is_group
 
 
 def time_limits(longest_s: float) -> dict[str, tuple[float, float]]:
@@ -51,6 +53,18 @@ def time_limits(longest_s: float) -> dict[str, tuple[float, float]]:
 
 TIME_LIMITS = time_limits(FleetSettings.from_env().time_limit_s)
 LONGEST_TASK_S = max(hard for _, hard in TIME_LIMITS.values())
+
+
+def message_limits(op: str, task: dict, limits: dict[str, tuple[float, float]] = TIME_LIMITS) -> tuple[float, float]:
+    """(soft, hard) time limits of one message: its op's, times its number of children for a group
+    of siblings (groups.py: its worker runs them all), and at most the longest op's limits, which
+    the broker's consumer_timeout and the workers' grace period are set above. A group that needs
+    longer needs a smaller ga.eval_group or a higher EVOARENA_TIME_LIMIT_S. The executor sends them
+    with the message (Celery's per-message limits) and waits by them."""
+    soft, hard = limits[op]
+    longest = max(h for _, h in limits.values())
+    scale = min(len(task["children"]) if is_group(task) else 1, longest / hard)
+    return soft * scale, hard * scale
 
 
 def broker_url() -> str:

@@ -44,7 +44,7 @@ from ..settings import FleetSettings
 from ..store import ResultStore
 from ..store.results import error_summary
 from ..store.results import task_id as result_id_of
-from .app import DIRECT_EXCHANGE, TIME_LIMITS, declare_dead_letter_queue, direct_queue
+from .app import DIRECT_EXCHANGE, declare_dead_letter_queue, direct_queue, message_limits
 from .executor import Feed, queue_of
 from .groups import stored_summary, unpack
 from .routing import BACKLOG, AffinityRouter, built, wanted
@@ -108,9 +108,9 @@ class CeleryExecutor:
     def _map(self, op: str, queue: list[dict]) -> Iterator[dict]:
         pending: dict[str, Sent] = {}
         started: set[str] = set()
-        # a task running this long after a worker started it has outlived its op's hard time limit
+        # a task running this long after a worker started it has outlived its hard time limit
         # on two deliveries: whatever holds it, it will not finish (a queued task has no deadline)
-        deadline = self.deadline or TIME_LIMITS[op][1] * 2 + 60
+        deadline = lambda task: self.deadline or message_limits(op, task)[1] * 2 + 60  # noqa: E731
         last_ping = last_store = time.monotonic()
         while queue or pending:
             self._dispatch(op, queue, pending, started)
@@ -126,10 +126,10 @@ class CeleryExecutor:
             if now - last_ping > self.ping_every:
                 self._rescue(op, pending)
                 last_ping = now
-            for task_id in [t for t, s in pending.items() if s.started is not None and now - s.started > deadline]:
+            for task_id in [t for t, s in pending.items() if s.started is not None and now - s.started > deadline(s.task)]:
                 sent = pending.pop(task_id)
                 self.outcomes["deadline"] += 1
-                yield error_summary(task_id, sent.task, f"no result {deadline:.0f} s after a worker started it",
+                yield error_summary(task_id, sent.task, f"no result {deadline(sent.task):.0f} s after a worker started it",
                                     transient=True)
 
     # --- sending ----------------------------------------------------------------------------
@@ -188,8 +188,9 @@ class CeleryExecutor:
     def _publish(self, op: str, payload: dict, _id: str, **options) -> AsyncResult:
         # argsrepr: what monitoring shows of the arguments; without it Celery formats the whole
         # task for display on every send (0.3 ms a task, bench/scale.py)
+        soft, hard = message_limits(op, payload)  # a sibling group's scale with its children
         return self.app.send_task(f"evoarena.{op}", args=(payload,), task_id=_id, retry=True, retry_policy=RETRY_POLICY,
-                                  argsrepr=f"({_id!r},)", kwargsrepr="{}", **options)
+                                  argsrepr=f"({_id!r},)", kwargsrepr="{}", soft_time_limit=soft, time_limit=hard, **options)
 
     # --- receiving --------------------------------------------------------------------------
 
