@@ -13,39 +13,45 @@ it per child) of two networks:
   one by one  memorize.evaluate (atari: nets.forward) for each child in turn
   batched     memorize.evaluate_many (atari: batched.forward_many) on the stacked group
 
-Both modes run in the same process, interleaved (one by one, then batched, at each repetition);
-a first pass of each is profiled (and is the warm-up) to count conv and linear layer calls
-(batched.layer_calls), and their outputs are compared ("difference": memorize, the largest
-|fitness batched - fitness one by one|, bar batched.FITNESS_ATOL; atari, the share of the 32
-actions that differ, printed only); the figures are medians over the timed repetitions. On a CPU the bench
-runs one torch thread (--threads), as each worker of a 2-worker local run on 2 cores does, and
-times the process's CPU time (time.process_time): on a machine shared with other jobs, wall time
-swung 8x between identical repetitions, CPU time by a few percent. On a GPU it times wall
-time, synchronised.
+Both modes run in the same process, interleaved; a first pass of each is profiled (and is the
+warm-up) to count conv and linear layer calls (batched.layer_calls), and their outputs are
+compared ("difference": memorize, the largest |fitness batched - fitness one by one|, bar
+batched.FITNESS_ATOL; atari, the share of the 32 actions that differ, printed only). Then each
+repetition times three runs in a rotating order: one by one, batched, and one by one again (the
+A/A control). `ratio` is the median over repetitions of (one by one's seconds / batched's) in the
+same repetition, so a neighbour's load on one repetition cancels; `A/A` is the same median for
+one by one against itself: how far a ratio strays from 1 when nothing differs, the noise of this
+run. Smaller groups are cheaper and get more repetitions (`repetitions`). The evaluations/s are
+group / the median seconds. On a CPU the bench runs one torch thread (--threads), as each worker
+of a 2-worker local run on 2 cores does, keeps freed memory as a worker does
+(batched.retain_freed_memory), and times the process's CPU time (time.process_time): on a
+machine shared with other jobs, wall time swung 8x between identical repetitions, CPU time by a
+few percent. On a GPU it times wall time, synchronised.
 
 It also prints the size of a group message (fleet/groups.py) for 64 siblings against the 64
 single tasks it replaces: task JSON, as bench/message.py counts it (len(json.dumps(task))), from
 the GA's own tasks for experiments/memorize.yaml with 64 children per parent.
 
 Bars, on a CPU:
-  - batched evaluations/s >= 0.9 x one by one at every group size: "no slower", with a 10%
-    allowance for the noise of a shared machine (both are measured interleaved, so a busy
-    neighbour slows both);
+  - batched is no slower than one by one at every group size: ratio >= 1.0, with no allowance
+    for noise. The A/A column shows the noise of the same run; where it strays as far from 1 as
+    a ratio's margin, a run can fail by noise alone: run it again, or with more --repeats;
   - at group 64, batched makes at most 1/8 of the layer calls one by one makes. A CPU gains
     little from larger kernels, so a "batched" path that looped over the children in Python
-    would pass the speed bar; it cannot pass this one.
+    could reach ratio 1.0 by noise; it cannot pass this bar.
 On a GPU (when torch.cuda.is_available()), also: batched at group 64 >= 10x one by one.
 Message: the group message is at most 1/8 of the bytes of the 64 single tasks.
 Prints the table and PASS, or the failed bars and exits 1.
 
-    python bench/batched.py            # 3 timed repetitions, ~2 min on 2 busy cores
-    python bench/batched.py --quick    # 1 timed repetition, ~1 min
+    python bench/batched.py                # 5 timed repetitions at group 64, ~3 min on 2 busy cores
+    python bench/batched.py --repeats 2    # ~1.5 min
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import platform
 import statistics
 import sys
@@ -59,7 +65,8 @@ from evoarena.problems import memorize
 
 GROUPS = (1, 4, 16, 64)
 SIGMA = 0.02
-MIN_CPU_RATIO = 0.9  # batched / one by one evaluations per second, every group size
+MIN_CPU_RATIO = 1.0  # batched / one by one evaluations per second, every group size
+REPEATS = 5
 MAX_CALL_SHARE = 1 / 8  # batched layer calls / one by one's, at group 64
 MIN_GPU_RATIO = 10.0  # batched / one by one evaluations per second at group 64, on a GPU
 MAX_MESSAGE_SHARE = 1 / 8  # a group message's bytes / those of the single tasks it replaces
@@ -115,6 +122,12 @@ def timed(run: Callable[[], object], device: str) -> float:
     return clock() - started
 
 
+def repetitions(group: int, repeats: int) -> int:
+    """Timed repetitions at `group`: `repeats` at the largest group, more for smaller (cheaper)
+    groups, sqrt(64 / group) times as many, so that their medians are not left to fewer seconds."""
+    return repeats * max(1, round(math.sqrt(GROUPS[-1] / group)))
+
+
 def measure(case: Callable, device: str, repeats: int) -> list[dict]:
     arch, one, many, gap = case(device)
     rows = []
@@ -124,13 +137,16 @@ def measure(case: Callable, device: str, repeats: int) -> list[dict]:
         outputs = {}
         with torch.no_grad():  # the profiled pass is also the warm-up, and gives the outputs compared
             calls = {mode: batched.layer_calls(lambda: outputs.__setitem__(mode, run())) for mode, run in modes.items()}
+        modes["one by one again"] = modes["one by one"]  # the A/A control: the same work, timed apart
         seconds: dict[str, list[float]] = {mode: [] for mode in modes}
-        for _ in range(repeats):
-            for mode, run in modes.items():
-                seconds[mode].append(timed(run, device))
-        rate = {mode: group / statistics.median(s) for mode, s in seconds.items()}
-        rows.append({"group": group, "one": rate["one by one"], "batched": rate["batched"],
-                     "ratio": rate["batched"] / rate["one by one"],
+        for r in range(repetitions(group, repeats)):  # each repetition times the three in another order
+            order = list(modes)[r % 3:] + list(modes)[: r % 3]
+            for mode in order:
+                seconds[mode].append(timed(modes[mode], device))
+        one_s, many_s, again_s = seconds["one by one"], seconds["batched"], seconds["one by one again"]
+        rows.append({"group": group, "one": group / statistics.median(one_s), "batched": group / statistics.median(many_s),
+                     "ratio": statistics.median(a / b for a, b in zip(one_s, many_s)),
+                     "aa": statistics.median(a / b for a, b in zip(one_s, again_s)),
                      "calls_one": calls["one by one"], "calls_batched": calls["batched"],
                      "gap": gap(outputs["one by one"], outputs["batched"])})
     return rows
@@ -163,23 +179,24 @@ def device_name(device: str) -> str:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="one timed repetition instead of three")
+    parser.add_argument("--repeats", type=int, default=REPEATS, help=f"timed repetitions (default {REPEATS})")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
                         help="cpu or cuda (default: cuda when available)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads on a CPU (default 1)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    repeats = 1 if args.quick else 3
+    retained = batched.retain_freed_memory()  # as a worker does (Worker.__init__)
+    repeats = args.repeats
     gpu = args.device.startswith("cuda")
     clock = "wall time" if args.device.startswith("cuda") else "CPU time"
-    print(f"device: {device_name(args.device)}; torch {torch.__version__}; {clock}, median of {repeats} timed "
-          f"repetition(s), interleaved, after a profiled warm-up")
-    print(f"{'network':<9} {'group':>5} {'one by one/s':>13} {'batched/s':>10} {'ratio':>6} {'layer calls one/batched':>24} "
+    print(f"device: {device_name(args.device)}; torch {torch.__version__}; {clock}; {repeats} timed repetitions, "
+          f"interleaved, after a profiled warm-up; freed memory retained: {retained}")
+    print(f"{'network':<9} {'group':>5} {'one by one/s':>13} {'batched/s':>10} {'ratio':>6} {'A/A':>5} {'layer calls one/batched':>24} "
           f"{'difference':>10}")
     failures = []
     for name, case in (("memorize", memorize_case), ("atari", atari_case)):
         for row in measure(case, args.device, repeats):
-            print(f"{name:<9} {row['group']:>5} {row['one']:>13.1f} {row['batched']:>10.1f} {row['ratio']:>6.2f} "
+            print(f"{name:<9} {row['group']:>5} {row['one']:>13.1f} {row['batched']:>10.1f} {row['ratio']:>6.2f} {row['aa']:>5.2f} "
                   f"{row['calls_one']:>12} / {row['calls_batched']:<10} {row['gap']:>10.2g}", flush=True)
             if name == "memorize" and row["gap"] > batched.FITNESS_ATOL:
                 failures.append(f"FAIL: memorize group {row['group']}: fitness differs by {row['gap']:.2g} "

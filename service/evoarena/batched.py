@@ -12,8 +12,14 @@ layer ONE kernel call for the G networks instead of one per network:
     linear         one batched matrix product (baddbmm) over the G networks
 
 The weights are views of the stacked tensor (each parameter's columns, from nets.Layout's slots),
-reshaped. Images travel channels-last (NHWC), the layout oneDNN's grouped convolutions prefer.
-bench/batched.py measures the pass against one network at a time. Layer types handled this way, in `GROUPED`: conv, linear, the
+reshaped; `runner` lays the conv kernels out once for all the batches of a group. On a CPU the
+activations between convolutions stay in oneDNN's blocked layout (torch's mkldnn tensors) and
+the kernels are reordered for it once: oneDNN's direct convolutions then run without converting
+their input and output at every call, which is where a grouped convolution in torch's
+channels-last layout lost to the same work one network at a time (bench/batched.py: 0.92x at
+group 64 before, above 1x after). Elsewhere (a GPU) images travel channels-last. A process that
+runs batched passes keeps the memory it frees (`retain_freed_memory`). bench/batched.py measures
+the pass against one network at a time. Layer types handled this way, in `GROUPED`: conv, linear, the
 activations and flatten: every network the GA builds (nets.convnet). An architecture with any
 other layer (deconv, bnorm, reshape, resize) is run one network after another by
 `forward_many`, with the same result; `batchable` says which.
@@ -31,6 +37,9 @@ networks, so the stacked copy of their weights takes at most STACK_FRACTION of i
 
 from __future__ import annotations
 
+import ctypes
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 
@@ -38,8 +47,9 @@ from . import nets
 
 FITNESS_ATOL = 1e-5
 """Largest difference between a batched and a one-by-one fitness (mean cross-entropy, float32 on
-CPU; bench/batched.py prints the largest it meets, about 1e-8). GPUs are not covered: cuDNN may
-use TF32 there."""
+CPU; bench/batched.py prints the largest it meets: 0 on the memorize network, whose blocked
+convolutions sum as one network's do, and below 1e-6 for a validation loss). GPUs are not
+covered: cuDNN may use TF32 there."""
 
 STACK_FRACTION = 0.5
 """Share of a worker's cache budget that the stacked weights of one batched pass may take (the
@@ -52,6 +62,9 @@ larger passes cost less, at the price of activation memory (16 of one network's 
 
 GROUPED = {"conv", "linear", "flatten"} | set(nets.ACTIVATIONS)
 """Layer types run as one kernel call for the whole group."""
+
+BLOCKED_ACTIVATIONS = {"relu", "tanh", "sigmoid"}
+"""Activations oneDNN applies to its blocked tensors; another one (lrelu) takes a dense copy."""
 
 
 def batchable(arch: dict) -> bool:
@@ -74,31 +87,70 @@ def images_per_pass(group: int, chunk: int) -> int:
 def forward_many(arch: dict, stacked: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """Outputs (G, batch, ...) of the G networks whose flat weights are the rows of `stacked`, on
     the same batch `x`: one pass if `batchable(arch)`, else one network after another."""
+    return runner(arch, stacked)(x)
+
+
+def runner(arch: dict, stacked: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
+    """`forward_many(arch, stacked, .)` for many batches, the kernels laid out once for all of them."""
     if not batchable(arch):
-        return torch.stack([nets.forward(arch, flat, x) for flat in stacked])
-    g = len(stacked)
+        return lambda x: torch.stack([nets.forward(arch, flat, x) for flat in stacked])
+    blocked = stacked.device.type == "cpu" and torch.backends.mkldnn.is_available()
+    layers = _layers(arch, stacked, blocked)
+    return lambda x: _pass(arch, layers, len(stacked), x, blocked)
+
+
+def _layers(arch: dict, stacked: torch.Tensor, blocked: bool) -> dict[int, tuple]:
+    """Each conv's (kernels side by side, biases) and each linear's (weights, biases) of the group:
+    views of `stacked`, except the conv kernels, laid out once (oneDNN's blocked layout on a CPU,
+    channels-last elsewhere)."""
+    g, shared, layers = len(stacked), True, {}
     weights = {s.name: stacked[:, s.start : s.stop].view(g, *s.shape) for s in nets.layout(arch).slots}
-    h, shared = (x.contiguous(memory_format=torch.channels_last) if x.dim() == 4 else x), True
+    for i, spec in enumerate(arch["layers"]):
+        if spec["type"] not in ("conv", "linear"):
+            continue
+        w, b = weights[f"{i}.weight"], weights[f"{i}.bias"]
+        if spec["type"] == "conv":
+            kernels = w.reshape(g * w.shape[1], *w.shape[2:])
+            if blocked:
+                step, pad = [spec.get("stride", 1)] * 2, [spec.get("padding", 0)] * 2
+                kernels = torch._C._nn.mkldnn_reorder_conv2d_weight(kernels.contiguous().to_mkldnn(), pad, step, [1, 1],
+                                                                    1 if shared else g)
+            else:
+                kernels = kernels.contiguous(memory_format=torch.channels_last)
+            w, b = kernels, b.reshape(-1)
+        layers[i], shared = (w, b), False
+    return layers
+
+
+def _pass(arch: dict, layers: dict[int, tuple], g: int, x: torch.Tensor, blocked: bool) -> torch.Tensor:
+    h, shared = x, True
     for i, spec in enumerate(arch["layers"]):
         kind = spec["type"]
         if kind == "conv":  # (n, C or G*C, H, W) -> (n, G*O, H', W')
-            w, b = weights[f"{i}.weight"], weights[f"{i}.bias"]
-            kernels = w.reshape(g * w.shape[1], *w.shape[2:]).contiguous(memory_format=torch.channels_last)
-            h = F.conv2d(h, kernels, b.reshape(-1), spec.get("stride", 1), spec.get("padding", 0), groups=1 if shared else g)
+            kernels, b = layers[i]
+            h = (h if h.is_mkldnn else h.contiguous().to_mkldnn()) if blocked else h.contiguous(memory_format=torch.channels_last)
+            h = F.conv2d(h, kernels, b, spec.get("stride", 1), spec.get("padding", 0), 1, 1 if shared else g)
         elif kind == "linear":  # (n, F) shared, or (G, n, F) -> (G, n, O)
-            w, b = weights[f"{i}.weight"], weights[f"{i}.bias"]
+            w, b = layers[i]
             if shared:
                 h = F.linear(h, w.reshape(-1, w.shape[2]), b.reshape(-1)).view(len(h), g, -1).transpose(0, 1)
             else:
                 h = torch.baddbmm(b.unsqueeze(1), h, w.transpose(1, 2))
         elif kind == "flatten":  # (n, G*C, H, W) -> (G, n, C*H*W), in each network's flatten order
+            h = _dense(h)
             h = h.flatten(1) if shared else h.contiguous().view(len(h), g, -1).transpose(0, 1)
             continue
         else:  # an activation; on the shared input it must not write into x
+            h = _dense(h) if kind not in BLOCKED_ACTIVATIONS else h
             h = nets.ACTIVATIONS[kind]()(h) if shared else _in_place(kind, h)
             continue
         shared = False
+    h = _dense(h)
     return h.unsqueeze(0).expand(g, *h.shape) if shared else h
+
+
+def _dense(h: torch.Tensor) -> torch.Tensor:
+    return h.to_dense() if h.is_mkldnn else h
 
 
 def _in_place(kind: str, h: torch.Tensor) -> torch.Tensor:
@@ -107,6 +159,25 @@ def _in_place(kind: str, h: torch.Tensor) -> torch.Tensor:
     if kind == "lrelu":
         return F.leaky_relu_(h, 0.2)
     return h.tanh_() if kind == "tanh" else h.sigmoid_()
+
+
+RETAINED_BYTES = 1 << 30
+"""Freed memory (blocks up to this size) that a worker process keeps for its next allocations."""
+
+
+def retain_freed_memory(limit: int = RETAINED_BYTES) -> bool:
+    """Let this process reuse the memory it frees (glibc's malloc; False where that is not there).
+
+    A batched pass allocates activations of hundreds of MB (GROUP_SAMPLES network-inputs); glibc
+    serves blocks above 32 MB with mmap and gives them back on free, so every pass page-faults
+    them in again: about a second of system time per group of 64 memorize networks, against none
+    for one network's 15 MB. Raising malloc's mmap and trim thresholds to `limit` keeps them."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return False
+    mmap_threshold, trim_threshold = -3, -1  # M_MMAP_THRESHOLD, M_TRIM_THRESHOLD (malloc.h)
+    return bool(libc.mallopt(mmap_threshold, limit)) and bool(libc.mallopt(trim_threshold, limit))
 
 
 LAYER_OPS = ("aten::conv2d", "aten::conv_transpose2d", "aten::linear", "aten::baddbmm")

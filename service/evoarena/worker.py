@@ -90,6 +90,9 @@ class Worker:
         self._specs: dict[str, dict] = {}  # experiment name -> its stored spec
         if config.threads:
             torch.set_num_threads(config.threads)
+        from .batched import retain_freed_memory
+
+        retain_freed_memory()  # a batched pass's activations are reused, not page-faulted in again (batched.py)
 
     @cached_property
     def store(self):

@@ -148,7 +148,7 @@ def score_many(logits_of: Callable[[torch.Tensor], torch.Tensor], x: torch.Tenso
 def evaluate_many(arch: dict, stacked: torch.Tensor, data: MemorizeData) -> list[dict]:
     """`evaluate` for each row of `stacked` (G flat weight vectors), in batched passes
     (batched.py); equal to G calls of `evaluate` within batched.FITNESS_ATOL."""
-    run = lambda x: batched.forward_many(arch, stacked, x)  # noqa: E731
+    run = batched.runner(arch, stacked)  # the kernels laid out once for all the passes
     chunk = batched.images_per_pass(len(stacked), EVAL_CHUNK)
     nan = [float("nan")] * len(stacked)
     # the training metrics by the same rule as `evaluate` (training_metrics, fitness_of), per row
