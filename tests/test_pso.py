@@ -282,7 +282,8 @@ def test_a_pso_run_through_evoarena_run_improves_fitness_and_status_and_report_s
         assert store.count_results("pso-run") == 12 * 8
     status = place.run("status", "pso-run")
     assert status.returncode == 0, status.stderr
-    assert "generations 12/12 complete" in status.stdout and f"best {last['best']:.6g}" in status.stdout
+    assert "steps       12/12 complete (8 particles each)" in status.stdout.splitlines()
+    assert f"best {last['best']:.6g}" in status.stdout
     report = place.run("report", "pso-run")
     assert report.returncode == 0, report.stderr
     assert (place.root / "runs" / "reports" / "pso-run.html").stat().st_size > 0

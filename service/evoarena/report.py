@@ -4,9 +4,9 @@ Every figure is a PNG embedded as a base64 data URI, so the page opens anywhere 
 and no other file. The result store is read through the ResultStore protocol only (SQLite or
 MongoDB), and a run that is still going gets the page of what is stored so far.
 
-    every run       fitness per generation (GA) or round (arena): best, mean and the 10th-90th
-                    percentile band over the individuals (GA) or generators (arena)
-    GA              train and validation loss and accuracy of each generation's fittest individual,
+    every run       fitness per generation (GA), step (PSO) or round (arena): best, mean and the
+                    10th-90th percentile band over the individuals, particles or generators
+    GA, PSO         train and validation loss and accuracy of each generation's fittest individual,
                     beside the Adam baseline's per-epoch history when `evoarena baseline` stored one
                     for the same problem and network (on a second x axis: an epoch is not a generation)
     arena           the encounter matrix of each round; the share of each side descending from
@@ -15,19 +15,19 @@ MongoDB), and a run that is still going gets the page of what is stored so far.
                     of up to MAX_SAMPLE_PICTURES rounds, drawn from its weights in the artifact store
                     by samples.draw (a picture that cannot be drawn is replaced by a note saying why).
                     The asynchronous fight is drawn per fight instead of per round
+    tune            the meta-parameter search's objective against trials, and each trial's values
+                    (report_tune.py)
     steps           cache hit rate and tasks per second of each step (the step documents' stats)
     results         tasks per worker, and distinct workers per step (the Celery node, or the local
                     worker process)
 
-Generations and rounds are counted from 1, as the progress line counts them. What cannot be drawn
+Generations, steps and rounds are counted from 1, as the progress line counts them. What cannot be drawn
 is said on the page.
 """
 
 from __future__ import annotations
 
 import argparse
-import base64
-import html
 import math
 import time
 from collections import Counter, defaultdict
@@ -46,10 +46,11 @@ from .report_plots import (
     plot_throughput,
     plot_tasks_per_worker,
     plot_workers_over_time,
-    png,
 )
+from .report_page import Page
 from .report_samples import MAX_SAMPLE_PICTURES, sample_section
-from .status import algorithm_name, open_experiment, state_text, steps_of, usage_errors
+from .report_tune import tune_sections
+from .status import algorithm_name, open_experiment, state_text, step_unit, steps_of, usage_errors
 
 if TYPE_CHECKING:
     import numpy as np
@@ -217,41 +218,40 @@ def build_page(store, name: str, settings: Settings | None = None, store_url: st
     spec = parse_spec(experiment["spec"], source=f"the stored spec of {name}")
     steps = store.list_generations(name)
     results = store.find_results(name)
-    page = _Page()
+    page = Page()
     if spec.algorithm == "arena":
         _arena_sections(page, store, spec, steps)
         if store.count_docs("pure_gen", name):
             sample_section(page, spec, steps, settings, store_url)
+    elif spec.algorithm == "tune":
+        tune_sections(page, spec, results, steps)
     else:
         _ga_sections(page, store, spec, results, steps)
     throughput = step_throughput(steps)
     if throughput["x"]:
-        page.figure("Throughput", plot_throughput(throughput, "step" if spec.algorithm == "arena" else "generation"),
+        page.figure("Throughput", plot_throughput(throughput, step_unit(spec)),
                     "Per step: the share of network builds served from a worker's parent cache, and tasks finished "
                     "per second.")
     if results:
         page.figure("Workers", plot_tasks_per_worker(tasks_per_worker(results)),
                     "Results stored by each worker (Celery node name on a fleet, process name on a local run).")
-        page.figure("workers over time", plot_workers_over_time(workers_per_step(results),
-                                                                "generation" if spec.algorithm == "ga" else "step"),
+        page.figure("workers over time", plot_workers_over_time(workers_per_step(results), step_unit(spec)),
                     "How many distinct workers stored results of each step (a fleet that grows or loses workers "
                     "shows here).", section="Workers")
     return page.html(name, _summary(store, experiment, spec, len(results)))
 
 
-def _ga_sections(page: _Page, store, spec, results: list[dict], steps: list[dict]) -> None:
+def _ga_sections(page: Page, store, spec, results: list[dict], steps: list[dict]) -> None:
     values = ga_fitness(results)
     band = fitness_band(values)
     if not band.x:
         page.note("No evaluation is stored yet: nothing to draw.")
         return
-    atari = spec.problem.kind == "atari"
-    page.figure("Fitness", plot_fitness(band, "generation", "fitness (mean episode return)" if atari
-                                        else "fitness (minus the training cross-entropy)"),
-                f"Per generation, over its evaluated individuals: best, mean and the {BAND[0]}th-{BAND[1]}th "
-                "percentile band.")
+    atari, unit, who = spec.problem.kind == "atari", step_unit(spec), "individual" if spec.algorithm == "ga" else "particle"
+    page.figure("Fitness", plot_fitness(band, unit, f"fitness ({FITNESS_TITLES['atari' if atari else spec.problem.fitness]})"),
+                f"Per {unit}, over its evaluated {who}s: best, mean and the {BAND[0]}th-{BAND[1]}th percentile band.")
     if atari:  # no training set and no gradient baseline; bench/atari.py puts the return against frames
-        _in_progress_note(page, steps, band, values)
+        _in_progress_note(page, unit, steps, band, values)
         return
     adam, why_not = adam_baseline(store, spec)
     n_train = spec.problem.batch_size * spec.problem.train_batches
@@ -260,21 +260,26 @@ def _ga_sections(page: _Page, store, spec, results: list[dict], steps: list[dict
     adam_work = (f"each: {adam['steps_per_epoch']} gradient steps, one forward and backward pass over the "
                  f"{n_train} training images" if adam else "")
     page.figure("Training loss and accuracy",
-                plot_loss_and_accuracy(best_metrics(results), adam and adam["history"], ga_work, adam_work),
-                "The fittest individual of each generation (blue, bottom axis) on the training set and on the "
+                plot_loss_and_accuracy(best_metrics(results), adam and adam["history"], ga_work, adam_work,
+                                       f"{spec.algorithm.upper()} {unit}"),
+                f"The fittest {who} of each {unit} (blue, bottom axis) on the training set and on the "
                 "validation set (never trained on: memorization cannot help there)"
                 + (f"; the Adam baseline (orange, top axis: epochs; lr {adam['lr']}, seed {adam['seed']}) on the same "
-                   "network and data. The two x axes are not the same work: a generation scores many networks "
+                   f"network and data. The two x axes are not the same work: a {unit} scores many networks "
                    "without a gradient, an epoch takes gradient steps with one network." if adam else "."))
     if why_not:
         page.note(why_not, section="Training loss and accuracy")
-    _in_progress_note(page, steps, band, values)
+    _in_progress_note(page, unit, steps, band, values)
 
 
-def _in_progress_note(page: _Page, steps: list[dict], band, values: dict) -> None:
+FITNESS_TITLES = {"atari": "mean episode return", "cross_entropy": "minus the training cross-entropy",
+                  "memorized": "training points memorized", "memorized_margin": "points memorized + margin"}
+
+
+def _in_progress_note(page: Page, unit: str, steps: list[dict], band, values: dict) -> None:
     if len(steps) < band.x[-1]:
-        page.note(f"Generation {band.x[-1]} is in progress: the figures include the {len(values[band.x[-1]])} "
-                  "results stored so far.")
+        page.note(f"{unit.capitalize()} {band.x[-1]} is in progress: the figures include the "
+                  f"{len(values[band.x[-1]])} results stored so far.")
 
 
 def adam_baseline(store, spec) -> tuple[dict | None, str | None]:
@@ -291,7 +296,7 @@ def adam_baseline(store, spec) -> tuple[dict | None, str | None]:
     return doc, None
 
 
-def _arena_sections(page: _Page, store, spec, steps: list[dict]) -> None:
+def _arena_sections(page: Page, store, spec, steps: list[dict]) -> None:
     name, fight = spec.name, spec.arena.mode == "async"
     unit = "fight" if fight else "round"
     gens, discs = store.find_docs("pure_gen", name), store.find_docs("pure_disc", name)
@@ -402,47 +407,6 @@ def _summary(store, experiment: dict, spec, n_results: int) -> list[tuple[str, s
         rows.append(("master", ", ".join(f"{k} {provenance[k]}" for k in ("evoarena", "torch", "master_device")
                                          if k in provenance)))
     return rows
-
-
-class _Page:
-    """Sections of figures and notes, in the order they were added."""
-
-    def __init__(self):
-        self.sections: dict[str, list[str]] = {}
-
-    def figure(self, title: str, fig, caption: str = "", section: str | None = None) -> None:
-        """`fig` as a PNG data URI, in section `section` (default: its own, named `title`)."""
-        self.image(title, png(fig), caption, section)
-
-    def image(self, title: str, picture: bytes, caption: str = "", section: str | None = None) -> None:
-        """A PNG (bytes) as a data URI, in section `section` (default: its own, named `title`)."""
-        uri = "data:image/png;base64," + base64.b64encode(picture).decode()
-        below = f"<figcaption>{html.escape(caption)}</figcaption>" if caption else ""
-        self.sections.setdefault(section or title, []).append(
-            f'<figure><img src="{uri}" alt="{html.escape(title)}">{below}</figure>')
-
-    def text(self, text: str, section: str) -> None:
-        self.sections.setdefault(section, []).append(f"<p>{html.escape(text)}</p>")
-
-    def note(self, text: str, section: str = "Notes") -> None:
-        """What the page cannot show, and why."""
-        self.sections.setdefault(section, []).append(f'<p class="note">{html.escape(text)}</p>')
-
-    def html(self, name: str, summary: list[tuple[str, str]]) -> str:
-        rows = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>" for k, v in summary)
-        body = "".join(f"<section><h2>{html.escape(title)}</h2>{''.join(items)}</section>"
-                       for title, items in self.sections.items())
-        return (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{html.escape(name)}: evoarena '
-                f'report</title><style>{_CSS}</style></head><body><h1>{html.escape(name)}</h1><table>{rows}</table>'
-                f"{body}<footer>evoarena report, written {time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime())} "
-                "from the result store.</footer></body></html>")
-
-
-_CSS = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}"
-        "table{border-collapse:collapse}th,td{text-align:left;padding:2px 12px 2px 0}"
-        "figure{display:inline-block;margin:0 1em 1em 0;vertical-align:top}"
-        "figure img{max-width:100%}figcaption{font-size:.85em;color:#555;max-width:800px}"
-        ".note{color:#7a4b00}footer{margin-top:2em;font-size:.8em;color:#777}")
 
 
 def _finite(x) -> bool:

@@ -29,20 +29,21 @@ def plot_fitness(band: Band, xlabel: str, title: str):
 
 
 def plot_loss_and_accuracy(metrics: dict[str, list[float]], adam: list[dict] | None = None,
-                           ga_work: str = "", adam_work: str = ""):
-    """The fittest individual's train and validation loss and accuracy per generation (bottom axis);
-    with `adam` (the baseline's per-epoch history), Adam's on a second x axis on top, in epochs: a
-    generation and an epoch are not the same work, and the axis labels say what each costs."""
+                           ga_work: str = "", adam_work: str = "", by: str = "GA generation"):
+    """The fittest individual's train and validation loss and accuracy per generation (bottom axis,
+    `by`: "GA generation", "PSO step"); with `adam` (the baseline's per-epoch history), Adam's on a
+    second x axis on top, in epochs: a generation and an epoch are not the same work, and the axis
+    labels say what each costs."""
     import math
 
     from matplotlib.ticker import MaxNLocator
 
     fig, (loss, acc) = _figure(2, size=(6.4, 4.6))
     for key, style in (("train", "-"), ("val", "--")):
-        loss.plot(metrics["x"], metrics[f"{key}_loss"], style, color="C0", marker=".", label=f"GA {key}")
-        acc.plot(metrics["x"], metrics[f"{key}_accuracy"], style, color="C0", marker=".", label=f"GA {key}")
+        loss.plot(metrics["x"], metrics[f"{key}_loss"], style, color="C0", marker=".", label=f"{by.split()[0]} {key}")
+        acc.plot(metrics["x"], metrics[f"{key}_accuracy"], style, color="C0", marker=".", label=f"{by.split()[0]} {key}")
     for ax in (loss, acc):
-        ax.set_xlabel("GA generation" + (f"\n({ga_work})" if ga_work else ""), fontsize=8)
+        ax.set_xlabel(by + (f"\n({ga_work})" if ga_work else ""), fontsize=8)
     loss.set(ylabel="cross-entropy", title="loss")
     acc.set(ylabel="accuracy", title="accuracy", ylim=(0, 1.02))
     values = [v for v in metrics["train_loss"] + metrics["val_loss"] if math.isfinite(v)]
@@ -176,6 +177,46 @@ def plot_tasks_per_worker(counts: dict[str, Counter]):
     ax.invert_yaxis()
     ax.legend(fontsize=8)
     return fig
+
+
+def plot_trials(trials: list[dict], best: list[float], objective: str):
+    """Each trial's objective against trials run (counted from 1), coloured by step, and the best so far."""
+    fig, ax = _figure()
+    scored = [(i, t) for i, t in enumerate(trials, start=1) if t["objective"] is not None]
+    points = ax.scatter([i for i, _ in scored], [t["objective"] for _, t in scored], c=[t["step"] for _, t in scored],
+                        cmap="viridis", zorder=3, label="trial")
+    ax.step(range(1, len(best) + 1), best, where="post", color="C3", label="best so far")
+    _step_colorbar(fig, points, ax)
+    ax.set(xlabel="trial", ylabel=objective, title=f"{objective} of each trial")
+    ax.legend()
+    return fig
+
+
+def plot_trial_values(trials: list[dict], space: list, objective: str):
+    """Per searched value (one panel each, a log axis for a log range): each trial's objective against
+    the value it tried, coloured by step; the best trial ringed. `trials` must have one scored."""
+    import numpy as np
+    from matplotlib.ticker import AutoLocator
+
+    scored = [t for t in trials if t["objective"] is not None]
+    fig, axes = _figure(len(space), size=(4.2, 3.6))
+    top = max(scored, key=lambda t: t["objective"])
+    for ax, p in zip(np.atleast_1d(axes), space):
+        ax.xaxis.set_major_locator(AutoLocator())  # values, not counts
+        points = ax.scatter([t["values"][p.path] for t in scored], [t["objective"] for t in scored],
+                            c=[t["step"] for t in scored], cmap="viridis", zorder=3)
+        ax.scatter([top["values"][p.path]], [top["objective"]], s=160, facecolors="none", edgecolors="C3", zorder=4)
+        pad = (p.high / p.low) ** 0.03 if p.log else 0.03 * (p.high - p.low)  # the whole range, ends visible
+        ax.set(xlabel=p.path, ylabel=objective, xscale="log" if p.log else "linear",
+               xlim=(p.low / pad, p.high * pad) if p.log else (p.low - pad, p.high + pad))
+    _step_colorbar(fig, points, axes)
+    return fig
+
+
+def _step_colorbar(fig, points, axes) -> None:
+    from matplotlib.ticker import MaxNLocator
+
+    fig.colorbar(points, ax=axes, label="step").ax.yaxis.set_major_locator(MaxNLocator(integer=True))
 
 
 _QUALITY_TITLES = {"modes_covered": "modes covered", "high_quality": "high-quality samples",

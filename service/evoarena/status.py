@@ -90,7 +90,7 @@ class Steps:
 
 
 def steps_of(store: ResultStore, name: str, spec: ExperimentSpec) -> Steps:
-    """Complete generations (GA), steps (arena rounds) or fights (the asynchronous fight), of all."""
+    """Complete generations (GA), steps (arena, pso, tune) or fights (the asynchronous fight), of all."""
     from . import scheduler
 
     algo = scheduler.algorithm(spec)
@@ -102,7 +102,12 @@ def steps_of(store: ResultStore, name: str, spec: ExperimentSpec) -> Steps:
             return Steps(0, algo.fights_per_pair * len(training_pairs(algo.founders())), "fights")
         state = store.get_generation(name, last)
         return Steps(state["done"], state["budget"], "fights")
-    return Steps(0 if last is None else last + 1, algo.steps, "steps" if spec.algorithm == "arena" else "generations")
+    return Steps(0 if last is None else last + 1, algo.steps, step_unit(spec) + "s")
+
+
+def step_unit(spec: ExperimentSpec) -> str:
+    """What one step of the master is called: a GA's generation; an arena's, a swarm's or a search's step."""
+    return "generation" if spec.algorithm == "ga" else "step"
 
 
 def ago(t: float) -> str:
@@ -141,10 +146,10 @@ def status_lines(store: ResultStore, experiment: dict, spec: ExperimentSpec) -> 
             lines.append(f"last        {algo.line(last, store.get_generation(name, last))}")
         lines.append(f"results     {store.count_results(name)} stored")
         return lines
-    total = algo.steps
+    total, unit = algo.steps, step_unit(spec)  # a GA's generations, a swarm's steps (evolve/pso.py)
     partial = store.count_results(name, done, "evaluate") if done < total else 0
-    lines.append(f"generations {done}/{total} complete"
-                 + (f"; generation {done} has {partial} results stored" if partial else ""))
+    lines.append(f"{unit + 's':<11} {done}/{total} complete" + (f" ({spec.pso.particles} particles each)" if spec.algorithm == "pso" else "")
+                 + (f"; {unit} {done + 1} has {partial} results stored" if partial else ""))
     if last is not None:
         doc = store.get_generation(name, last)
         s, best = doc["stats"], doc["best"]

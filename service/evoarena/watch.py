@@ -6,10 +6,12 @@ Every `every` seconds the store is read again: the one-shot view of `evoarena st
     step                 done  pending  failed  best      eta
     generation 5/8          3        4       0  -1.38629  4s
 
-- step: the generation (GA), the round and its phase (arena), or the fights done (asynchronous fight);
+- step: the generation (GA), the round and its phase (arena), the step (pso, tune), or the fights done
+  (asynchronous fight);
 - done / pending / failed: the step's tasks with a result, without one yet, and whose result is an
   error (planning is deterministic, so the step's tasks are known before they run);
-- best: the best fitness so far (the GA's last generation, the arena's last match);
+- best: the best fitness so far (the GA's last generation, the arena's last match), or the best
+  objective so far (tune);
 - eta: the mean seconds of the recent steps (a GA's last 5 generations, an arena's last round's
   steps; the asynchronous fight: its last 10 events) times what is left.
 
@@ -30,7 +32,7 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, TextIO
 
-from .status import BadInput, state_text, status_lines, table
+from .status import BadInput, state_text, status_lines, step_unit, table
 
 if TYPE_CHECKING:
     from .spec import ExperimentSpec
@@ -101,8 +103,8 @@ def _step(store: ResultStore, spec: ExperimentSpec, algo) -> Live:
     if spec.algorithm == "arena":
         round, _, phase = algo.where(index)
         label = f"round {round + 1}/{spec.arena.rounds} {phase}"
-    else:
-        label = f"generation {index + 1}/{algo.steps}"
+    else:  # a GA's generation, a swarm's or a search's step
+        label = f"{step_unit(spec)} {index + 1}/{algo.steps}"
     return Live(label, ok, len(ids) - len(stored), failed, best, eta)
 
 
