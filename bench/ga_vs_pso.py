@@ -65,8 +65,10 @@ MESSAGE_BAR = 4096  # bytes of one task's JSON: issue 12's bar for PSO
 
 
 def task_bytes(task: dict) -> int:
-    """What one task costs on the wire: its JSON as Celery's serializer writes it (json.dumps with
-    the default separators, as bench/message.py counts it), in bytes."""
+    """What one task costs on the wire, in bytes: its JSON as Celery's JSON serializer writes it. That
+    serializer is kombu.utils.json.dumps (kombu 5.7), json.dumps with no separators given, so Python's
+    defaults ", " and ": "; bench/message.py counts the same. Both GA-vs-PSO benches (this file and
+    bench/ga_vs_pso_ring.py) and bench/pso_encoding.py measure with this function."""
     return len(json.dumps(task).encode())
 
 

@@ -7,7 +7,8 @@ objective (trial.py: modes covered + high-quality share of the final round's bes
 modes), the same first points (both draw step 0 from the same seeded generator) and the same
 budget: `steps` x `population` trials, each a whole short arena run. For each seed s the two files
 run with `seed: s` on a fresh SQLite store in a temporary directory, on the project's LocalExecutor
-(`--workers` processes), and every task payload sent is measured as the JSON bytes on the wire.
+(`--workers` processes), and every task payload sent is measured as the JSON bytes on the wire
+(bench/ga_vs_pso.py's task_bytes, the rule of both halves).
 
 It prints, per search, the best objective found after each step's trials (median [min, max] over
 the seeds), the median wall time of a run, the median of each run's mean train_steps per trial
@@ -23,7 +24,6 @@ reaches 4 KiB (issue 12's bar for PSO, held here by both), or when a run fails.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import tempfile
@@ -38,24 +38,10 @@ from evoarena.settings import Settings
 from evoarena.spec import parse_spec
 from evoarena.store import open_store
 from evoarena.worker import WorkerConfig
+from ga_vs_pso import MESSAGE_BAR, Measured  # bench/ is on sys.path: both halves count bytes by task_bytes
 
 ROOT = Path(__file__).resolve().parent.parent
 FILES = {search: ROOT / "experiments" / f"tune-ring-{search}.yaml" for search in ("ga", "pso")}
-MESSAGE_BAR = 4096  # bytes of one task's JSON (issue 12: PSO's message per task stays under 4 KiB)
-
-
-class Measured:
-    """An executor that records the JSON size of every task it is given."""
-
-    def __init__(self, inner):
-        self.inner, self.sizes = inner, []
-
-    def map(self, op, tasks):
-        self.sizes += [len(json.dumps(t, separators=(",", ":")).encode()) for t in tasks]
-        return self.inner.map(op, tasks)
-
-    def close(self):
-        self.inner.close()
 
 
 def run_search(search: str, seed: int, population: int, steps: int, workers: int) -> dict:
