@@ -131,8 +131,8 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
     if spec.algorithm == "tune":
         best = final["best"]
         values = ", ".join(f"{k} = {v}" for k, v in best["values"].items())
-        print(f"{spec.name}: done; best {spec.tune.objective} {best['objective']:.4g} at step {best['step']} "
-              f"trial {best['trial']}: {values}")
+        print(f"{spec.name}: done; best {spec.tune.objective} {best['objective']:.4g} at step {best['step'] + 1} "
+              f"trial {best['trial'] + 1}: {values}")  # counted from 1, as the report and status count
         return 0
     best = final["best"]
     episodes = len(best["metrics"].get("returns", []))
