@@ -25,7 +25,7 @@ with --reference, the evolution (each generation's best and parents, fitness bit
 same as an uninterrupted run in one process. Prints BAR MET, or BAR MISSED and exits 1.
 
     python bench/chaos.py                                  # about 7 minutes on 2 cores
-    python bench/chaos.py --generations 25 --reference     # the slow test's shorter budget
+    python bench/chaos.py --generations 40 --reference     # the slow test's shorter budget
 
 Needs RabbitMQ on 127.0.0.1:5672 and `rabbitmqctl` (restarting the broker needs root, as here).
 """

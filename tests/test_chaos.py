@@ -16,7 +16,7 @@ BENCH = Path(__file__).resolve().parent.parent / "bench" / "chaos.py"
 
 
 def test_a_fleet_run_through_worker_master_and_broker_kills_loses_and_duplicates_nothing():
-    done = subprocess.run([sys.executable, str(BENCH), "--generations", "20", "--reference", "--budget", "400"],
+    done = subprocess.run([sys.executable, str(BENCH), "--generations", "40", "--reference", "--budget", "400"],
                           capture_output=True, text=True, timeout=600)
 
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
