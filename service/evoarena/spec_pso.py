@@ -8,7 +8,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from .evolve.swarm import ACCELERATION, INERTIA
+from .evolve.constriction import ACCELERATION, INERTIA
 from .spec_base import SpecModel, _field_error
 
 SWARM_NUMBERS = 1 << 16

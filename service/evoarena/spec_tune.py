@@ -14,7 +14,7 @@ from typing import Literal
 
 from pydantic import BaseModel, Field, ValidationError, model_validator
 
-from .evolve.swarm import ACCELERATION, INERTIA
+from .evolve.constriction import ACCELERATION, INERTIA
 from .spec_arena import ArenaSpec
 from .spec_base import SpecModel, _field_error
 

@@ -28,9 +28,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-# Clerc and Kennedy's constriction (chi = 0.7298 with phi = 4.1): the swarm converges without clamping.
-INERTIA = 0.7298
-ACCELERATION = 1.49618
+from .constriction import ACCELERATION, INERTIA
 
 
 @dataclass(frozen=True)
