@@ -5,10 +5,13 @@
    emulator frame, skipped ones and no-ops included):
      one by one        each episode alone: one forward pass per step for one observation
      batched episodes  each network's episodes in lockstep: one forward pass per step for all of them
-     batched networks  every episode of every network in lockstep: one vmapped forward pass per step
+     batched networks  every episode of every network in lockstep: one forward pass per step for
+                       all of them, each network on its own episodes' frames (batched.runner, own)
    Each is given as frames per wall second and per CPU second of the process; the second is what
    the bars use, because the wall clock of a machine shared with other work says more about the
-   others than about the code.
+   others than about the code. `--repeats` repetitions each play the three ways in a rotating
+   order; a way's ratio is the median over repetitions of its frames per CPU second over one by
+   one's in the same repetition, so a neighbour's load on one repetition cancels.
 2. A small GA run: experiments/atari-frostbite.yaml (2 workers) with its frame budget set to
    `--frames`, printing per generation the frames played and the elite's mean return over its
    re-evaluation episodes; then a random policy (uniform random actions) on the same capped
@@ -16,15 +19,15 @@
    `--frames 2000000` is the experiment file's own budget (the full run).
 
 Bars (exit 1 when one is missed):
-- batched episodes are no slower than one by one (frames per CPU second): one network's episodes
-  share a forward pass, so the network's weights are read once per step for all of them;
-- batched networks reach at least 0.9 of one by one (frames per CPU second). On a CPU a
-  network's dense layer is a matrix-vector product bound by reading its 6.4 MB of weights, and
-  stacking networks does not read them less, so the batched pass only removes per-call overhead;
-  the bar says it costs no more than that. Its gain is on GPUs, which this bench does not measure;
+- batched episodes and batched networks are each no slower than one by one (frames per CPU
+  second, ratio >= 1.0). One network's episodes share a forward pass, so its weights are read
+  once per step for all of them; several networks' convolutions run as one grouped convolution in
+  oneDNN's blocked layout, their kernels laid out once per set of live networks (batched.py).
+  The dense layer gains nothing on a CPU (a matrix-vector product per network, bound by reading
+  its 6.4 MB of weights); the larger gain is a GPU's, which this bench does not measure;
 - the GA's last elite scores more than the random policy's mean over the same capped episodes.
 
-    python bench/atari.py                    # ~4 min on 2 busy cores: throughput, 150k frames of GA, random policy
+    python bench/atari.py                    # ~5 min on 2 busy cores: throughput, 150k frames of GA, random policy
     python bench/atari.py --frames 2000000   # the whole experiments/atari-frostbite.yaml (~15 min on 2 cores)
 """
 
@@ -51,14 +54,16 @@ from evoarena.worker import WorkerConfig
 ROOT = Path(__file__).resolve().parent.parent
 EXPERIMENT = ROOT / "experiments" / "atari-frostbite.yaml"
 NETWORKS, EPISODES = 4, 2  # throughput: 4 networks x 2 episodes each
-ACROSS_NETWORKS_BAR = 0.9
+REPEATS = 3  # throughput repetitions, each playing the three ways
+MIN_RATIO = 1.0  # batched episodes, and batched networks, over one by one: frames per CPU second
 PAPER_FIGURE = "paper figure: see Table 1 of Such et al. 2017 (GA, 1 billion frames)"
 """The paper's GA score on Frostbite. Not a number: the search tool found no copy of Table 1 to
 check one against, and a figure quoted from memory is not a figure."""
 
 
-def throughput(problem: dict) -> dict[str, tuple[float, float, int]]:
-    """(frames per wall second, frames per CPU second, frames) of each way of playing."""
+def throughput(problem: dict, repeats: int) -> dict[str, tuple[float, float, float]]:
+    """(frames per wall second, frames per CPU second, ratio to one by one) of each way of
+    playing: medians over `repeats` interleaved repetitions."""
     torch.set_num_threads(1)
     arch = atari.architecture(problem, load_spec(EXPERIMENT).network.model_dump(mode="json"))
     flats = []
@@ -74,15 +79,20 @@ def throughput(problem: dict) -> dict[str, tuple[float, float, int]]:
         "batched episodes": lambda: [atari.play(arch, [f], [own], data) for f, own in zip(flats, seeds)],
         "batched networks": lambda: [atari.play(arch, flats, seeds, data)],
     }
+    rates: dict[str, list[tuple[float, float]]] = {name: [] for name in ways}
+    for r in range(repeats):
+        for name in list(ways)[r % 3:] + list(ways)[: r % 3]:
+            wall, cpu = time.perf_counter(), time.process_time()
+            played = ways[name]()
+            wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+            frames = sum(e.frames for call in played for per_net in call for e in per_net)
+            rates[name].append((frames / wall, frames / cpu))
     out = {}
-    for name, way in ways.items():
-        wall, cpu = time.perf_counter(), time.process_time()
-        played = way()
-        wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
-        frames = sum(e.frames for call in played for per_net in call for e in per_net)
-        out[name] = (frames / wall, frames / cpu, frames)
-        print(f"  {name:<17} {frames / wall:8.0f} frames/s wall  {frames / cpu:8.0f} frames/CPU-s  ({frames} frames)",
-              flush=True)
+    for name, rows in rates.items():
+        ratio = statistics.median(row[1] / one[1] for row, one in zip(rows, rates["one by one"]))
+        out[name] = (statistics.median(r[0] for r in rows), statistics.median(r[1] for r in rows), ratio)
+        print(f"  {name:<17} {out[name][0]:8.0f} frames/s wall  {out[name][1]:8.0f} frames/CPU-s  {ratio:5.2f}x one by one  "
+              f"({frames} frames a repetition)", flush=True)
     return out
 
 
@@ -137,19 +147,20 @@ def main() -> int:
     parser.add_argument("--cap", type=int, default=1500, help="throughput: episode cap in frames (default 1500)")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--random-episodes", type=int, default=30)
+    parser.add_argument("--repeats", type=int, default=REPEATS, help=f"throughput repetitions (default {REPEATS})")
     args = parser.parse_args()
     failures = []
     problem = load_spec(EXPERIMENT).problem.model_dump(mode="json")
 
     print(f"Throughput of one worker: the paper's network on {problem['game']}, {NETWORKS} networks x {EPISODES} "
-          f"episodes, capped at {args.cap} frames, 1 torch thread")
-    rates = throughput({**problem, "max_episode_frames": args.cap})
+          f"episodes, capped at {args.cap} frames, 1 torch thread, {args.repeats} interleaved repetitions")
+    rates = throughput({**problem, "max_episode_frames": args.cap}, args.repeats)
     one = rates["one by one"][1]
-    for name, bar in (("batched episodes", 1.0), ("batched networks", ACROSS_NETWORKS_BAR)):
-        ratio = rates[name][1] / one
-        print(f"  {name} / one by one: {ratio:.2f}x frames per CPU second (bar: {bar:.1f}x)")
-        if ratio < bar:
-            failures.append(f"{name}: {ratio:.2f}x one by one's frames per CPU second; bar {bar:.1f}x")
+    for name in ("batched episodes", "batched networks"):
+        ratio = rates[name][2]
+        print(f"  {name} / one by one: {ratio:.2f}x frames per CPU second, median of the repetitions (bar: {MIN_RATIO:.1f}x)")
+        if ratio < MIN_RATIO:
+            failures.append(f"{name}: {ratio:.2f}x one by one's frames per CPU second; bar {MIN_RATIO:.1f}x")
 
     print(f"GA: {EXPERIMENT.name} with a budget of {args.frames:,} frames, {args.workers} workers")
     docs, wall = run_ga(args.frames, args.workers)

@@ -7,11 +7,13 @@ it per child) of two networks:
             conv 64 3x3 s1, dense 512, 10 classes) on 3x64x64 images, 606K parameters, scored as
             the GA scores it: its 512 training and 64 validation images, cross-entropy and accuracy
   atari     the DQN network of Such et al. 2017 (Mnih et al. 2015): the same convolutions on
-            4x84x84 frames, dense 512, 18 actions, 1.7M parameters, run on 32 random frames (the
-            actions of 32 environment steps)
+            4x84x84 frames, dense 512, 18 actions, 1.7M parameters, each network on its own 32
+            random frames (the actions of 32 environment steps), as atari.play gives each network
+            the frames of its own episodes
 
-  one by one  memorize.evaluate (atari: nets.forward) for each child in turn
-  batched     memorize.evaluate_many (atari: batched.forward_many) on the stacked group
+  one by one  memorize.evaluate (atari: nets.forward on its frames) for each child in turn
+  batched     memorize.evaluate_many (atari: batched.forward_each, the pass atari.play runs) on
+              the stacked group
 
 Both modes run in the same process, interleaved; a first pass of each is profiled (and is the
 warm-up) to count conv and linear layer calls (batched.layer_calls), and their outputs are
@@ -76,8 +78,8 @@ ATARI_FRAMES, ATARI_ACTIONS = 32, 18
 
 
 def memorize_case(device: str) -> tuple[dict, Callable, Callable, Callable]:
-    """experiments/memorize.yaml's network and data; (arch, one child's evaluation, a group's,
-    the largest fitness difference between the two)."""
+    """experiments/memorize.yaml's network and data; (arch, a group's evaluations one by one, the
+    group's batched, the largest fitness difference between the two)."""
     from evoarena.spec import load_spec
     from pathlib import Path
 
@@ -85,17 +87,18 @@ def memorize_case(device: str) -> tuple[dict, Callable, Callable, Callable]:
     problem, network = spec.problem.model_dump(mode="json"), spec.network.model_dump(mode="json")
     arch = memorize.architecture(problem, network)
     data = memorize.make_data(problem, device)
-    return (arch, lambda flat: memorize.evaluate(arch, flat, data), lambda stacked: memorize.evaluate_many(arch, stacked, data),
+    return (arch, lambda stacked: [memorize.evaluate(arch, flat, data) for flat in stacked],
+            lambda stacked: memorize.evaluate_many(arch, stacked, data),
             lambda alone, together: max(abs(a["fitness"] - b["fitness"]) for a, b in zip(alone, together)))
 
 
 def atari_case(device: str) -> tuple[dict, Callable, Callable, Callable]:
-    """The DQN network on a batch of random frames; (arch, one child's actions, a group's, the
-    share of actions that differ between the two)."""
+    """The DQN network, each child on its own batch of random frames; (arch, a group's actions one
+    by one, the group's batched, the share of actions that differ between the two)."""
     arch = nets.convnet([4, 84, 84], DQN_CONVS, [512], ATARI_ACTIONS)
-    frames = torch.rand(ATARI_FRAMES, 4, 84, 84, generator=torch.Generator().manual_seed(0)).to(device)
-    return (arch, lambda flat: nets.forward(arch, flat, frames).argmax(1),
-            lambda stacked: batched.forward_many(arch, stacked, frames).argmax(2),
+    frames = torch.rand(GROUPS[-1], ATARI_FRAMES, 4, 84, 84, generator=torch.Generator().manual_seed(0)).to(device)
+    return (arch, lambda stacked: [nets.forward(arch, flat, x).argmax(1) for flat, x in zip(stacked, frames)],
+            lambda stacked: batched.forward_each(arch, stacked, frames[: len(stacked)]).argmax(2),
             lambda alone, together: (torch.stack(alone) != together).double().mean().item())
 
 
@@ -133,7 +136,7 @@ def measure(case: Callable, device: str, repeats: int) -> list[dict]:
     rows = []
     for group in GROUPS:
         stacked = siblings(arch, group, device)
-        modes = {"one by one": lambda: [one(flat) for flat in stacked], "batched": lambda: many(stacked)}
+        modes = {"one by one": lambda: one(stacked), "batched": lambda: many(stacked)}
         outputs = {}
         with torch.no_grad():  # the profiled pass is also the warm-up, and gives the outputs compared
             calls = {mode: batched.layer_calls(lambda: outputs.__setitem__(mode, run())) for mode, run in modes.items()}

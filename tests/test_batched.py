@@ -108,6 +108,36 @@ def test_the_outputs_of_a_batched_pass_are_each_networks_own():
     assert torch.equal(x, before)  # in-place activations never write into the shared input
 
 
+def test_each_network_of_a_pass_on_its_own_batch_gives_its_own_outputs_on_that_batch():
+    # forward_each: Atari's networks, each on its own episodes' frames, through one grouped pass
+    arch = {"input": [3, 8, 8], "layers": [{"type": "conv", "out": 4, "kernel": 3}, {"type": "relu"},
+                                            {"type": "conv", "out": 5, "kernel": 3, "stride": 2}, {"type": "tanh"},
+                                            {"type": "flatten"}, {"type": "linear", "out": 6}, {"type": "lrelu"},
+                                            {"type": "linear", "out": 3}]}
+    stacked = torch.randn(5, nets.layout(arch).size, generator=torch.Generator().manual_seed(1)) * 0.3
+    xs = torch.randn(5, 7, 3, 8, 8, generator=torch.Generator().manual_seed(2))
+    before = xs.clone()
+    with torch.no_grad():
+        out = batched.forward_each(arch, stacked, xs)
+        alone = torch.stack([nets.forward(arch, flat, x) for flat, x in zip(stacked, xs)])
+        on_first = torch.stack([nets.forward(arch, flat, xs[0]) for flat in stacked])
+        calls = batched.layer_calls(lambda: batched.forward_each(arch, stacked, xs))
+    assert out.shape == (5, 7, 3)
+    assert torch.allclose(out, alone, rtol=0, atol=1e-5)
+    assert not torch.allclose(out[1:], on_first[1:], rtol=0, atol=1e-2)  # not every network on the first batch
+    assert calls == 4  # one call per conv and linear for the 5 networks
+    assert torch.equal(xs, before)
+
+
+def test_own_batches_of_a_network_without_a_leading_convolution_go_one_network_at_a_time():
+    arch = {"input": [6], "layers": [{"type": "linear", "out": 4}, {"type": "relu"}, {"type": "linear", "out": 2}]}
+    stacked = torch.randn(3, nets.layout(arch).size, generator=torch.Generator().manual_seed(1))
+    xs = torch.randn(3, 4, 6, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        out = batched.forward_each(arch, stacked, xs)
+    assert torch.equal(out, torch.stack([nets.forward(arch, flat, x) for flat, x in zip(stacked, xs)]))
+
+
 def test_an_architecture_with_a_layer_the_batched_pass_lacks_runs_one_network_after_another():
     arch = {"input": [3, 8, 8], "layers": [{"type": "conv", "out": 4, "kernel": 3}, {"type": "bnorm"},
                                             {"type": "flatten"}, {"type": "linear", "out": 3}]}

@@ -5,7 +5,9 @@ vectors are stacked into one (G, P) tensor, and the network runs once for the wh
 layer ONE kernel call for the G networks instead of one per network:
 
     input x (n, C, H, W), the same for every network
-    first conv     one convolution with the G kernels side by side as G*O output channels
+    first conv     one convolution with the G kernels side by side as G*O output channels; where
+                   each network has its own batch (`forward_each`: Atari, each network on its own
+                   episodes' frames), one grouped convolution over the batches side by side
     later convs    one grouped convolution (groups = G) over the G networks' channels side by side
     activations    one call on the whole activation tensor (in place)
     flatten        (n, G*C, H, W) -> (G, n, C*H*W): each network's features, in one view
@@ -90,20 +92,33 @@ def forward_many(arch: dict, stacked: torch.Tensor, x: torch.Tensor) -> torch.Te
     return runner(arch, stacked)(x)
 
 
-def runner(arch: dict, stacked: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
-    """`forward_many(arch, stacked, .)` for many batches, the kernels laid out once for all of them."""
-    if not batchable(arch):
+def forward_each(arch: dict, stacked: torch.Tensor, xs: torch.Tensor) -> torch.Tensor:
+    """Outputs (G, batch, ...) of the G networks whose flat weights are the rows of `stacked`,
+    network g on its own batch xs[g] (xs: (G, batch, ...)); one pass if `batchable(arch)`."""
+    return runner(arch, stacked, own=True)(xs)
+
+
+def runner(arch: dict, stacked: torch.Tensor, own: bool = False, blocked: bool = True) -> Callable[[torch.Tensor], torch.Tensor]:
+    """`forward_many(arch, stacked, .)` for many batches, the kernels laid out once for all of them;
+    with `own`, `forward_each(arch, stacked, .)`: network g on its own batch x[g]. Own batches
+    enter the first convolution side by side, (n, G*C, H, W), as a grouped convolution (groups =
+    G) instead of the shared input's G kernels side by side; the layers after it are the same.
+    Own batches of a network that does not begin with a convolution go one network at a time.
+    `blocked=False` keeps a CPU on the channels-last path a GPU takes (bench/tf32.py)."""
+    if not batchable(arch) or own and arch["layers"][0]["type"] != "conv":
+        if own:
+            return lambda xs: torch.stack([nets.forward(arch, flat, x) for flat, x in zip(stacked, xs)])
         return lambda x: torch.stack([nets.forward(arch, flat, x) for flat in stacked])
-    blocked = stacked.device.type == "cpu" and torch.backends.mkldnn.is_available()
-    layers = _layers(arch, stacked, blocked)
-    return lambda x: _pass(arch, layers, len(stacked), x, blocked)
+    blocked = blocked and stacked.device.type == "cpu" and torch.backends.mkldnn.is_available()
+    layers = _layers(arch, stacked, blocked, shared=not own)
+    return lambda x: _pass(arch, layers, len(stacked), x, blocked, shared=not own)
 
 
-def _layers(arch: dict, stacked: torch.Tensor, blocked: bool) -> dict[int, tuple]:
+def _layers(arch: dict, stacked: torch.Tensor, blocked: bool, shared: bool) -> dict[int, tuple]:
     """Each conv's (kernels side by side, biases) and each linear's (weights, biases) of the group:
     views of `stacked`, except the conv kernels, laid out once (oneDNN's blocked layout on a CPU,
-    channels-last elsewhere)."""
-    g, shared, layers = len(stacked), True, {}
+    channels-last elsewhere). `shared`: the networks' first layer reads one input, not their own."""
+    g, layers = len(stacked), {}
     weights = {s.name: stacked[:, s.start : s.stop].view(g, *s.shape) for s in nets.layout(arch).slots}
     for i, spec in enumerate(arch["layers"]):
         if spec["type"] not in ("conv", "linear"):
@@ -122,12 +137,14 @@ def _layers(arch: dict, stacked: torch.Tensor, blocked: bool) -> dict[int, tuple
     return layers
 
 
-def _pass(arch: dict, layers: dict[int, tuple], g: int, x: torch.Tensor, blocked: bool) -> torch.Tensor:
-    h, shared = x, True
+def _pass(arch: dict, layers: dict[int, tuple], g: int, x: torch.Tensor, blocked: bool, shared: bool) -> torch.Tensor:
+    h = x  # shared: (n, ...) for every network; else (G, n, ...), network g's own batch first
     for i, spec in enumerate(arch["layers"]):
         kind = spec["type"]
         if kind == "conv":  # (n, C or G*C, H, W) -> (n, G*O, H', W')
             kernels, b = layers[i]
+            if h.dim() == 5:  # own batches (G, n, C, H, W) into the first conv, side by side: (n, G*C, H, W)
+                h = h.transpose(0, 1).reshape(h.shape[1], g * h.shape[2], *h.shape[3:])
             h = (h if h.is_mkldnn else h.contiguous().to_mkldnn()) if blocked else h.contiguous(memory_format=torch.channels_last)
             h = F.conv2d(h, kernels, b, spec.get("stride", 1), spec.get("padding", 0), 1, 1 if shared else g)
         elif kind == "linear":  # (n, F) shared, or (G, n, F) -> (G, n, O)

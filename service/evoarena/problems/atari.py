@@ -26,21 +26,22 @@ each result records the seeds it played.
 
 Vectorised play: `play` steps every episode of every network it is given in lockstep, and runs
 ONE forward pass per step for all of them: one network's episodes as one batch, several networks'
-through `torch.func.vmap` (each on its own episodes' observations).
+through `batched.runner(..., own=True)` (each on its own episodes' observations, one grouped
+convolution or batched matrix product per layer; bench/batched.py's atari rows time that pass).
 """
 
 from __future__ import annotations
 
 import atexit
 import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import lru_cache
 
 import numpy as np
 import torch
-from torch.func import functional_call, vmap
 
-from .. import nets
+from .. import batched, nets
 from ..spec import ale_games
 
 FRAME_STACK = 4
@@ -136,9 +137,9 @@ def play(arch: dict, flats: list[torch.Tensor], seeds: list[list[int]], data: At
     returns, steps = [0.0] * len(jobs), [0] * len(jobs)
     live = list(range(len(jobs)))
     done: dict[int, Episode] = {}
-    stacks: dict[tuple[int, ...], torch.Tensor] = {}  # the live networks' weights, stacked once per set
+    runners: dict[tuple[int, ...], Callable] = {}  # the live networks' pass, their kernels laid out once per set
     while live:
-        actions = _act(arch, flats, [jobs[j][0] for j in live], np.stack([obs[j] for j in live]), stacks)
+        actions = _act(arch, flats, [jobs[j][0] for j in live], np.stack([obs[j] for j in live]), runners)
         still = []
         for j, action in zip(live, actions):
             obs[j], reward, terminated, truncated, info = envs[j].step(int(action))
@@ -156,36 +157,25 @@ def play(arch: dict, flats: list[torch.Tensor], seeds: list[list[int]], data: At
 
 
 def _act(arch: dict, flats: list[torch.Tensor], owner: list[int], obs: np.ndarray,
-         stacks: dict[tuple[int, ...], torch.Tensor]) -> list[int]:
+         runners: dict[tuple[int, ...], Callable]) -> list[int]:
     """The greedy actions of the live episodes (obs: (L, 4, 84, 84) uint8; owner[k]: whose network)."""
     x = torch.from_numpy(obs).to(flats[0].device).float().div_(255.0)
     nets_live = sorted(set(owner))
-    if len(nets_live) == 1:
-        return nets.forward(arch, flats[nets_live[0]], x).argmax(1).tolist()
-    # one network per group of episodes, equal groups (padded by repeating a row) so that vmap can stack them
+    # one network per group of episodes, equal groups (padded by repeating a row) so that the pass can stack them
     rows = {i: [k for k, o in enumerate(owner) if o == i] for i in nets_live}
     width = max(len(r) for r in rows.values())
     index = torch.tensor([r + [r[-1]] * (width - len(r)) for r in rows.values()], device=x.device)
     key = tuple(nets_live)
-    if key not in stacks:
-        stacks.clear()
-        stacks[key] = torch.stack([flats[i] for i in nets_live])
-    stacked = stacks[key]
-    chosen = forward_each(arch, stacked, x[index]).argmax(2)  # (networks, width)
+    if key not in runners:
+        runners.clear()
+        runners[key] = batched.runner(arch, torch.stack([flats[i] for i in nets_live]), own=True)
+    chosen = runners[key](x[index]).argmax(2)  # (networks, width)
     actions = [0] * len(owner)
     for g, r in enumerate(rows.values()):
         for w, k in enumerate(r):
             actions[k] = int(chosen[g, w])
     return actions
 
-
-def forward_each(arch: dict, stacked: torch.Tensor, xs: torch.Tensor) -> torch.Tensor:
-    """Outputs (G, B, ...) of the G networks whose flat weights are the rows of `stacked`, network g
-    on its own batch xs[g]: one pass (vmap over weights and inputs together)."""
-    key = nets.arch_key(arch)
-    module = nets._skeleton(key, str(stacked.device))
-    views = {s.name: stacked[:, s.start : s.stop].view(len(stacked), *s.shape) for s in nets.layout(arch).slots}
-    return vmap(lambda params, x: functional_call(module, params, (x,)))(views, xs)
 
 
 def metrics_of(episodes: list[Episode]) -> dict:
