@@ -96,6 +96,9 @@ class WorkerSettings(FromEnv):
     """torch intra-op threads; 0 leaves torch's default."""
     device: str = ""
     """A fixed torch device ("cpu", "cuda:1"); empty or "cuda": the process's own GPU (device_for)."""
+    tf32: bool = False
+    """Let the GPU compute float32 convolutions and matrix products in TF32: faster, but fitnesses
+    then differ from a CPU worker's by more than float32's rounding (arithmetic.py); off: IEEE float32."""
 
 
 @dataclass(frozen=True)

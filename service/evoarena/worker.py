@@ -90,9 +90,12 @@ class Worker:
         self._specs: dict[str, dict] = {}  # experiment name -> its stored spec
         if config.threads:
             torch.set_num_threads(config.threads)
+        from .arithmetic import pin_gpu
         from .batched import retain_freed_memory
+        from .settings import WorkerSettings
 
         retain_freed_memory()  # a batched pass's activations are reused, not page-faulted in again (batched.py)
+        pin_gpu(WorkerSettings.from_env().tf32)  # a GPU computes float32 as IEEE float32, not TF32 (arithmetic.py)
 
     @cached_property
     def store(self):
