@@ -44,11 +44,20 @@ bench: install
 	$(PY) bench/memorize.py
 	$(PY) bench/message.py
 	$(PY) bench/batched.py
+	$(PY) bench/tf32.py
+	$(PY) bench/atari.py
+	$(PY) bench/memorize64.py
+	$(PY) bench/pso_encoding.py
+	$(PY) bench/ga_vs_pso.py
+	$(PY) bench/ga_vs_pso_ring.py
 	$(PY) bench/arena_vs_single.py
-	$(PY) bench/dispatch.py      # these four need RabbitMQ on 127.0.0.1:5672
+	$(PY) bench/liveness_probe.py
+	$(PY) bench/dispatch.py      # these five need RabbitMQ on 127.0.0.1:5672
 	$(PY) bench/affinity.py
 	$(PY) bench/arena_fleet.py
 	$(PY) bench/scale.py
+	$(PY) bench/chaos.py
+# The GPU figures run on a GPU machine without installing: scripts/gpu_check.sh says how.
 
 clean:
 	rm -rf $(VENV) $(SUBMIT_VENV) runs .pytest_cache .hypothesis

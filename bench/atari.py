@@ -29,6 +29,7 @@ Bars (exit 1 when one is missed):
 
     python bench/atari.py                    # ~5 min on 2 busy cores: throughput, 150k frames of GA, random policy
     python bench/atari.py --frames 2000000   # the whole experiments/atari-frostbite.yaml (~15 min on 2 cores)
+    python bench/atari.py --throughput-only --device cuda --networks 16   # part 1 on a GPU (scripts/gpu_check.sh)
 """
 
 from __future__ import annotations
@@ -43,13 +44,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from evoarena import nets, scheduler
-from evoarena.fleet.executor import LocalExecutor
+from evoarena import nets
 from evoarena.problems import atari
-from evoarena.settings import Settings
 from evoarena.spec import load_spec
-from evoarena.store import open_store
-from evoarena.worker import WorkerConfig
 
 ROOT = Path(__file__).resolve().parent.parent
 EXPERIMENT = ROOT / "experiments" / "atari-frostbite.yaml"
@@ -61,19 +58,22 @@ PAPER_FIGURE = "paper figure: see Table 1 of Such et al. 2017 (GA, 1 billion fra
 check one against, and a figure quoted from memory is not a figure."""
 
 
-def throughput(problem: dict, repeats: int) -> dict[str, tuple[float, float, float]]:
+def throughput(problem: dict, repeats: int, device: str = "cpu", networks: int = NETWORKS) -> dict[str, tuple[float, float, float]]:
     """(frames per wall second, frames per CPU second, ratio to one by one) of each way of
-    playing: medians over `repeats` interleaved repetitions."""
+    playing `networks` networks x EPISODES episodes on `device`: medians over `repeats`
+    interleaved repetitions. The ratio is of frames per CPU second on a CPU, per wall second on
+    a GPU (whose work the process's CPU time does not count)."""
     torch.set_num_threads(1)
     arch = atari.architecture(problem, load_spec(EXPERIMENT).network.model_dump(mode="json"))
     flats = []
-    for seed in range(NETWORKS):
+    for seed in range(networks):
         flat = torch.empty(nets.layout(arch).size)
         nets.init_layers(arch, seed, flat)
-        flats.append(flat)
-    seeds = [[100 * n + e for e in range(EPISODES)] for n in range(NETWORKS)]
-    data = atari.make_data(problem)
-    data.take(NETWORKS * EPISODES)  # the environments exist before any clock starts
+        flats.append(flat.to(device))
+    seeds = [[100 * n + e for e in range(EPISODES)] for n in range(networks)]
+    data = atari.make_data(problem, device)
+    data.take(networks * EPISODES)  # the environments exist before any clock starts
+    by = 0 if device.startswith("cuda") else 1  # the rate a ratio compares: wall on a GPU, CPU time on a CPU
     ways = {
         "one by one": lambda: [atari.play(arch, [f], [[s]], data) for f, own in zip(flats, seeds) for s in own],
         "batched episodes": lambda: [atari.play(arch, [f], [own], data) for f, own in zip(flats, seeds)],
@@ -89,7 +89,7 @@ def throughput(problem: dict, repeats: int) -> dict[str, tuple[float, float, flo
             rates[name].append((frames / wall, frames / cpu))
     out = {}
     for name, rows in rates.items():
-        ratio = statistics.median(row[1] / one[1] for row, one in zip(rows, rates["one by one"]))
+        ratio = statistics.median(row[by] / one[by] for row, one in zip(rows, rates["one by one"]))
         out[name] = (statistics.median(r[0] for r in rows), statistics.median(r[1] for r in rows), ratio)
         print(f"  {name:<17} {out[name][0]:8.0f} frames/s wall  {out[name][1]:8.0f} frames/CPU-s  {ratio:5.2f}x one by one  "
               f"({frames} frames a repetition)", flush=True)
@@ -115,6 +115,14 @@ def random_policy(problem: dict, episodes: int) -> list[float]:
 def run_ga(frames: int, workers: int) -> tuple[list[dict], float]:
     """experiments/atari-frostbite.yaml with frame budget `frames`, on a fresh store: its generation
     docs and the wall seconds it took."""
+    # imported here: part 1 alone (--throughput-only) needs no store, broker or S3 client, so it
+    # runs where only torch, gymnasium, ale-py and pydantic are installed (a GPU machine: scripts/gpu_check.sh)
+    from evoarena import scheduler
+    from evoarena.fleet.executor import LocalExecutor
+    from evoarena.settings import Settings
+    from evoarena.store import open_store
+    from evoarena.worker import WorkerConfig
+
     spec = load_spec(EXPERIMENT)
     spec = spec.model_copy(update={"ga": spec.ga.model_copy(update={"frame_budget": frames})})
     with tempfile.TemporaryDirectory() as tmp:
@@ -148,19 +156,27 @@ def main() -> int:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--random-episodes", type=int, default=30)
     parser.add_argument("--repeats", type=int, default=REPEATS, help=f"throughput repetitions (default {REPEATS})")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                        help="where the networks run: cpu or cuda (default: cuda when available)")
+    parser.add_argument("--networks", type=int, default=NETWORKS, help=f"throughput: networks played (default {NETWORKS})")
+    parser.add_argument("--throughput-only", action="store_true", help="only part 1: no GA run, no random policy")
     args = parser.parse_args()
     failures = []
     problem = load_spec(EXPERIMENT).problem.model_dump(mode="json")
 
-    print(f"Throughput of one worker: the paper's network on {problem['game']}, {NETWORKS} networks x {EPISODES} "
-          f"episodes, capped at {args.cap} frames, 1 torch thread, {args.repeats} interleaved repetitions")
-    rates = throughput({**problem, "max_episode_frames": args.cap}, args.repeats)
+    where = torch.cuda.get_device_name(args.device) if args.device.startswith("cuda") else "CPU, 1 torch thread"
+    unit = "wall second" if args.device.startswith("cuda") else "CPU second"
+    print(f"Throughput of one worker: the paper's network on {problem['game']}, {args.networks} networks x {EPISODES} "
+          f"episodes, capped at {args.cap} frames, on {where}, {args.repeats} interleaved repetitions")
+    rates = throughput({**problem, "max_episode_frames": args.cap}, args.repeats, args.device, args.networks)
     one = rates["one by one"][1]
     for name in ("batched episodes", "batched networks"):
         ratio = rates[name][2]
-        print(f"  {name} / one by one: {ratio:.2f}x frames per CPU second, median of the repetitions (bar: {MIN_RATIO:.1f}x)")
+        print(f"  {name} / one by one: {ratio:.2f}x frames per {unit}, median of the repetitions (bar: {MIN_RATIO:.1f}x)")
         if ratio < MIN_RATIO:
-            failures.append(f"{name}: {ratio:.2f}x one by one's frames per CPU second; bar {MIN_RATIO:.1f}x")
+            failures.append(f"{name}: {ratio:.2f}x one by one's frames per {unit}; bar {MIN_RATIO:.1f}x")
+    if args.throughput_only:
+        return finish(failures)
 
     print(f"GA: {EXPERIMENT.name} with a budget of {args.frames:,} frames, {args.workers} workers")
     docs, wall = run_ga(args.frames, args.workers)
@@ -184,6 +200,10 @@ def main() -> int:
     if not elite > mean:
         failures.append(f"the GA's elite ({elite:.1f}) does not beat the random policy ({mean:.1f})")
 
+    return finish(failures)
+
+
+def finish(failures: list[str]) -> int:
     for failure in failures:
         print("FAIL:", failure)
     if not failures:
