@@ -44,7 +44,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from evoarena import nets
+from evoarena import arithmetic, nets
 from evoarena.problems import atari
 from evoarena.spec import load_spec
 
@@ -64,6 +64,7 @@ def throughput(problem: dict, repeats: int, device: str = "cpu", networks: int =
     interleaved repetitions. The ratio is of frames per CPU second on a CPU, per wall second on
     a GPU (whose work the process's CPU time does not count)."""
     torch.set_num_threads(1)
+    arithmetic.pin_gpu()  # as a worker does (Worker.__init__): IEEE float32 on a GPU, not TF32
     arch = atari.architecture(problem, load_spec(EXPERIMENT).network.model_dump(mode="json"))
     flats = []
     for seed in range(networks):

@@ -63,7 +63,7 @@ from collections.abc import Callable
 
 import torch
 
-from evoarena import batched, nets
+from evoarena import arithmetic, batched, nets
 from evoarena.problems import memorize
 
 GROUPS = (1, 4, 16, 64)
@@ -190,11 +190,12 @@ def main() -> int:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     retained = batched.retain_freed_memory()  # as a worker does (Worker.__init__)
+    precision = arithmetic.pin_gpu()["cudnn.conv"]  # likewise: a GPU computes in IEEE float32, not TF32
     repeats = args.repeats
     gpu = args.device.startswith("cuda")
     clock = "wall time" if args.device.startswith("cuda") else "CPU time"
     print(f"device: {device_name(args.device)}; torch {torch.__version__}; {clock}; {repeats} timed repetitions, "
-          f"interleaved, after a profiled warm-up; freed memory retained: {retained}")
+          f"interleaved, after a profiled warm-up; freed memory retained: {retained}; GPU float32: {precision}")
     print(f"{'network':<9} {'group':>5} {'one by one/s':>13} {'batched/s':>10} {'ratio':>6} {'A/A':>5} {'layer calls one/batched':>24} "
           f"{'difference':>10}")
     failures = []
