@@ -27,12 +27,13 @@ task); `best` uses `memorized_margin`. `--fitness` overrides them all.
 Bar (exit 1 when missed): `best` memorizes strictly more points at the last generation than
 seed-8x4.
 
-The default run is cut to fit two shared CPU cores in about 20 minutes: a narrow network (the
-kernels and strides of seed 003, channels 8/16/16, hidden 64: 23k weights instead of 606k).
-`--full` runs seed 003's network itself.
+The default run uses a narrow network (the kernels and strides of seed 003, channels 8/16/16,
+hidden 64: 23k weights instead of 606k), about 13 minutes on two shared cores; `--full` runs seed
+003's network itself, about 25 (the README has both tables). The 64 images are few enough that
+the larger network costs only about twice as much.
 
-    python bench/memorize64.py                          # narrow network, 500 generations (~20 min)
-    python bench/memorize64.py --full                   # seed 003's network, 500 generations (hours on 2 cores)
+    python bench/memorize64.py                          # narrow network, 500 generations (~13 min)
+    python bench/memorize64.py --full                   # seed 003's network, 500 generations (~25 min on 2 cores)
     python bench/memorize64.py --settings seed-8x4 best --generations 50   # a smoke run
     python bench/memorize64.py --plot docs/memorize64.png
     python bench/memorize64.py --generations 150 --settings seed-8x4 margin cross-entropy momentum self-adapt layer largest-sigma best
