@@ -1078,7 +1078,17 @@ def test_the_charts_pods_refuse_to_start_without_a_shared_broker_store_and_artif
     assert require(rendered["cpu"]) == "false"  # ci/cpu-values.yaml: a laptop trial without S3
 
 
-def test_the_dev_overlay_is_a_one_worker_trial_without_the_check():
+def test_gpu_workers_compute_ieee_float32_unless_the_values_allow_tf32(helm, rendered):
+    from evoarena.settings import WorkerSettings
+
+    def tf32(objects: list[dict]) -> bool:
+        return WorkerSettings.from_env(one(objects, "ConfigMap", f"{RELEASE}-evoarena-config")["data"]).tf32
+
+    assert [tf32(objects) for objects in rendered.values()] == [False] * len(rendered)
+    assert tf32(template(helm, "--set", "worker.tf32=true")) is True
+
+
+
     config = yaml.safe_load((ROOT / "k8s" / "overlays" / "dev-cpu" / "config.yaml").read_text())["data"]
     assert (config["EVOARENA_REQUIRE_CONFIG"], config["EVOARENA_ARTIFACTS"]) == ("false", "/tmp/artifacts")
 
