@@ -7,13 +7,13 @@ it per child) of two networks:
             conv 64 3x3 s1, dense 512, 10 classes) on 3x64x64 images, 606K parameters, scored as
             the GA scores it: its 512 training and 64 validation images, cross-entropy and accuracy
   atari     the DQN network of Such et al. 2017 (Mnih et al. 2015): the same convolutions on
-            4x84x84 frames, dense 512, 18 actions, 1.7M parameters, each network on its own 32
-            random frames (the actions of 32 environment steps), as atari.play gives each network
-            the frames of its own episodes
+            4x84x84 frames, dense 512, 18 actions, 1.7M parameters, 32 environment steps of a
+            child's one episode: at each step each network acts on its own random frame, as
+            atari.play steps the GA's children (one episode each) in lockstep
 
-  one by one  memorize.evaluate (atari: nets.forward on its frames) for each child in turn
-  batched     memorize.evaluate_many (atari: batched.forward_each, the pass atari.play runs) on
-              the stacked group
+  one by one  memorize.evaluate (atari: nets.forward on its frame, per step) for each child in turn
+  batched     memorize.evaluate_many (atari: the pass atari.play runs, batched.runner with own
+              batches, laid out once per group and called once per step) on the stacked group
 
 Both modes run in the same process, interleaved; a first pass of each is profiled (and is the
 warm-up) to count conv and linear layer calls (batched.layer_calls), and their outputs are
@@ -75,7 +75,7 @@ MIN_GPU_RATIO = 10.0  # batched / one by one evaluations per second at group 64,
 MAX_MESSAGE_SHARE = 1 / 8  # a group message's bytes / those of the single tasks it replaces
 DQN_CONVS = [{"channels": 32, "kernel": 8, "stride": 4}, {"channels": 64, "kernel": 4, "stride": 2},
              {"channels": 64, "kernel": 3, "stride": 1}]
-ATARI_FRAMES, ATARI_ACTIONS = 32, 18
+ATARI_STEPS, ATARI_ACTIONS = 32, 18
 
 
 def memorize_case(device: str) -> tuple[dict, Callable, Callable, Callable]:
@@ -94,13 +94,21 @@ def memorize_case(device: str) -> tuple[dict, Callable, Callable, Callable]:
 
 
 def atari_case(device: str) -> tuple[dict, Callable, Callable, Callable]:
-    """The DQN network, each child on its own batch of random frames; (arch, a group's actions one
-    by one, the group's batched, the share of actions that differ between the two)."""
+    """The DQN network, ATARI_STEPS steps of each child on its own random frame; (arch, a group's
+    actions one by one, the group's batched, the share of actions that differ between the two)."""
     arch = nets.convnet([4, 84, 84], DQN_CONVS, [512], ATARI_ACTIONS)
-    frames = torch.rand(GROUPS[-1], ATARI_FRAMES, 4, 84, 84, generator=torch.Generator().manual_seed(0)).to(device)
-    return (arch, lambda stacked: [nets.forward(arch, flat, x).argmax(1) for flat, x in zip(stacked, frames)],
-            lambda stacked: batched.forward_each(arch, stacked, frames[: len(stacked)]).argmax(2),
-            lambda alone, together: (torch.stack(alone) != together).double().mean().item())
+    frames = torch.rand(GROUPS[-1], ATARI_STEPS, 4, 84, 84, generator=torch.Generator().manual_seed(0)).to(device)
+
+    def one_by_one(stacked: torch.Tensor) -> list[torch.Tensor]:
+        return [torch.cat([nets.forward(arch, flat, x[t : t + 1]).argmax(1) for t in range(ATARI_STEPS)])
+                for flat, x in zip(stacked, frames)]
+
+    def together(stacked: torch.Tensor) -> torch.Tensor:
+        step = batched.runner(arch, stacked, own=True)
+        own = frames[: len(stacked)]
+        return torch.cat([step(own[:, t : t + 1]).argmax(2) for t in range(ATARI_STEPS)], dim=1)
+
+    return arch, one_by_one, together, lambda alone, both: (torch.stack(alone) != both).double().mean().item()
 
 
 def siblings(arch: dict, group: int, device: str) -> torch.Tensor:

@@ -108,24 +108,27 @@ def test_the_outputs_of_a_batched_pass_are_each_networks_own():
     assert torch.equal(x, before)  # in-place activations never write into the shared input
 
 
-def test_each_network_of_a_pass_on_its_own_batch_gives_its_own_outputs_on_that_batch():
-    # forward_each: Atari's networks, each on its own episodes' frames, through one grouped pass
+@pytest.mark.parametrize("frames", [2, batched.OWN_GROUPED_BATCH + 3])
+def test_each_network_of_a_pass_on_its_own_batch_gives_its_own_outputs_on_that_batch(frames):
+    # forward_each: Atari's networks, each on its own episodes' frames: one grouped pass for a few
+    # frames a network, each network's own pass for more
     arch = {"input": [3, 8, 8], "layers": [{"type": "conv", "out": 4, "kernel": 3}, {"type": "relu"},
                                             {"type": "conv", "out": 5, "kernel": 3, "stride": 2}, {"type": "tanh"},
                                             {"type": "flatten"}, {"type": "linear", "out": 6}, {"type": "lrelu"},
                                             {"type": "linear", "out": 3}]}
     stacked = torch.randn(5, nets.layout(arch).size, generator=torch.Generator().manual_seed(1)) * 0.3
-    xs = torch.randn(5, 7, 3, 8, 8, generator=torch.Generator().manual_seed(2))
+    xs = torch.randn(5, frames, 3, 8, 8, generator=torch.Generator().manual_seed(2))
     before = xs.clone()
     with torch.no_grad():
         out = batched.forward_each(arch, stacked, xs)
         alone = torch.stack([nets.forward(arch, flat, x) for flat, x in zip(stacked, xs)])
         on_first = torch.stack([nets.forward(arch, flat, xs[0]) for flat in stacked])
         calls = batched.layer_calls(lambda: batched.forward_each(arch, stacked, xs))
-    assert out.shape == (5, 7, 3)
+    assert out.shape == (5, frames, 3)
     assert torch.allclose(out, alone, rtol=0, atol=1e-5)
     assert not torch.allclose(out[1:], on_first[1:], rtol=0, atol=1e-2)  # not every network on the first batch
-    assert calls == 4  # one call per conv and linear for the 5 networks
+    # 2 convs and 2 linears: once for the 5 networks, or once per network above OWN_GROUPED_BATCH frames
+    assert calls == (4 if frames <= batched.OWN_GROUPED_BATCH else 4 * 5)
     assert torch.equal(xs, before)
 
 

@@ -55,6 +55,15 @@ float32 too (arithmetic.pin_gpu); its channels-last path, run on the CPU, differ
 for 64 memorize siblings, and by 1e-06 in emulated TF32 (`python bench/tf32.py`). Not measured
 on a GPU's own kernels."""
 
+OWN_GROUPED_BATCH = 4
+"""On a CPU, the largest batch per network (frames: a network's live episodes) that own batches
+run as one grouped pass; above it each network runs its own blocked pass, its kernels laid out
+once as well. oneDNN's grouped convolution over G networks' 4-channel frames saves per-call
+overhead while each network has few frames (1.2-1.7x one by one at 1 to 4 frames a network, the
+DQN network, 4 and 16 networks) and loses to G single-network passes from 8 frames on (0.5-0.96x
+at 8 to 32, where a network's own pass is 1.1-1.4x). A GA's children play one episode each; the
+elite candidates' re-evaluation plays elite_episodes (5 to 30) each."""
+
 STACK_FRACTION = 0.5
 """Share of a worker's cache budget that the stacked weights of one batched pass may take (the
 children themselves are in the cache as well)."""
@@ -105,15 +114,26 @@ def runner(arch: dict, stacked: torch.Tensor, own: bool = False, blocked: bool =
     with `own`, `forward_each(arch, stacked, .)`: network g on its own batch x[g]. Own batches
     enter the first convolution side by side, (n, G*C, H, W), as a grouped convolution (groups =
     G) instead of the shared input's G kernels side by side; the layers after it are the same.
-    Own batches of a network that does not begin with a convolution go one network at a time.
+    Own batches of a network that does not begin with a convolution go one network at a time, and
+    on a CPU so do batches of more than OWN_GROUPED_BATCH a network (each network's own pass).
     `blocked=False` keeps a CPU on the channels-last path a GPU takes (bench/tf32.py)."""
     if not batchable(arch) or own and arch["layers"][0]["type"] != "conv":
         if own:
             return lambda xs: torch.stack([nets.forward(arch, flat, x) for flat, x in zip(stacked, xs)])
         return lambda x: torch.stack([nets.forward(arch, flat, x) for flat in stacked])
     blocked = blocked and stacked.device.type == "cpu" and torch.backends.mkldnn.is_available()
-    layers = _layers(arch, stacked, blocked, shared=not own)
-    return lambda x: _pass(arch, layers, len(stacked), x, blocked, shared=not own)
+    g, layers = len(stacked), _layers(arch, stacked, blocked, shared=not own)
+    if not (own and blocked):
+        return lambda x: _pass(arch, layers, g, x, blocked, shared=not own)
+    alone: list[dict[int, tuple]] = []  # each network's own layers, laid out at the first wide batch
+
+    def each(xs: torch.Tensor) -> torch.Tensor:
+        if xs.shape[1] <= OWN_GROUPED_BATCH:
+            return _pass(arch, layers, g, xs, blocked, shared=False)
+        alone.extend(_layers(arch, stacked[i : i + 1], blocked, shared=True) for i in range(len(alone), g))
+        return torch.cat([_pass(arch, alone[i], 1, x, blocked, shared=True) for i, x in enumerate(xs)])
+
+    return each
 
 
 def _layers(arch: dict, stacked: torch.Tensor, blocked: bool, shared: bool) -> dict[int, tuple]:
