@@ -46,8 +46,8 @@ Message (on a CPU run only: the bytes do not depend on the device): the group me
 most 1/8 of the bytes of the 64 single tasks.
 Prints the table and PASS, or the failed bars and exits 1.
 
-    python bench/batched.py                # 5 timed repetitions at group 64, ~3 min on 2 busy cores
-    python bench/batched.py --repeats 2    # ~1.5 min
+    python bench/batched.py                # 10 timed repetitions at group 64, ~9 min on 2 busy cores
+    python bench/batched.py --repeats 3    # ~3 min, and noisier
 """
 
 from __future__ import annotations
@@ -69,7 +69,7 @@ from evoarena.problems import memorize
 GROUPS = (1, 4, 16, 64)
 SIGMA = 0.02
 MIN_CPU_RATIO = 1.0  # batched / one by one evaluations per second, every group size
-REPEATS = 5
+REPEATS = 10  # with 5, an atari row measured 0.99 once (A/A 0.94-1.06): its dense layer is bound by reading weights
 MAX_CALL_SHARE = 1 / 8  # batched layer calls / one by one's, at group 64
 MIN_GPU_RATIO = 10.0  # batched / one by one evaluations per second at group 64, on a GPU
 MAX_MESSAGE_SHARE = 1 / 8  # a group message's bytes / those of the single tasks it replaces
