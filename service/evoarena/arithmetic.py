@@ -40,9 +40,9 @@ TF32 would change, emulated on the CPU for 64 siblings of experiments/memorize.y
 between batched's GPU layout and one network at a time in float32, and 2 of the 64 count one
 memorized point more or less. Batched against one by one would stay within batched.FITNESS_ATOL
 (1e-06 under TF32): the pin is not for that bound but for a genome's fitness on a GPU worker to
-stay within float32's rounding of a CPU worker's. EVOARENA_TF32=1 (settings.WorkerSettings.tf32) sets "tf32" instead. These are torch's
-newer settings (torch 2.9 and later); the older allow_tf32 flags are left alone: torch refuses
-to read a mix of the two.
+stay within float32's rounding of a CPU worker's. EVOARENA_TF32=1 (settings.WorkerSettings.tf32)
+sets "tf32" instead. These are torch's newer settings (torch 2.9 and later); the older
+allow_tf32 flags are left alone: torch refuses to read a mix of the two.
 """
 
 from __future__ import annotations
