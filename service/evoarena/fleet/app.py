@@ -155,22 +155,25 @@ def make_app(broker: str | None = None, queue: str | None = None) -> Celery:
         event_exchange=f"{queue}.ev",
         control_exchange=queue,
     )
+    # shared=False on every task: each app built here has its own tasks, and a process that builds
+    # several (the tests) does not register one app's tasks in the next (Celery's
+    # DuplicateTaskNameWarning)
     for op in work.OPS:
         _register(app, op)
 
-    @app.task(name="evoarena.noop", bind=True)
+    @app.task(name="evoarena.noop", bind=True, shared=False)
     def noop(self) -> dict:
         """Does nothing: bench/dispatch.py measures the fleet's per-task overhead with it."""
         return {"node": self.request.hostname}
 
-    @app.task(name="evoarena.whoami", bind=True)
+    @app.task(name="evoarena.whoami", bind=True, shared=False)
     def whoami(self) -> dict:
         """Which pool process answered, and the device it computes on (tests/test_fleet.py checks
         that each process of a multi-GPU worker has its own)."""
         worker = process_worker()
         return {"node": self.request.hostname, "pid": os.getpid(), "device": worker.config.device}
 
-    @app.task(name="evoarena.sleep", bind=True, soft_time_limit=TIME_LIMITS["sleep"][0],
+    @app.task(name="evoarena.sleep", bind=True, shared=False, soft_time_limit=TIME_LIMITS["sleep"][0],
               time_limit=TIME_LIMITS["sleep"][1], Strategy="evoarena.fleet.app:checked_strategy")
     def sleep(self, task: dict) -> dict:
         """Sleeps task["seconds"] and returns the summary an op returns, storing nothing: the stand-in
@@ -248,7 +251,7 @@ def checked_strategy(task, app, consumer, **kwargs):
 def _register(app: Celery, op: str) -> None:
     soft, hard = TIME_LIMITS[op]
 
-    @app.task(name=f"evoarena.{op}", bind=True, soft_time_limit=soft, time_limit=hard,
+    @app.task(name=f"evoarena.{op}", bind=True, shared=False, soft_time_limit=soft, time_limit=hard,
               Strategy="evoarena.fleet.app:checked_strategy")
     def task(self, payload: dict) -> dict:
         started = time.perf_counter()
