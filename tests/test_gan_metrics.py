@@ -35,33 +35,48 @@ def on_centres(counts: dict[int, int]) -> torch.Tensor:
 
 def test_samples_on_three_of_eight_centres_cover_three_modes():
     result = mixture_quality(on_centres({0: 30, 3: 30, 5: 30}), RING_CENTRES, STD)
-    assert result["modes_covered"] == 3 and result["modes"] == 8
+    assert (result["modes_covered"], result["modes_covered@20"], result["modes"]) == (3, 3, 8)
     assert result["high_quality"] == 1.0
     assert result["reverse_kl"] == pytest.approx(math.log(8 / 3))
 
 
+def test_one_high_quality_sample_covers_a_mode_but_not_at_twenty():
+    result = mixture_quality(on_centres({1: 1, 4: 1, 6: 1}), RING_CENTRES, STD)
+    assert (result["modes_covered"], result["modes_covered@20"]) == (3, 0)
+    assert result["high_quality"] == 1.0
+    assert result["reverse_kl"] == pytest.approx(math.log(8 / 3))  # q = 1/3 on 3 of 8 modes
+
+
 def test_samples_spread_evenly_over_all_modes_have_zero_reverse_kl():
     result = mixture_quality(on_centres({m: 25 for m in range(8)}), RING_CENTRES, STD)
-    assert result == {"modes_covered": 8, "modes": 8, "high_quality": 1.0, "reverse_kl": pytest.approx(0.0)}
+    assert result == {"modes_covered": 8, "modes_covered@20": 8, "modes": 8, "high_quality": 1.0,
+                      "reverse_kl": pytest.approx(0.0)}
 
 
-def test_a_mode_needs_twenty_high_quality_samples_by_default():
-    samples = on_centres({0: 20, 1: 19})
-    assert mixture_quality(samples, RING_CENTRES, STD)["modes_covered"] == 1
-    assert mixture_quality(samples, RING_CENTRES, STD, min_count=1)["modes_covered"] == 2
+def test_twenty_high_quality_samples_cover_a_mode_at_twenty_and_nineteen_do_not():
+    result = mixture_quality(on_centres({0: 20, 1: 19}), RING_CENTRES, STD)
+    assert (result["modes_covered"], result["modes_covered@20"]) == (2, 1)
+
+
+def test_samples_near_a_mode_but_not_high_quality_do_not_count_towards_twenty():
+    # 19 on centre 0 and 5 more whose nearest centre is 0 but 3.5 std away: 24 samples, 19 high quality
+    beside = RING_CENTRES[0] + torch.tensor([3.5 * STD, 0.0])
+    result = mixture_quality(torch.cat([on_centres({0: 19}), beside.repeat(5, 1)]), RING_CENTRES, STD)
+    assert (result["modes_covered"], result["modes_covered@20"]) == (1, 0)
+    assert result["high_quality"] == pytest.approx(19 / 24)
 
 
 def test_high_quality_means_within_three_std_of_the_nearest_centre():
     inside = RING_CENTRES[2] + torch.tensor([0.0, 0.059])  # 2.95 std away
     outside = RING_CENTRES[2] + torch.tensor([0.061, 0.0])  # 3.05 std away
-    result = mixture_quality(torch.stack([inside, outside]), RING_CENTRES, STD, min_count=1)
+    result = mixture_quality(torch.stack([inside, outside]), RING_CENTRES, STD)
     assert result["high_quality"] == 0.5 and result["modes_covered"] == 1
 
 
 def test_samples_far_from_every_mode_are_not_high_quality():
     far = torch.tensor([[0.0, 0.0], [1.0, 0.0], [10.0, 10.0], [-1.0, 0.5]])
     result = mixture_quality(far, RING_CENTRES, STD)
-    assert result["high_quality"] == 0.0 and result["modes_covered"] == 0
+    assert (result["high_quality"], result["modes_covered"], result["modes_covered@20"]) == (0.0, 0, 0)
     assert result["reverse_kl"] == pytest.approx(math.log(8))  # the documented worst case
 
 
@@ -80,7 +95,9 @@ def test_reverse_kl_uses_only_high_quality_samples():
 def test_quality_of_mixture_data_is_mixture_quality():
     ring = make_data({"kind": "ring", "modes": 8, "radius": 2.0, "std": 0.02, "train": 100, "heldout": 2500, "seed": 0})
     result = quality(ring.heldout, ring, cache_dir="unused")
-    assert result["modes_covered"] == 8 and result["high_quality"] > 0.98 and result["reverse_kl"] < 0.01
+    # 2,500 draws of the ring itself: ~312 per mode, all but ~0.1% within 3 std
+    assert (result["modes_covered"], result["modes_covered@20"]) == (8, 8)
+    assert result["high_quality"] > 0.98 and result["reverse_kl"] < 0.01
 
 
 # --- digits ------------------------------------------------------------------------------------

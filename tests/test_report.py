@@ -202,12 +202,28 @@ def test_lineage_shares_are_each_founders_fraction_of_each_snapshot_largest_foun
 
 
 def test_generator_quality_collects_each_measure_per_round():
-    gens = [{"round": 0, "quality": {"modes_covered": 3, "modes": 8, "high_quality": 0.5}},
-            {"round": 0, "quality": {"modes_covered": 5, "modes": 8, "high_quality": 0.25}},
+    gens = [{"round": 0, "quality": {"modes_covered": 3, "modes_covered@20": 2, "modes": 8, "high_quality": 0.5}},
+            {"round": 0, "quality": {"modes_covered": 5, "modes_covered@20": 4, "modes": 8, "high_quality": 0.25}},
             {"round": 1, "quality": None}, {"round": 2, "quality": {"frechet": 12.5}}]
 
-    assert report.generator_quality(gens) == {"modes_covered": {1: [3.0, 5.0]}, "modes": {1: [8.0, 8.0]},
-                                              "high_quality": {1: [0.5, 0.25]}, "frechet": {3: [12.5]}}
+    assert report.generator_quality(gens) == {"modes_covered": {1: [3.0, 5.0]}, "modes_covered@20": {1: [2.0, 4.0]},
+                                              "modes": {1: [8.0, 8.0]}, "high_quality": {1: [0.5, 0.25]},
+                                              "frechet": {3: [12.5]}}
+
+
+def test_a_quality_stored_before_the_strict_count_had_its_name_is_read_as_modes_covered_at_twenty():
+    # until modes_covered@20 existed, "modes_covered" counted the modes with >= 20 high-quality samples
+    gens = [{"round": 0, "quality": {"modes_covered": 6, "modes": 8, "high_quality": 0.5, "reverse_kl": 0.25}}]
+
+    assert report.generator_quality(gens) == {"modes_covered@20": {1: [6.0]}, "modes": {1: [8.0]},
+                                              "high_quality": {1: [0.5]}, "reverse_kl": {1: [0.25]}}
+
+
+def test_a_gan_problem_stored_before_data_presets_reads_as_today_s_without_a_preset():
+    stored = {"kind": "gan", "latent": 8, "metric_samples": 2500,
+              "data": {"kind": "ring", "modes": 8, "radius": 2.0, "std": 0.02, "train": 20000, "heldout": 2500, "seed": 0}}
+
+    assert report.problem_as_today(stored) == {**stored, "data": {**stored["data"], "preset": None}}
 
 
 def test_network_sizes_are_smallest_median_and_largest_parameter_count_per_round():
@@ -392,10 +408,11 @@ def test_quality_figure_draws_the_single_gan_baseline_dashed_per_round(runs):
                               reference)
 
     assert why_not is None
-    modes, high_quality = fig.axes
-    dashed = [line for line in modes.get_lines() if line.get_linestyle() == "--"]
-    assert [list(line.get_xdata()) for line in dashed] == [[1, 2, 3]]
-    assert list(dashed[0].get_ydata()) == [float(r["quality"]["modes_covered"]) for r in stored]
+    modes, modes_at_20, high_quality = fig.axes
+    for ax, key in ((modes, "modes_covered"), (modes_at_20, "modes_covered@20")):
+        dashed = [line for line in ax.get_lines() if line.get_linestyle() == "--"]
+        assert [list(line.get_xdata()) for line in dashed] == [[1, 2, 3]]
+        assert list(dashed[0].get_ydata()) == [float(r["quality"][key]) for r in stored]
     assert [line.get_label() for line in high_quality.get_lines()][-1] == "single GAN, same gradient steps"
     assert "Dashed: the single-GAN baseline" in runs.page("arena-tiny")
 

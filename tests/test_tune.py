@@ -16,6 +16,7 @@ from evoarena.spec import SpecError, parse_spec
 from evoarena.spec_arena import ArenaSpec
 from evoarena.spec_tune import DerivedSpecError, ParameterSpec, derive
 from evoarena.store import open_store
+from evoarena.trial import objective
 from evoarena.worker import Worker, WorkerConfig, run_on
 
 BASE = {"rounds": 1, "players": 2, "generators": 1, "discriminators": 1,
@@ -120,6 +121,24 @@ def test_tune_on_digits_is_refused_since_its_objectives_count_modes():
     data["problem"]["data"] = {"kind": "digits"}
     with pytest.raises(SpecError, match="problem.data.kind = 'digits': .*ring or grid"):
         parse_spec(data)
+
+
+# what a trial scores: one generator's quality, hand-written (25 modes: 22 with a high-quality sample, 9 with 20)
+QUALITY = {"modes_covered": 22, "modes_covered@20": 9, "modes": 25, "high_quality": 0.25, "reverse_kl": 0.5}
+
+
+def test_modes_hq_counts_modes_at_twenty_high_quality_samples_plus_the_high_quality_share():
+    assert objective("modes_hq", QUALITY) == 9.25
+
+
+@pytest.mark.parametrize("kind, expected", [("modes_covered", 22.0), ("modes_covered@20", 9.0),
+                                            ("high_quality", 0.25), ("reverse_kl", -0.5)])
+def test_each_other_objective_is_its_quality_measure_higher_is_better(kind, expected):
+    assert objective(kind, QUALITY) == expected
+
+
+def test_a_tune_spec_accepts_the_objective_modes_covered_at_twenty():
+    assert parse_spec(tiny(objective="modes_covered@20")).tune.objective == "modes_covered@20"
 
 
 # --- how the next points are chosen (no trial runs) ----------------------------------------------------

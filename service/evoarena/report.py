@@ -11,7 +11,8 @@ MongoDB), and a run that is still going gets the page of what is stored so far.
                     for the same problem and network (on a second x axis: an epoch is not a generation)
     arena           the encounter matrix of each round; the share of each side descending from
                     each founder, and from the founders of each player; generator quality (modes
-                    covered, or Frechet distance); network sizes; the samples of the best generator
+                    covered at >= 1 and at >= 20 high-quality samples and the high-quality share, or
+                    Frechet distance); network sizes; the samples of the best generator
                     of up to MAX_SAMPLE_PICTURES rounds, drawn from its weights in the artifact store
                     by samples.draw (a picture that cannot be drawn is replaced by a note saying why).
                     The asynchronous fight is drawn per fight instead of per round
@@ -152,10 +153,31 @@ def generator_quality(gens: list[dict]) -> dict[str, dict[int, list[float]]]:
     """Per quality measure the pure_gen docs carry ("modes_covered", "frechet", ...), its values per round."""
     out: dict[str, dict[int, list[float]]] = defaultdict(lambda: defaultdict(list))
     for doc in gens:
-        for key, value in (doc.get("quality") or {}).items():
+        for key, value in quality_as_today(doc.get("quality") or {}).items():
             if _finite(value):
                 out[key][doc["round"] + 1].append(float(value))
     return {k: dict(v) for k, v in out.items()}
+
+
+def problem_as_today(problem: dict) -> dict:
+    """A stored gan problem as today's spec writes it (a field added since, like data.preset, at its
+    default); as stored when today's spec refuses it."""
+    from pydantic import ValidationError
+
+    from .spec_arena import GanSpec
+
+    try:
+        return GanSpec.model_validate(problem).model_dump(mode="json")
+    except ValidationError:
+        return problem
+
+
+def quality_as_today(quality: dict) -> dict:
+    """A stored mixture quality under today's names: one stored before "modes_covered@20" existed
+    counted, under "modes_covered", the modes with >= 20 high-quality samples (gan_metrics.STRICT_COUNT)."""
+    if "modes" in quality and "modes_covered" in quality and "modes_covered@20" not in quality:
+        quality = {("modes_covered@20" if k == "modes_covered" else k): v for k, v in quality.items()}
+    return quality
 
 
 def network_sizes(docs: list[dict]) -> dict[int, tuple[int, float, int]]:
@@ -361,12 +383,12 @@ def single_gan_baseline(store, spec) -> tuple[dict[str, dict[int, float]] | None
                       "trains one at the arena's gradient steps per generator and records it here.")
     arena = spec.arena.model_dump(mode="json")
     differs = [k for k in ARENA_FIELDS if doc["arena"].get(k) != arena[k]]
-    if doc["problem"] != spec.problem.model_dump(mode="json") or differs:
+    if problem_as_today(doc["problem"]) != spec.problem.model_dump(mode="json") or differs:
         return None, (f"The stored single-GAN baseline is not drawn: its {', '.join(differs) or 'problem'} "
                       "differs from the experiment's; run `evoarena baseline` on this experiment's file again.")
     out: dict[str, dict[int, float]] = defaultdict(dict)
     for row in doc["rounds"]:
-        for key, value in row["quality"].items():
+        for key, value in quality_as_today(row["quality"]).items():
             if _finite(value):
                 out[key][row["round"]] = float(value)
     return dict(out), None

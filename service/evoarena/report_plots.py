@@ -115,7 +115,8 @@ def plot_quality(quality: dict[str, dict[int, list[float]]], modes: int | None, 
     measure per round) dashed beside them."""
     import numpy as np
 
-    shown = [k for k in ("modes_covered", "high_quality", "frechet", "classes_covered") if k in quality]
+    shown = [k for k in ("modes_covered", "modes_covered@20", "high_quality", "frechet", "classes_covered")
+             if k in quality]
     fig, axes = _figure(len(shown))
     for ax, key in zip(np.atleast_1d(axes), shown):
         x = sorted(quality[key])
@@ -126,7 +127,7 @@ def plot_quality(quality: dict[str, dict[int, list[float]]], modes: int | None, 
         if reference and reference.get(key):
             ax.plot(list(reference[key]), list(reference[key].values()), color="black", linestyle="--", marker="x",
                     label="single GAN, same gradient steps")
-        if key == "modes_covered" and modes:
+        if key in ("modes_covered", "modes_covered@20") and modes:
             ax.axhline(modes, color="grey", linestyle=":", label=f"all {modes} modes")
         ax.set(xlabel=xlabel, ylabel=key.replace("_", " "), title=_QUALITY_TITLES[key])
         ax.legend(fontsize=8)
@@ -219,8 +220,10 @@ def _step_colorbar(fig, points, axes) -> None:
     fig.colorbar(points, ax=axes, label="step").ax.yaxis.set_major_locator(MaxNLocator(integer=True))
 
 
-_QUALITY_TITLES = {"modes_covered": "modes covered", "high_quality": "high-quality samples",
-                   "frechet": "Frechet distance (digits classifier features; lower is better)",
+_QUALITY_TITLES = {"modes_covered": "modes covered (>= 1 high-quality sample)",
+                   "modes_covered@20": "modes covered@20 (>= 20 high-quality samples)",
+                   "high_quality": "high-quality samples",
+                   "frechet": "Frechet distance (digits or MNIST classifier features; lower is better)",
                    "classes_covered": "digit classes covered"}
 
 

