@@ -142,7 +142,7 @@ BAD_FILES = {
     ),
     "arena with an unknown data kind": (
         "name: x\nproblem: {kind: gan, data: {kind: spiral}}\narena: {rounds: 2}\n",
-        "problem.data.kind = 'spiral': must be one of 'ring', 'grid', 'digits', 'npz'",
+        "problem.data.kind = 'spiral': must be one of 'ring', 'grid', 'digits', 'npz', 'mnist'",
     ),
     "npz without a checksum": (
         "name: x\nproblem: {kind: gan, data: {kind: npz, uri: x.npz}}\narena: {rounds: 2}\n",
@@ -359,3 +359,59 @@ def test_validate_name_accepts_a_dns_label_and_explains_a_bad_one():
         validate_name("-memorize")
     with pytest.raises(ValueError, match="at most 53"):
         validate_name("a" * 54)
+
+
+# --- GAN data presets: the published benchmarks by name -----------------------------------------
+
+
+def arena_with(data: dict) -> dict:
+    return {"name": "x", "problem": {"kind": "gan", "data": data}, "arena": {"rounds": 1}}
+
+
+def data_of(data: dict) -> dict:
+    """The data section of the parsed spec, as a run stores it."""
+    return spec_to_dict(parse_spec(arena_with(data)))["problem"]["data"]
+
+
+@pytest.mark.parametrize("data, expected", [
+    ({"kind": "ring", "preset": "pacgan"},  # PacGAN (Lin et al. 2018): radius 1, std 0.01
+     {"kind": "ring", "preset": "pacgan", "modes": 8, "radius": 1.0, "std": 0.01, "train": 100000, "heldout": 2500,
+      "seed": 0}),
+    ({"kind": "ring", "preset": "veegan"},  # VEEGAN (Srivastava et al. 2017): radius 2, std 0.02
+     {"kind": "ring", "preset": "veegan", "modes": 8, "radius": 2.0, "std": 0.02, "train": 100000, "heldout": 2500,
+      "seed": 0}),
+    ({"kind": "grid", "preset": "pacgan"},  # the grid of 25 of both papers
+     {"kind": "grid", "preset": "pacgan", "side": 5, "spacing": 2.0, "std": 0.05, "train": 100000, "heldout": 2500,
+      "seed": 0}),
+    ({"kind": "grid", "preset": "veegan"},
+     {"kind": "grid", "preset": "veegan", "side": 5, "spacing": 2.0, "std": 0.05, "train": 100000, "heldout": 2500,
+      "seed": 0}),
+], ids=["ring-pacgan", "ring-veegan", "grid-pacgan", "grid-veegan"])
+def test_a_preset_gives_the_published_benchmark_s_values(data, expected):
+    assert data_of(data) == expected
+
+
+def test_a_field_given_beside_a_preset_wins_over_the_preset():
+    data = data_of({"kind": "ring", "preset": "pacgan", "std": 0.05, "train": 5000, "seed": 3})
+    assert (data["modes"], data["radius"], data["std"], data["train"], data["seed"]) == (8, 1.0, 0.05, 5000, 3)
+
+
+def test_without_a_preset_a_mixture_keeps_today_s_defaults():
+    assert data_of({"kind": "ring"}) == {"kind": "ring", "preset": None, "modes": 8, "radius": 2.0, "std": 0.02,
+                                         "train": 20000, "heldout": 2500, "seed": 0}
+
+
+def test_an_unknown_preset_is_a_spec_error_naming_the_field_and_the_accepted_names():
+    with pytest.raises(SpecError) as caught:
+        parse_spec(arena_with({"kind": "ring", "preset": "wgan"}))
+    assert str(caught.value) == "<spec>: problem.data.preset = 'wgan': must be one of 'pacgan' or 'veegan'"
+
+
+def test_a_stored_spec_with_a_preset_parses_back_to_the_same_spec():
+    spec = parse_spec(arena_with({"kind": "grid", "preset": "pacgan", "std": 0.1}))
+    assert parse_spec(spec_to_dict(spec)) == spec
+
+
+def test_a_mixture_stored_before_presets_existed_parses_as_the_same_data_without_one():
+    stored = {"kind": "grid", "side": 5, "spacing": 2.0, "std": 0.05, "train": 20000, "heldout": 2500, "seed": 0}
+    assert data_of(stored) == {**stored, "preset": None}

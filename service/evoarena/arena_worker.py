@@ -13,6 +13,7 @@ device type, so a redelivered task writes the same checkpoint and the same docum
 
 from __future__ import annotations
 
+import json
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -21,7 +22,7 @@ import torch
 
 from .genome import Genome, trained, trained_id
 from .materialize import BUILDS, Materializer, Weights
-from .problems import gan, gan_metrics
+from .problems import embedding, gan, gan_metrics
 from .store import artifact_key
 
 
@@ -80,14 +81,19 @@ def match(worker, task: dict, result_id: str) -> dict:
     with _op() as clock:
         block = gan.match_block([(g.arch, f) for g, f, _ in gens], [(d.arch, f) for d, f, _ in discs],
                                 data.heldout.to(device), task["samples"], task["seed"], frozenset(task.get("liars", [])))
-        quality = []
+        quality, embeddings, real = [], [], None
         if task.get("metrics"):
+            # the training data's kernel embedding (problems/embedding.py): what the arena may select
+            # and weight generators by; the quality measures are for people and benches only
+            w, b, real = embedding.real_embedding(data.train, json.dumps(task["problem"]["data"], sort_keys=True))
             for i, (g, flat, _) in enumerate(gens):
                 rng = torch.Generator(device=device).manual_seed(task["seed"] + 7919 * (i + 1))
                 samples = gan.generate(g.arch, flat, task["metric_samples"], rng).cpu()
                 quality.append(gan_metrics.quality(samples, data, worker.models_dir))
+                embeddings.append(embedding.mean_embedding(samples, w, b).tolist())
     return {"gens": [x["id"] for x in task["gens"]], "discs": [x["id"] for x in task["discs"]],
             "matrix": block["matrix"], "real_accept": block["real_accept"], "quality": quality,
+            **({"embeddings": embeddings, "real_embedding": real} if real is not None else {}),
             "build": _worst(*(b for _, _, b in gens + discs)), "compute_seconds": clock.seconds}
 
 
@@ -136,5 +142,5 @@ def _worst(*builds: str) -> str:
 
 
 def models_dir(noise_dir: str) -> Path:
-    """Where a worker keeps models it trains once (the digits classifier): beside the noise tables."""
+    """Where a worker keeps models it trains once (the digits and MNIST classifiers): beside the noise tables."""
     return Path(noise_dir).expanduser().parent / "models"

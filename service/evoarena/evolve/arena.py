@@ -36,7 +36,8 @@ from .. import arch as archs
 from ..genome import Genome, founder, morph
 from ..nets import layout
 from ..spec import ArenaSpec, ExperimentSpec
-from . import Step, fitness
+from ..problems import embedding
+from . import Step, fitness, torus
 
 SIDES = ("gen", "disc")
 
@@ -55,6 +56,7 @@ class Arena:
         # the last round ends at its match: nothing is selected after it, so cross-training would
         # only move the final generators away from the ones that were matched and measured
         self.steps = spec.arena.rounds * len(self.phases) - (self.phases[-1] == "cross")
+        self.grid = torus.shape(spec.arena.players, spec.arena.torus) if spec.arena.topology == "torus" else None
 
     def where(self, index: int) -> tuple[int, int, str]:
         """(round, phase index, phase name) of step `index`."""
@@ -68,7 +70,7 @@ class Arena:
         members = self.founders() if state is None else state["members"]
         alive = [m for m in members if not m.get("failed")]
         if name == "train":
-            pairs = training_pairs(alive)
+            pairs = self.pairs(alive, round)
             return Step("train_pair", [self._train_task(index, round, g, d, self.chunks[phase]) for g, d in pairs], pairs)
         if name == "match":
             gens, discs = side(alive, "gen"), side(alive, "disc")
@@ -79,6 +81,14 @@ class Arena:
         opponents = toughest_opponents(state)
         tasks = [self._cross_task(index, round, m, opp) for m, opp in opponents]
         return Step("cross_train", tasks, opponents)
+
+    def pairs(self, members: list[dict], round: int) -> list[tuple[dict, dict]]:
+        """Round `round`'s training pairs (generator, discriminator), by the arena's topology."""
+        if self.arena.topology == "torus":
+            return torus_pairs(members, round, self.grid)
+        if self.arena.topology == "round_robin":
+            return round_robin_pairs(members, round, self.arena.players)
+        return training_pairs(members)
 
     def advance(self, index: int, state: dict | None, step: Step, results: list[dict]) -> dict:
         round, phase, name = self.where(index)
@@ -106,7 +116,10 @@ class Arena:
         if name == "cross":
             return f"{head} " + "  ".join(f"{k} {v:.3f}" for k, v in sorted(state["cross"].items()))
         s, m = state["stats"], state["matrix"]
-        return (f"{head} best gen fitness {s['best']:.3f} {quality_text(s['best_quality'])}  "
+        mix = state.get("mixture")
+        mixed = (f"  mixture of {sum(w > 0 for w in mix['weights'])} mmd {mix['mmd2']:.2e} (uniform {mix['uniform_mmd2']:.2e})"
+                 if mix else "")
+        return (f"{head} best gen fitness {s['best']:.3f} {quality_text(s['best_quality'])}{mixed}  "
                 f"matrix mean {m['mean']:.2f} [{m['min']:.2f}, {m['max']:.2f}]  real accepted {m['real_accept']:.2f}")
 
     # --- population ---------------------------------------------------------------------------
@@ -124,7 +137,8 @@ class Arena:
                             genome = morph(genome, edit)
                     member_id = f"{side_name}-{_digest('founder', self.spec.seed, player, slot, side_name)}"
                     members.append({"id": member_id, "side": side_name, "player": player, "genome": genome.to_json(),
-                                    "meta": self.founding_meta(side_name), "lineage": member_id, "parents": [], "born": 0})
+                                    "meta": self.founding_meta(side_name), "lineage": member_id, "parents": [], "born": 0,
+                                    "steps": 0})
         return members
 
     def founding_arch(self, side_name: str) -> dict:
@@ -149,6 +163,8 @@ class Arena:
 
     def reproduce(self, round: int, members: list[dict]) -> list[dict]:
         """Selection, then each player's pools refilled with offspring of the survivors."""
+        if self.grid is not None:
+            return self.reproduce_on_torus(round, members)
         rng, nxt = self._rng(round, "reproduce"), []
         for side_name in SIDES:
             pool = self.arena.pool(round + 1, side_name)
@@ -160,6 +176,21 @@ class Arena:
                     nxt.append(self.child(rng, round, player, slot, side_name, own, survivors))
         return nxt
 
+    def reproduce_on_torus(self, round: int, members: list[dict]) -> list[dict]:
+        """Each cell's member replaced by an offspring of its neighbourhood's fittest when that one is
+        strictly fitter (evolve/torus.py); with `survivors: 1` nothing is replaced (selection off)."""
+        rng, nxt = self._rng(round, "reproduce"), []
+        for side_name in SIDES:
+            cells = {m["player"]: m for m in side(members, side_name)}
+            moves = torus.replacements({c: _score(m) for c, m in cells.items()}, *self.grid)
+            for cell in sorted(cells):
+                if cell in moves and self.arena.survivors < 1:
+                    mates = [cells[n] for n in torus.neighbourhood(cell, *self.grid) if n in cells]
+                    nxt.append(self.offspring(rng, round, cell, 0, side_name, cells[moves[cell]], mates))
+                else:
+                    nxt.append({k: v for k, v in cells[cell].items() if k not in ("fitness", "quality", "partner")})
+        return nxt
+
     def child(self, rng: np.random.Generator, round: int, player: int, slot: int, side_name: str,
               own: list[dict], survivors: list[dict]) -> dict:
         """One offspring for `player`: parent from its own survivors unless it migrates (or has none)."""
@@ -167,6 +198,13 @@ class Arena:
         others = [m for m in survivors if m["player"] != player]
         migrate = (rng.random() < v.migration and others) or not own
         parent = _pick(rng, others if migrate and others else own or survivors)
+        return self.offspring(rng, round, player, slot, side_name, parent, survivors)
+
+    def offspring(self, rng: np.random.Generator, round: int, player: int, slot: int, side_name: str,
+                  parent: dict, survivors: list[dict]) -> dict:
+        """`parent`'s child for `player`: its trained weights, maybe crossed with a mate among
+        `survivors`, maybe mutated (architecture, meta-parameters)."""
+        v = self.arena.variation
         genome, parents = Genome.from_json(parent["genome"]), [parent["id"]]
         if rng.random() < v.crossover_rate:
             mates = [m for m in survivors if m["id"] != parent["id"]
@@ -184,7 +222,8 @@ class Arena:
         meta = mutate_meta(rng, parent["meta"]) if rng.random() < v.meta_rate else dict(parent["meta"])
         member_id = f"{side_name}-{_digest('child', self.spec.seed, round, player, slot, *parents)}"
         return {"id": member_id, "side": side_name, "player": player, "genome": genome.to_json(), "meta": meta,
-                "lineage": parent["lineage"], "parents": parents, "born": round + 1, "elo": parent.get("elo")}
+                "lineage": parent["lineage"], "parents": parents, "born": round + 1, "elo": parent.get("elo"),
+                "steps": parent.get("steps", 0)}
 
     # --- after a match: fitness, and the seed project's collections ---------------------------
 
@@ -197,10 +236,17 @@ class Arena:
         matrix = [rows[g["id"]] for g in gens]
         real_accept = ok[0]["real_accept"] if ok else [math.nan] * len(discs)
         disc_index = {d["id"]: j for j, d in enumerate(discs)}
-        judged = fitness.judged_mask([g["player"] for g in gens], [d["player"] for d in discs], self.arena.speciation,
-                                     [disc_index.get(g.get("partner")) for g in gens])
+        if self.grid is None:
+            judged = fitness.judged_mask([g["player"] for g in gens], [d["player"] for d in discs], self.arena.speciation,
+                                         [disc_index.get(g.get("partner")) for g in gens])
+        else:
+            judged = torus.judged([g["player"] for g in gens], [d["player"] for d in discs], *self.grid)
         previous = ([g.get("elo") or 1500.0 for g in gens], [d.get("elo") or 1500.0 for d in discs])
         gen_fit, disc_fit = self.fitness(matrix, real_accept, judged, previous) if gens else ([], [])
+        embedded = {g: mu for r in ok for g, mu in zip(r["gens"], r.get("embeddings", []))}
+        real = next((r["real_embedding"] for r in ok if "real_embedding" in r), None)
+        if self.arena.fitness.generators == "mmd":  # sample quality against the training data, not fooling rate
+            gen_fit = [-embedding.mmd2(embedded[g["id"]], real) if g["id"] in embedded else math.nan for g in gens]
         f = self.arena.fitness
         scores = {g["id"]: x for g, x in zip(gens, gen_fit)} | {d["id"]: x for d, x in zip(discs, disc_fit)}
         for m in members:
@@ -212,8 +258,19 @@ class Arena:
         encounters = {"gens": [g["id"] for g in gens], "discs": [d["id"] for d in discs], "matrix": matrix,
                       "real_accept": real_accept, "judged": judged, "liars": liars}
         self._record(round, members, encounters)
-        return {"members": members, "matrix": matrix_summary(encounters),
-                "stats": population_stats(members)}
+        doc = {"members": members, "matrix": matrix_summary(encounters), "stats": population_stats(members)}
+        if real is not None and gens and all(g["id"] in embedded for g in gens):
+            doc["mixture"] = self.mixture(round, gens, [embedded[g["id"]] for g in gens], real)
+        return doc
+
+    def mixture(self, round: int, gens: list[dict], mus: list[list[float]], real: list[float]) -> dict:
+        """The arena's output as a mixture of its generators (Lipizzaner): weights evolved by a (1+1)-ES
+        to bring the mixture's kernel embedding closest to the training data's (problems/embedding.py)."""
+        weights, mmd2 = embedding.evolve_weights(mus, real, self._rng(round, "mixture"))
+        uniform = embedding.mixture_mmd2([1 / len(mus)] * len(mus), mus, real)
+        steps = sum(w * g.get("steps", 0) for w, g in zip(weights, gens))
+        return {"members": [g["id"] for g in gens], "genomes": [g["genome"] for g in gens], "weights": weights,
+                "mmd2": mmd2, "uniform_mmd2": uniform, "lineage_steps": steps}
 
     def fitness(self, matrix, real_accept, judged, previous) -> tuple[list[float], list[float]]:
         """(generator, discriminator) fitness from an encounter matrix, by the spec's fitness kind;
@@ -251,6 +308,7 @@ class Arena:
                 "player": m["player"], "lineage": m["lineage"], "parents": m["parents"], "born": m["born"],
                 "genome_id": genome.id, "genome": m["genome"], "hyper_parameters": m["meta"],
                 "parameters": layout(genome.arch).size, "fitness_map": {self.arena.fitness.kind: m.get("fitness")},
+                "steps": m.get("steps", 0),
                 "quality": m.get("quality"), "encounter_trace": trace_id,
             })
         traces.append({"_id": f"{name}:{round:06d}:matrix", "experiment": name, "round": round, **enc})
@@ -307,20 +365,36 @@ def training_pairs(members: list[dict]) -> list[tuple[dict, dict]]:
                             side([m for m in members if m["player"] == p], "disc"))]
 
 
+def torus_pairs(members: list[dict], round: int, grid: tuple[int, int]) -> list[tuple[dict, dict]]:
+    """Each cell's generator with the discriminator of its round's partner cell (evolve/torus.py)."""
+    discs = {m["player"]: m for m in side(members, "disc")}
+    return [(g, discs[p]) for g in side(members, "gen") if (p := torus.partner(g["player"], round, *grid)) in discs]
+
+
+def round_robin_pairs(members: list[dict], round: int, players: int) -> list[tuple[dict, dict]]:
+    """GAN_evo's round robin: player i's generator with player (i + round) mod `players`' discriminator,
+    so that `players` rounds pair every generator with every discriminator once."""
+    discs = {m["player"]: m for m in side(members, "disc")}
+    return [(g, discs[p]) for g in side(members, "gen") if (p := (g["player"] + round) % players) in discs]
+
+
 def trained_members(members: list[dict], results: list[dict], failed: set[str]) -> list[dict]:
     """The population with each trained member's genome replaced by its trained one."""
-    new = {}
+    new, steps = {}, {}
     for r in results:
         if r.get("error"):
             continue
         for key in ("gen", "disc", "member"):
             if key in r:
                 new[r[key]["id"]] = r[key]["genome"]
+                steps[r[key]["id"]] = len(r["trace"])
         if "gen" in r:  # a training pair: who trained with whom, for the partner rule of the match
             new[("partner", r["gen"]["id"])] = r["disc"]["id"]
     out = []
     for m in members:
         m = {**m, "genome": new.get(m["id"], m["genome"])}
+        if m["id"] in steps:  # the gradient steps this member's weights have had, along its lineage
+            m["steps"] = m.get("steps", 0) + steps[m["id"]]
         if ("partner", m["id"]) in new:
             m["partner"] = new[("partner", m["id"])]
         if m["id"] in failed:
@@ -403,8 +477,11 @@ def population_stats(members: list[dict]) -> dict:
 
 
 def quality_text(q: dict) -> str:
-    if "modes_covered" in q:
-        return f"modes {q['modes_covered']}/{q['modes']} hq {q['high_quality']:.2f} rkl {q['reverse_kl']:.2f}"
+    if "modes_covered@20" in q:
+        return (f"modes {q['modes_covered']}/{q['modes']} @20 {q['modes_covered@20']} hq {q['high_quality']:.2f} "
+                f"rkl {q['reverse_kl']:.2f}")
+    if "modes_covered" in q:  # a run stored before both counts were kept: its count is the >= 20 one
+        return f"modes@20 {q['modes_covered']}/{q['modes']} hq {q['high_quality']:.2f} rkl {q['reverse_kl']:.2f}"
     if "frechet" in q:
         return f"FD {q['frechet']:.1f} classes {q['classes_covered']} tv {q['class_tv']:.2f}"
     return ""
@@ -416,6 +493,8 @@ def sample_shape(data: dict) -> tuple[int, ...]:
         return (2,)
     if data["kind"] == "digits":
         return (1, 8, 8)
+    if data["kind"] == "mnist":
+        return (1, data["size"], data["size"])
     from ..problems.gan_data import make_data
 
     return tuple(make_data(data).shape)
