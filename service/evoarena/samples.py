@@ -1,4 +1,5 @@
-"""`evoarena sample NAME [--genome ID] --out FILE.png`: what an arena's generator draws, as a picture.
+"""`evoarena sample NAME [--genome ID | --mixture] --out FILE.png`: what an arena's generator, or its
+mixture of generators, draws, as a picture.
 
 The generator is the one `evoarena export` picks (export.choose: the best generator of the last
 match, or `--genome`), built as a worker builds it. Its `n` samples come from latents drawn by a
@@ -12,6 +13,11 @@ torch.Generator seeded with `--seed`, so the same command draws the same picture
   metrics take) over the mixture's mode centres, each with its 3-std circle (a sample inside one
   is high quality, gan_metrics.py); the title names the generator and its genome, and gives the
   modes covered, the high-quality share and the reverse KL of these very samples.
+
+`--mixture`: the last match's mixture of generators (export.choose_mixture: the members of weight
+> 0, weights renormalised over them), drawn by `mixture_samples`, whose rule
+`scripts/sample_mixture.py` follows on an exported mixture with only torch and safetensors, so the
+same seed gives the same samples; the title says "mixture of K generators" and gives the weights.
 
 `draw` makes the picture; `evoarena report` embeds the same pictures (one per round's best
 generator), so a generator drawn by either command with the same seed gives the same pixels.
@@ -96,6 +102,32 @@ def scatter_png(samples: torch.Tensor, centres: torch.Tensor, std: float, title:
     return buffer.getvalue()
 
 
+def mixture_samples(members: list[tuple[dict, torch.Tensor]], weights: list[float], n: int,
+                    seed: int) -> tuple[torch.Tensor, list[int]]:
+    """(`n` samples of the mixture of generators `members` = [(arch, flat), ...] with `weights`, how many
+    came from each member). The rule, which scripts/sample_mixture.py follows line for line:
+
+    1. one generator: ``g = torch.Generator().manual_seed(seed)`` (on the CPU);
+    2. the counts first: ``picks = torch.multinomial(torch.tensor(weights, dtype=torch.float64), n,
+       replacement=True, generator=g)``, ``counts = torch.bincount(picks, minlength=len(weights))``;
+    3. then, for each member i in order with counts[i] > 0, its latents from the same generator,
+       ``torch.randn(counts[i], *arch_i["input"], generator=g)``, through the member in chunks of
+       4096 (gan.generate: gan.EVAL_CHUNK; only a ``bnorm`` layer sees the chunks);
+    4. the samples are member 0's, then member 1's, ... (grouped by member, not shuffled).
+    """
+    import torch
+
+    from .problems import gan
+
+    if len(members) != len(weights) or n < 1:
+        raise ValueError(f"{len(members)} members, {len(weights)} weights, n = {n}: need one weight a member and n >= 1")
+    g = torch.Generator().manual_seed(seed)
+    picks = torch.multinomial(torch.tensor(weights, dtype=torch.float64), n, replacement=True, generator=g)
+    counts = torch.bincount(picks, minlength=len(weights)).tolist()
+    parts = [gan.generate(arch, flat, count, g) for (arch, flat), count in zip(members, counts) if count > 0]
+    return torch.cat(parts), counts
+
+
 def draw(spec, member: str, genome_id: str, arch: dict, flat: torch.Tensor, n: int | None = None, seed: int = 0,
          scale: int = 4) -> tuple[bytes, int, str]:
     """(the PNG, how many samples, what they measure) of generator `member` (genome `genome_id`, built as
@@ -104,18 +136,41 @@ def draw(spec, member: str, genome_id: str, arch: dict, flat: torch.Tensor, n: i
     mixture's quality_text; images have none ("")."""
     import torch
 
+    from .problems import gan
+
+    n = n or _default_n(spec)
+    samples = gan.generate(arch, flat, n, torch.Generator().manual_seed(seed))
+    return _picture(spec, samples, f"generator {member}\ngenome {genome_id}", scale)
+
+
+def draw_mixture(spec, members: list[tuple[dict, torch.Tensor]], weights: list[float], source: str,
+                 n: int | None = None, seed: int = 0, scale: int = 4) -> tuple[bytes, int, str]:
+    """As `draw`, for the mixture of generators `members` with `weights` (of `source`, "round 3 match"),
+    its samples drawn by `mixture_samples`."""
+    n = n or _default_n(spec)
+    samples, _ = mixture_samples(members, weights, n, seed)
+    shares = " ".join(f"{w:.3f}" for w in weights)
+    return _picture(spec, samples, f"mixture of {len(members)} generators ({source})\nweights {shares}", scale)
+
+
+def _default_n(spec) -> int:
+    from .problems import gan_data
+
+    return spec.problem.metric_samples if spec.problem.data.kind in gan_data.MIXTURES else 64
+
+
+def _picture(spec, samples: torch.Tensor, who: str, scale: int) -> tuple[bytes, int, str]:
+    """(the PNG, how many samples, their quality_text): an image grid, or a scatter titled `who`."""
     from .evolve.arena import quality_text
-    from .problems import gan, gan_data, gan_metrics
+    from .problems import gan_data, gan_metrics
 
     data = spec.problem.data.model_dump(mode="json")
-    mixture = data["kind"] in gan_data.MIXTURES
-    n = n or (spec.problem.metric_samples if mixture else 64)
-    samples = gan.generate(arch, flat, n, torch.Generator().manual_seed(seed))
-    if not mixture:
+    n = len(samples)
+    if data["kind"] not in gan_data.MIXTURES:
         return grid_png(image_grid(samples, scale)), n, ""
     centres = gan_data.mixture_centres(data)
     quality = quality_text(gan_metrics.mixture_quality(samples, centres, data["std"]))
-    title = f"{spec.name}: generator {member}\ngenome {genome_id}\n{n} samples: {quality}"
+    title = f"{spec.name}: {who}\n{n} samples: {quality}"
     return scatter_png(samples, centres, data["std"], title), n, quality
 
 
@@ -123,10 +178,13 @@ def draw(spec, member: str, genome_id: str, arch: dict, flat: torch.Tensor, n: i
 
 
 def add_parser(subparsers) -> None:
-    """`evoarena sample NAME [--genome ID] --out FILE.png`."""
+    """`evoarena sample NAME [--genome ID | --mixture] --out FILE.png`."""
     parser = subparsers.add_parser("sample", help="an arena generator's samples as a PNG (a grid, or a scatter)")
     parser.add_argument("name", help="experiment name of an arena run")
-    parser.add_argument("--genome", help="a generator's member id or genome id instead of the best generator")
+    which = parser.add_mutually_exclusive_group()
+    which.add_argument("--genome", help="a generator's member id or genome id instead of the best generator")
+    which.add_argument("--mixture", action="store_true",
+                       help="the last match's mixture of generators instead of the best generator")
     parser.add_argument("--out", required=True, help="the PNG file to write")
     parser.add_argument("-n", type=int, help="how many samples (default: 64 images, 2500 points)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the latents (default 0)")
@@ -136,7 +194,7 @@ def add_parser(subparsers) -> None:
 
 @usage_errors
 def cmd_sample(args: argparse.Namespace, settings: Settings) -> int:
-    from .export import build, choose
+    from .export import build, build_all, choose, choose_mixture
 
     store_url = args.store or settings.store
     store, _, spec = open_experiment(store_url, args.name)
@@ -144,17 +202,22 @@ def cmd_sample(args: argparse.Namespace, settings: Settings) -> int:
         if spec.algorithm != "arena":
             raise BadInput(f"experiment {spec.name!r} is a {spec.algorithm} run of the {spec.problem.kind} problem; "
                            "`sample` draws from the generators of an arena run")
-        chosen = choose(store, spec, args.genome)
-    if chosen.role != "generator":
-        raise BadInput(f"{args.genome!r} is a {chosen.role} of experiment {spec.name!r}; `sample` draws from a generator")
+        picked = choose_mixture(store, spec) if args.mixture else choose(store, spec, args.genome)
+    if not args.mixture and picked.role != "generator":
+        raise BadInput(f"{args.genome!r} is a {picked.role} of experiment {spec.name!r}; `sample` draws from a generator")
     for option, value in (("-n", args.n), ("--scale", args.scale)):
         if value is not None and value < 1:
             raise BadInput(f"{option} = {value}: must be at least 1")
 
-    arch, flat = build(chosen, spec, store_url, settings)
-    png, n, quality = draw(spec, chosen.member, chosen.genome["id"], arch, flat, args.n, args.seed, args.scale)
+    if args.mixture:
+        members = build_all(picked.members, spec, store_url, settings)
+        png, n, quality = draw_mixture(spec, members, picked.weights, picked.source, args.n, args.seed, args.scale)
+        who = f"the mixture of {len(members)} generators of {picked.source}"
+    else:
+        arch, flat = build(picked, spec, store_url, settings)
+        png, n, quality = draw(spec, picked.member, picked.genome["id"], arch, flat, args.n, args.seed, args.scale)
+        who = f"generator {picked.member} ({picked.source})"
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_bytes(png)
-    who = f"generator {chosen.member} ({chosen.source})"
     print(f"{spec.name}: {n} samples of {who}{': ' + quality if quality else ''} -> {args.out}")
     return 0
