@@ -208,3 +208,19 @@ def test_kill_9_then_resume_gives_the_same_final_mixture(tmp_path):
         return {**mixture, "genomes": [g["id"] for g in mixture["genomes"]]}
 
     assert comparable(resumed) == comparable(whole) and not math.isnan(whole["mmd2"])
+
+
+def test_selection_within_players_keeps_each_players_best_by_mmd_and_its_untrained_copy(tmp_path):
+    data = cells(topology="players", players=2, generators=2, discriminators=1, selection="player", survivors=0.5,
+                 rounds=2)
+    spec, store = run(tmp_path / "run", data)
+    before = store.find_docs("pure_gen", spec.name, round=0)
+    after = store.find_docs("pure_gen", spec.name, round=1)
+    for player in (0, 1):
+        own = [d for d in before if d["player"] == player]
+        best = max(own, key=lambda d: d["fitness_map"]["seed001"])  # minus the MMD: the higher the closer
+        nxt = sorted((d for d in after if d["player"] == player), key=lambda d: d["born"])
+        assert nxt[0]["member"] == best["member"]  # the survivor, trained again in round 1
+        assert nxt[1]["parents"] == [best["member"]] and nxt[1]["born"] == 1  # its copy, held back untrained
+        assert nxt[1]["genome_id"] == best["genome_id"] and nxt[1]["steps"] == best["steps"]
+        assert nxt[0]["steps"] == best["steps"] + spec.arena.train_steps

@@ -241,6 +241,8 @@ class ArenaSpec(SpecModel):
     """How fitness is computed from the encounter matrix."""
     survivors: float = Field(0.5, gt=0, le=1)
     """Share of each pool (generators, discriminators) that survives a round by fitness."""
+    selection: Literal["arena", "player"] = "arena"
+    """Where survivors are chosen (topology players): over the whole arena, or within each player's own pool."""
     low_performers: int = Field(0, ge=0, le=1000)
     """Of the survivors, how many are drawn at random among the rest (tolerance to low performers)."""
     variation: VariationSpec = Field(default_factory=VariationSpec)

@@ -119,7 +119,8 @@ class Arena:
         mix = state.get("mixture")
         mixed = (f"  mixture of {sum(w > 0 for w in mix['weights'])} mmd {mix['mmd2']:.2e} (uniform {mix['uniform_mmd2']:.2e})"
                  if mix else "")
-        return (f"{head} best gen fitness {s['best']:.3f} {quality_text(s['best_quality'])}{mixed}  "
+        return (f"{head} best gen fitness {s['best']:.3f} {quality_text(s['best_quality'])} "
+                f"steps {s.get('best_steps', 0):,}{mixed}  "
                 f"matrix mean {m['mean']:.2f} [{m['min']:.2f}, {m['max']:.2f}]  real accepted {m['real_accept']:.2f}")
 
     # --- population ---------------------------------------------------------------------------
@@ -168,7 +169,12 @@ class Arena:
         rng, nxt = self._rng(round, "reproduce"), []
         for side_name in SIDES:
             pool = self.arena.pool(round + 1, side_name)
-            survivors = select(side(members, side_name), self.arena, self.arena.players * pool, rng)
+            if self.arena.selection == "player":  # each player's lineages compete among themselves only
+                survivors = [m for player in range(self.arena.players)
+                             for m in select([m for m in side(members, side_name) if m["player"] == player],
+                                             self.arena, pool, rng)]
+            else:
+                survivors = select(side(members, side_name), self.arena, self.arena.players * pool, rng)
             for player in range(self.arena.players):
                 own = [m for m in survivors if m["player"] == player][:pool]
                 nxt += [{k: v for k, v in m.items() if k not in ("fitness", "quality", "partner")} for m in own]
@@ -472,7 +478,7 @@ def population_stats(members: list[dict]) -> dict:
         return {"best": math.nan, "mean": math.nan, "best_quality": {}, "best_member": None, "errors": 0}
     best = min(gens, key=lambda m: (-m["fitness"], m["id"]))
     return {"best": best["fitness"], "mean": statistics.fmean(m["fitness"] for m in gens),
-            "best_quality": best.get("quality") or {}, "best_member": best["id"],
+            "best_quality": best.get("quality") or {}, "best_member": best["id"], "best_steps": best.get("steps", 0),
             "errors": sum(1 for m in members if m.get("failed"))}
 
 
