@@ -224,3 +224,15 @@ def test_selection_within_players_keeps_each_players_best_by_mmd_and_its_untrain
         assert nxt[1]["parents"] == [best["member"]] and nxt[1]["born"] == 1  # its copy, held back untrained
         assert nxt[1]["genome_id"] == best["genome_id"] and nxt[1]["steps"] == best["steps"]
         assert nxt[0]["steps"] == best["steps"] + spec.arena.train_steps
+
+
+def test_ranking_by_precision_and_recall_gives_each_generator_their_mean_against_the_training_data(tmp_path):
+    spec, store = run(tmp_path / "run", cells(rounds=1, fitness={"generators": "precision_recall"}))
+    results = store.find_results(spec.name, 1, "match")
+    fidelity = {g: pr for r in results for g, pr in zip(r["gens"], r["fidelity"])}
+    docs = store.find_docs("pure_gen", spec.name, round=0)
+    assert len(docs) == 4
+    for d in docs:
+        pr = fidelity[d["member"]]
+        assert 0 <= pr["precision"] <= 1 and 0 <= pr["recall"] <= 1
+        assert d["fitness_map"]["seed001"] == pytest.approx((pr["precision"] + pr["recall"]) / 2, rel=1e-12)

@@ -22,7 +22,7 @@ import torch
 
 from .genome import Genome, trained, trained_id
 from .materialize import BUILDS, Materializer, Weights
-from .problems import embedding, gan, gan_metrics
+from .problems import embedding, gan, gan_metrics, manifold
 from .store import artifact_key
 
 
@@ -81,19 +81,23 @@ def match(worker, task: dict, result_id: str) -> dict:
     with _op() as clock:
         block = gan.match_block([(g.arch, f) for g, f, _ in gens], [(d.arch, f) for d, f, _ in discs],
                                 data.heldout.to(device), task["samples"], task["seed"], frozenset(task.get("liars", [])))
-        quality, embeddings, real = [], [], None
+        quality, embeddings, fidelity, real = [], [], [], None
         if task.get("metrics"):
-            # the training data's kernel embedding (problems/embedding.py): what the arena may select
-            # and weight generators by; the quality measures are for people and benches only
-            w, b, real = embedding.real_embedding(data.train, json.dumps(task["problem"]["data"], sort_keys=True))
+            # what the arena may select and weight generators by, from the training data alone: its
+            # kernel embedding (problems/embedding.py) and its k-NN manifold (problems/manifold.py);
+            # the quality measures are for people and benches only
+            key = json.dumps(task["problem"]["data"], sort_keys=True)
+            w, b, real = embedding.real_embedding(data.train, key)
+            real_manifold = manifold.real_manifold(data.train, key)
             for i, (g, flat, _) in enumerate(gens):
                 rng = torch.Generator(device=device).manual_seed(task["seed"] + 7919 * (i + 1))
                 samples = gan.generate(g.arch, flat, task["metric_samples"], rng).cpu()
                 quality.append(gan_metrics.quality(samples, data, worker.models_dir))
                 embeddings.append(embedding.mean_embedding(samples, w, b).tolist())
+                fidelity.append(manifold.precision_recall(samples, real_manifold))
     return {"gens": [x["id"] for x in task["gens"]], "discs": [x["id"] for x in task["discs"]],
             "matrix": block["matrix"], "real_accept": block["real_accept"], "quality": quality,
-            **({"embeddings": embeddings, "real_embedding": real} if real is not None else {}),
+            **({"embeddings": embeddings, "real_embedding": real, "fidelity": fidelity} if real is not None else {}),
             "build": _worst(*(b for _, _, b in gens + discs)), "compute_seconds": clock.seconds}
 
 

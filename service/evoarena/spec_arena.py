@@ -182,11 +182,13 @@ class FitnessSpec(SpecModel):
     """host_pathogen: v, the cost of letting fakes through."""
     elo_k: float = Field(32.0, gt=0)
     """elo: the K factor."""
-    # mmd is minus the kernel MMD between a generator's samples and the TRAINING data
-    # (problems/embedding.py): a sample quality signal that uses no mode label, no held-out data and
-    # no evaluation metric. Discriminators are always ranked by the kind's score.
-    generators: Literal["arena", "mmd"] = "arena"
-    """What ranks generators: arena (the kind's score from the encounter matrix) or mmd (minus kernel MMD to the training data)."""
+    # Both other signals use the TRAINING data alone (no mode label, no held-out data, no evaluation
+    # metric): mmd is minus the kernel MMD between a generator's samples and the training data
+    # (problems/embedding.py); precision_recall is the mean of the k-NN precision and recall of its
+    # samples against the training data (problems/manifold.py). Discriminators are always ranked by
+    # the kind's score.
+    generators: Literal["arena", "mmd", "precision_recall"] = "arena"
+    """What ranks generators: arena (the kind's score), mmd (minus kernel MMD to the training data) or precision_recall."""
 
 
 class VariationSpec(SpecModel):

@@ -251,8 +251,12 @@ class Arena:
         gen_fit, disc_fit = self.fitness(matrix, real_accept, judged, previous) if gens else ([], [])
         embedded = {g: mu for r in ok for g, mu in zip(r["gens"], r.get("embeddings", []))}
         real = next((r["real_embedding"] for r in ok if "real_embedding" in r), None)
-        if self.arena.fitness.generators == "mmd":  # sample quality against the training data, not fooling rate
+        fidelity = {g: pr for r in ok for g, pr in zip(r["gens"], r.get("fidelity", []))}
+        if self.arena.fitness.generators == "mmd":  # closeness to the training data, not fooling rate
             gen_fit = [-embedding.mmd2(embedded[g["id"]], real) if g["id"] in embedded else math.nan for g in gens]
+        elif self.arena.fitness.generators == "precision_recall":
+            gen_fit = [(fidelity[g["id"]]["precision"] + fidelity[g["id"]]["recall"]) / 2 if g["id"] in fidelity
+                       else math.nan for g in gens]
         f = self.arena.fitness
         scores = {g["id"]: x for g, x in zip(gens, gen_fit)} | {d["id"]: x for d, x in zip(discs, disc_fit)}
         for m in members:
