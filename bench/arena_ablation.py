@@ -37,7 +37,7 @@ import yaml
 from arena_vs_single import EXPERIMENTS, arena_spec, columns, run_arena  # the arena run and its scoring, shared
 
 from evoarena.arena_worker import models_dir
-from evoarena.evolve.arena import quality_text
+from evoarena.evolve.population import quality_text
 from evoarena.settings import Settings
 
 

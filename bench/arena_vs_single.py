@@ -67,7 +67,8 @@ import yaml
 
 from evoarena import scheduler
 from evoarena.arena_worker import models_dir
-from evoarena.evolve.arena import Arena, quality_text
+from evoarena.evolve.arena import Arena
+from evoarena.evolve.population import quality_text
 from evoarena.fleet.executor import LocalExecutor
 from evoarena.genome import Genome
 from evoarena.problems import gan, gan_baselines, gan_metrics

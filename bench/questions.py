@@ -50,7 +50,7 @@ from questions_ga import REPORTS, report_links  # the report pages' folder and l
 
 from evoarena.arena_worker import models_dir
 from evoarena.arithmetic import PINNED
-from evoarena.evolve.arena import quality_text
+from evoarena.evolve.population import quality_text
 from evoarena.settings import Settings
 from evoarena.spec import ExperimentSpec, parse_spec
 

@@ -122,7 +122,7 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
         executor.close()
         store.close()
     if spec.algorithm == "arena":
-        from .evolve.arena import quality_text
+        from .evolve.population import quality_text
 
         s = final["stats"]
         print(f"{spec.name}: done; best generator {s['best_member']} (fitness {s['best']:.4g}) "
@@ -242,7 +242,8 @@ def _gan_baseline(spec, store_url: str, settings: Settings) -> int:
     import torch
 
     from .arena_worker import models_dir
-    from .evolve.arena import Arena, quality_text
+    from .evolve.arena import Arena
+    from .evolve.population import quality_text
     from .problems import gan, gan_data, gan_metrics
     from .problems.gan_baselines import ARENA_FIELDS, single_gan_by_round
     from .store import open_store, redact

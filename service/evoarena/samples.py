@@ -161,7 +161,7 @@ def _default_n(spec) -> int:
 
 def _picture(spec, samples: torch.Tensor, who: str, scale: int) -> tuple[bytes, int, str]:
     """(the PNG, how many samples, their quality_text): an image grid, or a scatter titled `who`."""
-    from .evolve.arena import quality_text
+    from .evolve.population import quality_text
     from .problems import gan_data, gan_metrics
 
     data = spec.problem.data.model_dump(mode="json")

@@ -97,7 +97,7 @@ def steps_of(store: ResultStore, name: str, spec: ExperimentSpec) -> Steps:
     last = store.last_generation(name)
     if algo.steps is None:  # the asynchronous fight: events, not steps
         if last is None:  # registered, first state not stored yet: the budget its start will give
-            from .evolve.arena import training_pairs
+            from .evolve.population import training_pairs
 
             return Steps(0, algo.fights_per_pair * len(training_pairs(algo.founders())), "fights")
         state = store.get_generation(name, last)

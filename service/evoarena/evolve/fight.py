@@ -25,7 +25,8 @@ import math
 
 from ..store.results import task_id
 from . import fitness
-from .arena import Arena, _carried, byzantine, population_stats, quality_text, side, training_pairs
+from .arena import Arena
+from .population import _carried, byzantine, population_stats, quality_text, side, training_pairs
 
 
 class Fight(Arena):
