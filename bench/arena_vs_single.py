@@ -81,10 +81,10 @@ from evoarena.worker import Worker, WorkerConfig
 
 ROOT = Path(__file__).resolve().parent.parent
 EXPERIMENTS = ROOT / "experiments"
-DATASETS = {  # name: (experiment file, data fields set on it)
+DATASETS = {  # name: (experiment file, the data that replaces its own; {}: the file's data)
     "grid": (EXPERIMENTS / "arena-grid.yaml", {}),
-    "ring-veegan": (EXPERIMENTS / "arena-ring.yaml", {"preset": "veegan"}),
-    "ring-pacgan": (EXPERIMENTS / "arena-ring.yaml", {"preset": "pacgan"}),
+    "ring-veegan": (EXPERIMENTS / "arena-ring.yaml", {"kind": "ring", "preset": "veegan"}),
+    "ring-pacgan": (EXPERIMENTS / "arena-ring.yaml", {"kind": "ring", "preset": "pacgan"}),
     "mnist": (EXPERIMENTS / "arena-mnist.yaml", {}),
 }
 SPECS = {"ring": EXPERIMENTS / "arena-ring.yaml"}  # bench/questions.py's baseline file
@@ -113,8 +113,8 @@ def arena_spec(dataset: str, seed: int, rounds: int | None = None, overrides: di
     path, data = DATASETS[dataset] if dataset in DATASETS else (SPECS[dataset], {})
     doc = yaml.safe_load(path.read_text())
     doc["seed"] = seed
-    doc["problem"]["data"].update(data)
-    if data:
+    if data:  # the whole data section: a preset fills only the fields a file leaves out
+        doc["problem"]["data"] = dict(data)
         doc["name"] = f"{doc['name']}-{dataset}"
     if rounds is not None:
         doc["arena"]["rounds"] = rounds
