@@ -88,16 +88,19 @@ def match(worker, task: dict, result_id: str) -> dict:
             # the quality measures are for people and benches only
             key = json.dumps(task["problem"]["data"], sort_keys=True)
             w, b, real = embedding.real_embedding(data.train, key)
-            real_manifold = manifold.real_manifold(data.train, key)
+            # k-NN precision and recall cost a distance matrix per generator: only when they rank generators
+            real_manifold = manifold.real_manifold(data.train, key) if task.get("fidelity") else None
             for i, (g, flat, _) in enumerate(gens):
                 rng = torch.Generator(device=device).manual_seed(task["seed"] + 7919 * (i + 1))
                 samples = gan.generate(g.arch, flat, task["metric_samples"], rng).cpu()
                 quality.append(gan_metrics.quality(samples, data, worker.models_dir))
                 embeddings.append(embedding.mean_embedding(samples, w, b).tolist())
-                fidelity.append(manifold.precision_recall(samples, real_manifold))
+                if real_manifold is not None:
+                    fidelity.append(manifold.precision_recall(samples, real_manifold))
     return {"gens": [x["id"] for x in task["gens"]], "discs": [x["id"] for x in task["discs"]],
             "matrix": block["matrix"], "real_accept": block["real_accept"], "quality": quality,
-            **({"embeddings": embeddings, "real_embedding": real, "fidelity": fidelity} if real is not None else {}),
+            **({"embeddings": embeddings, "real_embedding": real} if real is not None else {}),
+            **({"fidelity": fidelity} if fidelity else {}),
             "build": _worst(*(b for _, _, b in gens + discs)), "compute_seconds": clock.seconds}
 
 

@@ -343,7 +343,8 @@ class Arena:
     def _match_task(self, index: int, round: int, block: list[dict], discs: list[dict], liars: list[int]) -> dict:
         return {**self._base(index, round, [g["id"] for g in block], [m["genome"] for m in block + discs]),
                 "gens": [_carried(g) for g in block], "discs": [_carried(d) for d in discs], "liars": liars,
-                "samples": self.arena.match_samples, "metrics": True, "metric_samples": self.problem["metric_samples"]}
+                "samples": self.arena.match_samples, "metrics": True, "metric_samples": self.problem["metric_samples"],
+                **({"fidelity": True} if self.arena.fitness.generators == "precision_recall" else {})}
 
     def _cross_task(self, index: int, round: int, member: dict, opponent: dict) -> dict:
         return {**self._base(index, round, [member["id"], opponent["id"]], [member["genome"], opponent["genome"]]),
