@@ -176,6 +176,37 @@ def test_add_result_checks_the_doc_before_writing(store):
     assert store.get_result("r2") is None
 
 
+def test_record_result_writes_a_result_that_is_not_stored(store):
+    assert store.record_result(result("r1", fitness=0.5)) is None
+    assert store.get_result("r1") == result("r1", fitness=0.5)
+
+
+def test_record_result_replaces_a_transient_record(store):
+    store.add_result(result("r1", fitness=None, error="broker lost it", transient=True))
+    assert store.record_result(result("r1", fitness=0.5, error=None)) is None
+    assert store.get_result("r1") == result("r1", fitness=0.5, error=None)
+    assert store.count_results("exp") == 1
+
+
+@pytest.mark.parametrize("stored", [
+    result("r1", fitness=0.9, error=None),
+    result("r1", fitness=None, error="genome diverged", transient=False),
+], ids=["real-result", "genome-failure"])
+def test_record_result_keeps_a_stored_result_and_returns_it(store, stored):
+    store.put_result(stored)
+    returned = store.record_result(result("r1", fitness=0.1, error=None))
+    assert returned == stored
+    assert store.get_result("r1") == stored
+    returned["fitness"] = 123.0  # a fresh dict: changing it changes nothing stored
+    assert store.get_result("r1") == stored
+
+
+def test_record_result_checks_the_doc_before_writing(store):
+    with pytest.raises(ValueError, match="generation"):
+        store.record_result({"_id": "r2", "experiment": "exp", "op": "evaluate"})
+    assert store.get_result("r2") is None
+
+
 def test_redelivered_batch_does_not_duplicate(store):
     batch = [result(f"r{i}", fitness=i) for i in range(5)]
     store.put_results(batch)
@@ -359,6 +390,107 @@ def test_touch_experiment_keeps_a_status_written_meanwhile(store):
     assert store.get_experiment("a")["status"] == "complete"
 
 
+# plans
+
+
+def test_planned_is_false_before_add_plan_and_true_after(store):
+    assert store.planned("exp", 3, "evaluate", "exp:000003:evaluate:g1@ab") is False
+    store.add_plan("exp", 3, "evaluate", ["exp:000003:evaluate:g1@ab", "exp:000003:evaluate:g2@cd"])
+    assert store.planned("exp", 3, "evaluate", "exp:000003:evaluate:g1@ab") is True
+    assert store.planned("exp", 3, "evaluate", "exp:000003:evaluate:g2@cd") is True
+    assert store.planned("exp", 3, "evaluate", "exp:000003:evaluate:g1@ff") is False
+
+
+def test_add_plan_adds_to_the_ids_already_planned(store):
+    store.add_plan("exp", 0, "evaluate", ["a", "b"])
+    store.add_plan("exp", 0, "evaluate", ["b", "c"])
+    store.add_plan("exp", 0, "evaluate", [])
+    assert [store.planned("exp", 0, "evaluate", i) for i in ("a", "b", "c", "d")] == [True, True, True, False]
+
+
+@pytest.mark.parametrize("other_step", [("other", 0, "evaluate"), ("exp", 1, "evaluate"), ("exp", 0, "match")],
+                         ids=["experiment", "generation", "op"])
+def test_the_plan_of_another_step_does_not_count(store, other_step):
+    store.add_plan(*other_step, ["a"])
+    assert store.planned("exp", 0, "evaluate", "a") is False
+    assert store.planned(*other_step, "a") is True
+
+
+@pytest.mark.parametrize("args, named", [
+    (("exp", "0", "evaluate", ["a"]), "generation"),
+    (("exp", 0, "evaluate", "a"), "ids"),
+    (("exp", 0, "evaluate", [1]), "ids"),
+    ((None, 0, "evaluate", ["a"]), "experiment"),
+])
+def test_add_plan_refuses_mistyped_arguments_naming_them(store, args, named):
+    with pytest.raises(ValueError, match=f"plan {named}"):
+        store.add_plan(*args)
+
+
+# leases
+
+HOLDER_A = {"id": "a-1f2e", "host": "node-a", "pid": 101}
+HOLDER_B = {"id": "b-9c8d", "host": "node-b", "pid": 202}
+
+
+def test_take_lease_takes_a_lease_that_no_one_holds(store):
+    assert store.take_lease("exp", HOLDER_A, stale_s=30.0, now=1000.0) is None
+    assert store.take_lease("exp", HOLDER_B, stale_s=30.0, now=1001.0) == {
+        **HOLDER_A, "_id": "exp", "beat": 1000.0, "taken": 1000.0}
+
+
+def test_take_lease_refuses_a_live_lease_and_writes_nothing(store):
+    store.take_lease("exp", HOLDER_A, stale_s=30.0, now=1000.0)
+    store.renew_lease("exp", HOLDER_A["id"], now=1020.0)
+    held = store.take_lease("exp", HOLDER_B, stale_s=30.0, now=1045.0)
+    assert (held["host"], held["pid"], held["beat"]) == ("node-a", 101, 1020.0)
+    assert store.renew_lease("exp", HOLDER_B["id"], now=1046.0) is False  # B holds nothing
+    assert store.renew_lease("exp", HOLDER_A["id"], now=1047.0) is True
+
+
+def test_take_lease_takes_over_a_stale_lease(store):
+    store.take_lease("exp", HOLDER_A, stale_s=30.0, now=1000.0)
+    assert store.take_lease("exp", HOLDER_B, stale_s=30.0, now=1031.0) is None
+    assert store.renew_lease("exp", HOLDER_A["id"], now=1032.0) is False  # A learns it lost it
+    assert store.take_lease("exp", HOLDER_A, stale_s=30.0, now=1032.0)["id"] == HOLDER_B["id"]
+
+
+def test_take_lease_by_its_own_holder_takes_it_again(store):
+    store.take_lease("exp", HOLDER_A, stale_s=30.0, now=1000.0)
+    assert store.take_lease("exp", HOLDER_A, stale_s=30.0, now=1005.0) is None
+    assert store.take_lease("exp", HOLDER_B, stale_s=30.0, now=1006.0)["beat"] == 1005.0
+
+
+def test_leases_of_two_experiments_are_apart(store):
+    store.take_lease("exp", HOLDER_A, stale_s=30.0, now=1000.0)
+    assert store.take_lease("other", HOLDER_B, stale_s=30.0, now=1000.0) is None
+    store.release_lease("other", HOLDER_B["id"])
+    assert store.take_lease("exp", HOLDER_B, stale_s=30.0, now=1001.0)["id"] == HOLDER_A["id"]
+
+
+def test_release_lease_frees_it_only_for_its_holder(store):
+    store.take_lease("exp", HOLDER_A, stale_s=30.0, now=1000.0)
+    store.release_lease("exp", HOLDER_B["id"])
+    assert store.take_lease("exp", HOLDER_B, stale_s=30.0, now=1001.0)["id"] == HOLDER_A["id"]
+    store.release_lease("exp", HOLDER_A["id"])
+    assert store.renew_lease("exp", HOLDER_A["id"], now=1002.0) is False
+    assert store.take_lease("exp", HOLDER_B, stale_s=30.0, now=1002.0) is None
+
+
+def test_lease_is_kept_apart_from_the_experiment_doc(store):
+    store.put_experiment("exp", {"status": "running"})
+    store.take_lease("exp", HOLDER_A, stale_s=30.0, now=1000.0)
+    store.put_experiment("exp", {"status": "running", "updated": 2.0})  # register() replaces it whole
+    assert store.get_experiment("exp") == {"_id": "exp", "status": "running", "updated": 2.0}
+    assert store.take_lease("exp", HOLDER_B, stale_s=30.0, now=1001.0)["id"] == HOLDER_A["id"]
+
+
+@pytest.mark.parametrize("holder", [{"host": "h", "pid": 1}, {"id": ""}, {"id": 7}, "a-1f2e"])
+def test_take_lease_refuses_a_holder_without_an_id(store, holder):
+    with pytest.raises(ValueError, match="lease holder"):
+        store.take_lease("exp", holder, stale_s=30.0, now=1000.0)
+
+
 # baselines
 
 
@@ -404,6 +536,72 @@ def test_two_processes_write_concurrently_and_all_land(tmp_path):
     with SQLiteStore(path) as store:
         assert store.count_results("exp") == 400
         assert {d["worker"] for d in store.find_results("exp")} == {0, 1}
+
+
+def _record_from_process(path: str, worker: int, start, results) -> None:
+    with SQLiteStore(path) as store:
+        start.wait(60)
+        returned = store.record_result(result("r1", fitness=float(worker), worker=worker))
+        results.put((worker, returned))
+
+
+def test_two_processes_recording_one_result_store_exactly_one(tmp_path):
+    path = str(tmp_path / "shared.db")
+    with SQLiteStore(path) as store:
+        store.add_result(result("r1", fitness=None, error="lost", transient=True))
+    ctx = multiprocessing.get_context("spawn")
+    start, results = ctx.Event(), ctx.Queue()
+    procs = [ctx.Process(target=_record_from_process, args=(path, w, start, results)) for w in (0, 1)]
+    for p in procs:
+        p.start()
+    start.set()
+    returned = dict(results.get(timeout=120) for _ in procs)
+    for p in procs:
+        p.join(timeout=120)
+    assert [p.exitcode for p in procs] == [0, 0]
+    with SQLiteStore(path) as store:
+        stored = store.get_result("r1")
+    winner = stored["worker"]
+    assert returned[winner] is None  # the one that wrote was told so
+    assert returned[1 - winner] == stored  # the other was handed the winner's result
+
+
+def _take_from_process(path: str, holder: dict, start, results) -> None:
+    with SQLiteStore(path) as store:
+        start.wait(60)
+        results.put((holder["id"], store.take_lease("exp", holder, stale_s=30.0, now=1000.0)))
+
+
+def test_two_processes_taking_one_lease_only_one_gets_it(tmp_path):
+    path = str(tmp_path / "shared.db")
+    SQLiteStore(path).close()
+    ctx = multiprocessing.get_context("spawn")
+    start, results = ctx.Event(), ctx.Queue()
+    procs = [ctx.Process(target=_take_from_process, args=(path, h, start, results)) for h in (HOLDER_A, HOLDER_B)]
+    for p in procs:
+        p.start()
+    start.set()
+    returned = dict(results.get(timeout=120) for _ in procs)
+    for p in procs:
+        p.join(timeout=120)
+    refused = [held for held in returned.values() if held is not None]
+    assert len(refused) == 1  # one took it, the other was shown the first one's lease
+    winner = next(i for i, held in returned.items() if held is None)
+    assert refused[0]["id"] == winner
+
+
+def test_a_store_file_written_before_plans_and_leases_gains_their_tables(tmp_path):
+    path = tmp_path / "old.db"
+    with SQLiteStore(path) as store:
+        store.put_result(result("r1"))
+    with sqlite3.connect(path) as conn:
+        conn.execute("DROP TABLE planned")
+        conn.execute("DROP TABLE leases")
+    with SQLiteStore(path) as store:
+        store.add_plan("exp", 0, "evaluate", ["r1"])
+        assert store.planned("exp", 0, "evaluate", "r1") is True
+        assert store.take_lease("exp", HOLDER_A, stale_s=30.0, now=1000.0) is None
+        assert store.get_result("r1") == result("r1")
 
 
 def _write_one_from_child(store: SQLiteStore) -> None:
@@ -610,6 +808,29 @@ def test_mongo_other_errors_are_not_retried(monkeypatch, tmp_path, waits):
         with pytest.raises(DuplicateKeyError):
             store.put_experiment("exp", {})
         assert len(calls) == 1 and waits == []
+
+
+def test_mongo_record_result_retried_after_connection_failure(monkeypatch, tmp_path, waits):
+    with mongomock_store(tmp_path) as store:
+        calls = failing(monkeypatch, "replace_one", 1, AutoReconnect("reset"))
+        assert store.record_result(result("r1", fitness=0.5)) is None
+        assert len(calls) == 2 and waits == [0.2]
+        assert store.get_result("r1") == result("r1", fitness=0.5)
+
+
+def test_mongo_add_plan_sent_again_after_a_dropped_connection_plans_each_id_once(mongo_db, monkeypatch, waits):
+    store, db = mongo_db
+    original = Collection.insert_many
+
+    def lands_then_drops(self, *args, **kwargs):  # the write lands, its answer is lost
+        monkeypatch.setattr(Collection, "insert_many", original)
+        original(self, *args, **kwargs)
+        raise AutoReconnect("reset after the write")
+
+    monkeypatch.setattr(Collection, "insert_many", lands_then_drops)
+    store.add_plan("exp", 0, "evaluate", ["a", "b", "b"])
+    assert waits == [0.2]
+    assert sorted(d["id"] for d in db.planned.find()) == ["a", "b"]
 
 
 def test_mongo_store_makes_a_new_client_in_a_forked_child(monkeypatch):

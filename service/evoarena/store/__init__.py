@@ -35,16 +35,21 @@ ACCEPTED_URLS = (
 )
 
 
-def open_store(url: str) -> ResultStore:
+def open_store(url: str, create: bool = True) -> ResultStore:
     """The result store a URL names, e.g. "sqlite:///runs/evoarena.db" or
-    "mongodb://user:password@host:27017/evoarena" (the database defaults to evoarena)."""
+    "mongodb://user:password@host:27017/evoarena" (the database defaults to evoarena).
+
+    `create=False` (a worker's): a SQLite file that does not exist is not made; opening it raises
+    StoreUnavailable, a failure of the infrastructure (the master makes the store, a worker only
+    writes into it: a worker that made a fresh empty store where the master's went would refuse
+    every task it takes)."""
     if url in ("sqlite://:memory:", "sqlite:///:memory:"):
         return SQLiteStore(":memory:")
     if url.startswith("sqlite:///"):
         path = url.removeprefix("sqlite:///")  # "rel/x.db", or "/abs/x.db" from sqlite:////
         if not path:
             raise ValueError(f"store URL {redact(url)!r} names no file; accepted: {ACCEPTED_URLS}")
-        return SQLiteStore(path)
+        return SQLiteStore(path, create=create)
     if url.startswith(("mongodb://", "mongodb+srv://")):
         return MongoStore(url)
     raise ValueError(f"unknown store URL {redact(url)!r}; accepted: {ACCEPTED_URLS}")

@@ -16,9 +16,10 @@ from pathlib import Path
 from typing import Protocol
 from urllib.parse import unquote, urlparse
 
-import torch
-from safetensors.torch import load as load_safetensors
-from safetensors.torch import save as save_safetensors
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # torch is imported where tensors are read or written: opening a store needs no torch
+    import torch
 
 MAX_KEY_LENGTH = 200
 _KEY = re.compile(r"[A-Za-z0-9._-]+")
@@ -109,6 +110,8 @@ class LocalArtifacts:
         self, key: str, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None
     ) -> str:
         check_key(key)
+        from safetensors.torch import save as save_safetensors
+
         data = save_safetensors(tensors, metadata)  # fails here, before any file exists
         data_path, sum_path = self._paths(key)
         digest = hashlib.sha256(data).hexdigest()
@@ -138,6 +141,8 @@ class LocalArtifacts:
         return verified(data, expected, f"artifact {uri!r}", sum_path.name)
 
     def get(self, uri: str) -> dict[str, torch.Tensor]:
+        from safetensors.torch import load as load_safetensors
+
         return load_safetensors(self._verified_bytes(uri))
 
     def metadata(self, uri: str) -> dict[str, str]:

@@ -11,6 +11,12 @@ which a gen or disc doc points to by the trace doc's `_id`; the baselines an exp
 compared with (the Adam run of `evoarena baseline`), one doc per kind; and, on the experiment
 doc, the master's heartbeat, written field by field (touch_experiment) so that it never undoes
 what the master wrote beside it.
+
+Two small collections guard who may write. A step's plan (add_plan, planned) holds the entries of
+the tasks the master planned for that step, so that a worker runs only what the master sent. An
+experiment's lease (take_lease, renew_lease, release_lease) names the one master running it: a
+second master is refused while the lease's `beat` is fresh, and takes it over once it is stale.
+Each is kept apart from the experiment doc, which register() replaces whole.
 """
 
 from __future__ import annotations
@@ -73,6 +79,15 @@ class ResultStore(Protocol):
         whether it was written. The master records a task it gave up on this way, so that a real
         result stored meanwhile by a late worker is never overwritten by the record of its loss."""
 
+    def record_result(self, doc: dict[str, Any]) -> dict[str, Any] | None:
+        """Write `doc` where no result with its `_id` is stored, or where the stored one records a
+        failure that was not the genome's (its `transient` is true), in one atomic write; return
+        None. Otherwise write nothing and return the stored doc, for the caller to compare: a
+        worker records its result this way, so a redelivered task never replaces a real result.
+
+        Raises ValueError as put_result does.
+        """
+
     def get_result(self, id: str) -> dict[str, Any] | None:
         """The result doc with that `_id`, or None."""
 
@@ -119,6 +134,37 @@ class ResultStore(Protocol):
     def count_docs(self, collection: str, experiment: str, **where: Any) -> int:
         """How many docs find_docs would return for the same arguments."""
 
+    def add_plan(self, experiment: str, generation: int, op: str, ids: list[str]) -> None:
+        """Add `ids` to the plan of step (`experiment`, `generation`, `op`), keeping the ids
+        already there: two adds at once never lose each other's ids, and adding an id again is
+        harmless. The master plans a step's tasks (results.plan_entry) before it sends them.
+
+        Raises ValueError naming the argument when one is mistyped (check_plan).
+        """
+
+    def planned(self, experiment: str, generation: int, op: str, id: str) -> bool:
+        """Whether `id` is in the plan of step (`experiment`, `generation`, `op`); the plan of
+        any other step does not count. One indexed lookup: a worker asks for every task."""
+
+    def take_lease(
+        self, experiment: str, holder: dict[str, Any], stale_s: float, now: float
+    ) -> dict[str, Any] | None:
+        """Take the lease of `experiment` for `holder` ({"id": a unique string, "host", "pid",
+        ...}) in one atomic write, when no lease is stored, or the stored lease's `beat` is older
+        than `now` - `stale_s`, or it is `holder`'s own: store {**holder, "beat": now, "taken":
+        now} and return None. Otherwise write nothing and return the stored lease (its `host`,
+        `pid`, `beat`, ...), for the refusal to name.
+
+        Raises ValueError when `holder` is not a dict with a str `id`.
+        """
+
+    def renew_lease(self, experiment: str, holder_id: str, now: float) -> bool:
+        """Set the `beat` of `experiment`'s lease to `now` if holder `holder_id` still holds it;
+        return False, writing nothing, when another took it over or none is stored."""
+
+    def release_lease(self, experiment: str, holder_id: str) -> None:
+        """Remove `experiment`'s lease if holder `holder_id` holds it; anyone else's is kept."""
+
     def close(self) -> None:
         """Release connections; the store must not be used afterwards."""
 
@@ -151,6 +197,24 @@ def check_fields(fields: dict[str, Any]) -> None:
 def check_result(doc: dict[str, Any]) -> None:
     """Raise ValueError naming the first key of RESULT_KEYS that `doc` lacks or mistypes."""
     _check_keys(doc, RESULT_KEYS, "result doc")
+
+
+def check_plan(experiment: str, generation: int, op: str, ids: list[str]) -> None:
+    """Raise ValueError naming the argument of add_plan that is mistyped: `experiment` and `op`
+    must be str, `generation` an int, `ids` a list of str."""
+    for name, value in (("experiment", experiment), ("op", op)):
+        if not isinstance(value, str):
+            raise ValueError(f"plan {name} must be str, got {value!r} ({type(value).__name__})")
+    if not isinstance(generation, int) or isinstance(generation, bool):
+        raise ValueError(f"plan generation must be int, got {generation!r} ({type(generation).__name__})")
+    if not isinstance(ids, list | tuple) or not all(isinstance(i, str) for i in ids):
+        raise ValueError(f"plan ids must be a list of str, got {ids!r}")
+
+
+def check_holder(holder: dict[str, Any]) -> None:
+    """Raise ValueError unless `holder` (take_lease) is a dict whose `id` is a non-empty str."""
+    if not isinstance(holder, dict) or not isinstance(holder.get("id"), str) or not holder["id"]:
+        raise ValueError(f"a lease holder must be a dict with a non-empty str 'id', got {holder!r}")
 
 
 def check_collection(collection: str) -> None:

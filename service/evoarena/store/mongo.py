@@ -5,6 +5,12 @@ Documents are stored as they are, `_id` included, in the collections `experiment
 a whole-document upsert by `_id` (DESIGN.md invariant 5), so sending a write again after a
 dropped connection can only rewrite the same documents: that is what makes retrying writes
 as safe as retrying reads.
+
+The guarded writes (record_result, take_lease, and the plans' and leases' own collections
+`planned` and `leases`) are each one operation whose filter carries the guard, never a read and
+then a write. Sent again after a dropped connection, each finds its own first write: a lease is
+its holder's already, a plan entry is there; a result finds itself stored and is returned as
+the stored one (equal to what was sent).
 """
 
 from __future__ import annotations
@@ -20,7 +26,7 @@ from urllib.parse import unquote
 from bson.codec_options import CodecOptions
 from pymongo import ASCENDING, DESCENDING, MongoClient, ReplaceOne
 from pymongo.database import Database
-from pymongo.errors import ConnectionFailure
+from pymongo.errors import BulkWriteError, ConnectionFailure, DuplicateKeyError
 from pymongo.write_concern import WriteConcern
 
 from .base import (
@@ -29,6 +35,8 @@ from .base import (
     check_arena_docs,
     check_collection,
     check_fields,
+    check_holder,
+    check_plan,
     check_result,
     check_where,
     generation_id,
@@ -56,6 +64,8 @@ INDEXES = [
 _inherited: list[Any] = []
 
 T = TypeVar("T")
+
+DUPLICATE_KEY = 11000  # MongoDB's error code for an insert whose _id is taken
 
 
 class StoreUnavailable(RuntimeError):
@@ -213,6 +223,10 @@ class MongoStore:
         )
         return written.upserted_id is not None
 
+    def record_result(self, doc: dict[str, Any]) -> dict[str, Any] | None:
+        check_result(doc)
+        return self._retrying(f"record result {doc['_id']!r}", lambda db: _record(db, doc))
+
     def get_result(self, id: str) -> dict[str, Any] | None:
         return self._retrying(f"read result {id!r}", lambda db: db.results.find_one({"_id": id}))
 
@@ -314,6 +328,63 @@ class MongoStore:
             f"count {collection} {query}", lambda db: db[collection].count_documents(query)
         )
 
+    # plans
+
+    def add_plan(self, experiment: str, generation: int, op: str, ids: list[str]) -> None:
+        check_plan(experiment, generation, op, ids)
+        docs = [{"_id": plan_entry_id(experiment, generation, op, id), "experiment": experiment,
+                 "generation": generation, "op": op, "id": id} for id in dict.fromkeys(ids)]
+        if docs:
+            self._retrying(
+                f"plan {len(docs)} tasks of {generation_id(experiment, generation)}:{op}",
+                lambda db: _insert_new(db.planned, docs),
+            )
+
+    def planned(self, experiment: str, generation: int, op: str, id: str) -> bool:
+        _id = plan_entry_id(experiment, generation, op, id)
+        found = self._retrying(
+            f"look up plan entry {_id!r}", lambda db: db.planned.find_one({"_id": _id}, {"_id": 1})
+        )
+        return found is not None
+
+    # leases
+
+    def take_lease(
+        self, experiment: str, holder: dict[str, Any], stale_s: float, now: float
+    ) -> dict[str, Any] | None:
+        check_holder(holder)
+        lease = {**holder, "_id": experiment, "beat": now, "taken": now}
+        # The filter matches a lease we may take; with none stored the upsert inserts ours, and
+        # with a live lease of another holder the upsert's insert fails on its _id.
+        takeable = {"_id": experiment, "$or": [{"beat": {"$lt": now - stale_s}}, {"id": holder["id"]}]}
+
+        def take(db: Database) -> dict[str, Any] | None:
+            for _ in range(TRIES):
+                try:
+                    db.leases.replace_one(takeable, lease, upsert=True)
+                    return None
+                except DuplicateKeyError:
+                    stored = db.leases.find_one({"_id": experiment})
+                    if stored is not None:
+                        return stored
+                    # released between our two operations: try again
+            raise RuntimeError(f"the lease of {experiment!r} kept changing hands; try again")
+
+        return self._retrying(f"take the lease of {experiment!r}", take)
+
+    def renew_lease(self, experiment: str, holder_id: str, now: float) -> bool:
+        written = self._retrying(
+            f"renew the lease of {experiment!r}",
+            lambda db: db.leases.update_one({"_id": experiment, "id": holder_id}, {"$set": {"beat": now}}),
+        )
+        return written.matched_count == 1
+
+    def release_lease(self, experiment: str, holder_id: str) -> None:
+        self._retrying(
+            f"release the lease of {experiment!r}",
+            lambda db: db.leases.delete_one({"_id": experiment, "id": holder_id}),
+        )
+
     # lifetime
 
     def close(self) -> None:
@@ -338,6 +409,37 @@ def _bson_type(value: Any) -> str:
     if isinstance(value, bool):
         return "bool"
     return "number" if isinstance(value, int | float) else "string"
+
+
+def plan_entry_id(experiment: str, generation: int, op: str, id: str) -> str:
+    """The `_id` of one entry of a step's plan in the `planned` collection (experiment names and
+    ops hold no ":", so no two entries share one)."""
+    return f"{generation_id(experiment, generation)}:{op}:{id}"
+
+
+def _record(db: Database, doc: dict[str, Any]) -> dict[str, Any] | None:
+    """record_result in one guarded upsert: it replaces a transient record, inserts where none
+    is stored, and fails on the _id where a real result is stored, which is then returned."""
+    for _ in range(TRIES):
+        try:
+            db.results.replace_one({"_id": doc["_id"], "transient": True}, doc, upsert=True)
+            return None
+        except DuplicateKeyError:
+            stored = db.results.find_one({"_id": doc["_id"]})
+            if stored is not None and stored.get("transient") is not True:
+                return stored
+            # a transient record (or none) appeared between our two operations: try again
+    raise RuntimeError(f"result {doc['_id']!r} kept changing while it was recorded; try again")
+
+
+def _insert_new(collection: Any, docs: list[dict[str, Any]]) -> None:
+    """Insert each of `docs` whose _id is not stored yet; the others are left as they are."""
+    try:
+        collection.insert_many(docs, ordered=False)
+    except BulkWriteError as e:
+        others = [w for w in e.details.get("writeErrors", []) if w.get("code") != DUPLICATE_KEY]
+        if others or e.details.get("writeConcernErrors"):
+            raise
 
 
 def _create_indexes(db: Database) -> None:

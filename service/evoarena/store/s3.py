@@ -15,14 +15,14 @@ import hashlib
 import os
 import re
 import threading
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # torch is imported where tensors are read or written: opening a store needs no torch
+    import torch
 
 import boto3
-import torch
 from botocore.config import Config
 from botocore.exceptions import ClientError
-from safetensors.torch import load as load_safetensors
-from safetensors.torch import save as save_safetensors
 
 from ..settings import Settings
 from .artifacts import ArtifactError, check_key, safetensors_metadata, verified
@@ -86,6 +86,8 @@ class S3Artifacts:
         self, key: str, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None
     ) -> str:
         object_key = self._object_key(key)
+        from safetensors.torch import save as save_safetensors
+
         data = save_safetensors(tensors, metadata)  # fails here, before anything is sent
         self._s3().put_object(
             Bucket=self.bucket,
@@ -133,6 +135,8 @@ class S3Artifacts:
         return verified(data, expected, f"artifact {key!r} at {uri}", "its object metadata")
 
     def get(self, uri: str) -> dict[str, torch.Tensor]:
+        from safetensors.torch import load as load_safetensors
+
         return load_safetensors(self._verified_bytes(uri))
 
     def metadata(self, uri: str) -> dict[str, str]:

@@ -22,6 +22,8 @@ from .base import (
     check_arena_docs,
     check_collection,
     check_fields,
+    check_holder,
+    check_plan,
     check_result,
     check_where,
     generation_id,
@@ -42,6 +44,10 @@ CREATE TABLE IF NOT EXISTS generations (
 CREATE INDEX IF NOT EXISTS generations_by_step ON generations (experiment, generation);
 CREATE TABLE IF NOT EXISTS baselines (
     _id TEXT PRIMARY KEY, experiment TEXT NOT NULL, kind TEXT NOT NULL, doc TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS planned (
+    experiment TEXT NOT NULL, generation INTEGER NOT NULL, op TEXT NOT NULL, id TEXT NOT NULL,
+    PRIMARY KEY (experiment, generation, op, id)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS leases (_id TEXT PRIMARY KEY, holder TEXT NOT NULL, doc TEXT NOT NULL);
 """ + "".join(
     f"""CREATE TABLE IF NOT EXISTS {name} (
     _id TEXT PRIMARY KEY, experiment TEXT NOT NULL, doc TEXT NOT NULL);
@@ -81,9 +87,10 @@ def _json_where(where: dict[str, Any]) -> tuple[str, list[Any]]:
 class SQLiteStore:
     """ResultStore on a SQLite file (or ":memory:", which is private to one connection)."""
 
-    def __init__(self, path: str | os.PathLike[str]) -> None:
+    def __init__(self, path: str | os.PathLike[str], create: bool = True) -> None:
         self.path = str(path)
-        if self.path != ":memory:":
+        self.create = create or self.path == ":memory:"
+        if self.create:
             Path(self.path).parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
         self._pid = -1
@@ -99,13 +106,27 @@ class SQLiteStore:
         if self._conn is not None:  # we are a forked child: start a connection of our own
             _inherited.append(self._conn)
         # isolation_level=None: we issue BEGIN ourselves, so transactions are explicit.
-        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        conn = self._connect()
         conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
         conn.execute("PRAGMA journal_mode = WAL")
         conn.execute("PRAGMA synchronous = NORMAL")
         conn.executescript(SCHEMA)
         self._conn, self._pid = conn, os.getpid()
         return conn
+
+    def _connect(self) -> sqlite3.Connection:
+        """A new connection; without `create`, only to a file that exists (StoreUnavailable if it
+        does not: moved, deleted, or its volume not mounted)."""
+        if self.create:
+            return sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        from .mongo import StoreUnavailable
+
+        try:
+            uri = f"{Path(self.path).absolute().as_uri()}?mode=rw"
+            return sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False)
+        except sqlite3.OperationalError as exc:
+            raise StoreUnavailable(f"the SQLite store {self.path} cannot be opened ({exc}); a worker does not "
+                                   "create one: the master makes it, and the worker must see the same file") from exc
 
     @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
@@ -201,6 +222,20 @@ class SQLiteStore:
                 (doc["_id"], doc["experiment"], doc["generation"], doc["op"], _dump(doc)),
             )
             return cursor.rowcount == 1
+
+    def record_result(self, doc: dict[str, Any]) -> dict[str, Any] | None:
+        check_result(doc)
+        with self._write() as conn:  # read and write under the write lock: no other write between
+            row = conn.execute("SELECT doc FROM results WHERE _id = ?", (doc["_id"],)).fetchone()
+            if row is not None and (stored := json.loads(row[0])).get("transient") is not True:
+                return stored
+            conn.execute(
+                "INSERT INTO results (_id, experiment, generation, op, doc) VALUES (?, ?, ?, ?, ?)"
+                " ON CONFLICT(_id) DO UPDATE SET experiment = excluded.experiment,"
+                " generation = excluded.generation, op = excluded.op, doc = excluded.doc",
+                (doc["_id"], doc["experiment"], doc["generation"], doc["op"], _dump(doc)),
+            )
+            return None
 
     def get_result(self, id: str) -> dict[str, Any] | None:
         return self._doc("SELECT doc FROM results WHERE _id = ?", (id,))
@@ -302,6 +337,60 @@ class SQLiteStore:
             (experiment, *params),
         )
         return [text for valid, text in rows if valid or matches(json.loads(text), where)]
+
+    # plans
+
+    def add_plan(self, experiment: str, generation: int, op: str, ids: list[str]) -> None:
+        check_plan(experiment, generation, op, ids)
+        with self._write() as conn:
+            conn.executemany(
+                "INSERT INTO planned (experiment, generation, op, id) VALUES (?, ?, ?, ?)"
+                " ON CONFLICT DO NOTHING",
+                [(experiment, generation, op, id) for id in ids],
+            )
+
+    def planned(self, experiment: str, generation: int, op: str, id: str) -> bool:
+        return bool(self._query(
+            "SELECT 1 FROM planned WHERE experiment = ? AND generation = ? AND op = ? AND id = ?",
+            (experiment, generation, op, id),
+        ))
+
+    # leases
+
+    def take_lease(
+        self, experiment: str, holder: dict[str, Any], stale_s: float, now: float
+    ) -> dict[str, Any] | None:
+        check_holder(holder)
+        with self._write() as conn:  # read and write under the write lock: no other write between
+            row = conn.execute("SELECT doc FROM leases WHERE _id = ?", (experiment,)).fetchone()
+            if row is not None:
+                stored = json.loads(row[0])
+                if stored["id"] != holder["id"] and not stored["beat"] < now - stale_s:
+                    return stored
+            lease = {**holder, "_id": experiment, "beat": now, "taken": now}
+            conn.execute(
+                "INSERT INTO leases (_id, holder, doc) VALUES (?, ?, ?) ON CONFLICT(_id) DO UPDATE"
+                " SET holder = excluded.holder, doc = excluded.doc",
+                (experiment, holder["id"], _dump(lease)),
+            )
+            return None
+
+    def renew_lease(self, experiment: str, holder_id: str, now: float) -> bool:
+        with self._write() as conn:
+            row = conn.execute(
+                "SELECT doc FROM leases WHERE _id = ? AND holder = ?", (experiment, holder_id)
+            ).fetchone()
+            if row is None:
+                return False
+            conn.execute(
+                "UPDATE leases SET doc = ? WHERE _id = ?",
+                (_dump({**json.loads(row[0]), "beat": now}), experiment),
+            )
+            return True
+
+    def release_lease(self, experiment: str, holder_id: str) -> None:
+        with self._write() as conn:
+            conn.execute("DELETE FROM leases WHERE _id = ? AND holder = ?", (experiment, holder_id))
 
     # lifetime
 
