@@ -334,15 +334,18 @@ def test_evoarena_run_then_status_of_an_arena(tmp_path, monkeypatch, capsys):
 
 
 class Corrupting:
-    """Hands the worker a forged genome (its id no longer matches its content) in the first train task."""
+    """Hands the worker an unreadable genome in the first train task, planned as if the master itself
+    had made it so: the genome's own error, not the infrastructure's (a task corrupted on its way
+    is refused and sent again: tests/test_scheduler.py)."""
 
-    def __init__(self, inner):
-        self.inner, self.done = inner, False
+    def __init__(self, inner, store):
+        self.inner, self.store, self.done = inner, store, False
 
     def map(self, op, tasks):
         tasks = copy.deepcopy(tasks)
         if op == "train_pair" and not self.done:
-            tasks[0]["gen"]["genome"]["init_seed"] += 1
+            tasks[0]["gen"]["genome"]["init_seed"] = "seven"
+            scheduler.plan(self.store, op, tasks[:1])
             self.done = True
         yield from self.inner.map(op, tasks)
 
@@ -352,15 +355,15 @@ class Corrupting:
 
 def test_a_poisoned_task_stops_the_run_naming_it_and_keeps_what_was_stored(tmp_path):
     run = Run(tmp_path / "stop", tiny(rounds=1))
-    with pytest.raises(RuntimeError, match="does not match its content.*on_error = stop"):
-        scheduler.run(run.spec, run.store, Corrupting(InlineExecutor(run.config)))
+    with pytest.raises(RuntimeError, match="invalid literal for int.*on_error = stop"):
+        scheduler.run(run.spec, run.store, Corrupting(InlineExecutor(run.config), run.store))
     results = run.results(0, "train_pair")
     assert len(results) == 4 and sum(r["error"] is not None for r in results) == 1  # the other pairs' work is kept
 
 
 def test_with_on_error_skip_the_poisoned_pair_sits_out_and_the_round_goes_on(tmp_path):
     run = Run(tmp_path / "skip", tiny(rounds=2, on_error="skip"))
-    scheduler.run(run.spec, run.store, Corrupting(InlineExecutor(run.config)))
+    scheduler.run(run.spec, run.store, Corrupting(InlineExecutor(run.config), run.store))
     failed = {m["id"] for m in run.steps()[0]["members"] if m.get("failed")}
     assert len(failed) == 2  # the generator and the discriminator of the poisoned pair
     match = run.steps()[match_index(run, 0)]
@@ -374,9 +377,9 @@ def test_a_failed_run_is_recorded_as_failed_with_its_reason_and_status_says_so(t
 
     run = Run(tmp_path / "failed", tiny(rounds=1))
     with pytest.raises(RuntimeError):
-        scheduler.run(run.spec, run.store, Corrupting(InlineExecutor(run.config)))
+        scheduler.run(run.spec, run.store, Corrupting(InlineExecutor(run.config), run.store))
     doc = run.store.get_experiment(run.spec.name)
-    assert doc["status"] == "failed" and "does not match its content" in doc["reason"]
+    assert doc["status"] == "failed" and "invalid literal for int" in doc["reason"]
 
     monkeypatch.setenv("EVOARENA_STORE", f"sqlite:///{tmp_path / 'failed' / 'results.db'}")
     assert cli.main(["status", run.spec.name]) == 0
@@ -398,6 +401,7 @@ def test_a_local_worker_process_that_dies_costs_its_task_an_error_and_the_rest_r
     run = Run(tmp_path / "crash", tiny(rounds=1, train_steps=2000, chunk_steps=2000))
     scheduler.register(run.spec, run.store)  # workers run only the tasks of a known experiment
     tasks = run.algo.plan(0, None).tasks  # 4 train_pair tasks of 2000 steps: a second or two each
+    scheduler.plan(run.store, "train_pair", tasks + [{**t, "seed": t["seed"] + 1} for t in tasks])  # and planned
     executor = LocalExecutor(run.config, workers=1, affinity=False)
     try:
         (warm,) = executor.map("train_pair", tasks[:1])  # starts the pool's one process

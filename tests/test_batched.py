@@ -273,6 +273,7 @@ def test_a_group_whose_children_are_partly_stored_sends_only_the_others_and_keep
     store = open_store(config(tmp_path, "main").store_url)
     scheduler.register(spec, store)
     tasks = plan(children_per_parent=4, eval_group=4)  # the elite, then 4 children of each of 2 parents
+    scheduler.plan(store, "evaluate", tasks)  # the master planned the step, then stopped
     worker = Worker(config(tmp_path, "main"))
     for task in tasks[1:3]:  # two children of the first parent ran alone before the master stopped
         run_on(worker, "evaluate", task)
@@ -314,7 +315,7 @@ def test_the_celery_fleet_runs_group_tasks(tmp_path):
     scheduler.run(tiny(generations=3, children_per_parent=4), open_store(config(tmp_path, "alone").store_url),
                   InlineExecutor(config(tmp_path, "alone")))
     assert_same_documents(stored(tmp_path, "alone", "tiny"), stored(tmp_path, "fleet", "tiny"))
-    finished = [json.loads(line) for line in log.splitlines() if line.startswith('{"op": "evaluate"')]
+    finished = [json.loads(line) for line in log.splitlines() if '"event": "task done"' in line and '"op": "evaluate"' in line]
     # founders alone; then per generation the elite alone and each parent's 4 children in one message
     assert sorted(line["children"] for line in finished) == [0] * (9 + 2) + [4] * 4
 
@@ -345,6 +346,7 @@ def test_a_group_larger_than_the_cache_allows_is_scored_in_passes_of_what_it_all
     one = nets.layout(arch).size * 4
     store = open_store(config(tmp_path, "main").store_url)
     scheduler.register(tiny(children_per_parent=5, eval_group=5), store)
+    scheduler.plan(store, "evaluate", tasks)
     small = WorkerConfig(**{**config(tmp_path, "main").__dict__, "cache_bytes": 4 * one})  # 2 networks per pass
     passes = []
     evaluate_many = memorize.evaluate_many
@@ -355,8 +357,10 @@ def test_a_group_larger_than_the_cache_allows_is_scored_in_passes_of_what_it_all
     assert passes == [2, 2, 1]
     assert [s["_id"] for s in summaries] == [task_id("evaluate", t) for t in tasks[1:6]]
     assert all(s["error"] is None for s in summaries)
+    alone_store = open_store(config(tmp_path, "alone").store_url)  # the master makes the store
+    scheduler.register(tiny(children_per_parent=5, eval_group=5), alone_store)
+    scheduler.plan(alone_store, "evaluate", tasks)
     alone = Worker(config(tmp_path, "alone"))
-    scheduler.register(tiny(children_per_parent=5, eval_group=5), alone.store)
     for task, summary in zip(tasks[1:6], summaries):
         assert abs(run_on(alone, "evaluate", task)["fitness"] - summary["fitness"]) <= batched.FITNESS_ATOL
 
@@ -367,6 +371,7 @@ def test_a_group_whose_parent_does_not_match_its_id_is_refused_and_stores_nothin
     group["parent"]["init_seed"] += 1  # the id stays: a forged or corrupted message
     store = open_store(config(tmp_path, "main").store_url)
     scheduler.register(tiny(children_per_parent=3, eval_group=3), store)
+    scheduler.plan(store, "evaluate", tasks)
 
     summary = run_on(Worker(config(tmp_path, "main")), "evaluate", group)
 

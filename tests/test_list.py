@@ -19,9 +19,13 @@ from evoarena.evolve.ga import GA
 from evoarena.heartbeat import Heartbeat
 from evoarena.status import state_text
 from evoarena.store import open_store
-from test_scheduler import InterruptAfter, Lab, Poisoning, content_not_matching_id, tiny
+from test_scheduler import InterruptAfter, Lab, Poisoning, tiny
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+def unreadable(genome: dict) -> None:
+    genome["init_seed"] = "seven"  # a genome the master made wrong: its own error, not the infrastructure's
 
 
 @pytest.fixture
@@ -32,7 +36,7 @@ def three(tmp_path):
     failing = tiny("broken", generations=2, on_error="stop")
     victim = GA(failing).plan(0, None).tasks[2]["genome"]["id"]
     with pytest.raises(RuntimeError):
-        lab.run(failing, wrap=lambda executor: Poisoning(executor, victim, content_not_matching_id))
+        lab.run(failing, wrap=lambda executor: Poisoning(executor, victim, unreadable, planned_in=lab.store()))
     with pytest.raises(KeyboardInterrupt):  # generation 0 (7 tasks) and 3 of generation 1
         lab.run(tiny("going", generations=3), wrap=lambda executor: InterruptAfter(executor, 10))
     yield lab

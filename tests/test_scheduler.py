@@ -73,16 +73,22 @@ class InterruptAfter:
 
 
 class Poisoning:
-    """Hands the worker a corrupted genome in place of the one with id `victim`."""
+    """Hands the worker a corrupted genome in place of the one with id `victim`, `times` times at
+    most. With `planned_in` (a store), the corrupted task is planned there as the master plans its
+    tasks: the master itself made the bad genome. Without, it was corrupted on its way."""
 
-    def __init__(self, inner, victim: str, corrupt: Callable[[dict], None]):
-        self.inner, self.victim, self.corrupt = inner, victim, corrupt
+    def __init__(self, inner, victim: str, corrupt: Callable[[dict], None], planned_in: ResultStore | None = None,
+                 times: int | None = None):
+        self.inner, self.victim, self.corrupt, self.planned_in, self.times = inner, victim, corrupt, planned_in, times
 
     def map(self, op: str, tasks: list[dict]) -> Iterator[dict]:
         tasks = copy.deepcopy(tasks)
         for task in tasks:
-            if task["genome"]["id"] == self.victim:
+            if task["genome"]["id"] == self.victim and self.times != 0:
                 self.corrupt(task["genome"])
+                self.times = None if self.times is None else self.times - 1
+                if self.planned_in is not None:
+                    scheduler.plan(self.planned_in, op, [task])
         yield from self.inner.map(op, tasks)
 
     def close(self) -> None:
@@ -313,24 +319,17 @@ def best_child_of_generation_one(lab: Lab, spec: ExperimentSpec) -> tuple[str, i
     return best, len(recorder.sent[0]) + recorder.sent[1].index(best) + 1
 
 
-@pytest.mark.parametrize(
-    ("corrupt", "error"),
-    [(unknown_delta_kind, "ValueError: delta kind 'gaussain' is unknown"),
-     # a genome that is not what its id says is refused by the worker, which writes nothing;
-     # the master records the refusal once
-     (content_not_matching_id, "TaskRefused: task tiny:000001:evaluate:")],
-    ids=["unknown delta kind", "content not matching id"],
-)
-def test_a_corrupted_genome_is_recorded_as_an_error_never_selected_and_the_run_completes(lab, corrupt, error):
+def test_a_genome_the_master_made_unreadable_is_recorded_as_an_error_never_selected_and_the_run_completes(lab):
     spec = tiny()
     victim, _ = best_child_of_generation_one(lab, spec)
 
-    lab.run(spec, wrap=lambda executor: Poisoning(executor, victim, corrupt))
+    lab.run(spec, wrap=lambda executor: Poisoning(executor, victim, unknown_delta_kind, planned_in=lab.store()))
 
     store = lab.store()
     doc = store.get_result(result_id("tiny", 1, "evaluate", [victim]))
     assert doc["fitness"] is None
-    assert doc["error"].startswith(error)
+    assert doc["error"].startswith("ValueError: delta kind 'gaussain' is unknown")
+    assert not doc.get("transient")  # the genome's own error
     generation_one = store.get_generation("tiny", 1)
     assert generation_one["stats"]["errors"] == 1
     assert victim not in {p["id"] for p in generation_one["parents"]}
@@ -339,11 +338,36 @@ def test_a_corrupted_genome_is_recorded_as_an_error_never_selected_and_the_run_c
     assert store.get_experiment("tiny")["status"] == "complete"
 
 
+@pytest.mark.parametrize("corrupt", [unknown_delta_kind, content_not_matching_id],
+                         ids=["unknown delta kind", "content not matching id"])
+def test_a_task_corrupted_on_its_way_is_refused_unrecorded_sent_again_and_the_run_ends_as_a_clean_one(
+        lab, corrupt, monkeypatch):
+    monkeypatch.setattr(scheduler, "STEP_RETRY_WAIT_S", 0.01)
+    spec = tiny()
+    victim, _ = best_child_of_generation_one(lab, spec)
+    refusals = []
+
+    class Watching(Poisoning):  # what the worker answered for the corrupted task
+        def map(self, op, tasks):
+            for summary in super().map(op, tasks):
+                if summary["_id"] == result_id("tiny", 1, "evaluate", [victim]):
+                    refusals.append(summary["error"])
+                yield summary
+
+    lab.run(spec, wrap=lambda executor: Watching(executor, victim, corrupt, times=1))
+
+    assert len(refusals) == 2 and refusals[0].startswith("TaskRefused: ") and "not one the master planned" in refusals[0]
+    assert refusals[1] is None  # sent again, as the master planned it
+    assert fitness_by_individual(lab.store(), "tiny") == fitness_by_individual(lab.store("clean"), "tiny")
+    assert not any(d["error"] for d in lab.store().find_results("tiny"))
+
+
 def test_a_recorded_failure_is_not_sent_again_on_resume(lab):
     spec = tiny()
     victim, upto_victim = best_child_of_generation_one(lab, spec)
     with pytest.raises(KeyboardInterrupt):
-        lab.run(spec, wrap=lambda executor: InterruptAfter(Poisoning(executor, victim, unknown_delta_kind), upto_victim))
+        lab.run(spec, wrap=lambda executor: InterruptAfter(
+            Poisoning(executor, victim, unknown_delta_kind, planned_in=lab.store()), upto_victim))
     assert lab.store().get_generation("tiny", 1) is None
 
     recorder = lab.run_recorded(spec)
@@ -365,9 +389,10 @@ def test_the_experiment_records_its_provenance_and_each_result_its_device(lab):
     recorded = lab.store().get_experiment("tiny")["provenance"]
     assert (recorded["evoarena"], recorded["torch"], recorded["numpy"]) == (
         evoarena.__version__, torch.__version__, numpy.__version__)
-    # the tests run with the pin evoarena's import sets (no variable set beforehand)
-    assert recorded["arithmetic"] == {"MKL_CBWR": "AVX2,STRICT", "ATEN_CPU_CAPABILITY": "avx2",
-                                      "ONEDNN_MAX_CPU_ISA": "AVX2"}
+    # the spec's default arithmetic, fast: none of the pin's variables set (arithmetic.py)
+    assert recorded["arithmetic"]["mode"] == "fast"
+    assert recorded["arithmetic"]["variables"] == {"MKL_CBWR": None, "ATEN_CPU_CAPABILITY": None,
+                                                   "ONEDNN_MAX_CPU_ISA": None}
     spec = tiny()
     # the fingerprint in the name of the noise table file the run built and verified
     (built,) = (lab.root / "noise").glob("noise-*.f32")
@@ -385,11 +410,11 @@ class FlakyStore:
     def __init__(self, inner: ResultStore, failures: int):
         self.inner, self.failures = inner, failures
 
-    def put_result(self, doc: dict) -> None:
+    def record_result(self, doc: dict) -> dict | None:
         if self.failures:
             self.failures -= 1
             raise StoreUnavailable("MongoDB store did not answer to write 1 results after 5 tries")
-        self.inner.put_result(doc)
+        return self.inner.record_result(doc)
 
     def __getattr__(self, name):
         return getattr(self.inner, name)
@@ -401,6 +426,7 @@ def no_backoff(monkeypatch):
 
 
 def test_a_store_blip_on_a_result_write_is_retried_and_records_no_error(lab, no_backoff):
+    lab.store()  # the master makes the store; a worker only opens it
     executor = InlineExecutor(lab.config("main"))
     executor.worker.__dict__["store"] = flaky = FlakyStore(executor.worker.store, failures=worker.TRANSIENT_RETRIES)
 
@@ -429,17 +455,34 @@ def failing_infrastructure_for(monkeypatch, victim: str) -> None:
     monkeypatch.setattr(worker.Worker, "_evaluate", _evaluate)
 
 
-def test_infrastructure_that_keeps_failing_is_recorded_as_transient_not_against_the_genome(lab, no_backoff, monkeypatch):
+def test_infrastructure_that_keeps_failing_stops_the_run_with_the_step_incomplete_and_nothing_against_the_genome(
+        lab, no_backoff, monkeypatch):
+    monkeypatch.setattr(scheduler, "STEP_RETRY_WAIT_S", 0.0)
     spec = tiny()
     victim, _ = best_child_of_generation_one(lab, spec)
     failing_infrastructure_for(monkeypatch, victim)
+    sent = []
 
-    lab.run(spec)
+    class Counting:  # how many times the victim's task is sent
+        def __init__(self, inner):
+            self.inner = inner
+
+        def map(self, op, tasks):
+            sent.extend(t["genome"]["id"] for t in tasks if t["generation"] == 1 and t["genome"]["id"] == victim)
+            return self.inner.map(op, tasks)
+
+        def close(self):
+            self.inner.close()
+
+    with pytest.raises(scheduler.InfrastructureFailure, match="1 tasks failed 4 times because of the infrastructure"):
+        lab.run(spec, wrap=Counting)
 
     doc = lab.store().get_result(result_id("tiny", 1, "evaluate", [victim]))
     assert doc["fitness"] is None and doc["transient"] is True
     assert doc["error"].startswith("Transient: ConnectionResetError: [Errno 104] Connection reset by peer (tried 4 times)")
-    assert lab.store().get_generation("tiny", 1)["stats"]["errors"] == 1
+    assert len(sent) == scheduler.STEP_RETRIES + 1
+    assert lab.store().get_generation("tiny", 1) is None  # the step is not complete
+    assert lab.store().get_experiment("tiny")["status"] == "failed"
 
 
 def test_a_resumed_step_runs_again_the_tasks_whose_infrastructure_failed(lab, no_backoff, monkeypatch):

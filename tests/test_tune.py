@@ -208,6 +208,7 @@ def test_a_trial_with_a_value_the_arena_refuses_stores_an_error_naming_it_and_no
     store = open_store(url)
     scheduler.register(spec, store)
     task = {**Tune(spec).plan(0, None).tasks[0], "values": {"meta.lr": 5.0}}
+    scheduler.plan(store, "trial", [task])  # as if the search itself had asked for the value
     summary = run_on(Worker(WorkerConfig(url, str(tmp_path / "art"), str(tmp_path / "noise"))), "trial", task)
     assert "meta.lr = 5.0" in summary["error"] and summary["fitness"] is None
     (doc,) = store.find_results(spec.name)

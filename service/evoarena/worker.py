@@ -19,13 +19,13 @@ from functools import cached_property
 
 import torch
 
-from .genome import Genome, ancestor
+from .genome import Genome, ancestor, canonical
 from .materialize import Materializer, ParentCache
 from .metrics import MATERIALIZE_SECONDS
 from .noise import open_noise
 from .problems import PROBLEMS
 from .store import artifact_key, open_artifacts, open_store
-from .store.results import error_summary, summary_of, task_id
+from .store.results import error_summary, plan_entry, summary_of, task_id
 
 
 log = logging.getLogger(__name__)
@@ -60,9 +60,10 @@ def transient(exc: BaseException) -> bool:
 
 class TaskRefused(ValueError):
     """A task this worker will not run, and for which it writes nothing: it names an unknown
-    experiment, its problem or noise table is not the experiment's, a genome's id does not match
-    its content, or (on the fleet) it is not signed by the master. A stored result is never
-    overwritten by such a task."""
+    experiment, its problem or noise table is not the experiment's, the master did not plan it
+    (no such step, or any of its content differs from the planned task's), a genome's id does not
+    match its content, or (on the fleet) it is not signed by the master. A stored result is never overwritten by such a task, and a refusal
+    is never the genome's result: the master records it as a failure of the infrastructure."""
 
 
 @dataclass(frozen=True)
@@ -99,7 +100,8 @@ class Worker:
 
     @cached_property
     def store(self):
-        return open_store(self.config.store_url)
+        # create=False: a missing SQLite file is the infrastructure's failure, never a fresh store
+        return open_store(self.config.store_url, create=False)
 
     @cached_property
     def device_kind(self) -> str:
@@ -154,8 +156,9 @@ class Worker:
 
     def admit(self, op: str, task: dict) -> str:
         """The task's result id, once the task is known to belong to its experiment (TaskRefused if
-        not, before anything is written): the experiment is in the store, the task's problem and
-        noise table are the experiment's, and every genome it names is what its id says."""
+        not, before anything is written): the experiment is in the store, this process computes in
+        its CPU arithmetic, the task's problem and noise table are the experiment's, and every
+        genome it names is what its id says."""
         from .fleet.routing import task_genomes
         from .fleet.signing import KEY_VARIABLE, signed_by
 
@@ -163,6 +166,8 @@ class Worker:
         if self.config.task_key and not signed_by(task, self.config.task_key):
             raise TaskRefused(f"task {_id} is not signed with this fleet's {KEY_VARIABLE}")
         spec = self._spec(task["experiment"])
+        self._check_arithmetic(task["experiment"], _id)
+        self._check_planned(op, task, _id)
         for field in ("problem", "noise"):
             if task.get(field) != spec[field]:
                 raise TaskRefused(f"task {_id}: its {field} {task.get(field)!r} is not experiment "
@@ -177,8 +182,51 @@ class Worker:
                 raise TaskRefused(f"task {_id}: genome {claimed!r} does not match its content (computed {actual!r})")
         return _id
 
+    def _check_planned(self, op: str, task: dict, _id: str) -> None:
+        """TaskRefused unless the master planned this very task (results.plan_entry): a sibling
+        group, each of its children."""
+        from .fleet.groups import children_tasks, is_group
+
+        try:
+            entries = [plan_entry(op, t) for t in children_tasks(task)] if is_group(task) else [plan_entry(op, task)]
+        except (ValueError, KeyError, TypeError) as exc:
+            raise TaskRefused(f"task {_id}: {exc}") from exc
+        for entry in entries:
+            try:
+                planned = self.store.planned(task["experiment"], task["generation"], op, entry)
+            except Exception as exc:
+                _unless_transient(exc)
+                raise
+            if not planned:
+                raise TaskRefused(f"task {entry.partition('@')[0]} is not one the master planned: experiment "
+                                  f"{task['experiment']!r} has no such step or genome, or this task's content "
+                                  "differs from the planned task's")
+
+    def _check_arithmetic(self, experiment: str, _id: str) -> None:
+        """TaskRefused unless this process computes in the CPU arithmetic the experiment is recorded
+        with (arithmetic.require; a process that chose none yet takes it now), on a CPU where that is
+        `reproducible`. The spec is read again before a refusal: a run continued in another arithmetic."""
+        from . import arithmetic
+
+        wanted = self._spec(experiment).get("arithmetic")
+        if wanted is None:  # recorded by a master older than the field
+            return
+        try:
+            arithmetic.require(wanted)
+        except arithmetic.ArithmeticMismatch:
+            self._specs.pop(experiment, None)
+            wanted = self._spec(experiment).get("arithmetic")
+            try:
+                arithmetic.require(wanted)
+            except arithmetic.ArithmeticMismatch as exc:
+                raise TaskRefused(f"task {_id}: {exc}") from None
+        if wanted == "reproducible" and torch.device(self.config.device).type != "cpu":
+            raise TaskRefused(f"task {_id}: experiment {experiment!r} computes in reproducible arithmetic, which is "
+                              f"defined on CPUs only, and this worker computes on {self.config.device}")
+
     def _spec(self, experiment: str) -> dict:
-        """The stored spec of `experiment` (read once: a stored spec changes only in its length)."""
+        """The stored spec of `experiment` (read once: a stored spec changes only in its length and,
+        from reproducible to fast, its arithmetic: `_check_arithmetic` reads it again then)."""
         if experiment not in self._specs:
             try:
                 doc = self.store.get_experiment(experiment)
@@ -207,8 +255,7 @@ class Worker:
             _unless_transient(exc)
             doc.update(build=None, holds=[], error=f"{type(exc).__name__}: {exc}", traceback=traceback.format_exc(limit=5))
         doc["seconds"] = time.perf_counter() - started
-        self._store(doc)
-        return summary_of(doc)
+        return summary_of(self._store(doc))
 
     def evaluate(self, task: dict) -> dict:
         """Build the task's genome, score it on its problem, store the result document."""
@@ -222,8 +269,7 @@ class Worker:
             _unless_transient(exc)
             doc.update(_failed(exc))
         doc["seconds"] = time.perf_counter() - started
-        self._store(doc)
-        return summary_of(doc)
+        return summary_of(self._store(doc))
 
     def evaluate_group(self, group: dict) -> dict:
         """A group of siblings (fleet/groups.py): build each child from the cached parent, score
@@ -272,8 +318,7 @@ class Worker:
         share = (time.perf_counter() - started) / len(docs)  # the group's time, shared evenly
         for doc in docs:
             doc["seconds"] = share
-            self._store(doc)
-        return group_summary(group_id, [summary_of(doc) for doc in docs])
+        return group_summary(group_id, [summary_of(self._store(doc)) for doc in docs])
 
     def _evaluation_doc(self, task: dict) -> dict:
         """The fields of an evaluate result document that depend neither on its id nor on its outcome."""
@@ -294,12 +339,23 @@ class Worker:
             "device_kind": self.device_kind,
         }
 
-    def _store(self, doc: dict) -> None:
+    def _store(self, doc: dict) -> dict:
+        """Write `doc` unless a result with its id is already stored (a record of the
+        infrastructure's failure is replaced); return the stored document. A stored result is
+        never overwritten: one with another outcome (a redelivered task that computed otherwise,
+        or a replay) is kept, and the write refused with a log line."""
         try:
-            self.store.put_result(doc)
+            stored = self.store.record_result(doc)
         except Exception as exc:
             _unless_transient(exc)
             raise
+        if stored is None:
+            return doc
+        if canonical(outcome(stored)) != canonical(outcome(doc)):
+            log.warning("refused to overwrite result %s: it is already stored with another outcome (stored error %r, "
+                        "fitness %r; this task's error %r, fitness %r)", doc["_id"], stored.get("error"),
+                        stored.get("fitness"), doc.get("error"), doc.get("fitness"))
+        return stored
 
     def _evaluate(self, task: dict, genome: Genome) -> dict:
         materializer = self.materializer(task["noise"])
@@ -314,6 +370,15 @@ class Worker:
         weights = materializer.build(genome)
         key = artifact_key(experiment, genome.id)
         return {"id": genome.id, "uri": self.artifacts.put(key, weights.tensors(genome.arch), {"experiment": experiment})}
+
+
+# What a result document says of where and how fast it was computed, not of its outcome.
+PROVENANCE_FIELDS = ("worker", "node", "device", "device_kind", "seconds", "build", "traceback")
+
+
+def outcome(doc: dict) -> dict:
+    """A result document without its provenance: two runs of one task agree on this."""
+    return {k: v for k, v in doc.items() if k not in PROVENANCE_FIELDS}
 
 
 def _score(problem, arch: dict, flat: torch.Tensor, data, task: dict) -> dict:
@@ -368,8 +433,10 @@ def run_on(worker: Worker, op: str, task: dict) -> dict:
             if op == "evaluate":
                 return worker.evaluate_group(task) if "children" in task else worker.evaluate(task)
             return worker.arena(op, task)
-        except TaskRefused as exc:
-            return {**error_summary(task_id(op, task), task, f"TaskRefused: {exc}"), "seconds": 0.0, "worker": worker.name}
+        except TaskRefused as exc:  # not the genome's doing: transient, so the master never records it as its result
+            log.warning("refused task %s: %s", task_id(op, task), exc)
+            return {**error_summary(task_id(op, task), task, f"TaskRefused: {exc}", transient=True),
+                    "seconds": 0.0, "worker": worker.name}
         except Transient as exc:
             if retries == TRANSIENT_RETRIES:
                 return {**error_summary(task_id(op, task), task, f"Transient: {exc} (tried {retries + 1} times)",

@@ -22,11 +22,11 @@ from __future__ import annotations
 import json
 
 from ..genome import Delta, Genome, mutate
-from ..store.results import summary_of
+from ..store.results import TRANSPORT_FIELDS, settled, summary_of
 from ..store.results import task_id as result_task_id
 
 OWN_FIELDS = ("genome", "role", "checkpoint")  # per child; every other field is shared by the group
-NOT_SHARED = ("signature",)  # signs the message (fleet/signing.py), not any one child's task
+NOT_SHARED = TRANSPORT_FIELDS  # sign the message (fleet/signing.py), not any one child's task
 
 
 def is_group(task: dict) -> bool:
@@ -87,12 +87,13 @@ def group_summary(group_id: str, summaries: list[dict]) -> dict:
 
 def stored_summary(store, task_id: str, task: dict) -> dict | None:
     """The summary of `task` (result id `task_id`) from the store once its results are all there
-    (a group's: every child's); None before."""
+    (a group's: every child's); None before. A record of an earlier failure of the infrastructure
+    is not this task's result (results.settled): the task was sent again to replace it."""
     if not is_group(task):
         doc = store.get_result(task_id)
-        return None if doc is None else summary_of(doc)
+        return summary_of(doc) if settled(doc) else None
     docs = [store.get_result(result_id) for result_id in map(_result_id, children_tasks(task))]
-    return None if None in docs else group_summary(task_id, [summary_of(doc) for doc in docs])
+    return group_summary(task_id, [summary_of(doc) for doc in docs]) if all(map(settled, docs)) else None
 
 
 def _result_id(task: dict) -> str:

@@ -1,12 +1,22 @@
-"""Result documents: their ids, and what a task's summary and a lost task's record hold.
+"""Result documents: their ids, what a task's summary and a lost task's record hold, and the plan.
 
-A result's id is deterministic, so a redelivered task overwrites its document and never
-duplicates it. The master, the executors and the workers all name results with `task_id`; the
-worker returns `summary_of` its document; the master records a task that stored nothing with
+A result's id is deterministic, so a redelivered task finds its document and never duplicates
+it. The master, the executors and the workers all name results with `task_id`; the worker
+returns `summary_of` its document; the master records a task that stored nothing with
 `lost_result`.
+
+The plan: before it sends a step's tasks, the master stores each task's `plan_entry` (its result
+id and a digest of its whole content) in the store's plan of that step. A worker runs only a
+task whose entry is planned (worker.Worker.admit), so a forged task (a step the run does not
+have, a genome it did not make) or a replayed one with any field changed is refused before
+anything is computed or written, with or without a task key.
 """
 
 from __future__ import annotations
+
+import hashlib
+
+from ..genome import canonical
 
 # what a task returns to the master: enough to count it, route its children and report it
 SUMMARY_KEYS = ("_id", "genome_id", "key", "fitness", "build", "seconds", "worker", "node", "error", "transient", "holds")
@@ -25,7 +35,7 @@ def task_id(op: str, task: dict) -> str:
             raise ValueError(f"task lacks {key!r}")
     if not isinstance(task["experiment"], str) or not isinstance(task["generation"], int) or task["generation"] < 0:
         raise ValueError("task 'experiment' must be a string and 'generation' an integer >= 0")
-    if "key" in task:
+    if "key" in task and (op != "evaluate" or "children" in task):
         names = task["key"]
     elif isinstance(task.get("genome"), dict) and "id" in task["genome"]:
         names = [task["genome"]["id"]]
@@ -34,6 +44,18 @@ def task_id(op: str, task: dict) -> str:
     if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
         raise ValueError("task 'key' must be a non-empty list of ids")
     return result_id(task["experiment"], task["generation"], op, names)
+
+
+# Fields that carry a task, not part of what it asks: the signature of the message (fleet/signing.py).
+TRANSPORT_FIELDS = ("signature",)
+
+
+def plan_entry(op: str, task: dict) -> str:
+    """What the master stores in a step's plan for `task`, and a worker looks up before running it:
+    the task's result id and a digest of everything the task asks (its canonical JSON without the
+    transport fields), so the same id with any other content is not planned."""
+    body = canonical({k: v for k, v in task.items() if k not in TRANSPORT_FIELDS})
+    return f"{task_id(op, task)}@{hashlib.sha256(f'{op}|{body}'.encode()).hexdigest()[:32]}"
 
 
 def error_summary(task_id_: str, task: dict, error: str, transient: bool = False) -> dict:
@@ -54,6 +76,12 @@ def error_summary(task_id_: str, task: dict, error: str, transient: bool = False
     genome = task.get("genome")
     return {"_id": task_id_, "genome_id": genome.get("id") if isinstance(genome, dict) else None,
             "key": task.get("key"), "fitness": None, "build": None, "error": error, "transient": transient}
+
+
+def settled(doc: dict | None) -> bool:
+    """Whether a stored result is its task's outcome: not missing, and not a record of a failure of
+    the infrastructure (`transient`), which the task's next run replaces."""
+    return doc is not None and not doc.get("transient")
 
 
 def summary_of(doc: dict) -> dict:
