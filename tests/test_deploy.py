@@ -23,7 +23,10 @@ import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 CHART = ROOT / "helm" / "evoarena"
-VALUES = {"default": None, **{p.stem.removesuffix("-values"): p for p in sorted((CHART / "ci").glob("*.yaml"))}}
+# Every helm/evoarena/ci values file; "default" is the chart's defaults plus the two values it
+# cannot default (image.repository, s3.bucket), which every other render starts from too.
+VALUES = {p.stem.removesuffix("-values"): p for p in sorted((CHART / "ci").glob("*.yaml"))}
+REQUIRED = ("-f", str(VALUES["default"]))
 # The chart's oldest supported Kubernetes (Chart.yaml's kubeVersion) and a current one.
 KUBERNETES_VERSIONS = ("1.30", "1.33")
 RELEASE, NAMESPACE = "arena", "evoarena"
@@ -45,9 +48,10 @@ def kubectl() -> str:
     return _tool("kubectl")
 
 
-def template(helm: str, *args: str, release: str = RELEASE) -> list[dict]:
-    done = subprocess.run([helm, "template", release, str(CHART), "--namespace", NAMESPACE, *args],
-                          capture_output=True, text=True)
+def template(helm: str, *args: str, release: str = RELEASE, required: bool = True) -> list[dict]:
+    """The chart's objects, from ci/default-values.yaml (unless not `required`) and then `args`."""
+    done = subprocess.run([helm, "template", release, str(CHART), "--namespace", NAMESPACE,
+                           *(REQUIRED if required else ()), *args], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     return [doc for doc in yaml.safe_load_all(done.stdout) if doc]
 
@@ -55,7 +59,7 @@ def template(helm: str, *args: str, release: str = RELEASE) -> list[dict]:
 @pytest.fixture(scope="session")
 def rendered(helm) -> dict[str, list[dict]]:
     """The chart's objects for each values set: the defaults and every helm/evoarena/ci file."""
-    return {name: template(helm, *(["-f", str(path)] if path else [])) for name, path in VALUES.items()}
+    return {name: template(helm, "-f", str(path), required=False) for name, path in VALUES.items()}
 
 
 def one(objects: list[dict], kind: str, name: str) -> dict:
@@ -150,7 +154,7 @@ def validate(obj: dict) -> None:
 @pytest.mark.parametrize("values", VALUES)
 def test_helm_lint_passes(helm, values):
     path = VALUES[values]
-    done = subprocess.run([helm, "lint", str(CHART), "--strict", *(["-f", str(path)] if path else [])],
+    done = subprocess.run([helm, "lint", str(CHART), "--strict", "-f", str(path)],
                           capture_output=True, text=True)
     assert done.returncode == 0, done.stdout + done.stderr
 
@@ -171,7 +175,7 @@ def test_the_schema_check_catches_a_misspelt_field(rendered):
 
 
 def test_values_schema_refuses_the_solo_pool(helm):
-    done = subprocess.run([helm, "template", RELEASE, str(CHART), "--set", "worker.pool=solo"],
+    done = subprocess.run([helm, "template", RELEASE, str(CHART), *REQUIRED, "--set", "worker.pool=solo"],
                           capture_output=True, text=True)
     assert done.returncode != 0
     assert "at '/worker/pool': value must be one of 'prefork', 'threads'" in done.stderr
@@ -192,11 +196,12 @@ def test_the_dev_overlay_renders_valid_objects_in_its_namespace(kubectl):
 
 
 def test_the_plain_manifests_agree_with_the_chart(helm, kubectl):
-    """k8s/base is the chart rendered for a release named "dev", less the generated Secrets and the
+    """k8s/base is the chart rendered for a release named "dev" (image.repository `evoarena`: an
+    overlay names the real image, as dev-cpu does), less the generated Secrets and the
     admission policies (cluster-scoped, with the namespace and image in their CEL, which an
     overlay's namespace and image transformers would not rewrite: the chart's alone)."""
     left_out = ("Secret", "ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding")
-    chart = [o for o in template(helm, release="dev") if o["kind"] not in left_out]
+    chart = [o for o in template(helm, "--set", "image.repository=evoarena", release="dev") if o["kind"] not in left_out]
     done = subprocess.run([kubectl, "kustomize", str(ROOT / "k8s" / "base")], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     base = [doc for doc in yaml.safe_load_all(done.stdout) if doc]
@@ -295,7 +300,8 @@ def test_a_rollout_is_given_time_for_one_worker_to_stop_and_the_next_to_start(re
 
 
 def test_the_chart_refuses_a_probe_age_a_live_worker_would_exceed(helm):
-    done = subprocess.run([helm, "template", RELEASE, str(CHART), "--set", "worker.livenessProbe.maxAgeSeconds=10"],
+    done = subprocess.run([helm, "template", RELEASE, str(CHART), *REQUIRED,
+                           "--set", "worker.livenessProbe.maxAgeSeconds=10"],
                           capture_output=True, text=True)
 
     assert done.returncode != 0
@@ -336,7 +342,7 @@ def test_rabbitmq_consumer_timeout_and_worker_grace_exceed_the_longest_task(rend
     ("worker.terminationGracePeriodSeconds=600", "worker.terminationGracePeriodSeconds (600) must be above"),
 ])
 def test_the_chart_refuses_limits_below_the_longest_task(helm, setting, message):
-    done = subprocess.run([helm, "template", RELEASE, str(CHART), "--set", setting], capture_output=True, text=True)
+    done = subprocess.run([helm, "template", RELEASE, str(CHART), *REQUIRED, "--set", setting], capture_output=True, text=True)
 
     assert done.returncode != 0
     assert message in done.stderr
@@ -648,7 +654,7 @@ def test_flower_runs_only_when_asked_with_the_fleets_environment_and_its_login(r
 
     objects = rendered["keda"]  # helm/evoarena/ci/keda-values.yaml enables it
     (container,) = one(objects, "Deployment", f"{RELEASE}-evoarena-flower")["spec"]["template"]["spec"]["containers"]
-    assert container["command"] + container["args"][:3] == ["celery", "--app", "evoarena.fleet.app", "flower"]
+    assert container["command"] + container["args"][:3] == ["celery", "--app", "evoarena.fleet.flower", "flower"]
     assert container["envFrom"] == worker_container(objects)["envFrom"]  # the same broker and queue names
     assert container["env"] == [{"name": "FLOWER_BASIC_AUTH", "valueFrom": {"secretKeyRef": {
         "name": "evoarena-flower-login", "key": "FLOWER_BASIC_AUTH"}}}]
@@ -692,7 +698,7 @@ def test_a_release_name_one_character_longer_is_refused_by_the_chart(helm):
     from evoarena.submit import RELEASE_MAX_LENGTH
 
     release = "r" * (RELEASE_MAX_LENGTH + 1)
-    done = subprocess.run([helm, "template", release, str(CHART)], capture_output=True, text=True)
+    done = subprocess.run([helm, "template", release, str(CHART), *REQUIRED], capture_output=True, text=True)
     assert done.returncode != 0
     assert f"release name \"{release}\" is {RELEASE_MAX_LENGTH + 1} characters; at most 34 are accepted" in done.stderr
 
@@ -880,7 +886,7 @@ def test_rabbitmqs_memory_alarm_is_set_below_its_containers_limit_in_bytes(helm,
 
 
 def test_the_chart_refuses_a_rabbitmq_without_a_memory_limit(helm):
-    done = subprocess.run([helm, "template", RELEASE, str(CHART), "--set", "rabbitmq.resources.limits=null"],
+    done = subprocess.run([helm, "template", RELEASE, str(CHART), *REQUIRED, "--set", "rabbitmq.resources.limits=null"],
                           capture_output=True, text=True)
 
     assert done.returncode != 0
@@ -892,7 +898,7 @@ def test_a_render_without_a_cluster_changes_on_every_run_unless_it_generates_no_
     change with each render, and the workers' checksum with them. generateSecrets=false renders
     none, so two renders are the same text (the Secrets come from scripts/k8s-dev-secrets.sh)."""
     def render(*args: str) -> str:
-        done = subprocess.run([helm, "template", RELEASE, str(CHART), "--namespace", NAMESPACE, *args],
+        done = subprocess.run([helm, "template", RELEASE, str(CHART), "--namespace", NAMESPACE, *REQUIRED, *args],
                               capture_output=True, text=True, check=True)
         return done.stdout
 
@@ -955,7 +961,7 @@ def test_the_image_is_pinned_multi_stage_non_root_and_runs_evoarena():
 def test_both_images_start_from_python_slim_not_a_cuda_or_pytorch_image():
     bases = dict(re.findall(r"^ARG (\w+_BASE)=(\S+)$", DOCKERFILE, re.MULTILINE))
     external = {stage["base"] for stage in dockerfile_stages(DOCKERFILE)} - \
-        {stage["name"] for stage in dockerfile_stages(DOCKERFILE)} - {"torch-${VARIANT}"}
+        {stage["name"] for stage in dockerfile_stages(DOCKERFILE)} - {"variant-${VARIANT}"}
 
     assert external == {"${PYTHON_BASE}"}
     assert re.fullmatch(r"python:3\.11\.\d+-slim-\w+", bases["PYTHON_BASE"])
@@ -965,16 +971,20 @@ def test_both_images_start_from_python_slim_not_a_cuda_or_pytorch_image():
 def test_the_image_installs_the_torch_the_tests_run_from_one_file():
     import torch
 
-    stages = {stage["name"]: stage for stage in dockerfile_stages(DOCKERFILE)}
-    installs = {name: [args for op, args in stages[name]["steps"] if op == "RUN" and "torch==" in args]
-                for name in ("torch-cuda", "torch-cpu")}
+    (final,) = [stage for stage in dockerfile_stages(DOCKERFILE) if stage["name"] is None]
+    (install,) = [args for op, args in final["steps"] if op == "RUN" and "torch==" in args]
+    cpu, both, check = (part.strip() for part in install.split(" && "))
 
     assert torch.__version__.split("+")[0] == TORCH_VERSION  # this test session's torch
-    assert ("COPY", "torch-version.txt /tmp/") in stages["base"]["steps"]
-    for name, (install,) in installs.items():
-        assert '"torch==$(cat /tmp/torch-version.txt)"' in install, name
-    assert "--index-url https://download.pytorch.org/whl/cpu" in installs["torch-cpu"][0]
-    assert "--index-url" not in installs["torch-cuda"][0]  # PyPI's Linux torch: CUDA, its libraries as wheels
+    assert ("COPY", "torch-version.txt /tmp/") in final["steps"]
+    # cpu: the CPU build from TORCH_INDEX (PyTorch's CPU index unless given), alone; then both
+    # variants install the same pin from PyPI, which keeps an installed CPU build and adds its
+    # dependencies, and gives the CUDA variant PyPI's Linux torch (CUDA, its libraries as wheels)
+    assert cpu.startswith('if [ "$VARIANT" = cpu ]; then ')
+    assert '--no-deps "torch==$(cat /tmp/torch-version.txt)" --index-url "$TORCH_INDEX"' in cpu
+    assert ("ARG", "TORCH_INDEX=https://download.pytorch.org/whl/cpu") in final["steps"]
+    assert both == 'pip install --no-cache-dir "torch==$(cat /tmp/torch-version.txt)"'
+    assert "torch.version.cuda" in check  # a CPU image with a CUDA torch fails its build
     assert not re.search(r"torch==\d", DOCKERFILE) and not re.search(r"torch==\d", (ROOT / "Makefile").read_text())
     assert "TORCH_VERSION := $(shell cat torch-version.txt)" in (ROOT / "Makefile").read_text()
 
@@ -994,11 +1004,13 @@ def test_a_code_change_reinstalls_no_dependency():
     (final,) = [stage for stage in dockerfile_stages(DOCKERFILE) if stage["name"] is None]
     steps = [f"{op} {args}" for op, args in final["steps"]]
     copies = [i for i, step in enumerate(steps) if step.startswith("COPY")]
+    torch = next(i for i, step in enumerate(steps) if "torch==" in step)
     deps = next(i for i, step in enumerate(steps) if "pip install --no-cache-dir -r" in step)
     code = next(i for i, step in enumerate(steps) if step.startswith("COPY --from=build"))
 
-    assert steps[copies[0]] == "COPY pyproject.toml scripts/requirements.py /tmp/deps/"
-    assert copies[0] < deps < code
+    assert steps[copies[0]] == "COPY torch-version.txt /tmp/"
+    assert steps[copies[1]] == "COPY pyproject.toml scripts/requirements.py /tmp/deps/"
+    assert copies[0] < torch < copies[1] < deps < code
     assert not [step for step in steps if "service" in step]  # the code arrives only as the built wheel
     assert "--no-deps" in steps[code + 1]
     (build,) = [stage for stage in dockerfile_stages(DOCKERFILE) if stage["name"] == "build"]
@@ -1017,8 +1029,8 @@ def test_the_image_gets_every_dependency_but_torch_and_flower_from_pyproject():
 def test_the_gpu_image_asks_the_nvidia_runtime_for_cuda_and_the_cpu_image_does_not():
     stages = {stage["name"]: stage for stage in dockerfile_stages(DOCKERFILE)}
     # without compute, the runtime mounts only nvidia-smi's libraries and torch finds no CUDA
-    assert ("ENV", "NVIDIA_DRIVER_CAPABILITIES=compute,utility") in stages["torch-cuda"]["steps"]
-    assert not [args for op, args in stages["torch-cpu"]["steps"] + stages["base"]["steps"] if "NVIDIA" in args]
+    assert stages["variant-cuda"]["steps"] == [("ENV", "NVIDIA_DRIVER_CAPABILITIES=compute,utility")]
+    assert not [args for op, args in stages["variant-cpu"]["steps"] + stages[None]["steps"] if "NVIDIA" in args]
 
 
 def test_the_build_context_holds_only_what_the_image_needs():
@@ -1035,10 +1047,13 @@ def test_the_masters_image_is_the_cpu_image_in_the_chart_and_in_submit(rendered)
     from evoarena.submit import default_image
 
     app_version = yaml.safe_load((CHART / "Chart.yaml").read_text())["appVersion"]
+    repository = yaml.safe_load(VALUES["default"].read_text())["image"]["repository"]
     config = one(rendered["default"], "ConfigMap", f"{RELEASE}-evoarena-config")["data"]
 
-    assert config["EVOARENA_IMAGE"] == f"evoarena:{app_version}-cpu" == default_image()
-    assert worker_container(rendered["default"])["image"] == f"evoarena:{app_version}"  # GPU workers: CUDA
+    assert config["EVOARENA_IMAGE"] == f"{repository}:{app_version}-cpu"
+    assert worker_container(rendered["default"])["image"] == f"{repository}:{app_version}"  # GPU workers: CUDA
+    # submit's own default, for a release without EVOARENA_IMAGE (the plain manifests): the same rule
+    assert default_image() == f"evoarena:{app_version}-cpu"
 
 
 def test_cpu_workers_and_flower_run_the_cpu_image_and_see_no_gpu(rendered, helm):
@@ -1062,6 +1077,68 @@ def test_the_cpu_tag_follows_the_tag_unless_given(helm):
     assert images("--set-string", "image.tag=7") == ("registry.example/evoarena:7", "registry.example/evoarena:7-cpu")
     assert images("--set-string", "image.tag=7", "--set", "image.cpuTag=cpu-7") == \
         ("registry.example/evoarena:7", "registry.example/evoarena:cpu-7")
+
+
+# --- what the chart cannot default -------------------------------------------------------------
+
+
+def _error_lines(helm: str, *args: str) -> list[str]:
+    done = subprocess.run([helm, "template", RELEASE, str(CHART), *args], capture_output=True, text=True)
+    assert done.returncode != 0
+    return [line for line in done.stderr.splitlines() if line.startswith("Error:")]
+
+
+def test_the_bare_defaults_fail_in_one_line_naming_the_two_values_without_a_default(helm):
+    """A registry-less `evoarena` image would wait in ImagePullBackOff, and without a bucket every
+    worker would exit 2 at start (fleet.requireConfig): the install fails instead, saying so."""
+    (error,) = _error_lines(helm)
+
+    assert "set image.repository (the registry path the nodes pull evoarena's images from" in error
+    assert " and s3.bucket (where the workers keep checkpoints; or fleet.requireConfig=false" in error
+
+
+@pytest.mark.parametrize(("given", "missing", "not_named"), [
+    ("image.repository=registry.example/evoarena", "s3.bucket (", "image.repository"),
+    ("s3.bucket=my-bucket", "image.repository (", "s3.bucket"),
+])
+def test_the_failure_names_only_what_is_missing(helm, given, missing, not_named):
+    (error,) = _error_lines(helm, "--set", given)
+
+    assert f"set {missing}" in error and not_named not in error
+
+
+def test_without_s3_a_trial_with_require_config_off_renders_and_its_notes_say_where_checkpoints_stay(helm):
+    objects = template(helm, "--set", "image.repository=evoarena", "--set", "fleet.requireConfig=false",
+                       required=False)
+    config = one(objects, "ConfigMap", f"{RELEASE}-evoarena-config")["data"]
+    done = subprocess.run([helm, "install", "--dry-run=client", RELEASE, str(CHART), "--namespace", NAMESPACE,
+                           "-f", str(VALUES["cpu"])], capture_output=True, text=True)
+    notes = done.stdout.split("\nNOTES:\n", 1)[1]
+
+    assert "EVOARENA_ARTIFACTS" not in config and config["EVOARENA_REQUIRE_CONFIG"] == "false"
+    assert "each worker pod keeps its checkpoints in its own emptyDir" in notes
+    assert "A trial with one worker pod only." in notes  # ci/cpu-values.yaml: one pod, two processes
+
+
+def test_notes_warn_of_pod_local_checkpoints_only_where_there_is_no_bucket(helm):
+    done = subprocess.run([helm, "install", "--dry-run=client", RELEASE, str(CHART), "--namespace", NAMESPACE,
+                           *REQUIRED], capture_output=True, text=True)
+
+    assert done.returncode == 0, done.stderr
+    assert "checkpoints" not in done.stdout.split("\nNOTES:\n", 1)[1]
+
+
+@pytest.mark.parametrize("values", VALUES)
+def test_every_values_set_the_chart_accepts_starts_its_workers(rendered, values):
+    """What a worker pod checks at start (settings.check_fleet_config, exit 2 on a problem), given
+    the chart's ConfigMap and the broker and store its Secrets hold."""
+    from evoarena.settings import check_fleet_config
+
+    config = one(rendered[values], "ConfigMap", f"{RELEASE}-evoarena-config")["data"]
+    env = {**config, "KUBERNETES_SERVICE_HOST": "10.0.0.1", "EVOARENA_BROKER_URL": "amqp://u:p@broker:5672//",
+           "EVOARENA_STORE": "mongodb://u:p@store:27017/evoarena"}
+
+    assert check_fleet_config("worker", env) is None
 
 
 # --- configuration every pod must have (settings.check_fleet_config) --------------------------------

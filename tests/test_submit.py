@@ -366,6 +366,22 @@ def test_evoarena_submit_dry_run_from_the_command_line():
     assert kinds == ["ConfigMap", "Job"]
 
 
+@pytest.mark.parametrize("kubeconfig", [None, "missing/config"])
+def test_submit_without_a_kube_config_says_where_it_looked_and_how_to_point_elsewhere(tmp_path, kubeconfig):
+    env = {k: v for k, v in os.environ.items() if k not in ("KUBECONFIG", "KUBERNETES_SERVICE_HOST")}
+    env["HOME"] = str(tmp_path)  # no ~/.kube/config here
+    if kubeconfig:
+        env["KUBECONFIG"] = str(tmp_path / kubeconfig)
+    done = subprocess.run([sys.executable, "-m", "evoarena.cli", "submit", str(TINY)], capture_output=True,
+                          text=True, env=env, timeout=120)
+
+    assert done.returncode == 2
+    (line,) = done.stderr.splitlines()
+    looked = str(tmp_path / kubeconfig) if kubeconfig else f"{tmp_path}/.kube/config (KUBECONFIG is not set)"
+    assert line.startswith("error: no usable Kubernetes credentials: looked in ") and looked in line
+    assert "KUBECONFIG=/path/to/config" in line and "aws eks update-kubeconfig" in line
+
+
 # --- the light install: submitting needs no torch (make submit, .venv-submit) -------------------
 
 # Refuses the imports that only running, not submitting, needs: an import of one fails.

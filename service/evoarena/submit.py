@@ -18,6 +18,7 @@ store. `--dry-run` prints the objects and contacts no cluster.
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import sys
 import time
@@ -214,7 +215,7 @@ def _submit(names: Names, text: str, filename: str, image: str | None, resume: b
     try:
         names.namespace = names.namespace or _load_config(config)
     except (config.ConfigException, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {_config_problem(exc)}", file=sys.stderr)
         return 2
     return apply(client.CoreV1Api(), client.BatchV1Api(), names, text, filename, image, resume)
 
@@ -228,7 +229,8 @@ def apply(core, batch, names: Names, text: str, filename: str, image: str | None
         release = _get(lambda: core.read_namespaced_config_map(names.config, ns))
         if release is None:
             print(f"error: no release {names.release!r} in namespace {ns!r} (ConfigMap {names.config} not found); "
-                  f"install it with `helm install {names.release} helm/evoarena -n {ns}`", file=sys.stderr)
+                  f"install it with `helm install {names.release} helm/evoarena -n {ns} --set "
+                  "image.repository=REGISTRY/evoarena,s3.bucket=BUCKET` (docs/DEPLOY.md)", file=sys.stderr)
             return 2
         image = image or (release.data or {}).get("EVOARENA_IMAGE") or default_image()
         config_map, job = build_objects(names, text, filename, image)
@@ -286,6 +288,20 @@ def _load_config(config) -> str:
         config.load_kube_config()
         _, context = config.list_kube_config_contexts()
         return _label("namespace", context["context"].get("namespace", "default"), 63)
+
+
+def _config_problem(exc: Exception, environ=os.environ) -> str:
+    """The kube config error in words a person can act on: where the client looked, and how to
+    point it elsewhere (the client itself says only "Invalid kube-config file. No configuration found.")."""
+    if isinstance(exc, ValueError):  # a namespace that is not a valid name: _label's message says it all
+        return str(exc)
+    given = environ.get("KUBECONFIG")
+    looked = (f"the kube config files KUBECONFIG names ({given})" if given
+              else f"{Path('~/.kube/config').expanduser()} (KUBECONFIG is not set)")
+    return (f"no usable Kubernetes credentials: looked in {looked}, and for a pod's service account "
+            f"(/var/run/secrets/kubernetes.io/serviceaccount: not in a pod). Point to a kube config with "
+            f"KUBECONFIG=/path/to/config (for EKS, `aws eks update-kubeconfig --name CLUSTER` writes one; "
+            f"docs/DEPLOY.md) and check it with `kubectl config current-context`. The client said: {exc}")
 
 
 def _get(read):

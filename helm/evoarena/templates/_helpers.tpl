@@ -33,14 +33,33 @@ app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
 app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- end -}}
 
+{{/* The values no default can stand for, checked where every render passes (the images): one
+line that names each one missing. Without image.repository the nodes would look for `evoarena` on
+Docker Hub (ImagePullBackOff); without s3.bucket every worker would exit at start, since
+fleet.requireConfig refuses a checkpoint directory of the pod's own. */}}
+{{- define "evoarena.required" -}}
+{{- $missing := list -}}
+{{- if not .Values.image.repository -}}
+{{- $missing = append $missing "image.repository (the registry path the nodes pull evoarena's images from, e.g. 123456789012.dkr.ecr.us-east-1.amazonaws.com/evoarena: docs/DEPLOY.md, EKS step 2)" -}}
+{{- end -}}
+{{- if and (not .Values.s3.bucket) (ne (toString .Values.fleet.requireConfig) "false") -}}
+{{- $missing = append $missing "s3.bucket (where the workers keep checkpoints; or fleet.requireConfig=false for a one-worker-pod trial whose checkpoints stay in its pod)" -}}
+{{- end -}}
+{{- if $missing -}}
+{{- fail (printf "set %s" (join " and " $missing)) -}}
+{{- end -}}
+{{- end -}}
+
 {{/* The CUDA image, for GPU workers. */}}
 {{- define "evoarena.image" -}}
+{{- include "evoarena.required" . -}}
 {{- printf "%s:%s" .Values.image.repository (.Values.image.tag | default .Chart.AppVersion) -}}
 {{- end -}}
 
 {{/* The CPU image (`make image VARIANT=cpu`): masters, Flower, CPU workers. submit.py's
-default_image is the same rule for the chart's defaults: evoarena:<appVersion>-cpu. */}}
+default_image is the same rule with the repository `evoarena`: evoarena:<appVersion>-cpu. */}}
 {{- define "evoarena.cpuImage" -}}
+{{- include "evoarena.required" . -}}
 {{- printf "%s:%s" .Values.image.repository (.Values.image.cpuTag | default (printf "%s-cpu" (.Values.image.tag | default .Chart.AppVersion))) -}}
 {{- end -}}
 
