@@ -76,7 +76,7 @@ def test_a_worker_killed_mid_task_loses_nothing_and_duplicates_nothing(fleet, tm
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:  # once the victim has finished a few tasks and started another
             log = fleet.log("victim")
-            if log.count('{"op"') >= 3 and log.count('{"started"') > log.count('{"op"'):
+            if log.count('"task done"') >= 3 and log.count('"task started"') > log.count('"task done"'):
                 fleet.kill(victim)
                 return
             time.sleep(0.01)
@@ -89,8 +89,8 @@ def test_a_worker_killed_mid_task_loses_nothing_and_duplicates_nothing(fleet, tm
     assert fleet.workers[victim].returncode is not None, "the victim was never killed"
     # the victim died mid-task, and that task's result is the survivor's (redelivered or sent again)
     victim_lines = [json.loads(line) for line in fleet.log("victim").splitlines() if line.startswith("{")]
-    started = {line["task"] for line in victim_lines if "started" in line}
-    finished = {line["task"] for line in victim_lines if "op" in line}
+    started = {line["task"] for line in victim_lines if line.get("event") == "task started"}
+    finished = {line["task"] for line in victim_lines if line.get("event") == "task done"}
     interrupted = started - finished
     assert len(interrupted) == 1, f"the victim was not killed mid-task: {sorted(interrupted)}"
     assert fleet.store.get_result(interrupted.pop())["node"] == survivor
@@ -112,6 +112,7 @@ def test_a_poison_genome_is_recorded_once_and_the_run_goes_on(fleet):
             for task in tasks:
                 if task["generation"] == 1 and not poisoned and task["role"] == "child":
                     task["genome"]["deltas"][-1]["k"] = "no-such-kind"  # cannot be built
+                    scheduler.plan(fleet.store, op, [task])  # the master itself made it so
                     poisoned.append(task["genome"]["id"])
             return executor.map(op, tasks)
 
@@ -122,7 +123,7 @@ def test_a_poison_genome_is_recorded_once_and_the_run_goes_on(fleet):
 
     doc = fleet.store.get_result(f"fleet-poison:000001:evaluate:{poisoned[0]}")
     assert doc["fitness"] is None and "no-such-kind" in doc["error"]
-    starts = [json.loads(line) for line in fleet.log("alpha").splitlines() if line.startswith('{"started"')]
+    starts = [json.loads(line) for line in fleet.log("alpha").splitlines() if '"event": "task started"' in line]
     assert [s["task"] for s in starts].count(f"fleet-poison:000001:evaluate:{poisoned[0]}") == 1  # delivered once
     assert all(poisoned[0] not in [p["id"] for p in g["parents"]] for g in fleet.store.list_generations(spec.name))
     assert fleet.store.last_generation(spec.name) == spec.ga.generations - 1
@@ -138,6 +139,7 @@ def test_a_poison_genome_stops_the_run_when_the_spec_says_so(fleet):
     class Poisoning:
         def map(self, op, tasks):
             tasks[-1]["genome"]["deltas"].append({"k": "no-such-kind"})  # the id check fails too
+            scheduler.plan(fleet.store, op, tasks[-1:])  # the master itself made it so
             return executor.map(op, tasks)
 
         def close(self):
@@ -162,6 +164,7 @@ class Crashing:
         for task in tasks:
             if task["generation"] == 1 and not self.crashed and task["role"] == "child":
                 task["crash"] = True
+                scheduler.plan(self.executor.store, op, [task])  # as if the master had made it so
                 self.crashed.append(f"{task['experiment']}:000001:evaluate:{task['genome']['id']}")
         return self.executor.map(op, tasks)
 
@@ -189,10 +192,9 @@ def test_a_genome_that_kills_its_worker_process_is_dead_lettered_recorded_once_a
     doc = fleet.store.get_result(task)
     assert doc["fitness"] is None and "delivery limit" in doc["error"] and doc["transient"] is False
     starts = [json.loads(line)["task"] for name in ("alpha", "beta") for line in fleet.log(name).splitlines()
-              if line.startswith('{"started"')]
-    # delivered once, then again after each death, up to the limit: never again after that
-    delivered = starts.count(task)
-    assert 2 <= delivered <= FleetSettings.from_env().delivery_limit + 1
+              if '"event": "task started"' in line]
+    # delivered once, then again after each death, until the limit: never again after that
+    assert starts.count(task) == FleetSettings.from_env().delivery_limit
     assert all(task.split(":")[-1] not in [p["id"] for p in g["parents"]] for g in fleet.store.list_generations(spec.name))
     assert fleet.store.last_generation(spec.name) == spec.ga.generations - 1
     assert all(fleet.workers[n].poll() is None for n in fleet.workers)  # the workers replaced their dead processes
@@ -257,7 +259,7 @@ def test_a_worker_silent_for_less_than_the_heartbeat_window_keeps_its_tasks(flee
     fleet.wait_ready()
 
     def pause_when_busy():  # SIGSTOP the whole worker (it cannot answer a ping) for 4 s, mid-task
-        while '{"started"' not in fleet.log("alpha"):
+        while '"task started"' not in fleet.log("alpha"):
             time.sleep(0.05)
         os.killpg(fleet.workers[node].pid, signal.SIGSTOP)
         time.sleep(4)
@@ -291,7 +293,7 @@ def test_the_master_knows_a_worker_started_mid_run_before_it_has_run_a_task(flee
     starter.join()
 
     assert late["node"] in executor.nodes  # heard from its heartbeats
-    assert summary["node"] != late["node"] and '{"started"' not in fleet.log("beta")
+    assert summary["node"] != late["node"] and '"task started"' not in fleet.log("beta")
 
 
 def test_a_worker_whose_queue_was_deleted_as_dead_declares_a_fresh_one_and_is_reached_again(fleet):
@@ -444,7 +446,7 @@ def test_the_direct_queue_of_a_worker_that_stopped_is_deleted_by_the_broker(tmp_
         node = fleet.start("alpha")
         fleet.wait_ready()
         queue = direct_queue(node, fleet.queue)
-        assert queue.queue_arguments == {"x-queue-type": "quorum", "x-delivery-limit": 3, "x-expires": 2000,
+        assert queue.queue_arguments == {"x-queue-type": "quorum", "x-delivery-limit": 2, "x-expires": 2000,
                                          "x-dead-letter-exchange": "", "x-dead-letter-routing-key": f"{fleet.queue}.dead"}
         # the master reaches the worker through the queue as the worker declared it
         assert fleet.app.send_task("evoarena.noop", queue=queue).get(timeout=30) == {"node": node}

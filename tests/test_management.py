@@ -77,7 +77,7 @@ def test_the_management_api_shows_the_fleets_queues_with_their_consumers_and_mes
 
     shared = seen[fleet.queue]
     assert (shared["type"], shared["consumers"]) == ("quorum", 2)
-    assert shared["arguments"]["x-delivery-limit"] == 3
+    assert shared["arguments"]["x-delivery-limit"] == 2  # the default limit of 3 deliveries: 2 redeliveries
     assert shared["arguments"]["x-dead-letter-routing-key"] == f"{fleet.queue}.dead"
     assert seen[f"{fleet.queue}.dead"]["type"] == "quorum"
     reply_queue = seen[replies]  # the master's: gone an hour after it stops using it

@@ -184,15 +184,16 @@ def test_a_fleet_master_pod_with_a_sqlite_store_exits_2():
                                         "result store every pod reads (mongodb://...)"]
 
 
-def test_a_fleet_master_pod_with_every_setting_goes_on_to_open_the_store():
-    # Nothing listens on port 1: the master passing the check is seen failing to reach the store.
+def test_a_fleet_master_pod_with_every_setting_goes_on_to_reach_its_broker():
+    # The pod's broker host does not resolve here: the master passing the check is seen failing to
+    # reach the broker, which it asks before it opens the store (fleet/broker.py).
     env = {**IN_A_POD, **SHARED, "EVOARENA_STORE": "mongodb://127.0.0.1:1/evoarena?serverSelectionTimeoutMS=100"}
 
     done = evoarena("run", "experiments/tiny.yaml", "--fleet", env=env)
 
     assert done.returncode == 1
     assert "is not set" not in done.stderr
-    assert "StoreUnavailable: MongoDB store mongodb://127.0.0.1:1/evoarena" in done.stderr
+    assert "error: the broker at amqp://evoarena:***@rabbitmq:5672// does not answer" in done.stderr
 
 
 def test_a_worker_pod_with_every_setting_joins_the_fleet(tmp_path):

@@ -10,11 +10,13 @@ redeclare a queue with other arguments.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Self
+from urllib.parse import urlsplit
 
 from .heartbeat import HEARTBEAT_S
 
@@ -68,6 +70,9 @@ class Settings(FromEnv):
     task_key: str = ""
     """The fleet's key: the master signs every task with it, workers run only signed tasks
     (fleet/signing.py). A secret: the chart generates it into the release's env Secret."""
+    allow_unsigned: bool = False
+    """Let a worker without a task key take tasks from a broker on another machine, where anyone
+    who can publish to it could send it work (check_task_key); on loopback a key is never required."""
     metrics_port: int = 0
     """Where a worker or the master serves Prometheus metrics (metrics.py); 0: nowhere."""
     progress_every: int = 1
@@ -87,6 +92,30 @@ class Settings(FromEnv):
 
 
 @dataclass(frozen=True)
+class SpecLimits(FromEnv):
+    """How large an experiment file, and the run it asks for, may be (spec.py, spec_limits.py).
+    A spec is a few KB and a few hundred values: these limits refuse, in one line and before
+    anything is allocated, a file or a run that would not fit a machine."""
+
+    spec_max_bytes: int = 1 << 20
+    """An experiment file larger than this is refused before it is parsed (1 MiB: also the most a
+    Kubernetes ConfigMap holds, where `submit` puts the file). Its aliases expanded, a file may
+    hold no more characters of text than this either."""
+    spec_max_values: int = 10_000
+    """Values (scalars, lists and mappings) in an experiment file, each YAML alias counted as a
+    copy of what it names: a 390-byte alias bomb names billions."""
+    run_max_memory_mb: int = 8192
+    """A run whose estimated memory on one machine passes this many MiB is refused (spec_limits.py:
+    a local run's master and workers together; a fleet's master, and each of its workers); 0: no
+    limit. `evoarena run --force` skips the check for one run."""
+
+    def __post_init__(self) -> None:
+        for name in ("spec_max_bytes", "spec_max_values"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"EVOARENA_{name.upper()}={getattr(self, name)}: must be at least 1")
+
+
+@dataclass(frozen=True)
 class WorkerSettings(FromEnv):
     """How a worker process computes and caches."""
 
@@ -99,6 +128,14 @@ class WorkerSettings(FromEnv):
     tf32: bool = False
     """Let the GPU compute float32 convolutions and matrix products in TF32: faster, but fitnesses
     then differ from a CPU worker's by more than float32's rounding (arithmetic.py); off: IEEE float32."""
+    arithmetic: str = ""
+    """The CPU arithmetic, fast or reproducible (arithmetic.py). `evoarena run`: overrides the
+    spec's `arithmetic` (empty: the spec's). `evoarena worker`: the one its processes compute in
+    (empty: fast); they refuse the tasks of an experiment recorded with the other."""
+
+    def __post_init__(self) -> None:
+        if self.arithmetic not in ("", "fast", "reproducible"):
+            raise ValueError(f"EVOARENA_ARITHMETIC={self.arithmetic!r} is not one of fast, reproducible")
 
 
 @dataclass(frozen=True)
@@ -106,10 +143,16 @@ class FleetSettings(FromEnv):
     """The broker and how the fleet uses it (fleet/app.py, fleet/celery_executor.py)."""
 
     broker_url: str = "amqp://guest:guest@127.0.0.1:5672//"
+    broker_wait: bool = False
+    """`evoarena run --fleet` and `evoarena worker` wait for a broker that does not answer yet, trying
+    it every few seconds (on Kubernetes, where the broker may start after them; the same as
+    `--wait-for-broker`); off, they stop at once with one line that names it."""
     queue: str = "evoarena"
     """The shared task queue; its dead letters go to `<queue>.dead`."""
     delivery_limit: int = 3
-    """Deliveries of one task before the broker dead-letters it (its worker process died each time)."""
+    """How many times one task is delivered at most: after that many deliveries whose worker
+    process died, the broker dead-letters it (1: never delivered again). The queues' x-delivery-limit
+    is one less, since RabbitMQ counts redeliveries (fleet/app.py)."""
     direct_queue_expires_s: float = 3600.0
     """A worker's own queue is deleted by the broker this long after its last use."""
     heartbeat_window_s: float = 30.0
@@ -127,6 +170,10 @@ class FleetSettings(FromEnv):
     """Workers send Celery task events (received, started, succeeded...): Flower shows them."""
     log_level: str = "WARNING"
     """For Celery's and evoarena's loggers."""
+    message_max_bytes: int = 16 << 20
+    """A worker refuses (dead-letters, unread) a task message whose body is larger (16 MiB, also
+    RabbitMQ 4's default max_message_size). A task is a few KB (bench/message.py measures one); a
+    group of siblings (ga.eval_group) carries each child's genome."""
 
     def __post_init__(self) -> None:
         if self.delivery_limit < 1:
@@ -176,6 +223,40 @@ def check_fleet_config(role: str, env: Mapping[str, str] | None = None) -> str |
         if name == "EVOARENA_ARTIFACTS" and not value.startswith("s3://"):
             return (f"{name}={value!r} is a directory in this pod: {where} a {role} needs {what}")
     return None
+
+
+def check_task_key(env: Mapping[str, str] | None = None) -> str | None:
+    """The one line that says why a worker must not start without a task key, or None.
+
+    Without EVOARENA_TASK_KEY a worker runs whatever task reaches its queues. A broker on
+    loopback (127.0.0.0/8, ::1, localhost) carries only what processes of this machine publish;
+    a broker on a network carries whatever anyone who can reach it publishes, so a worker there
+    needs the fleet's key, or EVOARENA_ALLOW_UNSIGNED=true to say that this is intended."""
+    env = os.environ if env is None else env
+    settings = Settings.from_env(env)
+    if settings.task_key or settings.allow_unsigned:
+        return None
+    remote = [host for host in _broker_hosts(FleetSettings.from_env(env).broker_url) if not _is_loopback(host)]
+    if not remote:
+        return None
+    return (f"EVOARENA_TASK_KEY is not set and the broker ({', '.join(remote)}) is not on this machine: "
+            f"this worker would run tasks anyone who can publish there sends; give it the fleet's key "
+            f"(the master's), or set EVOARENA_ALLOW_UNSIGNED=true to run unsigned tasks")
+
+
+def _broker_hosts(url: str) -> list[str]:
+    """The hosts of a broker URL, or of each URL of a failover list ("amqp://a//;amqp://b//");
+    Celery's default, localhost, where a URL names none."""
+    return [urlsplit(part.strip()).hostname or "localhost" for part in url.split(";") if part.strip()]
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a name: only DNS knows where it points
+        return False
 
 
 def device_for(slot: int, gpus: int, wanted: str | None = None) -> str:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 import re
-from pathlib import Path
+from collections.abc import Iterator
 from types import UnionType
 from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
@@ -24,6 +24,7 @@ from pydantic import (
     model_validator,
 )
 
+from .settings import SpecLimits
 from .spec_arena import ArenaSpec, GanSpec
 from .spec_base import SpecModel, _field_error
 from .spec_pso import PSOSpec
@@ -373,6 +374,8 @@ class ExperimentSpec(SpecModel):
     """Where individuals are evaluated."""
     baseline: BaselineSpec = Field(default_factory=BaselineSpec)
     """The gradient-descent baseline."""
+    arithmetic: Literal["fast", "reproducible"] = "fast"
+    """CPU arithmetic of every process of the run: fast (each CPU's fastest kernels; the same bits run to run on one machine) or reproducible (the same bits on every x86-64 CPU with AVX2, Intel or AMD; CPU workers only; slower: docs/ARCHITECTURE.md); EVOARENA_ARITHMETIC overrides it."""
     description: str = ""
     """Free text for people reading the results."""
 
@@ -478,22 +481,116 @@ def parse_spec(data: Any, source: str = "<spec>") -> ExperimentSpec:
         raise _to_spec_error(source, error.errors()[0]) from None
 
 
-def load_spec(path: str | os.PathLike) -> ExperimentSpec:
-    """Read and validate an experiment YAML file; every problem is raised as a SpecError."""
+def load_spec(path: str | os.PathLike, *, force: bool = False, limits: SpecLimits | None = None) -> ExperimentSpec:
+    """Read and validate an experiment YAML file; every problem is raised as a SpecError.
+
+    Small inputs stay small: a file over `limits.spec_max_bytes` is refused before it is read, a
+    file whose aliases would expand past `limits.spec_max_values` values before anything is built
+    from it, and a run whose estimated memory passes `limits.run_max_memory_mb` (spec_limits.py)
+    before it starts, unless `force`. `limits` defaults to the environment's (settings.SpecLimits)."""
+    source = str(path)
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        limits = limits or SpecLimits.from_env()
+    except ValueError as error:  # a limit set to something that is not one
+        raise SpecError(source, "", str(error)) from None
+    raw = _read_at_most(path, limits.spec_max_bytes)
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise SpecError(source, "", f"not a UTF-8 text file (byte {error.start}: {error.object[error.start]:#04x}); "
+                        "an experiment file is YAML text") from None
+    spec = parse_spec(_parse_yaml(text, source, limits), source=source)
+    if not force and limits.run_max_memory_mb:
+        from .spec_limits import memory_problem  # it reads this module's models
+
+        problem = memory_problem(spec, limits.run_max_memory_mb << 20)
+        if problem is not None:
+            field, value, reason = problem
+            raise SpecError(source, field, f"{reason} (EVOARENA_RUN_MAX_MEMORY_MB={limits.run_max_memory_mb}; "
+                            "`evoarena run --force` skips this check)", None if value is None else _show(value))
+    return spec
+
+
+def _read_at_most(path: str | os.PathLike, limit: int) -> bytes:
+    """The file's bytes; a SpecError, before reading it, for a file over `limit` bytes."""
+    try:
+        with open(path, "rb") as file:
+            size = os.fstat(file.fileno()).st_size
+            if size > limit:
+                raise SpecError(str(path), "", f"the file is {size:,} bytes; at most {limit:,} are accepted "
+                                "(EVOARENA_SPEC_MAX_BYTES; an experiment file is a few KB)")
+            # a pipe or a device tells no size (0): read one byte past the limit, to know
+            raw = file.read(size + 1 if size else limit + 1)
     except FileNotFoundError:
         raise SpecError(str(path), "", "file not found") from None
     except OSError as error:
         raise SpecError(str(path), "", f"cannot read the file: {error.strerror}") from None
-    except UnicodeDecodeError as error:
-        raise SpecError(str(path), "", f"not a UTF-8 text file (byte {error.start}: {error.object[error.start]:#04x}); "
-                        "an experiment file is YAML text") from None
+    if len(raw) > limit:
+        raise SpecError(str(path), "", f"the file is more than {limit:,} bytes; at most {limit:,} are accepted "
+                        "(EVOARENA_SPEC_MAX_BYTES; an experiment file is a few KB)")
+    return raw
+
+
+def _parse_yaml(text: str, source: str, limits: SpecLimits) -> Any:
+    """yaml.safe_load, after counting what the document would hold with its aliases expanded.
+
+    PyYAML builds an alias as a second reference to one object, so a 390-byte "billion laughs"
+    loads in a moment; it is everything that walks the result afterwards (validation, an error
+    message) that meets a billion values. So the composed node graph is measured first, each
+    node once (`_expanded`), and a document that is too big, or refers to itself, is refused
+    before any Python object is built from it."""
+    loader = yaml.SafeLoader(text)
     try:
-        data = yaml.safe_load(text)
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        values, characters = _expanded(node, source, limits.spec_max_values, {}, set())
+        if values > limits.spec_max_values:
+            raise SpecError(source, "", f"with its aliases expanded the file holds more than {limits.spec_max_values:,} "
+                            "values; at most that many are accepted (EVOARENA_SPEC_MAX_VALUES)")
+        if characters > limits.spec_max_bytes:
+            raise SpecError(source, "", f"with its aliases expanded the file holds {characters:,} characters of text; "
+                            f"at most {limits.spec_max_bytes:,} are accepted (EVOARENA_SPEC_MAX_BYTES)")
+        return loader.construct_document(node)
     except yaml.YAMLError as error:
-        raise SpecError(str(path), "", _describe_yaml_error(error)) from None
-    return parse_spec(data, source=str(path))
+        raise SpecError(source, "", _describe_yaml_error(error)) from None
+    except RecursionError:  # PyYAML composes recursively: thousands of levels stop it before _expanded
+        raise SpecError(source, "", f"invalid YAML: nested more than {MAX_DEPTH} levels deep") from None
+    except ValueError as error:  # int() of a number longer than Python converts (4300 digits)
+        raise SpecError(source, "", f"invalid YAML: {str(error).split(';')[0]}") from None
+    finally:
+        loader.dispose()
+
+
+MAX_DEPTH = 64
+"""Most levels of lists and mappings inside one another in an experiment file; a real one has a few."""
+
+
+def _expanded(node: yaml.Node, source: str, bound: int, seen: dict, inside: set, depth: int = 0) -> tuple[int, int]:
+    """(values, characters of text) in `node` with every alias expanded. Each distinct node is
+    counted once (`seen`), so the work is the size of the file, not of the expansion, and counting
+    stops once past `bound` values. A node inside itself (`&a [*a]`) or nested too deep is an error."""
+    if id(node) in seen:
+        return seen[id(node)]
+    if id(node) in inside:
+        mark = node.start_mark
+        raise SpecError(source, "", f"invalid YAML: the list or mapping at line {mark.line + 1}, column "
+                        f"{mark.column + 1} holds an alias to itself")
+    if depth > MAX_DEPTH:
+        raise SpecError(source, "", f"invalid YAML: nested more than {MAX_DEPTH} levels deep")
+    if isinstance(node, yaml.ScalarNode):
+        return 1, len(node.value)
+    inside.add(id(node))
+    children = node.value if isinstance(node, yaml.SequenceNode) else [n for pair in node.value for n in pair]
+    values, characters = 1, 0
+    for child in children:
+        v, c = _expanded(child, source, bound, seen, inside, depth + 1)
+        values, characters = values + v, characters + c
+        if values > bound:
+            break
+    inside.discard(id(node))
+    seen[id(node)] = (values, characters)
+    return values, characters
 
 
 def spec_to_dict(spec: ExperimentSpec) -> dict:
@@ -595,8 +692,42 @@ def _tags(node: Any) -> list[str]:
 
 
 def _show(value: Any, limit: int = 60) -> str:
-    text = repr(value)
+    """repr(value), cut to `limit` characters; only about `limit` characters of it are ever built,
+    however large the value (a list of a million items costs as much as a short one)."""
+    pieces, length = [], 0
+    for piece in _repr_pieces(value, limit + 1):
+        pieces.append(piece)
+        length += len(piece)
+        if length > limit:
+            break
+    text = "".join(pieces)
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _repr_pieces(value: Any, budget: int) -> Iterator[str]:
+    """repr(value) in order, piece by piece, for lists, tuples, dicts and strings (what YAML and
+    JSON give); a string piece is cut at `budget` characters, which is as much as anyone reads."""
+    if isinstance(value, (list, tuple)):
+        brackets = "[]" if isinstance(value, list) else "()"
+        yield brackets[0]
+        for index, item in enumerate(value):
+            yield ", " if index else ""
+            yield from _repr_pieces(item, budget)
+        yield ("," if isinstance(value, tuple) and len(value) == 1 else "") + brackets[1]
+    elif isinstance(value, dict):
+        yield "{"
+        for index, (key, item) in enumerate(value.items()):
+            yield ", " if index else ""
+            yield from _repr_pieces(key, budget)
+            yield ": "
+            yield from _repr_pieces(item, budget)
+        yield "}"
+    elif isinstance(value, str) and len(value) > budget:
+        yield repr(value[:budget])[:-1]  # the closing quote would lie: the text goes on
+    elif isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 4 * budget:
+        yield f"<an integer of {value.bit_length():,} bits>"  # repr would write every digit
+    else:
+        yield repr(value)
 
 
 def _reword(message: str) -> str:

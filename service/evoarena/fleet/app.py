@@ -6,14 +6,22 @@ Queues (all RabbitMQ quorum queues, which RabbitMQ 3.10 and 4.x both support):
   for `EVOARENA_DIRECT_QUEUE_EXPIRES_S`), through which the scheduler sends a child to the worker
   that holds its parent;
 - the dead-letter queue `<shared>.dead`: a task delivered `EVOARENA_DELIVERY_LIMIT` times without
-  being acknowledged (each time, the process running it died) or rejected as malformed goes
-  there instead of back to a worker; the master reads it and records the task's error once.
+  being acknowledged (each time, the process running it died), and one rejected as malformed or
+  as a task the worker does not have (a benchmark task sent to a worker with a key), goes there
+  instead of back to a worker; the master reads it and records the task's error once.
 Tasks are thin: each calls `worker.run_on`, the same function the local executors call.
 
-Where the broker versions differ (DESIGN "Fleet"): up to 4.2, every return of a message to its
-queue counts against the delivery limit; from 4.3, only failed deliveries do (basic.reject with
-requeue, which Celery sends when a worker process dies mid-task, and a closed channel, when the
-whole worker dies), while basic.nack does not. Both count the cases this limit is for.
+How the broker counts (DESIGN "Fleet"): x-delivery-limit is a limit on returns, not on
+deliveries. A quorum queue counts the times a message came back to it and dead-letters it when
+that count goes above x-delivery-limit, so x-delivery-limit L means L + 1 deliveries, and 0 means
+one delivery, never a second. The queues are declared with EVOARENA_DELIVERY_LIMIT - 1, so that a
+task runs at most EVOARENA_DELIVERY_LIMIT times (seen on 3.10: x-delivery-limit 0, 1, 2, 3 gave
+1, 2, 3, 4 deliveries, for basic.reject, basic.nack and a closed channel alike; 4.x compares its
+count with the limit the same way, and only a negative limit means none). Where the versions
+differ is what counts as a return: up to 4.2, every return of a message to its queue; from 4.3,
+only failed deliveries (basic.reject with requeue, which Celery sends when a worker process dies
+mid-task, and a closed channel, when the whole worker dies), while basic.nack does not. Both count
+the cases this limit is for.
 
 Time limits: a task is killed after its op's hard limit; a group of siblings gets its op's limits
 times its children, up to the longest op's (`message_limits`, sent with each message). RabbitMQ's
@@ -28,7 +36,7 @@ import os
 import time
 
 from celery import Celery
-from celery.signals import celeryd_after_setup, worker_process_shutdown
+from celery.signals import celeryd_after_setup, setup_logging, worker_process_shutdown, worker_ready
 from celery.worker.consumer import Consumer as CeleryConsumer
 from kombu import Exchange, Queue
 
@@ -38,6 +46,7 @@ from ..process import process_worker
 from ..settings import FleetSettings
 from ..store.results import task_id
 from .groups import is_group
+from .signing import task_key
 
 
 def time_limits(longest_s: float) -> dict[str, tuple[float, float]]:
@@ -76,8 +85,10 @@ def shared_queue() -> str:
 
 
 def _task_queue_arguments(queue: str) -> dict:
-    """A task queue's arguments: quorum, a delivery limit, and dead letters to `<queue>.dead`."""
-    return {"x-queue-type": "quorum", "x-delivery-limit": FleetSettings.from_env().delivery_limit,
+    """A task queue's arguments: quorum, a delivery limit, and dead letters to `<queue>.dead`.
+    RabbitMQ's x-delivery-limit counts returns, not deliveries (the module docstring): a task
+    delivered at most EVOARENA_DELIVERY_LIMIT times is x-delivery-limit one less; 0 is one delivery."""
+    return {"x-queue-type": "quorum", "x-delivery-limit": FleetSettings.from_env().delivery_limit - 1,
             "x-dead-letter-exchange": "", "x-dead-letter-routing-key": dead_letter_queue(queue).name}
 
 
@@ -109,10 +120,40 @@ DIRECT_EXCHANGE = Exchange("C.dq2", type="direct", durable=True)
 class Consumer(CeleryConsumer):
     """Celery's consumer without native delayed delivery: quorum queues switch it on, and it
     declares 2 exchanges and 28 queues for ETA and countdown tasks, which the fleet never sends
-    (a transient failure is retried in the worker, after a wait: worker.run_on)."""
+    (a transient failure is retried in the worker, after a wait: worker.run_on).
+
+    And a message it cannot run is dead-lettered with one short log line (`refuse`): one over
+    EVOARENA_MESSAGE_MAX_BYTES or naming no task in its headers before anything decodes it, one
+    that is not a task, names an unknown task or does not decode where Celery finds it. Celery's
+    own handlers write the message's whole body into the log (a 20 MB body without headers wrote
+    134 MB and doubled the worker's peak memory), and acknowledge, so drop, one they cannot decode."""
 
     class Blueprint(CeleryConsumer.Blueprint):
         default_steps = [s for s in CeleryConsumer.Blueprint.default_steps if "delayed_delivery" not in s]
+
+    def create_task_handler(self, *args, **kwargs):
+        on_task_received = super().create_task_handler(*args, **kwargs)
+        limit = FleetSettings.from_env().message_max_bytes
+
+        def on_checked_message(message):
+            problem = unreadable(message, limit)
+            if problem is not None:
+                return refuse(message, problem, self.connection_errors)
+            return on_task_received(message)
+
+        return on_checked_message
+
+    def on_unknown_message(self, body, message):
+        refuse(message, "not a task message", self.connection_errors)
+
+    def on_unknown_task(self, body, message, exc):
+        refuse(message, "a task this worker does not have", self.connection_errors)
+
+    def on_invalid_task(self, body, message, exc):
+        refuse(message, f"an invalid task ({type(exc).__name__})", self.connection_errors)
+
+    def on_decode_error(self, message, exc):
+        refuse(message, f"an undecodable body ({type(exc).__name__})", self.connection_errors)
 
 
 def make_app(broker: str | None = None, queue: str | None = None) -> Celery:
@@ -161,27 +202,32 @@ def make_app(broker: str | None = None, queue: str | None = None) -> Celery:
     for op in work.OPS:
         _register(app, op)
 
-    @app.task(name="evoarena.noop", bind=True, shared=False)
-    def noop(self) -> dict:
-        """Does nothing: bench/dispatch.py measures the fleet's per-task overhead with it."""
-        return {"node": self.request.hostname}
+    # The benchmark tasks run whatever they are sent, unsigned (they store nothing, but sleep
+    # holds a worker process for up to 2 minutes): a worker with a task key (fleet/signing.py)
+    # does not have them, so it runs only the ops the master signs; the benchmarks and the tests
+    # that use them run without a key. Celery rejects a task it does not have (dead-lettered).
+    if task_key() is None:
+        @app.task(name="evoarena.noop", bind=True, shared=False)
+        def noop(self) -> dict:
+            """Does nothing: bench/dispatch.py measures the fleet's per-task overhead with it."""
+            return {"node": self.request.hostname}
 
-    @app.task(name="evoarena.whoami", bind=True, shared=False)
-    def whoami(self) -> dict:
-        """Which pool process answered, and the device it computes on (tests/test_fleet.py checks
-        that each process of a multi-GPU worker has its own)."""
-        worker = process_worker()
-        return {"node": self.request.hostname, "pid": os.getpid(), "device": worker.config.device}
+        @app.task(name="evoarena.whoami", bind=True, shared=False)
+        def whoami(self) -> dict:
+            """Which pool process answered, and the device it computes on (tests/test_fleet.py checks
+            that each process of a multi-GPU worker has its own)."""
+            worker = process_worker()
+            return {"node": self.request.hostname, "pid": os.getpid(), "device": worker.config.device}
 
-    @app.task(name="evoarena.sleep", bind=True, shared=False, soft_time_limit=TIME_LIMITS["sleep"][0],
-              time_limit=TIME_LIMITS["sleep"][1], Strategy="evoarena.fleet.app:checked_strategy")
-    def sleep(self, task: dict) -> dict:
-        """Sleeps task["seconds"] and returns the summary an op returns, storing nothing: the stand-in
-        for GPU work with which bench/scale.py measures how many workers one master keeps busy."""
-        time.sleep(task["seconds"])
-        return {"_id": task_id("sleep", task), "genome_id": task["genome"]["id"], "fitness": 0.0,
-                "build": None, "seconds": task["seconds"], "worker": None, "error": None,
-                "node": self.request.hostname}
+        @app.task(name="evoarena.sleep", bind=True, shared=False, soft_time_limit=TIME_LIMITS["sleep"][0],
+                  time_limit=TIME_LIMITS["sleep"][1], Strategy="evoarena.fleet.app:checked_strategy")
+        def sleep(self, task: dict) -> dict:
+            """Sleeps task["seconds"] and returns the summary an op returns, storing nothing: the stand-in
+            for GPU work with which bench/scale.py measures how many workers one master keeps busy."""
+            time.sleep(task["seconds"])
+            return {"_id": task_id("sleep", task), "genome_id": task["genome"]["id"], "fitness": 0.0,
+                    "build": None, "seconds": task["seconds"], "worker": None, "error": None,
+                    "node": self.request.hostname}
 
     return app
 
@@ -206,6 +252,59 @@ def _consume_direct_queue(sender: str, instance, **kwargs) -> None:
 @worker_process_shutdown.connect
 def _forget_process(pid: int, **kwargs) -> None:
     metrics.process_ended(pid)
+
+
+@setup_logging.connect
+def _json_logs(loglevel: int | None = None, **kwargs) -> None:
+    """A worker's every line is JSON (what `kubectl logs` shows: logs.py): Celery leaves logging
+    to whoever receives this signal, so every library's records go through logs.setup; Celery's
+    banner is off (`--quiet`, cli.py; `_ready` says the same in one line), and the lines its signal
+    handlers write straight to stdout (`worker: Warm shutdown`) go through logs.say."""
+    import celery.apps.worker
+
+    logs.setup(level=loglevel or FleetSettings.from_env().log_level, everything=True)
+    celery.apps.worker.safe_say = lambda message, f=None: logs.say(message)
+
+
+@worker_ready.connect
+def _ready(sender, **kwargs) -> None:
+    """The one line that replaces Celery's banner: who is consuming what."""
+    logs.event({"event": "worker ready", "node": sender.hostname, "broker": sender.connection.as_uri(),
+                "queues": sorted(q.name for q in sender.task_consumer.queues),
+                "concurrency": sender.controller.concurrency})
+
+
+LOGGED_BYTES = 64
+"""Of a refused message, a worker logs its size and at most this many of its first bytes."""
+
+
+def unreadable(message, limit: int) -> str | None:
+    """Why a message is refused before anything decodes it, or None: a body over `limit` bytes
+    (EVOARENA_MESSAGE_MAX_BYTES), or headers that name no task (Celery would decode the whole body
+    to look for a protocol-1 task in it; the master sends protocol 2, the name in the headers)."""
+    size = len(message.body or b"")
+    if size > limit:
+        return f"a body of {size:,} bytes; at most {limit:,} are accepted (EVOARENA_MESSAGE_MAX_BYTES)"
+    if not isinstance((message.headers or {}).get("task"), str):
+        return "no task name in its headers"
+    return None
+
+
+def refuse(message, problem: str, connection_errors: tuple, task: str | None = None) -> None:
+    """Reject `message` without requeueing it, so the broker dead-letters it to `<queue>.dead` for an
+    operator to see, and log one JSON line: the task and id it names, why, its size and its first
+    LOGGED_BYTES bytes, each cut short, never the whole message."""
+    headers, body = message.headers or {}, message.body or b""
+    logs.event({"rejected": _cut(task or headers.get("task")), "id": _cut(headers.get("id")), "why": problem,
+                "bytes": len(body), "head": repr(body[:LOGGED_BYTES]) + ("..." if len(body) > LOGGED_BYTES else "")})
+    message.reject_log_error(logging.getLogger(__name__), connection_errors, requeue=False)
+
+
+def _cut(value, limit: int = 100):
+    """A header value for a log line: a string cut to `limit` characters; of anything else, its type."""
+    if value is None or (isinstance(value, str) and len(value) <= limit):
+        return value
+    return value[: limit - 3] + "..." if isinstance(value, str) else f"<{type(value).__name__}>"
 
 
 def malformed(message) -> str | None:
@@ -241,9 +340,7 @@ def checked_strategy(task, app, consumer, **kwargs):
         problem = malformed(message)
         if problem is None:
             return handler(message, body, ack, reject, callbacks, **kw)
-        logs.event({"rejected": task.name, "id": (message.headers or {}).get("id"), "why": problem})
-        message.reject_log_error(logging.getLogger(__name__), consumer.connection_errors, requeue=False)
-        return None
+        return refuse(message, problem, consumer.connection_errors, task=task.name)
 
     return checked
 
@@ -257,18 +354,36 @@ def _register(app: Celery, op: str) -> None:
         started = time.perf_counter()
         worker = process_worker()
         worker.node = self.request.hostname
-        # two JSON lines per task on stdout, for `kubectl logs`: this one, and the summary below
-        logs.event({"started": op, "task": self.request.id, "node": worker.node})
+        # two JSON lines per task on stdout, for `kubectl logs`, with the same keys first: this one
+        # (outcome "started"), and the end line (outcome ok, error, transient or refused: metrics.outcome)
+        which = {"task": self.request.id, "op": op, "experiment": payload.get("experiment"), "node": worker.node}
+        logs.event({"event": "task started", **which, "outcome": "started",
+                    # a delivery the broker made before (its worker died before acknowledging it)
+                    "redelivered": bool((self.request.delivery_info or {}).get("redelivered"))})
         summary = work.run_on(worker, op, payload)
         summary["node"] = worker.node
         metrics.record_task(op, summary, time.perf_counter() - started, worker.cache_bytes())
-        logs.event({"op": op, "task": self.request.id, "genome": payload.get("genome", {}).get("id"),
+        logs.event({"event": "task done", **which, "outcome": metrics.outcome(summary),
+                    "genome": payload.get("genome", {}).get("id"),
                     "children": len(payload.get("children", [])),  # a sibling group (groups.py); 0: a single task
-                    "node": summary["node"], "build": summary.get("build"), "hit_rate": round(worker.hit_rate(), 4),
-                    # a delivery the broker made before (its worker died before acknowledging it)
-                    "redelivered": bool((self.request.delivery_info or {}).get("redelivered")),
-                    "error": summary.get("error"), "seconds": round(time.perf_counter() - started, 4)})
+                    "build": summary.get("build"), "hit_rate": round(worker.hit_rate(), 4),
+                    **({"losses": _losses(worker, summary)} if op == "train_pair" else {}),
+                    "error": summary.get("error"), "seconds": round(time.perf_counter() - started, 4)},
+                   level="INFO" if summary.get("error") is None else "ERROR")
         return summary
+
+
+def _losses(worker, summary: dict) -> dict | None:
+    """How a train_pair chunk ended (the mean of its last steps' losses and accuracies), from its
+    stored result: the summary the master gets does not carry it."""
+    if summary.get("error"):
+        return None
+    try:
+        doc = worker.store.get_result(summary["_id"])
+    except Exception as exc:  # noqa: BLE001 - the task is done and stored: a log line must not undo it
+        logging.getLogger(__name__).warning("losses of %s not read back: %s", summary["_id"], exc)
+        return None
+    return {k: round(v, 6) for k, v in (doc or {}).get("last", {}).items()} or None
 
 
 app = make_app()
