@@ -141,7 +141,7 @@ class Chaos:
 
     def reruns(self) -> int:
         started = Counter(json.loads(line)["task"] for name in self.names
-                          for line in self.workers.log(name).splitlines() if line.startswith('{"started"'))
+                          for line in self.workers.log(name).splitlines() if '"event": "task started"' in line)
         return sum(n - 1 for n in started.values() if n > 1)
 
 

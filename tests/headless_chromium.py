@@ -16,7 +16,7 @@ import shutil
 import subprocess
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -31,7 +31,9 @@ class PageLoad:
     errors: list[str]  # console errors, uncaught exceptions, resources that failed to load
     requests: list[str]  # the URL of every request the page made (the page itself included)
     images: list[dict]  # per <img>: {"scheme", "complete", "naturalWidth", "naturalHeight"}
-    screenshot: bytes  # PNG of the viewport
+    screenshot: bytes  # PNG of the viewport (of the whole page with `full_page`)
+    height: int = 0  # the page's height in CSS pixels (document.documentElement.scrollHeight)
+    boxes: list[dict] = field(default_factory=list)  # per <img>: {"alt", "x", "y", "width", "height"} on the page
 
 
 def chromium() -> str:
@@ -43,8 +45,9 @@ def chromium() -> str:
     return path
 
 
-def load(page: Path, width: int = 1200, height: int = 900) -> PageLoad:
-    """Load `page` (a file) in a fresh headless Chromium of `width` x `height` CSS pixels."""
+def load(page: Path, width: int = 1200, height: int = 900, full_page: bool = False) -> PageLoad:
+    """Load `page` (a file) in a fresh headless Chromium of `width` x `height` CSS pixels; with
+    `full_page`, the screenshot is of the whole page, however long."""
     with tempfile.TemporaryDirectory() as profile, _Browser(profile) as browser:
         target = browser.call("Target.createTarget", {"url": "about:blank"})["targetId"]
         session = browser.call("Target.attachToTarget", {"targetId": target, "flatten": True})["sessionId"]
@@ -58,8 +61,16 @@ def load(page: Path, width: int = 1200, height: int = 900) -> PageLoad:
             [...document.images].map(i => ({scheme: i.src.split(':')[0], complete: i.complete,
                                             naturalWidth: i.naturalWidth, naturalHeight: i.naturalHeight}))"""},
                               session)["result"]["value"]
+        layout = browser.call("Runtime.evaluate", {"returnByValue": True, "expression": """
+            ({height: document.documentElement.scrollHeight,
+              boxes: [...document.images].map(i => { const r = i.getBoundingClientRect();
+                return {alt: i.alt, x: r.left + scrollX, y: r.top + scrollY, width: r.width, height: r.height}; })})"""},
+                              session)["result"]["value"]
+        if full_page:
+            browser.call("Emulation.setDeviceMetricsOverride", {"width": width, "height": layout["height"],
+                                                                "deviceScaleFactor": 1, "mobile": False}, session)
         shot = base64.b64decode(browser.call("Page.captureScreenshot", {"format": "png"}, session)["data"])
-        return PageLoad(browser.errors, browser.requests, images, shot)
+        return PageLoad(browser.errors, browser.requests, images, shot, layout["height"], layout["boxes"])
 
 
 class _Browser:

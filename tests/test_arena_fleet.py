@@ -170,7 +170,7 @@ def test_arena_resumes_after_kill_9_mid_round_and_trains_nothing_twice(tmp_path)
     again = place.run()
 
     assert again.returncode == 0, again.stderr
-    assert f"resumed at generation {complete}" in again.stdout.splitlines()
+    assert f"resumed at generation {complete + 1}" in again.stdout.splitlines()
     with place.store() as store, uninterrupted.store() as reference:
         after = {d["_id"]: (d["worker"], d["seconds"]) for d in store.find_results(place.name)}
         assert {i: after[i] for i in before} == before  # a task run again would have rewritten its doc

@@ -68,7 +68,7 @@ def test_export_writes_the_best_genome_of_the_last_generation_and_it_computes_wh
     store = lab.store()
     best = store.get_generation(spec.name, 4)["best"]
     net, meta = load_as_the_readme_says(out)
-    assert (meta["genome_id"], meta["role"], meta["source"]) == (best["genome_id"], "network", "generation 4")
+    assert (meta["genome_id"], meta["role"], meta["source"]) == (best["genome_id"], "network", "generation 5")
     assert float(meta["fitness"]) == best["fitness"]
     (doc,) = [r for r in store.find_results(spec.name, 4) if r["genome_id"] == best["genome_id"]]
     assert Genome.from_json(doc["genome"]).base is not None  # built from a checkpoint, as its worker did
@@ -76,7 +76,7 @@ def test_export_writes_the_best_genome_of_the_last_generation_and_it_computes_wh
     x = torch.randn(16, *spec.problem.image, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         assert torch.equal(net(x), nets.forward(arch, flat, x))
-    assert capsys.readouterr().out.startswith(f"{spec.name}: genome {best['genome_id']} of generation 4, fitness ")
+    assert capsys.readouterr().out.startswith(f"{spec.name}: genome {best['genome_id']} of generation 5, fitness ")
 
 
 def test_the_exported_network_scores_the_fitness_the_run_recorded(ga, tmp_path, monkeypatch):
@@ -103,7 +103,7 @@ def test_export_of_a_named_genome_writes_that_genome(ga, tmp_path, monkeypatch):
                      "--store", lab.url("main")]) == 0
 
     net, meta = load_as_the_readme_says(out)
-    assert (meta["genome_id"], meta["source"]) == (founder["genome_id"], "generation 0")
+    assert (meta["genome_id"], meta["source"]) == (founder["genome_id"], "generation 1")
     arch, flat = workers_network(lab.config("main"), spec.noise.model_dump(mode="json"), founder["genome"])
     x = torch.randn(4, *spec.problem.image, generator=torch.Generator().manual_seed(2))
     with torch.no_grad():

@@ -5,10 +5,12 @@ from __future__ import annotations
 import io
 import json
 import logging
+import re
+from datetime import datetime
 
 import pytest
 
-from evoarena.logs import ProgressLine, event, setup
+from evoarena.logs import ProgressLine, event, iso_time, setup
 from evoarena.scheduler import Progress
 
 
@@ -52,7 +54,8 @@ def test_task_events_are_json_off_a_terminal_and_text_on_one():
     fields = {"op": "evaluate", "task": "x:000001:evaluate:g1", "error": None}
     event(fields, off)
     event(fields, on)
-    assert json.loads(off.getvalue()) == fields
+    line = json.loads(off.getvalue())
+    assert list(line)[:2] == ["time", "level"] and {k: line[k] for k in fields} == fields
     assert on.getvalue().endswith("op=evaluate task=x:000001:evaluate:g1\n")
 
 
@@ -76,3 +79,9 @@ def test_logs_are_json_lines_off_a_terminal_at_the_one_level_set(loggers):
     record = json.loads(line)
     assert (record["level"], record["logger"], record["message"]) == ("INFO", "evoarena.fleet.celery_executor",
                                                                        "worker w1 is gone")
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", record["time"])  # ISO 8601, UTC
+
+
+def test_times_are_iso_8601_in_utc():
+    assert iso_time(0.25) == "1970-01-01T00:00:00.250Z"
+    assert datetime.fromisoformat(iso_time(1_700_000_000.5)).timestamp() == 1_700_000_000.5

@@ -280,7 +280,7 @@ def test_export_mixture_writes_the_members_of_positive_weight_as_their_workers_b
     assert file_weights == weights
     assert json.loads(meta["members"]) == [m["id"] for m in members]
     assert json.loads(meta["genome_ids"]) == [m["genome"]["id"] for m in members]
-    assert (meta["experiment"], meta["source"], json.loads(meta["latent"])) == (arena.spec.name, "round 0 match", [4])
+    assert (meta["experiment"], meta["source"], json.loads(meta["latent"])) == (arena.spec.name, "round 1 match", [4])
     assert float(meta["mmd2"]) == last_match(arena)["mixture"]["mmd2"]
     z = torch.randn(64, 4, generator=torch.Generator().manual_seed(3))
     with torch.no_grad():
@@ -288,7 +288,7 @@ def test_export_mixture_writes_the_members_of_positive_weight_as_their_workers_b
             arch, flat = workers_member(arena, member)
             assert torch.equal(module(z), nets.forward(arch, flat, z))
     printed = capsys.readouterr().out
-    assert printed.startswith(f"{arena.spec.name}: mixture of {len(members)} generators of round 0 match (")
+    assert printed.startswith(f"{arena.spec.name}: mixture of {len(members)} generators of round 1 match (")
     assert printed.rstrip().endswith(f"-> {out}")
 
 
@@ -319,7 +319,7 @@ def test_sample_mixture_draws_a_600_pixel_scatter_of_the_mixture(arena, tmp_path
     members, _ = kept_members(arena)
     printed = capsys.readouterr().out
     assert printed.startswith(f"{arena.spec.name}: 400 samples of the mixture of {len(members)} generators "
-                              "of round 0 match: modes ")
+                              "of round 1 match: modes ")
     assert printed.rstrip().endswith(f"-> {out}")
 
 
@@ -334,7 +334,7 @@ def test_a_run_stored_without_a_mixture_makes_both_commands_exit_2_with_one_line
     assert cli.main([verb, arena.spec.name, "--mixture", option, str(tmp_path / name), "--store", url]) == 2
 
     assert capsys.readouterr().err.splitlines() == [
-        f"error: experiment '{arena.spec.name}': its round 0 match stored no mixture of generators (a run from before "
+        f"error: experiment '{arena.spec.name}': its round 1 match stored no mixture of generators (a run from before "
         "evoarena kept one); leave out --mixture for its best generator"]
     assert not (tmp_path / name).exists()
 

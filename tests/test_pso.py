@@ -319,7 +319,7 @@ def test_a_pso_run_killed_with_sigkill_resumes_to_the_same_swarm_as_an_uninterru
 
     again = place.run("run", place.root / "pso-killed.yaml", timeout=300)
     assert again.returncode == 0, again.stderr
-    assert f"resumed at generation {complete}" in again.stdout.splitlines()
+    assert f"resumed at generation {complete + 1}" in again.stdout.splitlines()
     assert swarm_history(place, "pso-killed") == swarm_history(place, "pso-reference")
     with place.store() as store:
         ids = [r["_id"] for r in store.find_results("pso-killed")]

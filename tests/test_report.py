@@ -612,3 +612,92 @@ def test_report_loads_in_chromium_with_no_error_every_image_drawn_and_nothing_fe
         assert image["scheme"] == "data" and image["complete"] and image["naturalWidth"] > 0 and image["naturalHeight"] > 0
     assert {url.split(":", 1)[0] for url in seen.requests} <= {"file", "data"}
     assert pixel_variance(seen.screenshot) > 100.0
+
+
+# --- the layout, as a reader sees it ------------------------------------------------------------------
+
+
+def overlaps(a, b) -> bool:
+    return a.x0 < b.x1 and b.x0 < a.x1 and a.y0 < b.y1 and b.y0 < a.y1
+
+
+@pytest.mark.parametrize("figure", ["lineages", "players", "sizes", "quality"])
+def test_no_legend_covers_the_data_of_its_axes(runs, figure):
+    store, spec = runs.store, tiny_arena("arena-tiny")
+    steps = store.list_generations("arena-tiny")
+    gens, discs = store.find_docs("pure_gen", "arena-tiny"), store.find_docs("pure_disc", "arena-tiny")
+    fig = {"lineages": lambda: report.plot_lineage_shares(report.founding_lineages(spec, steps, gens, discs), "round"),
+           "players": lambda: report.plot_lineage_shares(report.founding_lineages(spec, steps, gens, discs, by="player"),
+                                                         "round", by="player"),
+           "sizes": lambda: report.plot_network_sizes({"generators": report.network_sizes(gens),
+                                                       "discriminators": report.network_sizes(discs)}, "round"),
+           "quality": lambda: report.plot_quality(report.generator_quality(gens), 8, "round",
+                                                  picked=report.picked_quality(steps, fight=False))}[figure]()
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    legends = [ax.get_legend() for ax in fig.axes if ax.get_legend() is not None]
+    assert legends
+    for legend in legends:
+        box = legend.get_window_extent(renderer)
+        assert not any(overlaps(box, ax.get_window_extent(renderer)) for ax in fig.axes), figure
+        assert fig.bbox.x0 <= box.x0 and box.x1 <= fig.bbox.x1 + 1 and fig.bbox.y0 <= box.y0  # and not cut off
+
+
+def test_founding_players_have_the_same_colour_in_the_generators_and_the_discriminators_panels(runs):
+    store, spec = runs.store, tiny_arena("arena-tiny")
+    gens, discs = store.find_docs("pure_gen", "arena-tiny"), store.find_docs("pure_disc", "arena-tiny")
+    shares = report.founding_lineages(spec, store.list_generations("arena-tiny"), gens, discs, by="player")
+    shares["discriminators"] = (shares["discriminators"][0], shares["discriminators"][1][::-1],  # another order
+                                shares["discriminators"][2][:, ::-1])
+
+    fig = report.plot_lineage_shares(shares, "round", by="player")
+
+    colours = [{label: handle.patches[0].get_facecolor() for handle, label in zip(*ax.get_legend_handles_labels())}
+               for ax in fig.axes]
+    assert set(colours[0]) == set(colours[1]) == {"player 0", "player 1"}
+    assert colours[0] == colours[1]
+
+
+def test_the_quality_figure_draws_the_arenas_pick_and_the_best_of_all_labelled_as_such(runs):
+    steps = runs.store.list_generations("arena-tiny")
+    matches = [s for s in steps if s["phase"] == "match"]
+
+    fig = report.plot_quality(report.generator_quality(runs.store.find_docs("pure_gen", "arena-tiny")), 8, "round",
+                              picked=report.picked_quality(steps, fight=False))
+
+    modes = fig.axes[0]
+    lines = {line.get_label(): line for line in modes.get_lines()}
+    assert {"the arena's pick (best fitness)", "best of all generators", "mean"} <= set(lines)
+    pick = lines["the arena's pick (best fitness)"]
+    assert list(pick.get_xdata()) == [s["round"] + 1 for s in matches]
+    assert list(pick.get_ydata()) == [s["stats"]["best_quality"]["modes_covered"] for s in matches]
+    assert "the arena's pick (its best generator by fitness" in html.unescape(runs.page("arena-tiny"))
+
+
+def test_the_header_says_how_long_the_run_took(runs):
+    seconds = sum(s["stats"]["seconds"] for s in runs.store.list_generations("arena-tiny"))
+
+    page = runs.page("arena-tiny")
+
+    assert f"<tr><th>duration</th><td>{report.duration_text(seconds)} over " in page
+    assert (report.duration_text(41.2), report.duration_text(725), report.duration_text(12_000)) == (
+        "41 s", "12 min 5 s", "3 h 20 min")
+
+
+def test_the_arena_page_lays_out_the_rounds_pictures_in_a_grid_in_chromium(runs, tmp_path):
+    seen = load(runs.write("arena-tiny"), width=1200, full_page=True)
+    (tmp_path / "arena-tiny.png").write_bytes(seen.screenshot)  # to look at: the page as a reader sees it
+
+    assert seen.errors == []
+    samples = [box for box in seen.boxes if box["alt"].startswith("samples, round")]
+    assert len(samples) == 3 and len({box["y"] for box in samples}) == 1  # one row, side by side
+    assert all(box["width"] <= 600 for box in samples)
+    matrices = [box for box in seen.boxes if box["alt"].startswith("encounter matrix")]
+    assert len({box["y"] for box in matrices}) == 1
+    for box in seen.boxes:  # every figure within the page's width
+        assert box["x"] >= 0 and box["x"] + box["width"] <= 1200
+    # the rounds' pictures take one row's height, not one picture's height per round
+    assert max(b["y"] + b["height"] for b in samples) - min(b["y"] for b in samples) <= max(b["height"] for b in samples)
+    quality = [box for box in seen.boxes if box["alt"] == "Generator quality"]
+    assert quality and quality[0]["width"] >= 800  # its panels two a row: readable, not a strip shrunk to the page
+    assert pixel_variance(seen.screenshot) > 100.0

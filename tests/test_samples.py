@@ -52,7 +52,7 @@ def test_a_ring_arena_gives_a_600_pixel_scatter_that_is_not_blank(ring, tmp_path
     assert image.shape == (600, 600, 4)
     assert image[..., :3].var() > 0.01
     printed = capsys.readouterr().out
-    assert printed.startswith(f"{ring.spec.name}: 200 samples of generator {best_generator(ring)['id']} (round 0 match): modes ")
+    assert printed.startswith(f"{ring.spec.name}: 200 samples of generator {best_generator(ring)['id']} (round 1 match): modes ")
     assert printed.rstrip().endswith(f"-> {out}")
 
 

@@ -180,7 +180,7 @@ def test_off_a_terminal_it_prints_plain_lines_one_per_change_and_ends_with_the_c
     assert lines[-1] == "tiny-plain: complete"
     live = [line for line in lines if line.startswith("generation ")]
     assert all(a != b for a, b in zip(live, live[1:]))  # a line only when something changed
-    assert live[0] == f"generation 1/{GENERATIONS}  done 0  pending {TASKS}  failed 0  best -  eta -"
+    assert live[0] == f"generation 1/{GENERATIONS}  done 0  pending {TASKS}  failed 0  best -  eta estimating"
     for generation in range(1, GENERATIONS):  # each waiting generation shows the best of the one before
         assert re.fullmatch(rf"generation {generation + 1}/{GENERATIONS}  done 0  pending {TASKS}  failed 0  "
                             rf"best {re.escape(f'{run.best(generation - 1):.6g}')}  eta \d+s",

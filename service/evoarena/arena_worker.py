@@ -9,21 +9,34 @@ cache so that the next task about that member, routed back here, starts without 
 
 A task's randomness comes from its `seed` only; the same task gives the same bits on the same
 device type, so a redelivered task writes the same checkpoint and the same document.
+
+A train_pair says how far it is while it trains (`_progress`): every PROGRESS_EVERY_S, the steps
+done on the experiment's document (what `evoarena status --watch` shows) and, run by a Celery
+worker, as the task's PROGRESS state (Celery's `update_state`); the local executors never import
+Celery for it.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
+import sys
+import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
 
 import torch
+from torch.optim.optimizer import register_optimizer_step_post_hook
 
 from .genome import Genome, trained, trained_id
 from .materialize import BUILDS, Materializer, Weights
 from .problems import embedding, gan, gan_metrics, manifold
 from .store import artifact_key
+
+log = logging.getLogger(__name__)
+PROGRESS_EVERY_S = 2.0  # how often a training task reports the steps it has done
 
 
 def train_pair(worker, task: dict, result_id: str) -> dict:
@@ -31,7 +44,7 @@ def train_pair(worker, task: dict, result_id: str) -> dict:
     m = worker.materializer(task["noise"])
     (g, g_flat, g_build), (d, d_flat, d_build) = _build(m, task["gen"]), _build(m, task["disc"])
     data = worker.gan_data(task["problem"])
-    with _op() as clock:
+    with _op() as clock, _progress(worker, task, result_id, optimizer_steps_per_step=2):  # D's step, then G's
         g_new, d_new, trace = gan.train_pair(g.arch, g_flat, task["gen"]["meta"], d.arch, d_flat, task["disc"]["meta"],
                                              data.train.to(g_flat.device), task["steps"], task["batch_size"], task["seed"])
     how = {"task": result_id}
@@ -119,6 +132,47 @@ def _op():
     with torch.random.fork_rng(devices=[]):
         yield clock
     clock.seconds = time.perf_counter() - started
+
+
+@contextmanager
+def _progress(worker, task: dict, result_id: str, optimizer_steps_per_step: int):
+    """Report the steps of `task` done so far, at most every PROGRESS_EVERY_S, while the block runs.
+    gan.train_pair runs all its steps in one call; each step ends with `optimizer_steps_per_step`
+    optimizer steps, so a hook on every torch optimizer's step (this thread's only) counts them."""
+    counted = {"optimizer_steps": 0, "reported": time.monotonic()}
+    thread = threading.get_ident()
+
+    def on_step(optimizer, args, kwargs) -> None:
+        if threading.get_ident() != thread:
+            return
+        counted["optimizer_steps"] += 1
+        if time.monotonic() - counted["reported"] >= PROGRESS_EVERY_S:
+            counted["reported"] = time.monotonic()
+            _report(worker, task, result_id, counted["optimizer_steps"] // optimizer_steps_per_step)
+
+    hook = register_optimizer_step_post_hook(on_step)
+    try:
+        yield
+    finally:
+        hook.remove()
+
+
+def _report(worker, task: dict, result_id: str, done: int) -> None:
+    """One progress report: on the experiment's document, under a field of the task's pair (a later
+    chunk of the same pair reuses it), and as the Celery task's state when a Celery worker runs it."""
+    progress = {"task": result_id, "steps_done": done, "steps": task["steps"], "at": time.time(), "node": worker.node}
+    pair = hashlib.sha256(f"{task['gen']['id']}+{task['disc']['id']}".encode()).hexdigest()[:12]
+    try:
+        worker.store.touch_experiment(task["experiment"], **{f"progress_{pair}": progress})
+    except Exception as exc:  # noqa: BLE001 - a report is a courtesy: the training goes on without it
+        log.warning("progress of %s not recorded: %s", result_id, exc)
+    celery = sys.modules.get("celery")  # imported only where a Celery worker runs this
+    current = celery.current_task if celery else None  # a proxy: false outside a task
+    try:
+        if current and current.request.id and not current.request.called_directly:
+            current.update_state(state="PROGRESS", meta={k: progress[k] for k in ("steps_done", "steps", "node")})
+    except Exception as exc:  # noqa: BLE001 - as above: never the task's failure
+        log.warning("progress of %s not sent to the master: %s", result_id, exc)
 
 
 def _build(m: Materializer, member: dict) -> tuple[Genome, torch.Tensor, str]:

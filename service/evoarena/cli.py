@@ -1,6 +1,8 @@
 """`evoarena run | status | list | export | sample | report | baseline | worker | submit`: the command line.
 
-Exit codes: 0 done, 1 the run failed, 2 bad input (nothing ran), 130 interrupted (run again to continue).
+Exit codes: 0 done, 1 the run failed or the fleet's broker does not answer, 2 bad input or another
+master runs the experiment (nothing ran), 130 interrupted (run again to continue), 141 the reader
+of the output went away (`evoarena status NAME | head -3`).
 """
 
 from __future__ import annotations
@@ -13,9 +15,9 @@ import time
 from . import export, report, samples, submit
 from .logs import ProgressLine
 from .logs import setup as setup_logs
-from .settings import Settings, check_fleet_config
+from .settings import Settings, check_fleet_config, check_task_key
 from .spec import SpecError, load_spec
-from .status import add_list_parser, cmd_list
+from .status import add_list_parser, cmd_list, resume_text
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -28,6 +30,11 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--inline", action="store_true", help="evaluate in this process instead of a worker pool")
     run.add_argument("--fleet", action="store_true",
                      help="send tasks to Celery workers through $EVOARENA_BROKER_URL (same as executor.kind: celery)")
+    run.add_argument("--wait-for-broker", action="store_true",
+                     help="--fleet: wait for a broker that does not answer yet (default: stop at once; "
+                          "$EVOARENA_BROKER_WAIT=true waits too)")
+    run.add_argument("--force", action="store_true",
+                     help="run even if the spec's estimated memory passes $EVOARENA_RUN_MAX_MEMORY_MB (spec_limits.py)")
 
     worker = commands.add_parser("worker", help="serve the fleet: a Celery worker on the shared queue and its own")
     worker.add_argument("--name", default="evoarena@%h", help="Celery node name (default evoarena@%%h); unique per worker")
@@ -38,6 +45,9 @@ def main(argv: list[str] | None = None) -> int:
     worker.add_argument("--alive-file", help="touch this file while consuming, for a liveness probe that reads its age "
                                              "(python3 -m evoarena.liveness FILE --max-age S)")
     worker.add_argument("--alive-every", type=float, default=10.0, help="seconds between touches (default 10)")
+    worker.add_argument("--wait-for-broker", action="store_true",
+                        help="wait for a broker that does not answer yet (default: stop at once; "
+                             "$EVOARENA_BROKER_WAIT=true waits too)")
 
     status = commands.add_parser("status", help="where an experiment stands, from the store")
     status.add_argument("name", help="experiment name (the `name:` in its file)")
@@ -64,7 +74,12 @@ def main(argv: list[str] | None = None) -> int:
         commands = {"run": cmd_run, "status": cmd_status, "baseline": cmd_baseline, "worker": cmd_worker,
                     "submit": submit.cmd_submit, "report": report.cmd_report}
         commands |= {"export": export.cmd_export, "sample": samples.cmd_sample, "list": cmd_list}
-        return commands[args.command](args, settings)
+        code = commands[args.command](args, settings)
+        sys.stdout.flush()  # a reader that went away shows here, not as a traceback at exit
+        return code
+    except BrokenPipeError:  # `evoarena status NAME | head -3`: the reader has all it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # nothing left to flush at exit
+        return 141  # 128 + SIGPIPE, as a shell reports a command a closed pipe stopped
     except SpecError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -75,52 +90,73 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
-    spec = load_spec(args.experiment)
+    spec = load_spec(args.experiment, force=args.force)
     fleet = args.fleet or spec.executor.kind == "celery"
     given = {"EVOARENA_STORE": args.store} if args.store else {}
     if fleet and (problem := check_fleet_config("master", {**os.environ, **given})):
         print(f"error: {problem}", file=sys.stderr)
         return 2
+    if fleet and (problem := _broker_problem(args)):
+        print(f"error: {problem}", file=sys.stderr)
+        return 1
 
+    from contextlib import ExitStack
+
+    from .arithmetic import ArithmeticMismatch, apply
+    from .settings import WorkerSettings
+
+    try:  # EVOARENA_ARITHMETIC overrides the spec's; set before anything computes (arithmetic.py)
+        spec = spec.model_copy(update={"arithmetic": WorkerSettings.from_env().arithmetic or spec.arithmetic})
+        apply(spec.arithmetic)
+    except (ValueError, ArithmeticMismatch) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     from . import scheduler  # torch and friends load only once the spec is known to be good
     from .fleet.executor import InlineExecutor, LocalExecutor
+    from .lease import ExperimentBusy, MasterLease
     from .store import open_store, redact
     from .worker import WorkerConfig
 
     store_url = args.store or settings.store
     config = WorkerConfig(store_url, settings.artifacts, str(settings.noise_dir), spec.executor.cache_mb << 20)
-    store = open_store(store_url)
-    try:
-        scheduler.register(spec, store)
-    except scheduler.ExperimentMismatch as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    if scheduler.finished(spec, store):
-        print(f"{spec.name}: already complete ({_size(spec)}); `evoarena status {spec.name}` shows it")
-        return 0
-    if fleet:
-        from .fleet.app import broker_url, make_app
-        from .fleet.celery_executor import CeleryExecutor
+    with ExitStack() as held:  # left in reverse, however the run ends: the executor, the lease, the store
+        store = held.enter_context(open_store(store_url))
+        try:
+            if scheduler.already_complete(spec, store):  # asked before the lease: a rerun writes nothing at all
+                print(f"{spec.name}: already complete ({_size(spec)}); `evoarena status {spec.name}` shows it")
+                return 0
+            # the lease before anything is written: a master refused for another's run changes nothing
+            lease = held.enter_context(MasterLease(store, spec.name, settings.master_heartbeat_s))
+            scheduler.register(spec, store)
+        except (ExperimentBusy, scheduler.ExperimentMismatch) as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        if scheduler.finished(spec, store):  # every step stored, the end not recorded: register recorded it
+            print(f"{spec.name}: already complete ({_size(spec)}); `evoarena status {spec.name}` shows it")
+            return 0
+        if fleet:
+            from .fleet.app import broker_url, make_app
+            from .fleet.celery_executor import CeleryExecutor
 
-        executor, where = CeleryExecutor(make_app(), store), f"the fleet at {redact(broker_url())}"
-    elif args.inline:
-        executor, where = InlineExecutor(config), "this process"
-    else:
-        executor, where = LocalExecutor(config, spec.executor.workers), f"{spec.executor.workers} local workers"
-    print(f"{spec.name}: {_size(spec)} on {where}; store {redact(store_url)}")
-    if settings.metrics_port:
-        from .metrics import serve
+            executor, where = CeleryExecutor(make_app(), store), f"the fleet at {redact(broker_url())}"
+        elif args.inline:
+            executor, where = InlineExecutor(config), "this process"
+        else:
+            executor, where = LocalExecutor(config, spec.executor.workers), f"{spec.executor.workers} local workers"
+        held.callback(executor.close)
+        print(f"{spec.name}: {_size(spec)} on {where}; store {redact(store_url)}")
+        if (resuming := resume_text(store, spec)) is not None:
+            print(f"{spec.name}: {resuming}")
+        if settings.metrics_port:
+            from .metrics import serve
 
-        serve(settings.metrics_port)
-    try:
-        final = scheduler.run(spec, store, executor, on_progress=ProgressLine(every=settings.progress_every),
-                              heartbeat_s=settings.master_heartbeat_s)
-    except RuntimeError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    finally:
-        executor.close()
-        store.close()
+            serve(settings.metrics_port)
+        try:
+            final = scheduler.run(spec, store, executor, on_progress=ProgressLine(every=settings.progress_every),
+                                  lease=lease)
+        except RuntimeError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
     if spec.algorithm == "arena":
         from .evolve.population import quality_text
 
@@ -142,6 +178,17 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _broker_problem(args: argparse.Namespace) -> str | None:
+    """Why the fleet's broker cannot be used, in one line, or None once it answers (fleet/broker.py);
+    told to wait (--wait-for-broker, EVOARENA_BROKER_WAIT), it waits for it instead. Asked before the
+    store is opened or torch loaded: the line comes within seconds, and the experiment is not touched."""
+    from .fleet.broker import wait_for_broker
+    from .settings import FleetSettings
+
+    fleet = FleetSettings.from_env()
+    return wait_for_broker(fleet.broker_url, args.wait_for_broker or fleet.broker_wait)
+
+
 def _size(spec) -> str:
     """What the run is, in a few words."""
     if spec.algorithm == "arena":
@@ -158,9 +205,12 @@ def _size(spec) -> str:
 
 
 def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
-    if problem := check_fleet_config("worker"):
+    if problem := check_fleet_config("worker") or check_task_key():
         print(f"error: {problem}", file=sys.stderr)
         return 2
+    if problem := _broker_problem(args):  # Celery itself would retry for ever, without a word
+        print(f"error: {problem}", file=sys.stderr)
+        return 1
     if args.cache_mb:
         os.environ["EVOARENA_CACHE_MB"] = str(args.cache_mb)
     if settings.metrics_port:
@@ -171,8 +221,15 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
         from .metrics import serve_worker
 
         serve_worker(settings.metrics_port)
+    from .arithmetic import ArithmeticMismatch, apply
+    from .settings import FleetSettings, WorkerSettings
+
+    try:  # before anything computes; the pool's processes, forked, inherit it (arithmetic.py)
+        apply(WorkerSettings.from_env().arithmetic or "fast")
+    except (ValueError, ArithmeticMismatch) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     from .fleet.app import app, shared_queue
-    from .settings import FleetSettings
 
     if args.alive_file:
         from .liveness import consumer_step
@@ -180,7 +237,10 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
         app.steps["consumer"].add(consumer_step(args.alive_file, args.alive_every))
 
     # Consumes the shared queue, plus its own direct queue (worker_direct in the app's config).
-    app.worker_main(["worker", "-n", args.name, "-Q", shared_queue(), "-c", str(args.concurrency),
+    # --quiet: no ASCII banner among the JSON lines (fleet/app.py logs one "worker ready" line instead);
+    # and every record and warning as a JSON line from here on (Celery's own warnings come before its setup)
+    setup_logs(everything=True)
+    app.worker_main(["--quiet", "worker", "-n", args.name, "-Q", shared_queue(), "-c", str(args.concurrency),
                      "-P", args.pool, "-l", FleetSettings.from_env().log_level, "--without-gossip", "--without-mingle"])
     return 0
 

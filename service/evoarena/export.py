@@ -14,7 +14,8 @@ The file is one safetensors file, self-contained:
   ("0.weight", "0.bias", "2.weight", ...): load_state_dict takes it as it is;
 - metadata (the safetensors header's `__metadata__`, strings): `format` ("evoarena-network-1"),
   `arch` (the architecture JSON of nets.py), `experiment`, `genome_id`, `role` (network, generator
-  or discriminator), `member` (arena), `fitness`, `source` (the generation or round it came from).
+  or discriminator), `member` (arena), `fitness`, `source` (the generation or round it came from,
+  counted from 1 as `evoarena run` prints it: "generation 5", "round 8 match").
 
 Loading it takes the project's nets.py and safetensors (README, "Using it"):
 
@@ -83,7 +84,7 @@ def _best_of_last_generation(store: ResultStore, name: str) -> Chosen:
         raise BadInput(f"experiment {name!r} has no complete generation yet: nothing to export")
     best = store.get_generation(name, last)["best"]
     doc = next(r for r in store.find_results(name, last, "evaluate") if r["genome_id"] == best["genome_id"])
-    return Chosen(doc["genome"], "network", f"generation {last}", fitness=doc["fitness"])
+    return Chosen(doc["genome"], "network", f"generation {last + 1}", fitness=doc["fitness"])
 
 
 def _ga_genome(store: ResultStore, name: str, genome_id: str) -> Chosen:
@@ -91,7 +92,7 @@ def _ga_genome(store: ResultStore, name: str, genome_id: str) -> Chosen:
     for generation in range(0 if last is None else last + 1, -1, -1):  # newest first, a partial one too
         for doc in store.find_results(name, generation, "evaluate"):
             if doc.get("genome_id") == genome_id and not doc.get("error"):
-                return Chosen(doc["genome"], "network", f"generation {generation}", fitness=doc["fitness"])
+                return Chosen(doc["genome"], "network", f"generation {generation + 1}", fitness=doc["fitness"])
     hint = "" if last is None else f"; the best of the last generation is {store.get_generation(name, last)['best']['genome_id']}"
     raise BadInput(f"no genome {genome_id!r} evaluated in experiment {name!r}{hint}")
 
@@ -118,7 +119,8 @@ def best_generator_of(spec: ExperimentSpec, index: int, state: dict) -> Chosen |
     if not best or not (events or state.get("phase") == "match"):
         return None
     member = next(m for m in state["members"] if m["id"] == best)
-    source = f"fight {index}" if events else f"round {state['round']} match"
+    # counted from 1, as `run`, `status` and the report count (the stored indices are 0-based)
+    source = f"fight {state.get('done', index + 1)}" if events else f"round {state['round'] + 1} match"
     return Chosen(member["genome"], "generator", source, best, member.get("fitness"))
 
 
@@ -164,14 +166,14 @@ def _arena_genome(store: ResultStore, spec: ExperimentSpec, wanted: str) -> Chos
     index, newest = next(_arena_states(store, spec.name), (None, None))  # the newest population first
     for m in newest["members"] if newest else ():
         if wanted in (m["id"], m["genome"]["id"]):
-            return Chosen(m["genome"], role[m["side"]], f"step {index}", m["id"], m.get("fitness"))
+            return Chosen(m["genome"], role[m["side"]], f"step {index + 1}", m["id"], m.get("fitness"))
     for collection, side in (("pure_gen", "gen"), ("pure_disc", "disc")):
         found = store.find_docs(collection, spec.name, member=wanted) or store.find_docs(collection, spec.name,
                                                                                           genome_id=wanted)
         if found:
             doc = max(found, key=lambda d: d["round"])
             fitness = doc["fitness_map"].get(spec.arena.fitness.kind)
-            return Chosen(doc["genome"], role[side], f"round {doc['round']} match", doc["member"], fitness)
+            return Chosen(doc["genome"], role[side], f"round {doc['round'] + 1} match", doc["member"], fitness)
     raise BadInput(f"no member or genome {wanted!r} in experiment {spec.name!r} (looked in its newest population, "
                    "pure_gen and pure_disc)")
 

@@ -149,6 +149,21 @@ def lineage_shares(snapshots: dict[int, list[str]]) -> tuple[list[int], list[str
     return x, founders, shares
 
 
+def picked_quality(steps: list[dict], fight: bool) -> dict[str, dict[int, float]]:
+    """Per quality measure, that of the generator the arena picked as its best (by fitness: the one
+    `evoarena run` names, `export` and `sample` take) at each round's match (keyed by round, from 1)
+    or after each fight (keyed by fights done)."""
+    out: dict[str, dict[int, float]] = defaultdict(dict)
+    for state in steps:
+        if not fight and state.get("phase") != "match":
+            continue
+        x = state.get("done") if fight else state.get("round", 0) + 1
+        for key, value in quality_as_today((state.get("stats") or {}).get("best_quality") or {}).items():
+            if _finite(value) and x is not None:
+                out[key][x] = float(value)
+    return dict(out)
+
+
 def generator_quality(gens: list[dict]) -> dict[str, dict[int, list[float]]]:
     """Per quality measure the pure_gen docs carry ("modes_covered", "frechet", ...), its values per round."""
     out: dict[str, dict[int, list[float]]] = defaultdict(lambda: defaultdict(list))
@@ -260,7 +275,7 @@ def build_page(store, name: str, settings: Settings | None = None, store_url: st
         page.figure("workers over time", plot_workers_over_time(workers_per_step(results), step_unit(spec)),
                     "How many distinct workers stored results of each step (a fleet that grows or loses workers "
                     "shows here).", section="Workers")
-    return page.html(name, _summary(store, experiment, spec, len(results)))
+    return page.html(name, _summary(store, experiment, spec, len(results), steps))
 
 
 def _ga_sections(page: Page, store, spec, results: list[dict], steps: list[dict]) -> None:
@@ -355,9 +370,12 @@ def _arena_sections(page: Page, store, spec, steps: list[dict]) -> None:
     if quality:
         modes = max((m for ms in quality.get("modes", {}).values() for m in ms), default=None)
         reference, why_not = (None, None) if fight else single_gan_baseline(store, spec)
-        page.figure("Generator quality", plot_quality(quality, modes and int(modes), unit, reference),
+        page.figure("Generator quality", plot_quality(quality, modes and int(modes), unit, reference,
+                                                      picked=picked_quality(steps, fight)),
                     f"Per {unit}, measured on {spec.problem.metric_samples} samples of each generator"
-                    + (" (the fight's own generator)." if fight else ".")
+                    + (" (the fight's own generator)" if fight else "")
+                    + ": the arena's pick (its best generator by fitness, the one `evoarena run` names and "
+                      "`export` and `sample` take), the best value any generator reached, and the mean."
                     + (" Dashed: the single-GAN baseline (`evoarena baseline`), one generator and one discriminator "
                        "of the founders' architectures trained for the gradient steps one lineage of the arena has "
                        "had by that round (its train_pair chunks and cross-train steps), measured the same way."
@@ -419,16 +437,30 @@ def founding_lineages(spec, steps: list[dict], gens: list[dict], discs: list[dic
     return out
 
 
-def _summary(store, experiment: dict, spec, n_results: int) -> list[tuple[str, str]]:
-    """The table at the top: what ran, how far it is, when it last moved, on what."""
+def _summary(store, experiment: dict, spec, n_results: int, steps: list[dict] = ()) -> list[tuple[str, str]]:
+    """The table at the top: what ran, how far it is, how long it took, when it last moved, on what."""
     provenance = experiment.get("provenance") or {}
     rows = [("algorithm", algorithm_name(spec)), ("state", state_text(experiment)),
-            ("progress", f"{steps_of(store, spec.name, spec)} complete; {n_results} results stored"),
-            ("updated", time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(experiment["updated"])))]
+            ("progress", f"{steps_of(store, spec.name, spec)} complete; {n_results} results stored")]
+    seconds = [d["stats"]["seconds"] for d in steps if _finite((d.get("stats") or {}).get("seconds"))]
+    if seconds:  # the steps' own time: a run stopped and continued later does not count the pause
+        rows.append(("duration", f"{duration_text(sum(seconds))} over {len(seconds)} steps"))
+    if experiment.get("created"):
+        rows.append(("started", time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(experiment["created"]))))
+    rows.append(("updated", time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(experiment["updated"]))))
     if provenance:
         rows.append(("master", ", ".join(f"{k} {provenance[k]}" for k in ("evoarena", "torch", "master_device")
                                          if k in provenance)))
     return rows
+
+
+def duration_text(seconds: float) -> str:
+    """41 s, 12 min 5 s, 3 h 20 min."""
+    if seconds < 60:
+        return f"{seconds:.0f} s"
+    if seconds < 3600:
+        return f"{seconds // 60:.0f} min {seconds % 60:.0f} s"
+    return f"{seconds // 3600:.0f} h {seconds % 3600 // 60:.0f} min"
 
 
 def _finite(x) -> bool:

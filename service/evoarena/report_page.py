@@ -1,5 +1,9 @@
 """The HTML document of `evoarena report`: sections of figures (PNG data URIs), tables and notes,
-in the order they were added, under a summary table; nothing but the page itself is fetched."""
+in the order they were added, under a summary table; nothing but the page itself is fetched.
+
+Layout: a figure shows at its own size, up to the page's width; a section of several pictures
+(the encounter matrices, the generator samples: one per round) lays them out in a grid of columns
+of at least 360 px, so that eight rounds take a few rows, not eight screens."""
 
 from __future__ import annotations
 
@@ -41,16 +45,31 @@ class Page:
 
     def html(self, name: str, summary: list[tuple[str, str]]) -> str:
         rows = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>" for k, v in summary)
-        body = "".join(f"<section><h2>{html.escape(title)}</h2>{''.join(items)}</section>"
-                       for title, items in self.sections.items())
+        body = "".join(_section(title, items) for title, items in self.sections.items())
         return (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{html.escape(name)}: evoarena '
                 f'report</title><style>{_CSS}</style></head><body><h1>{html.escape(name)}</h1><table>{rows}</table>'
                 f"{body}<footer>evoarena report, written {time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime())} "
                 "from the result store.</footer></body></html>")
 
 
-_CSS = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}"
+GRID_FROM = 3  # pictures in a section from which they are laid out in a grid
+
+
+def _section(title: str, items: list[str]) -> str:
+    """A section; its figures in a grid when it has GRID_FROM or more (text and notes stay above and below)."""
+    figures = [item for item in items if item.startswith("<figure")]
+    if len(figures) < GRID_FROM:
+        return f"<section><h2>{html.escape(title)}</h2>{''.join(items)}</section>"
+    before = [item for item in items[:items.index(figures[0])] if not item.startswith("<figure")]
+    after = [item for item in items[items.index(figures[0]):] if not item.startswith("<figure")]
+    return (f"<section><h2>{html.escape(title)}</h2>{''.join(before)}<div class=\"grid\">{''.join(figures)}</div>"
+            f"{''.join(after)}</section>")
+
+
+_CSS = ("body{font-family:sans-serif;max-width:1240px;margin:2em auto;padding:0 1em;color:#222}"
         "table{border-collapse:collapse}th,td{text-align:left;padding:2px 12px 2px 0}"
-        "figure{display:inline-block;margin:0 1em 1em 0;vertical-align:top}"
-        "figure img{max-width:100%}figcaption{font-size:.85em;color:#555;max-width:800px}"
+        "figure{display:inline-block;margin:0 1em 1em 0;vertical-align:top;max-width:100%}"
+        "figure img{max-width:100%;height:auto}figcaption{font-size:.85em;color:#555;max-width:800px}"
+        ".grid{display:grid;grid-template-columns:repeat(auto-fill,minmax(360px,1fr));gap:1em;align-items:start}"
+        ".grid figure{margin:0}"
         ".note{color:#7a4b00}footer{margin-top:2em;font-size:.8em;color:#777}")

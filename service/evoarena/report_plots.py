@@ -7,6 +7,7 @@ matplotlib and numpy are imported inside the functions, so the command line star
 from __future__ import annotations
 
 import io
+import math
 from collections import Counter
 from typing import TYPE_CHECKING
 
@@ -95,34 +96,47 @@ def plot_lineage_shares(per_side: dict[str, tuple[list[int], list[str], np.ndarr
     import numpy as np
 
     fig, axes = _figure(len(per_side))
+    # one colour per founder (or player) in every panel: "player 1" is the same colour for both sides
+    everyone = sorted({f for _, founders, _ in per_side.values() for f in founders},
+                      key=lambda f: (len(f), f))  # player 2 before player 10
+    colour = {f: matplotlib.colormaps["tab20"](i % 20) for i, f in enumerate(everyone)}
     for ax, (side_name, (x, founders, shares)) in zip(np.atleast_1d(axes), per_side.items()):
         bottom = np.zeros(len(x))
         for k, founder in enumerate(founders):  # stacked bars: rounds are discrete, and one round still shows
             label = founder if by == "player" else founder.split("-")[-1][:6]
             ax.bar(x, shares[:, k], bottom=bottom, width=0.8 if len(x) < 50 else 1.0, label=label,
-                   color=matplotlib.colormaps["tab20"](k % 20))
+                   color=colour[founder])
             bottom += shares[:, k]
         title = "founding lineages" if by == "founder" else "descent from each founding player"
         ax.set(xlabel=xlabel, ylabel="share of the side", ylim=(0, 1), title=f"{side_name}: {title}")
-        if len(founders) <= 12:
-            ax.legend(fontsize=7, loc="upper left", title=by, title_fontsize=7)
+        if len(founders) <= 12:  # beside the bars, which fill the axes to 1: inside, it would cover them
+            ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), title=by, title_fontsize=7)
     return fig
 
 
 def plot_quality(quality: dict[str, dict[int, list[float]]], modes: int | None, xlabel: str,
-                 reference: dict[str, dict[int, float]] | None = None):
-    """Per measure: the best generator's and the mean per round; `reference` (the single-GAN baseline's
-    measure per round) dashed beside them."""
+                 reference: dict[str, dict[int, float]] | None = None,
+                 picked: dict[str, dict[int, float]] | None = None):
+    """Per measure and round: the arena's pick (`picked`: its best generator by fitness, what the command
+    line names), the best value of any generator (labelled as the best of all, which may be another one)
+    and the mean; `reference` (the single-GAN baseline's measure per round) dashed beside them."""
     import numpy as np
 
     shown = [k for k in ("modes_covered", "modes_covered@20", "high_quality", "frechet", "classes_covered")
              if k in quality]
-    fig, axes = _figure(len(shown))
-    for ax, key in zip(np.atleast_1d(axes), shown):
+    columns = min(2, len(shown))  # two panels a row: three or more side by side shrink to an unreadable strip
+    fig, axes = _figure(columns, rows=math.ceil(len(shown) / columns))
+    axes = list(np.atleast_1d(axes).ravel())
+    for spare in axes[len(shown):]:
+        fig.delaxes(spare)
+    for ax, key in zip(axes, shown):
         x = sorted(quality[key])
         lower_is_better = key == "frechet"
         best = [(min if lower_is_better else max)(quality[key][k]) for k in x]
-        ax.plot(x, best, color="C3", marker=".", label="best generator")
+        if picked and picked.get(key):
+            ax.plot(list(picked[key]), list(picked[key].values()), color="C3", marker="o",
+                    label="the arena's pick (best fitness)")
+        ax.plot(x, best, color="C1", marker=".", linestyle=":", label="best of all generators")
         ax.plot(x, [float(np.mean(quality[key][k])) for k in x], color="C0", marker=".", label="mean")
         if reference and reference.get(key):
             ax.plot(list(reference[key]), list(reference[key].values()), color="black", linestyle="--", marker="x",
@@ -130,7 +144,7 @@ def plot_quality(quality: dict[str, dict[int, list[float]]], modes: int | None, 
         if key in ("modes_covered", "modes_covered@20") and modes:
             ax.axhline(modes, color="grey", linestyle=":", label=f"all {modes} modes")
         ax.set(xlabel=xlabel, ylabel=key.replace("_", " "), title=_QUALITY_TITLES[key])
-        ax.legend(fontsize=8)
+        ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2)  # below: never over a curve
     return fig
 
 
@@ -141,7 +155,7 @@ def plot_network_sizes(per_side: dict[str, dict[int, tuple[int, float, int]]], x
         ax.fill_between(x, [s[0] for s in sizes.values()], [s[2] for s in sizes.values()], alpha=0.2, color=color)
         ax.plot(x, [s[1] for s in sizes.values()], color=color, marker=".", label=f"{side_name} (median, min-max)")
     ax.set(xlabel=xlabel, ylabel="parameters", title="network sizes")
-    ax.legend()
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2)  # below the axes, not over the bands
     return fig
 
 
@@ -176,7 +190,7 @@ def plot_tasks_per_worker(counts: dict[str, Counter]):
         left += n
     ax.set(xlabel="tasks stored", title="tasks per worker")
     ax.invert_yaxis()
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # beside the bars, not over them
     return fig
 
 
@@ -227,18 +241,20 @@ _QUALITY_TITLES = {"modes_covered": "modes covered (>= 1 high-quality sample)",
                    "classes_covered": "digit classes covered"}
 
 
-def _figure(columns: int = 1, size: tuple[float, float] | None = None, scale: bool = True):
-    """A new figure (no pyplot: nothing global) drawn by the Agg backend, `columns` axes side by side."""
+def _figure(columns: int = 1, size: tuple[float, float] | None = None, scale: bool = True, rows: int = 1):
+    """A new figure (no pyplot: nothing global) drawn by the Agg backend, `columns` axes side by side
+    (in `rows` rows)."""
     import numpy as np
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
     from matplotlib.ticker import MaxNLocator
 
     width, height = size or (6.4, 4.0)
-    fig = Figure(figsize=(width * columns if scale else width, height), layout="constrained")
+    fig = Figure(figsize=(width * columns if scale else width, height * rows if scale else height),
+                 layout="constrained")
     FigureCanvasAgg(fig)
-    axes = fig.subplots(1, columns)
-    for ax in np.atleast_1d(axes):  # generations, rounds, steps and fights are whole numbers
+    axes = fig.subplots(rows, columns)
+    for ax in np.atleast_1d(axes).ravel():  # generations, rounds, steps and fights are whole numbers
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     return fig, axes
 

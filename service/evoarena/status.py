@@ -105,6 +105,21 @@ def steps_of(store: ResultStore, name: str, spec: ExperimentSpec) -> Steps:
     return Steps(0 if last is None else last + 1, algo.steps, step_unit(spec) + "s")
 
 
+def resume_text(store: ResultStore, spec: ExperimentSpec) -> str | None:
+    """The line `evoarena run` prints when it continues a run: the step it resumes at, of how many,
+    and the results already stored (those tasks are not run again); None for a run with nothing stored."""
+    name, steps = spec.name, steps_of(store, spec.name, spec)
+    stored = store.count_results(name)
+    if steps.done == 0 and stored == 0 and store.last_generation(name) is None:
+        return None
+    if steps.unit == "fights":  # the asynchronous fight: each result is an event
+        return f"resuming at fight {steps.done + 1} of {steps.total} ({stored} results already stored, not run again)"
+    unit = step_unit(spec)
+    partial = store.count_results(name, steps.done)
+    return (f"resuming at {unit} {steps.done + 1} of {steps.total} ({steps.done} complete; {partial} results of "
+            f"{unit} {steps.done + 1} already stored, not run again)")
+
+
 def step_unit(spec: ExperimentSpec) -> str:
     """What one step of the master is called: a GA's generation; an arena's, a swarm's or a search's step."""
     return "generation" if spec.algorithm == "ga" else "step"

@@ -11,16 +11,16 @@ import itertools
 import multiprocessing
 import os
 import signal
-import threading
-import time
 from collections.abc import Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
+from dataclasses import replace
 from typing import Protocol
 
+from ..arithmetic import mode as arithmetic_mode
 from .groups import pack, unpack
 from .routing import BACKLOG, AffinityRouter, built
-from ..process import init_process, run_task
+from ..process import die_with_parent, init_process, run_task
 from ..store.results import error_summary, task_id
 from ..worker import Worker, WorkerConfig, run_on
 
@@ -66,21 +66,35 @@ class LocalExecutor:
     """A pool of `workers` processes on this machine, each a Worker with its own parent cache.
 
     Each process is its own single-worker pool (spawned: no torch state crosses a fork) so that
-    the AffinityRouter can send a child to the process that built its parent.
+    the AffinityRouter can send a child to the process that built its parent. Each dies with
+    this process, `kill -9` included (process.die_with_parent): create and use the executor from
+    one thread that outlives it (the main thread), since the kernel ties them to the thread that
+    started them.
+
+    Its processes compute in `arithmetic` (arithmetic.py), applied before their first torch
+    operation; None: the arithmetic this process computes in when `map` is first called (the
+    run's: scheduler.register applies it), fast if it has chosen none.
     """
 
-    def __init__(self, config: WorkerConfig, workers: int, affinity: bool = True):
+    def __init__(self, config: WorkerConfig, workers: int, affinity: bool = True, arithmetic: str | None = None):
         if config.threads == 0:  # share the cores instead of every process taking them all
             config = WorkerConfig(**{**config.__dict__, "threads": max(1, (os.cpu_count() or 1) // workers)})
         self.config = config
-        self.pools = [self._pool() for _ in range(workers)]
+        self.workers = workers
+        self.arithmetic = arithmetic
+        self.pools: list[ProcessPoolExecutor] = []  # made by the first map, once the run's arithmetic is known
         self.router = AffinityRouter() if affinity else None
 
     def _pool(self) -> ProcessPoolExecutor:
-        return ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"),
-                                   initializer=_init_pool_process, initargs=(self.config,))
+        return ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"), initializer=_init_pool_process,
+                                   initargs=(self.config, os.getpid(), self.arithmetic))
 
     def map(self, op: str, tasks: list[dict]) -> Iterator[dict]:
+        if not self.pools:
+            self.arithmetic = self.arithmetic or arithmetic_mode() or "fast"
+            if self.arithmetic == "reproducible":  # one torch thread a process (arithmetic.py)
+                self.config = replace(self.config, threads=1)
+            self.pools = [self._pool() for _ in range(self.workers)]
         backlog = [0] * len(self.pools)
         pending: dict[Future, tuple[int, dict, int]] = {}  # future -> (worker, task, order sent)
         queue = queue_of(tasks, op)
@@ -131,20 +145,8 @@ class LocalExecutor:
             pool.shutdown(wait=True, cancel_futures=True)
 
 
-def _init_pool_process(config: WorkerConfig) -> None:
+def _init_pool_process(config: WorkerConfig, master: int, arithmetic: str) -> None:
     # Ctrl-C reaches the whole process group; the scheduler handles it and closes the pool.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    _exit_with_parent(os.getppid())
-    init_process(config)
-
-
-def _exit_with_parent(parent: int, every: float = 1.0) -> None:
-    """End this pool process when the master that started it is gone (`kill -9` of a run would
-    otherwise leave it behind, holding torch and its caches): a daemon thread watches the parent pid."""
-
-    def watch() -> None:
-        while os.getppid() == parent:
-            time.sleep(every)
-        os._exit(1)  # the master is gone: nobody will read this process's results
-
-    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
+    die_with_parent(master)  # kill -9 of the master reaches nobody: the kernel ends this process with it
+    init_process(config, arithmetic)

@@ -1,5 +1,6 @@
 """The fleet's queues as the RabbitMQ management API reports them (EVOARENA_MANAGEMENT_URL, e.g.
-http://guest:guest@127.0.0.1:15672): what `evoarena status --watch` shows beside the store's view."""
+http://guest:guest@127.0.0.1:15672): what `evoarena status --watch` shows beside the store's view.
+The queues are those of the broker URL's virtual host (EVOARENA_BROKER_URL), not always "/"."""
 
 from __future__ import annotations
 
@@ -9,6 +10,13 @@ import urllib.parse
 import urllib.request
 
 from .app import dead_letter_queue
+
+
+def broker_vhost(broker_url: str) -> str:
+    """The virtual host a broker URL names, as kombu reads it: amqp://h// and amqp://h are "/",
+    amqp://h/arena is "arena", amqp://h/%2Farena is "/arena"."""
+    path = urllib.parse.urlsplit(broker_url).path
+    return urllib.parse.unquote(path[1:]) if len(path) > 1 else "/"
 
 
 def queues(management_url: str, vhost: str = "/") -> list[dict]:
