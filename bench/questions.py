@@ -49,7 +49,7 @@ from arena_vs_single import run_arena  # the arena run and its scoring, shared w
 from questions_ga import REPORTS, report_links  # the report pages' folder and links, shared with that bench
 
 from evoarena.arena_worker import models_dir
-from evoarena.arithmetic import PINNED
+from evoarena.arithmetic import PIN
 from evoarena.evolve.population import quality_text
 from evoarena.settings import Settings
 from evoarena.spec import ExperimentSpec, parse_spec
@@ -145,10 +145,10 @@ def run_seeds(path: Path, seeds: int, rounds: int | None, noise_dir: str, cache_
 
 
 def arithmetic() -> dict[str, str]:
-    """The CPU arithmetic variables in effect (evoarena's import set those not given)."""
+    """The CPU arithmetic variables in effect (arithmetic.apply sets them for the runs' arithmetic)."""
     import os
 
-    return {name: os.environ[name] for name in PINNED}
+    return {name: os.environ.get(name, "unset") for name in PIN}
 
 
 # --- the figures -----------------------------------------------------------------------------------
@@ -257,9 +257,9 @@ def markdown(done: dict, base: list[dict | None], args: argparse.Namespace, roun
         "more rounds, larger pools and the digits data (experiments/arena-digits.yaml). Each section links the `evoarena "
         "report` page of its seed-0 run (`--reports`), with its encounter matrices, lineages and generator samples.",
         "",
-        f"Every run computed with the CPU arithmetic evoarena pins ({', '.join(f'{k}={v}' for k, v in arithmetic().items())}; "
-        "service/evoarena/arithmetic.py): the same seed gives the same bits on any Intel machine with AVX2, whatever its load "
-        "(tests/test_arena_determinism.py). Before the pin, MKL took the machine's own path, and the baseline's seed 2 "
+        f"Every run computed with the CPU arithmetic variables {', '.join(f'{k}={v}' for k, v in arithmetic().items())} "
+        "(service/evoarena/arithmetic.py): the same seed gives the same bits on the same machine, whatever its load "
+        "(tests/test_arena_determinism.py). Before evoarena pinned its arithmetic, MKL took the machine's own path, and the baseline's seed 2 "
         "covered 0 of 8 modes on an AVX-512 machine and 8 of 8 on one where MKL took its AVX2 path: that was the "
         "reproducibility doubt of the first run of this bench, not the machine's load. "
         f"{sum(r is not None for rs in [base, *done.values()] for r in rs)} runs "

@@ -1,34 +1,50 @@
-"""One CPU arithmetic on every Intel machine: the kernels torch computes with are pinned to AVX2;
-and float32 on a GPU is IEEE float32, not TF32.
+"""How torch computes on the CPU in this process, `fast` or `reproducible`; and float32 on a GPU
+is IEEE float32, not TF32.
 
-torch picks its CPU kernels by what the CPU can do: MKL's matrix products, ATen's vectorised
-loops and reductions, and oneDNN's convolutions each have an AVX-512 path and an AVX2 path,
-which round differently. GAN training amplifies one differing bit into a different run: the ring
-arena at seed 2 ends with 0 of 8 modes covered where MKL takes its AVX-512 path and with 8 of 8
-where it takes its AVX2 path (tests/test_arena_determinism.py shows the two paths store different
-bits). So that the same genome and task give the same bits on every worker (DESIGN invariant 2),
-each library is told to take the AVX2 path:
+torch's CPU kernels come from three libraries, each of which picks its code by what the CPU can
+do: MKL's matrix products, ATen's element-wise ops, reductions and random numbers, and oneDNN's
+(or NNPACK's) convolutions. The paths round differently, and GAN training turns one differing bit
+into another run (tests/test_arena_determinism.py). A run chooses (the spec's `arithmetic`,
+EVOARENA_ARITHMETIC overriding it):
 
-    MKL_CBWR=AVX2,STRICT      MKL's conditional numerical reproducibility, AVX2 code branch, strict:
-                              its matrix products give the same bits whatever the number of threads
-                              (without STRICT, 1 and 2 threads differ, and a local pool's processes
-                              get cores // workers threads each: another machine, other bits)
-    ATEN_CPU_CAPABILITY=avx2  ATen's vectorised kernels at most AVX2
-    ONEDNN_MAX_CPU_ISA=AVX2   oneDNN's generated kernels at most AVX2
+    fast          each library's own choice, the CPU's fastest kernels. The same task gives the
+                  same bits run to run on one machine, at one thread count; another CPU may
+                  give other bits.
+    reproducible  the same bits on every x86-64 CPU with AVX2 and FMA, Intel or AMD, for any
+                  thread count asked for: PIN's variables, one torch thread per process, and
+                  convolutions computed by torch itself on MKL's products (oneDNN and NNPACK off).
 
-The libraries read these variables at their first computation, not at import, so `pin()` works
-in any process that has computed nothing yet; evoarena's package import calls it, so every
-master, local pool process and fleet worker is pinned, and the processes they start inherit the
-variables. A variable already set is left as it is: `MKL_CBWR=AUTO ATEN_CPU_CAPABILITY=avx512
-ONEDNN_MAX_CPU_ISA=ALL` gives back the machine's fastest (and machine-dependent) arithmetic.
+What `reproducible` pins, and why (bench/reproducibility.py measures each; docs/ARCHITECTURE.md,
+"CPU arithmetic", gives the figures):
 
-Limits. Intel documents MKL's AVX2 branch as reproducible on Intel CPUs with AVX2; on other
-vendors' CPUs (AMD) MKL may fall back to its own choice, and only `MKL_CBWR=COMPATIBLE` (SSE2,
-slower, and not strict) gives the same bits everywhere: set it on every machine of a fleet that mixes vendors.
-ATen's own reductions split a large tensor (tens of thousands of elements) among threads, so
-networks that large reduce in an order that depends on the thread count; the arena's networks
-are below that size. Other instruction sets (arm64) compute differently whatever these say;
-GPUs are not affected by these variables.
+    MKL_CBWR=COMPATIBLE      MKL's conditional numerical reproducibility, its SSE2 code without
+                             the approximate rcpps/rsqrtps: Intel documents it as the one branch
+                             that gives the same results on Intel and non-Intel CPUs. The AVX2
+                             branch evoarena pinned before is honoured on Intel CPUs only: on an
+                             AMD EPYC MKL runs its AUTO branch instead (it says so: `mkl_branch`),
+                             which is why the README's example differed between the two.
+                             COMPATIBLE has no strict mode: its bits depend on the thread count,
+                             hence one thread.
+    ATEN_CPU_CAPABILITY=avx2 ATen's AVX2 kernels: AVX2 and FMA instructions only, which round the
+                             same on every CPU that has them (ATen's float kernels use no
+                             approximate instruction); its AVX-512 kernels round differently
+                             (log_softmax), its `default` ones too (no FMA: every delta).
+    oneDNN and NNPACK off    their kernels, blocking and algorithms depend on the CPU (AVX-512 and
+                             AVX2 convolutions differ; oneDNN's AVX-512 and SSE4.1 weight
+                             gradients differ between thread counts): torch's own convolution (im2col,
+                             then MKL's product) has MKL's guarantee. ONEDNN_MAX_CPU_ISA=AVX2 is
+                             set too, for anything that would still reach oneDNN.
+    1 torch thread           per process (a pool runs more processes instead).
+
+The libraries read their variables once, at their first computation, not at import: `apply` must
+run before torch computes anything in the process (importing evoarena sets nothing). The master
+applies the run's mode when it registers the run (scheduler.register), a local pool's processes
+in their initializer (process.init_process), a fleet worker at its start (`evoarena worker`, from
+EVOARENA_ARITHMETIC), and a Worker refuses the tasks of an experiment recorded in the other mode
+(worker.Worker.admit). `apply("reproducible")` checks what the libraries that say so run (ATen's
+capability, MKL's branch) and refuses a process that computed already, or a CPU or torch it
+cannot pin (no AVX2, no MKL). Other instruction sets (arm64) and GPUs are outside `reproducible`:
+a GPU worker refuses its tasks.
 
 GPUs. On NVIDIA GPUs since Ampere, torch lets cuDNN compute float32 convolutions in TF32 unless
 told otherwise (cuBLAS's matrix products it does not): each factor of a product is rounded to 10
@@ -47,22 +63,144 @@ allow_tf32 flags are left alone: torch refuses to read a mix of the two.
 
 from __future__ import annotations
 
+import ctypes
 import functools
+import logging
 import os
-from collections.abc import MutableMapping
+from collections.abc import Mapping, MutableMapping
+from pathlib import Path
 
-PINNED = {"MKL_CBWR": "AVX2,STRICT", "ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2"}
+log = logging.getLogger(__name__)
+
+MODES = ("fast", "reproducible")
+"""The CPU arithmetics a run may ask for (the spec's `arithmetic`, EVOARENA_ARITHMETIC)."""
+
+PIN = {"MKL_CBWR": "COMPATIBLE", "ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2"}
+"""The variables `reproducible` sets; `fast` removes them, so that each library takes the CPU's best."""
+
+MKL_COMPATIBLE = 3
+"""The CNR branch MKL reports under MKL_CBWR=COMPATIBLE (mkl_cbwr.h: MKL_CBWR_COMPATIBLE)."""
+
+LEGACY = "avx2-pin"
+"""What a run stored before the spec had `arithmetic` computed in: the pin evoarena's import set
+then (MKL_CBWR=AVX2,STRICT, ATEN_CPU_CAPABILITY=avx2, ONEDNN_MAX_CPU_ISA=AVX2), which is neither mode."""
 
 GPU_OPS = ("cuda.matmul", "cudnn.conv", "cudnn.rnn")
 """The GPU's float32 products, as torch.backends names their precision settings: cuBLAS's matrix
 products, cuDNN's convolutions and cuDNN's RNNs."""
 
 
-def pin(environ: MutableMapping[str, str] = os.environ) -> dict[str, str]:
-    """Set each of PINNED's variables that `environ` does not set already; return what is in effect."""
-    for name, value in PINNED.items():
-        environ.setdefault(name, value)
-    return {name: environ[name] for name in PINNED}
+class ArithmeticMismatch(RuntimeError):
+    """This process computes in another arithmetic than the one asked for, or cannot compute in it."""
+
+
+_mode: str | None = None  # the mode this process applied; None before `apply`
+
+
+def environment(mode: str, environ: Mapping[str, str]) -> dict[str, str]:
+    """`environ` as `mode` has it: PIN's variables set (reproducible) or removed (fast)."""
+    if mode not in MODES:
+        raise ValueError(f"arithmetic {mode!r}: must be one of {', '.join(MODES)}")
+    kept = {k: v for k, v in environ.items() if k not in PIN}
+    return {**kept, **PIN} if mode == "reproducible" else kept
+
+
+def mode() -> str | None:
+    """The mode this process computes in, once `apply` chose it; None before."""
+    return _mode
+
+
+def apply(mode: str, environ: MutableMapping[str, str] = os.environ) -> None:
+    """Make this process compute in `mode`; call it before torch computes anything here.
+
+    Sets or removes PIN's variables in `environ` (the processes this one starts inherit them);
+    `reproducible` also turns oneDNN and NNPACK off, sets one torch thread, and checks that ATen
+    and MKL run the pin. ArithmeticMismatch if they do not (torch computed in this process
+    already, or the CPU has no AVX2, or torch has no MKL), or if the process applied the other
+    mode before: the libraries read their variables once. Applying the same mode again does nothing."""
+    global _mode
+    wanted = environment(mode, environ)
+    if _mode == mode:
+        return
+    if _mode is not None:
+        raise ArithmeticMismatch(f"this process computes in {_mode} arithmetic already; {mode} needs a fresh process")
+    for name in PIN:
+        if name in wanted:
+            environ[name] = wanted[name]
+        else:
+            environ.pop(name, None)
+    if mode == "reproducible":
+        import torch
+
+        torch.backends.mkldnn.enabled = False
+        torch.backends.nnpack.set_flags(False)
+        torch.set_num_threads(1)
+        if problem := _unpinned(torch):
+            raise ArithmeticMismatch(f"reproducible arithmetic: {problem}")
+    _mode = mode
+
+
+def require(mode: str) -> None:
+    """That this process computes in `mode`, before a task of an experiment recorded in it:
+    applied now if the process chose none yet (a Worker used directly, outside a pool or a fleet
+    worker); ArithmeticMismatch if it computes in the other. In `reproducible`, a thread count set
+    since (EVOARENA_THREADS) goes back to one."""
+    if _mode is None:
+        apply(mode)
+    elif _mode != mode:
+        raise ArithmeticMismatch(f"this process computes in {_mode} arithmetic and the experiment in {mode}: "
+                                 f"a worker started with EVOARENA_ARITHMETIC={mode} runs it")
+    if mode == "reproducible":
+        import torch
+
+        if torch.get_num_threads() != 1:
+            log.info("reproducible arithmetic computes on one torch thread, not %d", torch.get_num_threads())
+            torch.set_num_threads(1)
+
+
+def in_effect() -> dict:
+    """What this process computes with, for a run's provenance: its mode, PIN's variables as set,
+    ATen's capability, MKL's CNR branch (None where torch does not say), whether oneDNN and NNPACK
+    may compute, torch's threads."""
+    import torch
+
+    return {"mode": _mode, "variables": {name: os.environ.get(name) for name in PIN},
+            "aten": torch.backends.cpu.get_cpu_capability(), "mkl_branch": mkl_branch(),
+            "onednn": torch.backends.mkldnn.enabled, "nnpack": torch._C._get_nnpack_enabled(),
+            "threads": torch.get_num_threads()}
+
+
+def mkl_branch() -> int | None:
+    """MKL's CNR branch, as mkl_cbwr_get(MKL_CBWR_BRANCH) says (1: CNR off, 2 AUTO, 3 COMPATIBLE,
+    10 AVX2...); None where torch does not export it (torch's static MKL does, as mkl_serv_cbwr_get).
+    Asking makes MKL read MKL_CBWR, if it has not yet."""
+    try:
+        return int(_torch_cpu().mkl_serv_cbwr_get(1))
+    except (OSError, AttributeError):
+        return None
+
+
+@functools.cache
+def _torch_cpu() -> ctypes.CDLL:
+    import torch
+
+    return ctypes.CDLL(str(Path(torch.__file__).parent / "lib" / "libtorch_cpu.so"))
+
+
+def _unpinned(torch) -> str | None:
+    """Why this process does not compute as PIN says, or None."""
+    has_avx2 = getattr(torch.cpu, "_is_avx2_supported", lambda: False)()
+    if not has_avx2:
+        return "it needs an x86-64 CPU with AVX2 and FMA, and this one has none (docs/ARCHITECTURE.md)"
+    if not torch.backends.mkl.is_available():
+        return "it needs a torch built with MKL (the x86-64 wheels are), and this one has none"
+    if (aten := torch.backends.cpu.get_cpu_capability()) != "AVX2":
+        return (f"ATen runs its {aten} kernels, not AVX2: torch computed in this process before the arithmetic "
+                "was set (set it first)")
+    if (branch := mkl_branch()) not in (None, MKL_COMPATIBLE):
+        return (f"MKL runs CNR branch {branch}, not COMPATIBLE ({MKL_COMPATIBLE}): torch computed in this process "
+                "before the arithmetic was set (set it first)")
+    return None
 
 
 def pin_gpu(tf32: bool = False) -> dict[str, str]:

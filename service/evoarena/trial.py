@@ -26,7 +26,8 @@ high-quality share breaks the remaining ties. (Before modes_covered meant ">= 1"
 ">= 20": a modes_hq stored then is the same number as one computed now.)
 
 Every trial of an experiment runs its arena with the experiment's seed, so a trial's objective is
-a function of its values alone (CPU arithmetic is pinned: arithmetic.py), and a redelivered trial
+a function of its values alone (on one machine; on every x86-64 CPU with AVX2 in `reproducible`
+arithmetic, arithmetic.py), and a redelivered trial
 stores the same document.
 """
 
@@ -65,7 +66,7 @@ def trial(worker, task: dict, result_id: str) -> dict:
         raise ValueError(f"experiment {task['experiment']!r} has no tune section: a trial task belongs to a tune run")
     arena = derive(tune.base, task["values"])
     spec = ExperimentSpec(name=TRIAL_NAME, seed=experiment.seed, problem=experiment.problem, noise=experiment.noise,
-                          arena=arena)
+                          arena=arena, arithmetic=experiment.arithmetic)  # this process's already (Worker.admit)
     with tempfile.TemporaryDirectory(prefix="evoarena-trial-") as root:
         url = f"sqlite:///{Path(root) / 'trial.db'}"
         config = WorkerConfig(url, str(Path(root) / "artifacts"), worker.config.noise_dir, worker.config.cache_bytes,
