@@ -26,7 +26,7 @@ and exits 1 when any row fails. The faults:
   limit 3, 1      a task that kills its process on every delivery, EVOARENA_DELIVERY_LIMIT 3 and 1
   alias bomb      a 390-byte YAML alias bomb given to `evoarena run`
   50 MB file      a valid 50 MB experiment file
-  huge sizes      parents 10000, children 100000
+  huge sizes      parents 10000, children_per_parent 100000 (a billion individuals a generation)
   raw 20 MB       a 20 MB message without headers published to the workers' queue
   two masters     a second `evoarena run` of a running experiment on the same store
 
@@ -425,8 +425,8 @@ def fifty_mb() -> str:
 
 
 def huge_sizes() -> str:
-    return yaml.safe_dump({**spec_dict("huge"), "ga": {"generations": 5, "parents": 10000, "selection": "uniform",
-                                                       "children": 100000, "elites": 1}})
+    return yaml.safe_dump({**spec_dict("huge"), "ga": {"generations": 5, "parents": 10000, "children_per_parent": 100000,
+                                                       "elites": 1}})
 
 
 def raw_message(root: Path) -> Row:
@@ -463,7 +463,7 @@ def raw_message(root: Path) -> Row:
 def two_masters(root: Path) -> Row:
     row = Row("two masters", "the second exits 2 naming the first (host, pid); the first completes as undisturbed")
     path = root / "two.yaml"
-    spec_doc = {**spec_dict("two", generations=8, slow=True), "executor": {"kind": "local", "workers": 1}}
+    spec_doc = {**spec_dict("two", generations=40, slow=True), "executor": {"kind": "local", "workers": 1}}
     spec = parse_spec(spec_doc)
     path.write_text(yaml.safe_dump(spec_doc))
     url = f"sqlite:///{root / 'two' / 'runs.db'}"

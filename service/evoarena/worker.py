@@ -373,7 +373,7 @@ class Worker:
 
 
 # What a result document says of where and how fast it was computed, not of its outcome.
-PROVENANCE_FIELDS = ("worker", "node", "device", "device_kind", "seconds", "build", "traceback")
+PROVENANCE_FIELDS = ("worker", "node", "device", "device_kind", "seconds", "compute_seconds", "build", "traceback")
 
 
 def outcome(doc: dict) -> dict:
