@@ -164,18 +164,21 @@ def compare(store, spec, root: Path) -> tuple[int, int]:
     return lost, wrong
 
 
+def pool_pids(workers: LocalWorkers) -> list[int]:
+    """The pids of the pool processes of every worker in `workers`."""
+    return [int(p) for proc in workers.procs.values()
+            for p in subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout.split()]
+
+
 def worker_peak_mb(workers: LocalWorkers) -> float:
     """The highest VmHWM among the workers' processes and their pool processes."""
     peak = 0
-    for proc in workers.procs.values():
-        pids = [proc.pid] + [int(p) for p in subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True,
-                                                              text=True).stdout.split()]
-        for pid in pids:
-            try:
-                status = Path(f"/proc/{pid}/status").read_text()
-            except OSError:
-                continue
-            peak = max(peak, next(int(line.split()[1]) for line in status.splitlines() if line.startswith("VmHWM")))
+    for pid in [proc.pid for proc in workers.procs.values()] + pool_pids(workers):
+        try:
+            status = Path(f"/proc/{pid}/status").read_text()
+        except OSError:
+            continue
+        peak = max(peak, next(int(line.split()[1]) for line in status.splitlines() if line.startswith("VmHWM")))
     return peak / 1024
 
 
@@ -210,8 +213,7 @@ def store_moved(root: Path) -> Row:
 
     def after(progress):
         if progress.generation == 1:
-            pools = [int(p) for proc in place.workers.procs.values() for p in subprocess.run(
-                ["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout.split()]
+            pools = pool_pids(place.workers)
             home.rename(away)
             for pid in pools:
                 os.kill(pid, 9)
