@@ -126,12 +126,15 @@ def _real_batch(real: torch.Tensor, batch_size: int, generator: torch.Generator)
 
 
 def _accuracies(real_logits: torch.Tensor, fake_logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    return (real_logits > 0).float().mean(), (fake_logits < 0).float().mean()
+    """Share of real logits > 0 and of fake logits < 0, over the last dimension (a batch, or each
+    step's batch of a (steps, batch) stack: a mean of 0s and 1s is exact either way)."""
+    return (real_logits > 0).float().mean(-1), (fake_logits < 0).float().mean(-1)
 
 
-def _trace(keys: tuple[str, ...], rows: list[torch.Tensor]) -> list[dict]:
+def _trace(keys: tuple[str, ...], rows: list[torch.Tensor] | torch.Tensor) -> list[dict]:
     # one device->host transfer for the whole run, not one per step
-    return [dict(zip(keys, row)) for row in torch.stack(rows).tolist()]
+    rows = rows if isinstance(rows, torch.Tensor) else torch.stack(rows)
+    return [dict(zip(keys, row)) for row in rows.tolist()]
 
 
 def _step(optimizer: torch.optim.Optimizer, loss: torch.Tensor, params: list[torch.Tensor]) -> None:
@@ -172,7 +175,8 @@ def train_pair(g_arch: dict, g_flat: torch.Tensor, g_meta: dict, d_arch: dict, d
     g_loss_of = generator_loss(g_meta)
     (g, g_params, g_opt), (d, d_params, d_opt) = _trainable(g_arch, g_flat, g_meta), _trainable(d_arch, d_flat, d_meta)
     rng = torch.Generator(device=g_flat.device).manual_seed(seed)
-    rows = []
+    # bookkeeping: each step keeps its losses and logits; the trace is computed from them once, at the end
+    g_losses, d_losses, real_seen, fake_seen = [], [], [], []
     for _ in range(steps):
         fake = g(_latents(g_arch, batch_size, rng))
         x = _real_batch(real, batch_size, rng)
@@ -183,9 +187,13 @@ def train_pair(g_arch: dict, g_flat: torch.Tensor, g_meta: dict, d_arch: dict, d
         # generator step through the updated discriminator; G has not changed, so `fake` is current
         g_loss = g_loss_of(_logits(d(fake)))
         _step(g_opt, g_loss, g_params)
-        rows.append(torch.stack([g_loss.detach(), d_loss.detach(), *_accuracies(real_logits.detach(), fake_logits.detach())]))
-    trace = _trace(("g_loss", "d_loss", "d_real_acc", "d_fake_acc"), rows)
-    return nets.from_module(g_arch, g), nets.from_module(d_arch, d), trace
+        g_losses.append(g_loss.detach())
+        d_losses.append(d_loss.detach())
+        real_seen.append(real_logits.detach())
+        fake_seen.append(fake_logits.detach())
+    real_acc, fake_acc = _accuracies(torch.stack(real_seen), torch.stack(fake_seen))
+    rows = torch.stack([torch.stack(g_losses), torch.stack(d_losses), real_acc, fake_acc], dim=1)
+    return nets.from_module(g_arch, g), nets.from_module(d_arch, d), _trace(("g_loss", "d_loss", "d_real_acc", "d_fake_acc"), rows)
 
 
 def train_generator(g_arch: dict, g_flat: torch.Tensor, g_meta: dict, d_arch: dict, d_flat: torch.Tensor,
