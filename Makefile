@@ -47,6 +47,7 @@ bench: install
 	$(PY) bench/memorize.py
 	$(PY) bench/message.py
 	$(PY) bench/batched.py
+	$(PY) bench/overhead.py
 	$(PY) bench/tf32.py
 	$(PY) bench/atari.py
 	$(PY) bench/memorize64.py

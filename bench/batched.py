@@ -15,9 +15,13 @@ it per child) of two networks:
   batched     memorize.evaluate_many (atari: the pass atari.play runs, batched.runner with own
               batches, laid out once per group and called once per step) on the stacked group
 
-Both modes run in the same process, interleaved; a first pass of each is profiled (and is the
-warm-up) to count conv and linear layer calls (batched.layer_calls), and their outputs are
-compared ("difference": memorize, the largest |fitness batched - fitness one by one|, bar
+Both modes run in the same process, interleaved. A first batched pass is the warm-up, in which
+the process chooses its path for the group on this CPU (batched.PATHS, `fastest`: the group's one
+pass, each network's own blocked pass, or one network at a time; the `path` column says which,
+and a choice already on disk for this CPU, torch and arithmetic is reused: delete
+~/.cache/evoarena/batched-paths.json to choose again). Then a pass of each is profiled to count
+conv and linear layer calls (batched.layer_calls, its profiler's own lines kept out of the
+output), and their outputs are compared ("difference": memorize, the largest |fitness batched - fitness one by one|, bar
 batched.FITNESS_ATOL; atari, the share of the 32 actions that differ, printed only). Then each
 repetition times three runs in a rotating order: one by one, batched, and one by one again (the
 A/A control). `ratio` is the median over repetitions of (one by one's seconds / batched's) in the
@@ -28,7 +32,9 @@ group / the median seconds. On a CPU the bench runs one torch thread (--threads)
 of a 2-worker local run on 2 cores does, keeps freed memory as a worker does
 (batched.retain_freed_memory), and times the process's CPU time (time.process_time): on a
 machine shared with other jobs, wall time swung 8x between identical repetitions, CPU time by a
-few percent. On a GPU it times wall time, synchronised.
+few percent. On a GPU it times wall time, synchronised. It computes in `fast` arithmetic, the
+default, unless --arithmetic says `reproducible` (arithmetic.py; oneDNN off: the group's one pass,
+on every CPU).
 
 It also prints the size of a group message (fleet/groups.py) for 64 siblings against the 64
 single tasks it replaces: task JSON, as bench/message.py counts it (len(json.dumps(task))), from
@@ -37,10 +43,18 @@ the GA's own tasks for experiments/memorize.yaml with 64 children per parent.
 Bars, on a CPU:
   - batched is no slower than one by one at every group size: ratio >= 1.0, with no allowance
     for noise. The A/A column shows the noise of the same run; where it strays as far from 1 as
-    a ratio's margin, a run can fail by noise alone: run it again, or with more --repeats;
-  - at group 64, batched makes at most 1/8 of the layer calls one by one makes. A CPU gains
-    little from larger kernels, so a "batched" path that looped over the children in Python
-    could reach ratio 1.0 by noise; it cannot pass this bar.
+    a ratio's margin, a run can fail by noise alone: run it again, or with more --repeats. A row
+    whose path is `one` (this CPU found no batched pass faster) runs one by one on both sides:
+    its ratio is a second A/A, printed and not held to the bar. An atari row whose path is
+    `apart: ...` plays the group one network after another (batched.plays_apart: this CPU found
+    lockstep slower, as atari.play then does), each network on its own pass (after the colon);
+    it is held to the bar;
+  - at group 64, the group's one pass (path `grouped`) makes at most 1/8 of the layer calls one
+    by one makes. A CPU gains little from larger kernels, so a "batched" path that looped over
+    the children in Python could reach ratio 1.0 by noise; it cannot pass this bar. A row that
+    took another path for some of its batches (`each+grouped`: memorize's 64 validation images
+    may take another path than its 128-image training passes) says so in its path column, and
+    is held to the ratio bar only.
 On a GPU (when torch.cuda.is_available()), also: batched at group 64 >= 10x one by one.
 Message (on a CPU run only: the bytes do not depend on the device): the group message is at
 most 1/8 of the bytes of the 64 single tasks.
@@ -103,12 +117,27 @@ def atari_case(device: str) -> tuple[dict, Callable, Callable, Callable]:
         return [torch.cat([nets.forward(arch, flat, x[t : t + 1]).argmax(1) for t in range(ATARI_STEPS)])
                 for flat, x in zip(stacked, frames)]
 
-    def together(stacked: torch.Tensor) -> torch.Tensor:
+    def lockstep(stacked: torch.Tensor, own: torch.Tensor) -> torch.Tensor:
         step = batched.runner(arch, stacked, own=True)
-        own = frames[: len(stacked)]
         return torch.cat([step(own[:, t : t + 1]).argmax(2) for t in range(ATARI_STEPS)], dim=1)
 
+    def together(stacked: torch.Tensor) -> torch.Tensor:
+        own = frames[: len(stacked)]
+        if batched.plays_apart(arch, stacked, own[:, :1]):  # as atari.play: one network after another
+            return torch.cat([lockstep(stacked[i : i + 1], own[i : i + 1]) for i in range(len(stacked))])
+        return lockstep(stacked, own)
+
     return arch, one_by_one, together, lambda alone, both: (torch.stack(alone) != both).double().mean().item()
+
+
+def path_label(arch: dict, group: int) -> str:
+    """How this process ran groups of `arch` of `group` networks: the paths it took (batched.PATHS,
+    joined by +), or for a game played one network after another (batched.PLAYS), `apart` and the
+    path of one network's own pass."""
+    taken = batched.paths_taken(arch, group)
+    if "apart" in taken:
+        return "apart: " + "+".join(p for p in batched.paths_taken(arch, 1) if p in batched.PATHS)
+    return "+".join(p for p in taken if p in batched.PATHS) or "grouped"
 
 
 def siblings(arch: dict, group: int, device: str) -> torch.Tensor:
@@ -147,7 +176,9 @@ def measure(case: Callable, device: str, repeats: int) -> list[dict]:
         stacked = siblings(arch, group, device)
         modes = {"one by one": lambda: one(stacked), "batched": lambda: many(stacked)}
         outputs = {}
-        with torch.no_grad():  # the profiled pass is also the warm-up, and gives the outputs compared
+        with torch.no_grad():
+            many(stacked)  # the warm-up: the path is chosen here, not in the profiled pass
+            # the profiled passes give the outputs compared
             calls = {mode: batched.layer_calls(lambda: outputs.__setitem__(mode, run())) for mode, run in modes.items()}
         modes["one by one again"] = modes["one by one"]  # the A/A control: the same work, timed apart
         seconds: dict[str, list[float]] = {mode: [] for mode in modes}
@@ -160,6 +191,7 @@ def measure(case: Callable, device: str, repeats: int) -> list[dict]:
                      "ratio": statistics.median(a / b for a, b in zip(one_s, many_s)),
                      "aa": statistics.median(a / b for a, b in zip(one_s, again_s)),
                      "calls_one": calls["one by one"], "calls_batched": calls["batched"],
+                     "path": path_label(arch, group),
                      "gap": gap(outputs["one by one"], outputs["batched"])})
     return rows
 
@@ -195,7 +227,9 @@ def main() -> int:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
                         help="cpu or cuda (default: cuda when available)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads on a CPU (default 1)")
+    parser.add_argument("--arithmetic", choices=arithmetic.MODES, default="fast", help="CPU arithmetic (default fast)")
     args = parser.parse_args()
+    arithmetic.apply(args.arithmetic)  # before torch computes anything
     torch.set_num_threads(args.threads)
     retained = batched.retain_freed_memory()  # as a worker does (Worker.__init__)
     precision = arithmetic.pin_gpu()["cudnn.conv"]  # likewise: a GPU computes in IEEE float32, not TF32
@@ -203,22 +237,23 @@ def main() -> int:
     gpu = args.device.startswith("cuda")
     clock = "wall time" if args.device.startswith("cuda") else "CPU time"
     print(f"device: {device_name(args.device)}; torch {torch.__version__}; {clock}; {repeats} timed repetitions, "
-          f"interleaved, after a profiled warm-up; freed memory retained: {retained}; GPU float32: {precision}")
+          f"interleaved, after a warm-up; {args.arithmetic} arithmetic; freed memory retained: {retained}; "
+          f"GPU float32: {precision}")
     print(f"{'network':<9} {'group':>5} {'one by one/s':>13} {'batched/s':>10} {'ratio':>6} {'A/A':>5} {'layer calls one/batched':>24} "
-          f"{'difference':>10}")
+          f"{'difference':>10}  path")
     failures = []
     for name, case in (("memorize", memorize_case), ("atari", atari_case)):
         for row in measure(case, args.device, repeats):
             print(f"{name:<9} {row['group']:>5} {row['one']:>13.1f} {row['batched']:>10.1f} {row['ratio']:>6.2f} {row['aa']:>5.2f} "
-                  f"{row['calls_one']:>12} / {row['calls_batched']:<10} {row['gap']:>10.2g}", flush=True)
+                  f"{row['calls_one']:>12} / {row['calls_batched']:<10} {row['gap']:>10.2g}  {row['path']}", flush=True)
             if name == "memorize" and row["gap"] > batched.FITNESS_ATOL:
                 failures.append(f"FAIL: memorize group {row['group']}: fitness differs by {row['gap']:.2g} "
                                 f"(batched.FITNESS_ATOL {batched.FITNESS_ATOL})")
-            if not gpu and row["ratio"] < MIN_CPU_RATIO:
+            if not gpu and row["ratio"] < MIN_CPU_RATIO and row["path"] != "one":
                 failures.append(f"FAIL: {name} group {row['group']}: batched {row['ratio']:.2f}x one by one "
                                 f"(bar: >= {MIN_CPU_RATIO})")
             if row["group"] == GROUPS[-1]:
-                if row["calls_batched"] > MAX_CALL_SHARE * row["calls_one"]:
+                if row["calls_batched"] > MAX_CALL_SHARE * row["calls_one"] and row["path"] == "grouped":
                     failures.append(f"FAIL: {name} group {row['group']}: batched makes {row['calls_batched']} layer "
                                     f"calls, one by one {row['calls_one']} (bar: at most 1/{1 / MAX_CALL_SHARE:.0f})")
                 if gpu and row["ratio"] < MIN_GPU_RATIO:
@@ -236,7 +271,7 @@ def main() -> int:
         print(failure)
     if failures:
         return 1
-    print(f"PASS: batched >= {MIN_CPU_RATIO}x one by one at every group size" if not gpu else
+    print(f"PASS: batched >= {MIN_CPU_RATIO}x one by one at every group size it batches" if not gpu else
           f"PASS: batched >= {MIN_GPU_RATIO:.0f}x one by one at group {GROUPS[-1]}",
           f"and <= 1/{1 / MAX_CALL_SHARE:.0f} of its layer calls at group {GROUPS[-1]}")
     return 0

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -10,6 +12,10 @@ from evoarena.fleet.app import make_app
 from evoarena.fleet.celery_executor import CeleryExecutor
 from evoarena.fleet.local_workers import LocalWorkers
 from evoarena.store import ResultStore, open_store
+
+# The batched passes' per-machine choices (batched.calibration_file) go to a file of this test session,
+# inherited by the workers and CLI processes the tests start, not to the user's ~/.cache.
+os.environ["EVOARENA_CALIBRATION"] = str(Path(tempfile.mkdtemp(prefix="evoarena-tests-")) / "batched-paths.json")
 
 
 def evolution(store: ResultStore, name: str) -> list[dict]:

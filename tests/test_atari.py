@@ -111,16 +111,24 @@ def test_an_episode_played_twice_with_its_seed_gives_the_same_return_and_frames(
     assert again == first
 
 
-def test_episodes_played_together_give_what_each_gives_alone():
+@pytest.mark.parametrize("apart", [False, True], ids=["lockstep", "one network after another"])
+def test_episodes_played_together_give_what_each_gives_alone(apart, monkeypatch):
+    # whichever way this machine plays a group (batched.plays_apart), each network gets its own episodes
     arch = atari.architecture(problem(), TINY_NET)
     nets_ = [weights(arch, 1), weights(arch, 3)]
     data = atari.make_data(problem())
+    monkeypatch.setattr(atari.batched, "plays_apart", lambda arch, stacked, xs: apart)
+    groups = []
+    runner = atari.batched.runner
+    monkeypatch.setattr(atari.batched, "runner", lambda arch, stacked, **kw: groups.append(len(stacked)) or runner(arch, stacked, **kw))
 
     together = atari.play(arch, nets_, [[7, 8], [7]], data)
+    sizes, groups[:] = list(groups), []
     alone = [atari.play(arch, [nets_[0]], [[7]], data)[0] + atari.play(arch, [nets_[0]], [[8]], data)[0],
              atari.play(arch, [nets_[1]], [[7]], data)[0]]
 
     assert [[(e.ret, e.frames) for e in es] for es in together] == [[(e.ret, e.frames) for e in es] for es in alone]
+    assert set(sizes) == ({1} if apart else {1, 2})  # lockstep: both networks' pass, then the one still playing
 
 
 def test_episode_seeds_depend_on_generation_and_genome_and_extend_with_the_count():

@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import copy
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -87,8 +90,17 @@ def test_a_batched_group_calls_each_layer_once_whatever_its_size(tmp_path):
     for group in (2, 8):
         stacked = torch.stack(siblings(arch, group, tmp_path))
         with torch.no_grad():
-            assert batched.layer_calls(lambda: batched.forward_many(arch, stacked, x)) == 4
+            assert batched.layer_calls(lambda: batched.runner(arch, stacked, path="grouped")(x)) == 4
             assert batched.layer_calls(lambda: [nets.forward(arch, flat, x) for flat in stacked]) == 4 * group
+
+
+def test_counting_layer_calls_prints_nothing(capfd):
+    # torch's profiler writes "USDT: ... profiler_start/stop" to file descriptor 2: a bench's table only
+    print("before", flush=True)
+    assert batched.layer_calls(lambda: torch.nn.functional.linear(torch.ones(2, 3), torch.ones(4, 3))) == 1
+    print("after", flush=True)
+    out, err = capfd.readouterr()
+    assert out == "before\nafter\n" and "USDT" not in err
 
 
 def test_the_outputs_of_a_batched_pass_are_each_networks_own():
@@ -108,28 +120,174 @@ def test_the_outputs_of_a_batched_pass_are_each_networks_own():
     assert torch.equal(x, before)  # in-place activations never write into the shared input
 
 
-@pytest.mark.parametrize("frames", [2, batched.OWN_GROUPED_BATCH + 3])
-def test_each_network_of_a_pass_on_its_own_batch_gives_its_own_outputs_on_that_batch(frames):
-    # forward_each: Atari's networks, each on its own episodes' frames: one grouped pass for a few
-    # frames a network, each network's own pass for more
-    arch = {"input": [3, 8, 8], "layers": [{"type": "conv", "out": 4, "kernel": 3}, {"type": "relu"},
-                                            {"type": "conv", "out": 5, "kernel": 3, "stride": 2}, {"type": "tanh"},
-                                            {"type": "flatten"}, {"type": "linear", "out": 6}, {"type": "lrelu"},
-                                            {"type": "linear", "out": 3}]}
-    stacked = torch.randn(5, nets.layout(arch).size, generator=torch.Generator().manual_seed(1)) * 0.3
+OWN_ARCH = {"input": [3, 8, 8], "layers": [{"type": "conv", "out": 4, "kernel": 3}, {"type": "relu"},
+                                          {"type": "conv", "out": 5, "kernel": 3, "stride": 2}, {"type": "tanh"},
+                                          {"type": "flatten"}, {"type": "linear", "out": 6}, {"type": "lrelu"},
+                                          {"type": "linear", "out": 3}]}  # 2 convs, 2 linears
+
+
+@pytest.mark.parametrize("path", batched.PATHS)
+@pytest.mark.parametrize("frames", [1, 7])
+def test_each_network_of_a_pass_on_its_own_batch_gives_its_own_outputs_on_that_batch(frames, path):
+    # forward_each: Atari's networks, each on its own episodes' frames, whichever path a CPU chose
+    stacked = torch.randn(5, nets.layout(OWN_ARCH).size, generator=torch.Generator().manual_seed(1)) * 0.3
     xs = torch.randn(5, frames, 3, 8, 8, generator=torch.Generator().manual_seed(2))
     before = xs.clone()
     with torch.no_grad():
-        out = batched.forward_each(arch, stacked, xs)
-        alone = torch.stack([nets.forward(arch, flat, x) for flat, x in zip(stacked, xs)])
-        on_first = torch.stack([nets.forward(arch, flat, xs[0]) for flat in stacked])
-        calls = batched.layer_calls(lambda: batched.forward_each(arch, stacked, xs))
+        run = batched.runner(OWN_ARCH, stacked, own=True, path=path)
+        out = run(xs)
+        alone = torch.stack([nets.forward(OWN_ARCH, flat, x) for flat, x in zip(stacked, xs)])
+        on_first = torch.stack([nets.forward(OWN_ARCH, flat, xs[0]) for flat in stacked])
+        calls = batched.layer_calls(lambda: run(xs))
     assert out.shape == (5, frames, 3)
     assert torch.allclose(out, alone, rtol=0, atol=1e-5)
     assert not torch.allclose(out[1:], on_first[1:], rtol=0, atol=1e-2)  # not every network on the first batch
-    # 2 convs and 2 linears: once for the 5 networks, or once per network above OWN_GROUPED_BATCH frames
-    assert calls == (4 if frames <= batched.OWN_GROUPED_BATCH else 4 * 5)
+    assert calls == (4 if path == "grouped" else 4 * 5)  # once for the 5 networks, or once per network
     assert torch.equal(xs, before)
+
+
+@pytest.mark.parametrize("path", batched.PATHS)
+def test_every_path_gives_each_network_its_outputs_on_the_shared_batch(path):
+    stacked = torch.randn(5, nets.layout(OWN_ARCH).size, generator=torch.Generator().manual_seed(1)) * 0.3
+    x = torch.randn(7, 3, 8, 8, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        run = batched.runner(OWN_ARCH, stacked, path=path)
+        out = run(x)
+        calls = batched.layer_calls(lambda: run(x))
+        alone = torch.stack([nets.forward(OWN_ARCH, flat, x) for flat in stacked])
+    assert torch.allclose(out, alone, rtol=0, atol=1e-5)
+    assert calls == (4 if path == "grouped" else 4 * 5)
+
+
+# --- the path a machine chooses --------------------------------------------------------------------
+
+
+@pytest.fixture
+def calibration(tmp_path, monkeypatch):
+    """An empty calibration file and no choice made yet in this process."""
+    monkeypatch.setenv("EVOARENA_CALIBRATION", str(tmp_path / "paths.json"))
+    monkeypatch.setattr(batched, "_chosen", {})
+    return tmp_path / "paths.json"
+
+
+def test_calibration_takes_the_path_that_costs_least_and_returns_its_output():
+    clock = [0.0]
+
+    def path(cost: float, out: float):
+        def run(x):
+            clock[0] += cost
+            return torch.full((1,), out)
+        return run
+
+    name, seconds, out = batched.fastest({"grouped": path(3.0, 1), "each": path(1.0, 2), "one": path(2.0, 3)},
+                                         torch.zeros(1), clock=lambda: clock[0])
+    assert name == "each" and out.item() == 2
+    assert seconds == {"grouped": 3.0, "each": 1.0, "one": 2.0}
+    name, _, _ = batched.fastest({"grouped": path(1.0, 1), "one": path(1.0, 3)}, torch.zeros(1), clock=lambda: clock[0])
+    assert name == "grouped"  # a tie goes to the batched pass
+
+
+def test_a_machine_chooses_once_then_reads_its_choice_from_disk(calibration, monkeypatch):
+    stacked = torch.randn(4, nets.layout(OWN_ARCH).size, generator=torch.Generator().manual_seed(1)) * 0.3
+    x = torch.randn(2, 3, 8, 8)
+    timed = []
+    monkeypatch.setattr(batched, "fastest", lambda paths, x: timed.append(sorted(paths)) or ("one", {}, paths["one"](x)))
+    with torch.no_grad():
+        first = batched.runner(OWN_ARCH, stacked)(x)
+        batched.runner(OWN_ARCH, stacked)(x)
+        batched.runner(OWN_ARCH, stacked[:3])(x)  # 3 networks: the size of 4 rounded up, the same choice
+        assert timed == [["each", "grouped", "one"]]
+        monkeypatch.setattr(batched, "_chosen", {})  # another process on this machine
+        again = batched.runner(OWN_ARCH, stacked)(x)
+        assert len(timed) == 1 and torch.equal(again, first)
+        batched.runner(OWN_ARCH, stacked[:1])(x)  # one network: another size; its own pass is the group's
+        assert timed[1:] == [["grouped", "one"]]
+        monkeypatch.setattr(batched, "_chosen", {})
+        monkeypatch.setattr(batched, "cpu_model", lambda: "another CPU")
+        batched.runner(OWN_ARCH, stacked)(x)
+        assert len(timed) == 3  # another CPU chooses for itself
+    stored = json.loads(calibration.read_text())
+    assert {entry["path"] for entry in stored.values()} == {"one"} and len(stored) == 3
+    assert any(torch.__version__ in key and batched.cpu_model() in key for key in stored)
+    assert batched.paths_taken(OWN_ARCH, 4) == ["one"]
+
+
+def test_a_choice_another_process_stored_first_is_the_one_taken(calibration, monkeypatch):
+    # two workers of one machine calibrating at once take the same path: the first on file
+    stacked = torch.randn(4, nets.layout(OWN_ARCH).size, generator=torch.Generator().manual_seed(1)) * 0.3
+    x = torch.randn(2, 3, 8, 8)
+
+    def other_process_first(paths, x):
+        (key,) = [batched._key(OWN_ARCH, 4, 2, False)]
+        calibration.write_text(json.dumps({key: {"path": "each", "seconds": {}}}))
+        return "one", {}, paths["one"](x)
+
+    monkeypatch.setattr(batched, "fastest", other_process_first)
+    with torch.no_grad():
+        out = batched.runner(OWN_ARCH, stacked)(x)
+        each = batched.runner(OWN_ARCH, stacked, path="each")(x)
+    assert torch.equal(out, each)
+    assert batched.paths_taken(OWN_ARCH, 4) == ["each"]
+    assert json.loads(calibration.read_text())[batched._key(OWN_ARCH, 4, 2, False)]["path"] == "each"
+
+
+def test_the_chosen_path_computes_what_one_network_at_a_time_computes(calibration):
+    stacked = torch.randn(6, nets.layout(OWN_ARCH).size, generator=torch.Generator().manual_seed(1)) * 0.3
+    xs = torch.randn(6, 2, 3, 8, 8, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        out = batched.forward_each(OWN_ARCH, stacked, xs)
+        alone = torch.stack([nets.forward(OWN_ARCH, flat, x) for flat, x in zip(stacked, xs)])
+    assert torch.allclose(out, alone, rtol=0, atol=1e-5)
+    assert len(batched.paths_taken(OWN_ARCH, 6)) == 1
+
+
+def test_without_onednn_the_group_takes_its_one_pass_and_chooses_nothing(calibration, monkeypatch):
+    # reproducible arithmetic turns oneDNN off: one path on every CPU, so the same bits on every CPU
+    monkeypatch.setattr(torch.backends.mkldnn, "enabled", False)
+    monkeypatch.setattr(batched, "fastest", lambda *a: pytest.fail("calibrated without oneDNN"))
+    stacked = torch.randn(3, nets.layout(OWN_ARCH).size, generator=torch.Generator().manual_seed(1)) * 0.3
+    xs = torch.randn(3, 2, 3, 8, 8)
+    with torch.no_grad():
+        out = batched.forward_each(OWN_ARCH, stacked, xs)
+        calls = batched.layer_calls(lambda: batched.forward_each(OWN_ARCH, stacked, xs))
+    assert torch.allclose(out, torch.stack([nets.forward(OWN_ARCH, f, x) for f, x in zip(stacked, xs)]), rtol=0, atol=1e-5)
+    assert calls == 4 and not calibration.exists()
+
+
+def test_a_machine_times_a_game_in_lockstep_against_one_network_after_another_once(calibration, monkeypatch):
+    stacked = torch.randn(4, nets.layout(OWN_ARCH).size, generator=torch.Generator().manual_seed(1)) * 0.3
+    xs = torch.randn(4, 2, 3, 8, 8)
+    timed = []
+    real = batched.fastest
+
+    def fastest(paths, x, **budget):
+        timed.append(sorted(paths))
+        if sorted(paths) != sorted(batched.PLAYS):
+            return real(paths, x, **budget)  # the lockstep pass's own path, chosen as always
+        for name in paths:  # each way runs, computing each network's output on its own batch
+            assert torch.allclose(paths[name](x), torch.stack([nets.forward(OWN_ARCH, f, b) for f, b in zip(stacked, x)]),
+                                  rtol=0, atol=1e-5)
+        return "lockstep", {"lockstep": 1.0, "apart": 1.0 + batched.LOCKSTEP_MARGIN}, None  # within the margin
+
+    monkeypatch.setattr(batched, "fastest", fastest)
+    with torch.no_grad():
+        assert batched.plays_apart(OWN_ARCH, stacked, xs) is True
+        assert batched.plays_apart(OWN_ARCH, stacked, xs) is True
+        monkeypatch.setattr(batched, "_chosen", {})  # another process of this machine: read from disk
+        assert batched.plays_apart(OWN_ARCH, stacked[:3], xs[:3]) is True
+    assert timed.count(sorted(batched.PLAYS)) == 1
+    assert "apart" in batched.paths_taken(OWN_ARCH, 4)
+    assert [e["path"] for k, e in json.loads(calibration.read_text()).items() if '"play"' in k] == ["apart"]
+
+
+def test_one_network_or_a_group_without_onednn_is_never_played_apart(calibration, monkeypatch):
+    monkeypatch.setattr(batched, "fastest", lambda *a: pytest.fail("timed a play that has no choice"))
+    stacked = torch.randn(3, nets.layout(OWN_ARCH).size, generator=torch.Generator().manual_seed(1)) * 0.3
+    xs = torch.randn(3, 2, 3, 8, 8)
+    assert batched.plays_apart(OWN_ARCH, stacked[:1], xs[:1]) is False
+    monkeypatch.setattr(torch.backends.mkldnn, "enabled", False)
+    assert batched.plays_apart(OWN_ARCH, stacked, xs) is False
+    assert not calibration.exists()
 
 
 def test_own_batches_of_a_network_without_a_leading_convolution_go_one_network_at_a_time():
@@ -162,6 +320,31 @@ def test_a_pass_takes_as_many_networks_as_half_the_cache_holds():
     assert batched.group_cap(arch, one) == 1  # never less than one network
     assert batched.images_per_pass(64, 512) == batched.GROUP_SAMPLES // 64
     assert batched.images_per_pass(2, 512) == 512
+
+
+@pytest.mark.skipif("avx2" not in Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else True,
+                    reason="reproducible arithmetic needs an x86-64 CPU with AVX2")
+def test_a_reproducible_process_runs_groups_in_one_pass_without_onednn(tmp_path):
+    # its oneDNN is off: a pass in oneDNN's blocked layout would not run at all
+    code = f"""
+import json, torch
+from evoarena import arithmetic, batched, nets
+arithmetic.apply("reproducible")
+arch = json.loads({json.dumps(json.dumps(OWN_ARCH))})
+stacked = torch.randn(3, nets.layout(arch).size, generator=torch.Generator().manual_seed(1)) * 0.3
+xs = torch.randn(3, 2, 3, 8, 8)
+with torch.no_grad():
+    each = batched.forward_each(arch, stacked, xs)
+    many = batched.forward_many(arch, stacked, xs[0])
+    alone = torch.stack([nets.forward(arch, f, x) for f, x in zip(stacked, xs)])
+    shared = torch.stack([nets.forward(arch, f, xs[0]) for f in stacked])
+print(float((each - alone).abs().max()), float((many - shared).abs().max()))
+"""
+    env = {**os.environ, "EVOARENA_CALIBRATION": str(tmp_path / "paths.json")}
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, done.stderr
+    assert all(float(gap) <= 1e-5 for gap in done.stdout.split())
+    assert not (tmp_path / "paths.json").exists()  # nothing chosen: one path on every CPU
 
 
 # --- packing siblings into one message -------------------------------------------------------------

@@ -27,7 +27,9 @@ each result records the seeds it played.
 Vectorised play: `play` steps every episode of every network it is given in lockstep, and runs
 ONE forward pass per step for all of them: one network's episodes as one batch, several networks'
 through `batched.runner(..., own=True)` (each on its own episodes' observations, one grouped
-convolution or batched matrix product per layer; bench/batched.py's atari rows time that pass).
+convolution or batched matrix product per layer; bench/batched.py's atari rows time that pass),
+unless this machine found such a group faster played one network after another
+(`batched.plays_apart`: in lockstep every step reads every network's weights again).
 """
 
 from __future__ import annotations
@@ -126,7 +128,8 @@ class Episode:
 @torch.no_grad()
 def play(arch: dict, flats: list[torch.Tensor], seeds: list[list[int]], data: AtariData) -> list[list[Episode]]:
     """Play network i on the episodes seeds[i], every episode of every network in lockstep, one
-    forward pass per step for all of them; return each network's episodes in order."""
+    forward pass per step for all of them (or, where batched.plays_apart says so, each network's
+    episodes in lockstep, one network after another); return each network's episodes in order."""
     jobs = [(i, s) for i, own in enumerate(seeds) for s in own]
     envs = data.take(len(jobs))
     obs, noops = [], []
@@ -134,6 +137,11 @@ def play(arch: dict, flats: list[torch.Tensor], seeds: list[list[int]], data: At
         first, info = env.reset(seed=seed)
         obs.append(first)
         noops.append(int(info["episode_frame_number"]))
+    if len(flats) > 1:
+        x = torch.from_numpy(np.stack(obs)).to(flats[0].device).float().div_(255.0)
+        if batched.plays_apart(arch, torch.stack(flats), _by_network(x, [i for i, _ in jobs])[0]):
+            # this machine plays such a group faster one network after another (batched.PLAYS)
+            return [play(arch, [flat], [own], data)[0] for flat, own in zip(flats, seeds)]
     returns, steps = [0.0] * len(jobs), [0] * len(jobs)
     live = list(range(len(jobs)))
     done: dict[int, Episode] = {}
@@ -160,21 +168,26 @@ def _act(arch: dict, flats: list[torch.Tensor], owner: list[int], obs: np.ndarra
          runners: dict[tuple[int, ...], Callable]) -> list[int]:
     """The greedy actions of the live episodes (obs: (L, 4, 84, 84) uint8; owner[k]: whose network)."""
     x = torch.from_numpy(obs).to(flats[0].device).float().div_(255.0)
-    nets_live = sorted(set(owner))
-    # one network per group of episodes, equal groups (padded by repeating a row) so that the pass can stack them
-    rows = {i: [k for k, o in enumerate(owner) if o == i] for i in nets_live}
-    width = max(len(r) for r in rows.values())
-    index = torch.tensor([r + [r[-1]] * (width - len(r)) for r in rows.values()], device=x.device)
-    key = tuple(nets_live)
+    xs, rows = _by_network(x, owner)
+    key = tuple(rows)
     if key not in runners:
         runners.clear()
-        runners[key] = batched.runner(arch, torch.stack([flats[i] for i in nets_live]), own=True)
-    chosen = runners[key](x[index]).argmax(2)  # (networks, width)
+        runners[key] = batched.runner(arch, torch.stack([flats[i] for i in rows]), own=True)
+    chosen = runners[key](xs).argmax(2)  # (networks, width)
     actions = [0] * len(owner)
     for g, r in enumerate(rows.values()):
         for w, k in enumerate(r):
             actions[k] = int(chosen[g, w])
     return actions
+
+
+def _by_network(x: torch.Tensor, owner: list[int]) -> tuple[torch.Tensor, dict[int, list[int]]]:
+    """The rows of `x` grouped by network, (networks, width, ...), each network's rows padded to the
+    widest by repeating its last (so that a pass can stack them), and which rows each network has."""
+    rows = {i: [k for k, o in enumerate(owner) if o == i] for i in sorted(set(owner))}
+    width = max(len(r) for r in rows.values())
+    index = torch.tensor([r + [r[-1]] * (width - len(r)) for r in rows.values()], device=x.device)
+    return x[index], rows
 
 
 
