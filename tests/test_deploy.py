@@ -181,6 +181,19 @@ def test_values_schema_refuses_the_solo_pool(helm):
     assert "at '/worker/pool': value must be one of 'prefork', 'threads'" in done.stderr
 
 
+def test_workers_compute_in_the_arithmetic_the_values_name_and_the_schema_refuses_another(helm):
+    def arithmetic(*args: str) -> list[str]:
+        env = worker_container(template(helm, *args)).get("env", [])
+        return [e["value"] for e in env if e["name"] == "EVOARENA_ARITHMETIC"]
+
+    assert arithmetic() == ["fast"]
+    assert arithmetic("--set", "worker.arithmetic=reproducible") == ["reproducible"]
+    assert arithmetic("--set", "worker.arithmetic=reproducible", "--set", "worker.gpus=0") == ["reproducible"]
+    done = subprocess.run([helm, "template", RELEASE, str(CHART), *REQUIRED, "--set", "worker.arithmetic=exact"],
+                          capture_output=True, text=True)
+    assert done.returncode != 0 and "/worker/arithmetic" in done.stderr
+
+
 def test_the_dev_overlay_renders_valid_objects_in_its_namespace(kubectl):
     done = subprocess.run([kubectl, "kustomize", str(ROOT / "k8s" / "overlays" / "dev-cpu")],
                           capture_output=True, text=True)
@@ -1061,9 +1074,10 @@ def test_cpu_workers_and_flower_run_the_cpu_image_and_see_no_gpu(rendered, helm)
 
     container = worker_container(rendered["cpu"])
     assert container["image"].endswith("-cpu")
-    assert container["env"] == CPU_ONLY_ENV == [{"name": "NVIDIA_VISIBLE_DEVICES", "value": "void"},
-                                                {"name": "EVOARENA_DEVICE", "value": "cpu"}]
-    assert "env" not in worker_container(rendered["default"])  # a GPU worker's GPUs come from the device plugin
+    arithmetic = [{"name": "EVOARENA_ARITHMETIC", "value": "fast"}]
+    assert container["env"] == arithmetic + CPU_ONLY_ENV
+    assert CPU_ONLY_ENV == [{"name": "NVIDIA_VISIBLE_DEVICES", "value": "void"}, {"name": "EVOARENA_DEVICE", "value": "cpu"}]
+    assert worker_container(rendered["default"])["env"] == arithmetic  # a GPU worker's GPUs come from the device plugin
     (flower,) = one(rendered["keda"], "Deployment", f"{RELEASE}-evoarena-flower")["spec"]["template"]["spec"]["containers"]
     assert flower["image"].endswith("-cpu")
 
