@@ -1,7 +1,7 @@
 """How many bytes one evaluate task puts on the broker, for a ~4M-parameter network at depth 500.
 
 DESIGN invariant 1: a task carries a genome, never weights. This builds the task dict the
-scheduler sends (`scheduler._task`: experiment, generation, the genome JSON, role, the problem
+GA sends (`GA._task`, its planned tasks' builder: experiment, generation, the genome JSON, role, the problem
 and noise sections of the spec, the ancestors to checkpoint) for a child at depth 500 of
 `nets.convnet([3, 64, 64], <seed 003 convs>, [4096], 10)` (experiments/memorize.yaml with a
 4096-wide hidden layer; one Gaussian delta per generation, sigma 0.02), in three forms:
@@ -32,6 +32,7 @@ FAIL and exits 1. Needs neither the broker nor the noise table.
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 from pathlib import Path
@@ -41,8 +42,8 @@ import torch
 from kombu.serialization import dumps
 from safetensors.torch import save
 
-from evoarena import nets, scheduler
-from evoarena.evolve.ga import Individual
+from evoarena import nets
+from evoarena.evolve.ga import GA, Individual
 from evoarena.fleet.app import make_app
 from evoarena.genome import Checkpoint, Genome, founder, mutate, rebase, sample_delta
 from evoarena.materialize import Weights
@@ -68,8 +69,8 @@ def checkpoint(genome: Genome, experiment: str) -> Checkpoint:
     return Checkpoint(genome.id, f"s3://evoarena-artifacts/{experiment}/{genome.id}.safetensors")
 
 
-def sizes(app, spec, genome: Genome, carried: list[str]) -> dict:
-    task = scheduler._task(spec, DEPTH, Individual(genome, "child"), carried)
+def sizes(app, ga: GA, genome: Genome, carried: list[str]) -> dict:
+    task = ga._task(DEPTH, Individual(genome, "child"), carried)
     task_id = result_id(task["experiment"], task["generation"], "evaluate", [genome.id])
     message = app.amqp.as_task_v2(task_id, "evoarena.evaluate", args=(task,))
     _, _, body = dumps(message.body, serializer="json")
@@ -79,9 +80,11 @@ def sizes(app, spec, genome: Genome, carried: list[str]) -> dict:
 
 
 def main() -> int:
+    argparse.ArgumentParser(description=__doc__.split("\n\n")[0]).parse_args()  # --help; no options
     spec = wide_spec()
+    ga = GA(spec)
     arch = nets.convnet([3, 64, 64], [c.model_dump() for c in spec.network.convs], [4096], 10)
-    assert arch == scheduler.architecture(spec)
+    assert arch == ga.arch
     lay = nets.layout(arch)
     rng = np.random.default_rng(0)
     lineage = [founder(arch, 0)]
@@ -94,9 +97,9 @@ def main() -> int:
     assert rebased.id == child.id and rebased.depth == CHECKPOINT_EVERY and parent.id == child.parents[0]
     app = make_app("memory://", "evoarena")  # as_task_v2 builds the message without a broker
     rows = {
-        "plain": sizes(app, spec, child, []),
-        "rebased": sizes(app, spec, rebased, []),
-        "rebased + carrier": sizes(app, spec, rebased, [parent.id]),
+        "plain": sizes(app, ga, child, []),
+        "rebased": sizes(app, ga, rebased, []),
+        "rebased + carrier": sizes(app, ga, rebased, [parent.id]),
     }
     state_dict = lay.size * 4
     safetensors_bytes = len(save(Weights(torch.zeros(lay.size)).tensors(arch)))

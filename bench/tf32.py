@@ -35,6 +35,7 @@ Prints the figures and PASS, or the failed bars and exits 1.
 
 from __future__ import annotations
 
+import argparse
 import functools
 import sys
 import time
@@ -91,6 +92,7 @@ def evaluations(one, many, stacked: torch.Tensor, precision: str) -> dict[str, l
 
 
 def main() -> int:
+    argparse.ArgumentParser(description=__doc__.split("\n\n")[0]).parse_args()  # --help; no options
     torch.set_num_threads(1)
     batched.retain_freed_memory()  # as a worker does (Worker.__init__)
     started = time.perf_counter()
