@@ -49,13 +49,13 @@ conv/deconv/linear layer's ``out`` (it makes the output) and never delete it.
 from __future__ import annotations
 
 import copy
-import hashlib
 import math
 
 import numpy as np
 import torch
 
 from . import nets
+from .seeding import derived_seed
 
 WEIGHTED = nets.PARAMETRIC  # conv, deconv, linear: what an edit adds, deletes or resizes
 FOLLOWERS = {"bnorm"} | set(nets.ACTIVATIONS)  # what belongs to the weighted layer before it
@@ -309,8 +309,7 @@ def _square(weight: torch.Tensor) -> bool:
 
 def _identity(tensors: dict[str, torch.Tensor], seed: int, layer: int) -> None:
     """Identity weights (centre tap for a kernel), zero bias, plus N(0, IDENTITY_NOISE) from (seed, layer)."""
-    digest = hashlib.blake2b(f"identity:{seed}:{layer}".encode(), digest_size=8).digest()
-    gen = torch.Generator().manual_seed(int.from_bytes(digest, "little") >> 1)
+    gen = torch.Generator().manual_seed(derived_seed("identity", seed, layer))
     weight = tensors["weight"]
     weight.zero_()
     centre = tuple(k // 2 for k in weight.shape[2:])

@@ -31,7 +31,6 @@ first, so an impossible genome is refused with that message rather than a torch 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 from dataclasses import dataclass
@@ -40,6 +39,8 @@ from functools import lru_cache
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from .seeding import derived_seed
 
 PARAMETRIC = {"conv", "deconv", "linear"}
 ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh, "sigmoid": nn.Sigmoid, "lrelu": lambda: nn.LeakyReLU(0.2)}
@@ -314,8 +315,7 @@ def module_index(slot: Slot) -> int:
 
 
 def _layer_seed(seed: int, layer: int) -> int:
-    digest = hashlib.blake2b(f"init:{seed}:{layer}".encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "little") >> 1
+    return derived_seed("init", seed, layer)
 
 
 def to_module(arch: dict, flat: torch.Tensor) -> nn.Sequential:

@@ -26,8 +26,22 @@ whose results are missing are sent again.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Protocol
+
+ELO_START = 1500.0
+"""The Elo rating a member has before its first match (fitness.elo's `start`)."""
+
+
+def valid(fitness: float | None) -> bool:
+    """Whether a fitness may rank a genome: a number, not None (no result) and not NaN (a failed one)."""
+    return fitness is not None and not math.isnan(fitness)
+
+
+def ranked_value(fitness: float | None) -> float:
+    """A fitness as a sort key: itself if `valid`, else minus infinity (ranked below every valid one)."""
+    return fitness if valid(fitness) else -math.inf
 
 
 @dataclass(frozen=True)

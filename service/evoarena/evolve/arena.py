@@ -35,7 +35,7 @@ from ..genome import Genome, founder, morph
 from ..nets import layout
 from ..spec import ExperimentSpec
 from ..problems import embedding
-from . import Step, fitness, torus
+from . import ELO_START, Step, fitness, torus
 from .population import (
     _carried, _digest, _mean_of, _pick, _score, byzantine, matrix_summary, mutate_meta, population_stats,
     quality_text, round_robin_pairs, sample_shape, select, side, toughest_opponents, torus_pairs,
@@ -250,7 +250,7 @@ class Arena:
                                          [disc_index.get(g.get("partner")) for g in gens])
         else:
             judged = torus.judged([g["player"] for g in gens], [d["player"] for d in discs], *self.grid)
-        previous = ([g.get("elo") or 1500.0 for g in gens], [d.get("elo") or 1500.0 for d in discs])
+        previous = ([g.get("elo") or ELO_START for g in gens], [d.get("elo") or ELO_START for d in discs])
         gen_fit, disc_fit = self.fitness(matrix, real_accept, judged, previous) if gens else ([], [])
         embedded = {g: mu for r in ok for g, mu in zip(r["gens"], r.get("embeddings", []))}
         real = next((r["real_embedding"] for r in ok if "real_embedding" in r), None)

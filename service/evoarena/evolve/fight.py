@@ -24,7 +24,7 @@ from __future__ import annotations
 import math
 
 from ..store.results import task_id
-from . import fitness
+from . import ELO_START, fitness, ranked_value
 from .arena import Arena
 from .population import _carried, byzantine, population_stats, quality_text, side, training_pairs
 
@@ -135,8 +135,8 @@ class Fight(Arena):
         players = lambda ids: [members[i]["player"] if i in members else -1 for i in ids]  # noqa: E731
         partners = [0] + [None] * (len(m["gens"]) - 1)
         judged = fitness.judged_mask(players(m["gens"]), players(m["discs"]), self.arena.speciation, partners)
-        previous = ([members.get(i, {}).get("elo") or 1500.0 for i in m["gens"]],
-                    [members.get(i, {}).get("elo") or 1500.0 for i in m["discs"]])
+        previous = ([members.get(i, {}).get("elo") or ELO_START for i in m["gens"]],
+                    [members.get(i, {}).get("elo") or ELO_START for i in m["discs"]])
         gen_fit, disc_fit = self.fitness(m["matrix"], m["real_accept"], judged, previous)
         enc = {"gens": m["gens"], "discs": m["discs"], "matrix": m["matrix"], "real_accept": m["real_accept"],
                "judged": judged, "liars": task["liars"]}
@@ -146,6 +146,5 @@ class Fight(Arena):
 SIDES_SLOT = {"gen": 0, "disc": 1}
 
 
-def _finite(x: float | None) -> float:
-    return -math.inf if x is None or math.isnan(x) else x
+_finite = ranked_value
 

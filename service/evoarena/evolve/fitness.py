@@ -30,6 +30,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from . import ELO_START
+
 KINDS = ("seed001", "host_pathogen", "elo")
 TARGETS = ("cluster", "single")
 
@@ -165,7 +167,7 @@ def elo(
     ratings_gen: Sequence[float] | None = None,
     ratings_disc: Sequence[float] | None = None,
     k: float = 32.0,
-    start: float = 1500.0,
+    start: float = ELO_START,
 ) -> tuple[list[float], list[float]]:
     """Elo ratings after one match; fitness = rating.
 

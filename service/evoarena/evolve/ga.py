@@ -32,7 +32,6 @@ the generation it was in, and results already stored keep their ids.
 
 from __future__ import annotations
 
-import math
 import statistics
 from dataclasses import dataclass
 
@@ -42,7 +41,7 @@ from ..genome import Checkpoint, Genome, child_delta, crossover, founder, mutate
 from ..nets import layout
 from ..problems import PROBLEMS
 from ..spec import ExperimentSpec, GASpec
-from . import Step
+from . import Step, valid
 
 
 class GA:
@@ -99,7 +98,7 @@ class GA:
         parents = rebase_all(parents, checkpoints)
         candidates = rebase_all(ranked(scored)[: ga.elite_candidates], checkpoints)
 
-        fitnesses = [s.fitness for s in scored if _valid(s.fitness)]  # the generation: children and elites
+        fitnesses = [s.fitness for s in scored if valid(s.fitness)]  # the generation: children and elites
         best_id = elites[0].id if elites else parents[0].id  # with candidates, the paper's elite: best on many episodes
         best = next(r for g, r in zip(genomes, results) if g.id == best_id)
         frames = frame_counts(state, results)
@@ -114,7 +113,7 @@ class GA:
                 "median": statistics.median(fitnesses),
                 "worst": min(fitnesses),
                 "evaluated": len(results),
-                "errors": sum(not _valid(r.get("fitness")) for r in results),
+                "errors": sum(not valid(r.get("fitness")) for r in results),
                 **({"elite": best["fitness"]} if elites else {}),
                 **frames,
             },
@@ -178,16 +177,12 @@ def founders(ga: GASpec, arch: dict, rng: np.random.Generator) -> list[Individua
     return [Individual(founder(arch, int(s)), "founder") for s in seeds]
 
 
-def _valid(fitness: float | None) -> bool:
-    """Whether an evaluation succeeded (a failed one has fitness None or NaN)."""
-    return fitness is not None and not math.isnan(fitness)
 
 
 def ranked(scored: list[Scored]) -> list[Genome]:
     """The genomes best first, each once. Failed evaluations (fitness None or NaN) are left out;
     ties break on the genome id so that the order is deterministic."""
-    valid = [s for s in scored if _valid(s.fitness)]
-    order = sorted(valid, key=lambda s: (-s.fitness, s.genome.id))
+    order = sorted((s for s in scored if valid(s.fitness)), key=lambda s: (-s.fitness, s.genome.id))
     return list({s.genome.id: s.genome for s in order}.values())  # an elite may appear twice
 
 

@@ -5,14 +5,14 @@ asynchronous fight) shares them. A member is a plain dict (docs/ARCHITECTURE.md,
 
 from __future__ import annotations
 
-import hashlib
 import math
 import statistics
 
 import numpy as np
 
 from ..spec import ArenaSpec
-from . import torus
+from ..seeding import digest
+from . import ranked_value, torus
 
 
 def side(members: list[dict], side_name: str) -> list[dict]:
@@ -169,8 +169,7 @@ def _carried(m: dict) -> dict:
 
 
 def _score(m: dict) -> float:
-    f = m.get("fitness")
-    return -math.inf if f is None or math.isnan(f) or m.get("failed") else f
+    return -math.inf if m.get("failed") else ranked_value(m.get("fitness"))
 
 
 def _pick(rng: np.random.Generator, items: list):
@@ -182,5 +181,4 @@ def _mean_of(rows: list[dict]) -> dict:
     return {k: statistics.fmean(r[k] for r in rows if k in r) for k in keys}
 
 
-def _digest(*parts) -> str:
-    return hashlib.blake2b(":".join(map(str, parts)).encode(), digest_size=8).hexdigest()
+_digest = digest

@@ -37,7 +37,7 @@ import numpy as np
 from ..genome import Genome, founder, span
 from ..problems import PROBLEMS
 from ..spec import ExperimentSpec
-from . import Step
+from . import Step, valid
 from .ga import frame_counts
 from .swarm import Coefficients, Swarm, best, move, remember, start
 
@@ -71,7 +71,7 @@ class PSO:
         if errors and p.on_error == "stop":
             raise RuntimeError(f"step {index}: particle {errors[0].get('genome_id')} failed "
                                f"({errors[0]['error']}); stopping because pso.on_error = stop")
-        fitness = [r.get("fitness") if _valid(r.get("fitness")) else None for r in results]
+        fitness = [r.get("fitness") if valid(r.get("fitness")) else None for r in results]
         evaluated = self.positions(index, state)
         swarm = remember(evaluated, fitness)
         if not np.isfinite(swarm.best_fitness).any():
@@ -80,7 +80,7 @@ class PSO:
         moved = move(swarm, step_rng(self.spec.seed, index + 1), self.how, self.low, self.high,
                      p.topology, p.neighbours)
 
-        valid = [f for f in fitness if f is not None]
+        scores = [f for f in fitness if f is not None]
         best_doc = best_so_far((state or {}).get("best"), results, fitness)
         return {
             "swarm": moved.to_json(),  # what the next step evaluates, with every particle's best so far
@@ -89,13 +89,13 @@ class PSO:
             "best": best_doc,
             "stats": {
                 "best": best_doc["fitness"],  # the best so far: a swarm's best only rises
-                "step_best": max(valid) if valid else None,
-                "mean": statistics.fmean(valid) if valid else math.nan,
-                "median": statistics.median(valid) if valid else math.nan,
-                "worst": min(valid) if valid else math.nan,
+                "step_best": max(scores) if scores else None,
+                "mean": statistics.fmean(scores) if scores else math.nan,
+                "median": statistics.median(scores) if scores else math.nan,
+                "worst": min(scores) if scores else math.nan,
                 "spread": spread(moved),
                 "evaluated": len(results),
-                "errors": len(results) - len(valid),
+                "errors": len(results) - len(scores),
                 **frame_counts(state, results),
             },
         }
@@ -143,8 +143,6 @@ def step_rng(seed: int, index: int) -> np.random.Generator:
     return np.random.default_rng([seed, index])
 
 
-def _valid(fitness: float | None) -> bool:
-    return fitness is not None and not math.isnan(fitness)
 
 
 def best_so_far(previous: dict | None, results: list[dict], fitness: list[float | None]) -> dict:

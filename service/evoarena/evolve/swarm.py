@@ -28,6 +28,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from . import ranked_value
 from .constriction import ACCELERATION, INERTIA
 
 
@@ -75,7 +76,7 @@ def start(rng: np.random.Generator, particles: int, low: np.ndarray, high: np.nd
 
 def remember(swarm: Swarm, fitness: list[float | None]) -> Swarm:
     """Each particle's personal best after evaluating its current position."""
-    f = np.array([-math.inf if v is None or math.isnan(v) else v for v in fitness], dtype=np.float64)
+    f = np.array([ranked_value(v) for v in fitness], dtype=np.float64)
     better = f > swarm.best_fitness
     best_position = np.where(better[:, None], swarm.position, swarm.best_position)
     return Swarm(swarm.position, swarm.velocity, best_position, np.where(better, f, swarm.best_fitness))

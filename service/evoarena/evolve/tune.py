@@ -35,7 +35,7 @@ import numpy as np
 
 from ..spec import ExperimentSpec
 from ..spec_tune import DerivedSpecError, ParameterSpec, derive
-from . import Step, swarm
+from . import Step, swarm, valid
 
 
 class Tune:
@@ -152,7 +152,7 @@ def ranked(trials: list[dict]) -> list[dict]:
 
 def _score(result: dict) -> float | None:
     f = result.get("fitness")
-    return None if f is None or math.isnan(f) or result.get("error") else f
+    return f if valid(f) and not result.get("error") else None
 
 
 def _show(value: float | int) -> str:

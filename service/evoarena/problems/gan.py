@@ -38,13 +38,13 @@ A training op returns the new flat(s) and a trace, one dict of plain floats per 
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 
 from .. import nets
+from ..seeding import derived_seed
 
 EVAL_CHUNK = 4096  # samples per forward pass outside training; bounds activation memory
 
@@ -105,8 +105,7 @@ def _logits(out: torch.Tensor) -> torch.Tensor:
 
 
 def _sub_seed(seed: int, index: int) -> int:
-    digest = hashlib.blake2b(f"match:{seed}:{index}".encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "little") >> 1
+    return derived_seed("match", seed, index)
 
 
 # ---------------------------------------------------------------- the losses and steps

@@ -22,7 +22,6 @@ The discriminator uses the generator's meta-parameters but its loss, which is al
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Callable, Iterator
 from functools import lru_cache
@@ -30,6 +29,7 @@ from functools import lru_cache
 import torch
 
 from .. import nets
+from ..seeding import derived_seed
 from . import gan
 from .gan_data import GanData, make_data
 
@@ -41,8 +41,7 @@ ARENA_FIELDS = ("generator", "discriminator", "meta", "train_steps", "chunk_step
 
 def sub_seed(seed: int, *parts) -> int:
     """A seed for one use of `seed` (the generator's init, the discriminator's, a chunk's draws)."""
-    digest = hashlib.blake2b(":".join(map(str, ("baseline", seed, *parts))).encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "little") >> 1
+    return derived_seed("baseline", seed, *parts)
 
 
 def restart_seed(seed: int, i: int) -> int:
