@@ -10,7 +10,7 @@ depends on the population, not on the depth alone:
   to both workers, so every worker rebuilds (and keeps) every parent each generation; a miss then
   finds the grandparent and costs two deltas, whatever the depth. Affinity gains nothing there,
   and even loses: it keeps lineages apart, so a worker that takes another's sibling group when
-  idle holds nothing of that lineage and replays it from the founder (README; the last command
+  idle holds nothing of that lineage and replays it from the founder (docs/BENCHMARKS.md; the last command
   below).
 - one child per parent (the default here, 32 x 1 + 1 elite): each lineage goes to one worker per
   generation. On the shared queue half the children land on the worker that did not build their
@@ -47,7 +47,7 @@ Bars (exit 1 when one is missed):
   job (or a broker restart by a test running beside it) spoilt. Measured where routing gains
   nothing (memorize-8x4's population, the last command below), the per-round ratios were
   0.55-1.12: the bar is above the highest. This setting gave 1.38 and 1.89, and 0.86 in a round
-  whose broker connection was reset midway (README).
+  whose broker connection was reset midway (docs/BENCHMARKS.md).
 Workers and queues are removed at the end, also when the bench fails or is stopped.
 
     python bench/affinity.py                    # 32 x 1, 30 generations, 3 rounds: ~5.5 min on 2 cores

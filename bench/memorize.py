@@ -29,10 +29,10 @@ Bars (exit 1 when one is missed):
   Why sigma 0.005 and not seed 003's 0.02: at 0.02 one mutation moves the cross-entropy by about
   two spreads, mostly up; the GA's best is a few lucky mutations that the elite keeps, and a GA
   that does not inherit mutations finds as many (1.9 / 3.3 spreads, the 8x4 one above the bar,
-  against 3.8 / 6.0 for the working GA). The README's figures at 0.02 come from `--sigma 0.02`.
+  against 3.8 / 6.0 for the working GA). docs/BENCHMARKS.md's figures at 0.02 come from `--sigma 0.02`.
 - seed 003's claim about the baseline ("adam gets to 1e-5 within ~100 epochs"): Adam reaches a
   training cross-entropy of 1e-5 within `--epochs` epochs. The default is 200, twice the seed's
-  figure: measured here it takes 138 (see the README). `--epochs 0` skips Adam.
+  figure: measured here it takes 138 (see docs/BENCHMARKS.md). `--epochs 0` skips Adam.
 
     python bench/memorize.py                            # 1x16 and 8x4 at sigma 0.005, 30 generations; random search; Adam, 200 epochs (~4 min)
     python bench/memorize.py --sigma 0.02 --epochs 0    # seed 003's sigma, without Adam (~3 min)

@@ -15,7 +15,7 @@ Settings (SETTINGS; each a problem.fitness and ga overrides):
   seed-8x4           8 parents x 4 children (32 children), sigma 0.02 (seed 003: "continues")
   paper              Such et al. 2017's GA: each child's parent uniform from the top T = 10,
                      99 children + 1 elite, sigma 0.002
-  best               what this bench found best (see the README): seed-8x4 with the margin
+  best               what this bench found best (see docs/BENCHMARKS.md): seed-8x4 with the margin
                      tie-break fitness and per-layer self-adaptive sigmas
 One change at a time from seed-8x4, with the margin tie-break (run with --settings): margin (the
 tie-break alone), cross-entropy (fitness cross_entropy instead), momentum (w 0.5), self-adapt (one
@@ -29,7 +29,7 @@ seed-8x4.
 
 The default run uses a narrow network (the kernels and strides of seed 003, channels 8/16/16,
 hidden 64: 23k weights instead of 606k), about 13 minutes on two shared cores; `--full` runs seed
-003's network itself, about 25 (the README has both tables). The 64 images are few enough that
+003's network itself, about 25 (docs/BENCHMARKS.md has both tables). The 64 images are few enough that
 the larger network costs only about twice as much.
 
     python bench/memorize64.py                          # narrow network, 500 generations (~13 min)

@@ -24,7 +24,7 @@ is the lower bound.
 
 Extrapolation: a worker whose task takes s seconds asks for 1/s tasks a second, so one master
 keeps ceiling x s workers busy. The seconds per task of the memorize GA's evaluation and the
-arena's train_pair and match tasks are arguments whose defaults are the README's CPU figures
+arena's train_pair and match tasks are arguments whose defaults are docs/BENCHMARKS.md's CPU figures
 (bench/memorize.py, bench/arena_fleet.py on this machine); pass the seconds of your GPU. The
 ceiling covers the executor only: the scheduler's planning, advancing and store writes between
 steps come on top.
@@ -58,13 +58,13 @@ from evoarena.store import open_store
 SLOTS = (1, 4, 16, 64)
 BAR = 0.90
 
-# Seconds per task of the real ops, for the extrapolation. The defaults are the README's figures
+# Seconds per task of the real ops, for the extrapolation. The defaults are docs/BENCHMARKS.md's figures
 # on this machine's CPU (2 workers, one thread each); a GPU takes less: pass its seconds.
 TASK_SECONDS = {  # op: (argument, default seconds per task, where the default comes from)
-    "memorize evaluate": ("--memorize-task-s", 2 / 19.6, "README, bench/memorize.py: 19.6 evaluations/s (8x4) on 2 CPU workers"),
+    "memorize evaluate": ("--memorize-task-s", 2 / 19.6, "docs/BENCHMARKS.md, bench/memorize.py: 19.6 evaluations/s (8x4) on 2 CPU workers"),
     "arena train_pair": ("--train-pair-task-s", 2 * 500 / 885,
-                         "README, bench/arena_fleet.py: 885 steps/s on 2 CPU workers, 500 steps a task"),
-    "arena match": ("--match-task-s", 2 / 35.05, "README, bench/arena_fleet.py: 35.05 match tasks/s on 2 CPU workers"),
+                         "docs/BENCHMARKS.md, bench/arena_fleet.py: 885 steps/s on 2 CPU workers, 500 steps a task"),
+    "arena match": ("--match-task-s", 2 / 35.05, "docs/BENCHMARKS.md, bench/arena_fleet.py: 35.05 match tasks/s on 2 CPU workers"),
 }
 
 

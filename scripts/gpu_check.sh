@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU figures of the README in one short run on a machine with an NVIDIA GPU whose python3
+# The GPU figures of docs/BENCHMARKS.md in one short run on a machine with an NVIDIA GPU whose python3
 # already holds torch (>= 2.9) and which cannot fetch packages: bench/batched.py's bar (batched at
 # group 64 >= 10x one by one) and bench/atari.py's frames per second, one by one against batched.
 #

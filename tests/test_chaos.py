@@ -1,6 +1,6 @@
 """The chaos benchmark with a short budget: workers, the master and the broker are killed during a
 fleet run, and the run still completes with every result stored once and the same evolution as an
-uninterrupted run (bench/chaos.py says how; its default budget is the README's figure)."""
+uninterrupted run (bench/chaos.py says how; its default budget is docs/BENCHMARKS.md's figure)."""
 
 from __future__ import annotations
 

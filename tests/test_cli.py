@@ -292,6 +292,16 @@ def test_ctrl_c_exits_130_asking_to_run_again_and_the_run_resumes(place, referen
 EPOCH = re.compile(r"^epoch\s+(?P<epoch>\d+)\s+train loss (?P<loss>\d\.\d{3}e[+-]\d+)\s+train acc")
 
 
+def test_baseline_of_a_problem_without_a_gradient_baseline_is_refused_in_one_line(place):
+    done = place.run("baseline", str(ROOT / "experiments" / "atari-pong.yaml"))
+
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [
+        "error: problem.kind = 'atari': `baseline` trains the network of a memorize problem with Adam; "
+        "this one has no gradient baseline"]
+    assert not place.db.exists()  # nothing stored
+
+
 @pytest.mark.slow
 def test_baseline_prints_one_line_per_epoch_the_training_loss_falls_and_the_store_keeps_it(place):
     done = place.run("baseline", TINY, "--epochs", "3")

@@ -1,4 +1,4 @@
-"""`evoarena export`: a run's network as a safetensors file, loaded back with the README's lines.
+"""`evoarena export`: a run's network as a safetensors file, loaded back with the lines of docs/USAGE.md.
 
 The network loaded from the file must compute what the worker's own network computes: the worker's
 is built here by a fresh worker.Worker through its Materializer (the run's noise table and
@@ -23,8 +23,8 @@ from test_arena import Run, tiny as tiny_arena
 from test_scheduler import Lab, tiny
 
 
-def load_as_the_readme_says(path: Path) -> tuple[torch.nn.Module, dict]:
-    """The README's loading snippet, line for line."""
+def load_as_the_usage_doc_says(path: Path) -> tuple[torch.nn.Module, dict]:
+    """The loading snippet of docs/USAGE.md ("Looking at a run"), line for line."""
     with safe_open(str(path), "pt") as f:
         meta = f.metadata()
     net = nets.build(json.loads(meta["arch"]))
@@ -67,7 +67,7 @@ def test_export_writes_the_best_genome_of_the_last_generation_and_it_computes_wh
 
     store = lab.store()
     best = store.get_generation(spec.name, 4)["best"]
-    net, meta = load_as_the_readme_says(out)
+    net, meta = load_as_the_usage_doc_says(out)
     assert (meta["genome_id"], meta["role"], meta["source"]) == (best["genome_id"], "network", "generation 5")
     assert float(meta["fitness"]) == best["fitness"]
     (doc,) = [r for r in store.find_results(spec.name, 4) if r["genome_id"] == best["genome_id"]]
@@ -85,7 +85,7 @@ def test_the_exported_network_scores_the_fitness_the_run_recorded(ga, tmp_path, 
     out = tmp_path / "best.safetensors"
     assert cli.main(["export", spec.name, "--out", str(out), "--store", lab.url("main")]) == 0
 
-    net, meta = load_as_the_readme_says(out)
+    net, meta = load_as_the_usage_doc_says(out)
     arch = json.loads(meta["arch"])
     problem = spec.problem.model_dump(mode="json")
     data = PROBLEMS[problem["kind"]].make_data(problem, "cpu")
@@ -102,7 +102,7 @@ def test_export_of_a_named_genome_writes_that_genome(ga, tmp_path, monkeypatch):
     assert cli.main(["export", spec.name, "--genome", founder["genome_id"], "--out", str(out),
                      "--store", lab.url("main")]) == 0
 
-    net, meta = load_as_the_readme_says(out)
+    net, meta = load_as_the_usage_doc_says(out)
     assert (meta["genome_id"], meta["source"]) == (founder["genome_id"], "generation 1")
     arch, flat = workers_network(lab.config("main"), spec.noise.model_dump(mode="json"), founder["genome"])
     x = torch.randn(4, *spec.problem.image, generator=torch.Generator().manual_seed(2))
@@ -154,7 +154,7 @@ def test_export_of_an_arena_writes_the_best_generator_of_the_last_match_and_it_g
 
     match = last_match(arena)
     best = next(m for m in match["members"] if m["id"] == match["stats"]["best_member"])
-    net, meta = load_as_the_readme_says(out)
+    net, meta = load_as_the_usage_doc_says(out)
     assert (meta["member"], meta["genome_id"], meta["role"]) == (best["id"], best["genome"]["id"], "generator")
     assert float(meta["fitness"]) == match["stats"]["best"]
     assert Genome.from_json(best["genome"]).base is not None  # trained weights: a checkpoint
@@ -172,7 +172,7 @@ def test_export_of_a_discriminator_by_member_id_writes_its_newest_weights(arena,
     assert cli.main(["export", arena.spec.name, "--genome", disc["id"], "--out", str(out),
                      "--store", arena.config.store_url]) == 0
 
-    net, meta = load_as_the_readme_says(out)
+    net, meta = load_as_the_usage_doc_says(out)
     assert (meta["member"], meta["genome_id"], meta["role"]) == (disc["id"], disc["genome"]["id"], "discriminator")
     arch, flat = workers_network(arena.config, arena.spec.noise.model_dump(mode="json"), disc["genome"])
     x = torch.randn(64, 2, generator=torch.Generator().manual_seed(4))

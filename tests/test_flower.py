@@ -1,4 +1,4 @@
-"""Flower against the fleet, as the README and the chart start it: `celery --app
+"""Flower against the fleet, as docs/DEPLOY.md and the chart start it: `celery --app
 evoarena.fleet.flower flower`, an app that needs only celery and flower (no torch, no evoarena
 module beyond its settings). A live fleet run of two workers on the local broker with Flower
 pointed at it, and headless Chromium (Debian's `chromium`, which .ci/run installs) finds both

@@ -12,7 +12,7 @@ import os
 import sys
 import time
 
-from . import export, report, samples, submit
+from . import __version__, export, report, samples, submit
 from .logs import ProgressLine
 from .logs import setup as setup_logs
 from .settings import Settings, check_fleet_config, check_task_key
@@ -21,8 +21,13 @@ from .status import add_list_parser, cmd_list, resume_text
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="evoarena", description=__doc__.splitlines()[0])
-    commands = parser.add_subparsers(dest="command", required=True)
+    parser = argparse.ArgumentParser(
+        prog="evoarena",
+        description="evoarena evolves populations of neural networks (GAN generators and discriminators "
+                    "in an arena, or networks under a genetic algorithm or a particle swarm) on this "
+                    "machine or on a Celery/RabbitMQ fleet.")
+    parser.add_argument("--version", action="version", version=f"evoarena {__version__}")
+    commands = parser.add_subparsers(title="commands", dest="command", required=True, metavar="COMMAND")
 
     run = commands.add_parser("run", help="run an experiment, or continue it where it stopped")
     run.add_argument("experiment", help="experiment YAML file")
@@ -36,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--force", action="store_true",
                      help="run even if the spec's estimated memory passes $EVOARENA_RUN_MAX_MEMORY_MB (spec_limits.py)")
 
-    worker = commands.add_parser("worker", help="serve the fleet: a Celery worker on the shared queue and its own")
+    worker = commands.add_parser("worker", help="a Celery worker of the fleet (shared and direct queues)")
     worker.add_argument("--name", default="evoarena@%h", help="Celery node name (default evoarena@%%h); unique per worker")
     worker.add_argument("--concurrency", type=int, default=1, help="task processes (one per GPU)")
     worker.add_argument("--pool", default="prefork", choices=["prefork", "threads", "solo"],
@@ -270,9 +275,10 @@ def cmd_baseline(args: argparse.Namespace, settings: Settings) -> int:
     spec = load_spec(args.experiment)
     if spec.algorithm == "arena":
         return _gan_baseline(spec, args.store or settings.store, settings)
-    if spec.problem.kind not in PROBLEMS:
+    trainable = [kind for kind, problem in PROBLEMS.items() if hasattr(problem, "baseline")]
+    if spec.problem.kind not in trainable:
         print(f"error: problem.kind = {spec.problem.kind!r}: `baseline` trains the network of a "
-              f"{' or '.join(PROBLEMS)} problem", file=sys.stderr)
+              f"{' or '.join(trainable)} problem with Adam; this one has no gradient baseline", file=sys.stderr)
         return 2
     epochs = args.epochs or spec.baseline.epochs
     problem, network = spec.problem.model_dump(mode="json"), spec.network.model_dump(mode="json")

@@ -17,7 +17,7 @@ The file is one safetensors file, self-contained:
   or discriminator), `member` (arena), `fitness`, `source` (the generation or round it came from,
   counted from 1 as `evoarena run` prints it: "generation 5", "round 8 match").
 
-Loading it takes the project's nets.py and safetensors (README, "Using it"):
+Loading it takes the project's nets.py and safetensors (docs/USAGE.md, "Looking at a run"):
 
     with safe_open(path, "pt") as f:
         arch = json.loads(f.metadata()["arch"])
@@ -231,7 +231,7 @@ def _save(path: str | Path, tensors: dict[str, torch.Tensor], metadata: dict[str
 
 
 def load(path: str | Path):
-    """(the torch module, the file's metadata) of an exported network: the README's lines."""
+    """(the torch module, the file's metadata) of an exported network: docs/USAGE.md's lines."""
     from safetensors import safe_open
     from safetensors.torch import load_file
 
@@ -268,7 +268,7 @@ def load_mixture(path: str | Path):
 
 def add_parser(subparsers) -> None:
     """`evoarena export NAME [--genome ID | --mixture] --out FILE [--store URL]`."""
-    parser = subparsers.add_parser("export", help="write a run's best network (or one genome, or its mixture) as safetensors")
+    parser = subparsers.add_parser("export", help="a run's best network, a genome or its mixture as safetensors")
     parser.add_argument("name", help="experiment name (the `name:` in its file)")
     which = parser.add_mutually_exclusive_group()
     which.add_argument("--genome", help="a genome id (or an arena member id) instead of the best network")

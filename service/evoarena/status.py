@@ -223,7 +223,7 @@ def table(rows: list[tuple[str, ...]]) -> list[str]:
 
 def add_list_parser(subparsers) -> None:
     """`evoarena list [--store URL]`."""
-    parser = subparsers.add_parser("list", help="every experiment in the store: algorithm, steps, last update, state")
+    parser = subparsers.add_parser("list", help="every experiment in the store, with its state")
     parser.add_argument("--store", help="result store URL (default: $EVOARENA_STORE or sqlite:///runs/evoarena.db)")
 
 
