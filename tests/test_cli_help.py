@@ -82,3 +82,4 @@ def test_the_readme_links_every_doc():
     readme = (ROOT / "README.md").read_text()
 
     assert [doc.name for doc in DOCS[1:] if f"](docs/{doc.name})" not in readme] == []
+

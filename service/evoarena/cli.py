@@ -305,30 +305,22 @@ def _gan_baseline(spec, store_url: str, settings: Settings) -> int:
     meta-parameters, trained as one lineage of the arena is (each round's train_pair chunks, then its
     cross-train steps), measured after each round on metric_samples samples as the match measures the
     arena's generators; recorded as the experiment's "single_gan" baseline."""
-    import torch
-
     from .arena_worker import models_dir
     from .evolve.arena import Arena
     from .evolve.population import quality_text
-    from .problems import gan, gan_data, gan_metrics
-    from .problems.gan_baselines import ARENA_FIELDS, single_gan_by_round
+    from .problems.gan_baselines import ARENA_FIELDS, quality_by_round
     from .store import open_store, redact
 
     arena, problem = Arena(spec), spec.problem.model_dump(mode="json")
     cross = [spec.arena.cross_train_steps] if spec.arena.cross_train_steps else []
     rounds = [arena.chunks] + [cross + arena.chunks] * (spec.arena.rounds - 1)
-    cache = models_dir(str(settings.noise_dir))
-    data = gan_data.make_data(problem["data"], cache)
     print(f"{spec.name}: a single GAN of the founders' architectures, {spec.arena.rounds} rounds of "
           f"{spec.arena.train_steps} train_pair steps (+ {spec.arena.cross_train_steps} between rounds)")
     started, measured = time.perf_counter(), []
-    for r, (steps, g_flat) in enumerate(single_gan_by_round(problem, arena.founding_arch("gen"),
-                                                            arena.founding_arch("disc"), arena.founding_meta("gen"),
-                                                            rounds, spec.arena.batch_size, spec.seed), start=1):
-        samples = gan.generate(arena.founding_arch("gen"), g_flat, spec.problem.metric_samples,
-                               torch.Generator().manual_seed(spec.seed))
-        measured.append({"round": r, "steps": steps, "quality": gan_metrics.quality(samples, data, cache)})
-        print(f"round {r:>4}  steps {steps:>8}  {quality_text(measured[-1]['quality'])}  "
+    for row in quality_by_round(problem, arena.founding_arch("gen"), arena.founding_arch("disc"), arena.founding_meta("gen"),
+                                rounds, spec.arena.batch_size, spec.seed, models_dir(str(settings.noise_dir))):
+        measured.append(row)
+        print(f"round {row['round']:>4}  steps {row['steps']:>8}  {quality_text(row['quality'])}  "
               f"({time.perf_counter() - started:.1f}s)", flush=True)
     arena_fields = spec.arena.model_dump(mode="json")
     with open_store(store_url) as store:

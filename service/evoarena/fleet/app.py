@@ -31,6 +31,7 @@ than the longest hard limit, or the broker closes the channel of a worker that i
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import time
@@ -386,4 +387,15 @@ def _losses(worker, summary: dict) -> dict | None:
     return {k: round(v, 6) for k, v in (doc or {}).get("last", {}).items()} or None
 
 
-app = make_app()
+@functools.cache
+def default_app() -> Celery:
+    """This process's Celery app from the environment (make_app()), built the first time it is asked for."""
+    return make_app()
+
+
+def __getattr__(name: str):
+    # `app` (what `celery -A evoarena.fleet.app` and `evoarena worker` use) is built when first read,
+    # not when the module is imported: importing it reads no setting and builds no connection pool
+    if name == "app":
+        return default_app()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -30,7 +30,7 @@ import torch
 
 from .. import nets
 from ..seeding import derived_seed
-from . import gan
+from . import gan, gan_metrics
 from .gan_data import GanData, make_data
 
 
@@ -78,6 +78,19 @@ def single_gan_by_round(problem: dict, gen_arch: dict, disc_arch: dict, meta: di
                                                batch_size, sub_seed(seed, "chunk", k))
             k, done = k + 1, done + steps
         yield done, g_flat
+
+
+def quality_by_round(problem: dict, gen_arch: dict, disc_arch: dict, meta: dict, rounds: list[list[int]],
+                     batch_size: int, seed: int, cache_dir: str) -> Iterator[dict]:
+    """`single_gan_by_round`'s generator measured at the end of each round as a match measures the
+    arena's generators (gan_metrics.quality of problem["metric_samples"] samples, latents seeded by
+    `seed`; classifiers and the like cached in `cache_dir`): {"round" (from 1), "steps", "quality"}
+    per round. What `evoarena baseline` records for an arena file."""
+    data = make_data(problem["data"], cache_dir)
+    for r, (steps, g_flat) in enumerate(single_gan_by_round(problem, gen_arch, disc_arch, meta, rounds, batch_size, seed),
+                                        start=1):
+        samples = gan.generate(gen_arch, g_flat, problem["metric_samples"], torch.Generator().manual_seed(seed))
+        yield {"round": r, "steps": steps, "quality": gan_metrics.quality(samples, data, cache_dir)}
 
 
 def best_of_restarts(problem: dict, gen_arch: dict, disc_arch: dict, meta: dict, steps: int, batch_size: int,
