@@ -78,14 +78,17 @@ class Row:
 
 
 def spec_dict(name: str, generations: int = GENERATIONS, slow: bool = False) -> dict:
-    problem = {"kind": "memorize", "image": [3, 16, 16], "classes": 4, "batch_size": 8, "train_batches": 2,
-               "val_batches": 1}
-    network = {"convs": [{"channels": 4, "kernel": 4, "stride": 2}], "hidden": [16]}
+    """experiments/tiny.yaml (the project's tiny GA) named `name`, with `generations` and a 1 Mi noise
+    table, run where the bench sends it (no executor); `slow`: larger images and network, so that a
+    run lasts long enough to meet a second master."""
+    spec = yaml.safe_load((ROOT / "experiments" / "tiny.yaml").read_text())
+    spec.pop("executor", None)
+    spec.pop("description", None)
+    spec.update(name=name, noise={"size": 1 << 20}, ga={**spec["ga"], "generations": generations})
     if slow:
-        problem.update(image=[3, 64, 64], batch_size=64, train_batches=8)
-        network = {"convs": [{"channels": 32, "kernel": 8, "stride": 4}], "hidden": [64]}
-    return {"name": name, "problem": problem, "network": network, "noise": {"size": 1 << 20},
-            "ga": {"generations": generations, "parents": 2, "children_per_parent": 3, "elites": 1}}
+        spec["problem"].update(image=[3, 64, 64], batch_size=64, train_batches=8)
+        spec["network"] = {"convs": [{"channels": 32, "kernel": 8, "stride": 4}], "hidden": [64]}
+    return spec
 
 
 # --- the place: a vhost, a store, workers ----------------------------------------------------------
