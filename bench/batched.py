@@ -36,7 +36,7 @@ few percent. On a GPU it times wall time, synchronised. It computes in `fast` ar
 default, unless --arithmetic says `reproducible` (arithmetic.py; oneDNN off: the group's one pass,
 on every CPU).
 
-It also prints the size of a group message (fleet/groups.py) for 64 siblings against the 64
+It also prints the size of a group message (tasks.py) for 64 siblings against the 64
 single tasks it replaces: task JSON, as bench/message.py counts it (len(json.dumps(task))), from
 the GA's own tasks for experiments/memorize.yaml with 64 children per parent.
 
@@ -200,7 +200,7 @@ def message_sizes() -> tuple[int, int]:
     """Task JSON bytes of one group of 64 siblings, and of their 64 single tasks (the GA's own
     tasks for experiments/memorize.yaml, 64 children per parent, at generation 1)."""
     from evoarena.evolve.ga import GA
-    from evoarena.fleet.groups import pack, is_group
+    from evoarena.tasks import pack, is_group
     from evoarena.spec import load_spec
     from pathlib import Path
 

@@ -24,8 +24,8 @@ import sys
 import celpy
 import pytest
 from celpy import celtypes
-from test_deploy import NAMESPACE, RELEASE, helm, one, template  # noqa: F401 - helm is a fixture
-from test_submit import TINY, dry_run
+
+from helpers import NAMESPACE, RELEASE, TINY_PATH, dry_run, one, template
 
 FULL = f"{RELEASE}-evoarena"
 SUBMITTER = f"system:serviceaccount:{NAMESPACE}:{FULL}-submitter"
@@ -161,7 +161,7 @@ def submitted(capsys, chart) -> tuple[dict, dict]:
     """The ConfigMap and Job `evoarena submit --dry-run` prints for this release, with the image
     submit reads from the release's ConfigMap on a cluster."""
     image = one(chart, "ConfigMap", f"{FULL}-config")["data"]["EVOARENA_IMAGE"]
-    return dry_run(capsys, str(TINY), "--release", RELEASE, "--namespace", NAMESPACE, "--image", image)
+    return dry_run(capsys, str(TINY_PATH), "--release", RELEASE, "--namespace", NAMESPACE, "--image", image)
 
 
 @pytest.fixture
@@ -340,7 +340,7 @@ def test_the_master_fails_on_its_broker_and_store_without_printing_their_passwor
     env |= {"EVOARENA_STORE": f"sqlite:///{tmp_path / 'runs.db'}", setting: url,
             "EVOARENA_LOG_LEVEL": "DEBUG"}  # the most the release's ConfigMap can ask for
     done = subprocess.run([sys.executable, "-c", "import sys; from evoarena.cli import main; sys.exit(main(sys.argv[1:]))",
-                           "run", str(TINY), "--fleet"], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+                           "run", str(TINY_PATH), "--fleet"], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120)
     output = done.stdout + done.stderr
 
     assert done.returncode != 0

@@ -8,66 +8,24 @@ from __future__ import annotations
 
 import copy
 import math
-from pathlib import Path
 
 import pytest
 
 from evoarena import scheduler
 from evoarena.fleet.executor import InlineExecutor
 from evoarena.genome import Genome
-from evoarena.spec import parse_spec
-from evoarena.store import open_store
 from evoarena.store.results import task_id
-from evoarena.worker import WorkerConfig
-
-TINY = {
-    "name": "arena-tiny",
-    "problem": {"kind": "gan", "latent": 4, "metric_samples": 200,
-                "data": {"kind": "ring", "train": 2000, "heldout": 500}},
-    "arena": {"rounds": 2, "players": 2, "generators": 2, "discriminators": 2,
-              "generator": {"hidden": [16]}, "discriminator": {"hidden": [16]},
-              "train_steps": 50, "chunk_steps": 20, "cross_train_steps": 10, "batch_size": 32,
-              "match_samples": 128, "match_block": 3,
-              "variation": {"arch_rate": 1.0, "crossover_rate": 0.3, "meta_rate": 0.5}},
-    "noise": {"size": 65536},
-}
-
-
-def tiny(**arena) -> dict:
-    data = copy.deepcopy(TINY)
-    data["arena"].update(arena)
-    return data
-
-
-class Run:
-    """An arena run into its own SQLite store, on one worker in this process."""
-
-    def __init__(self, root: Path, data: dict):
-        self.spec = parse_spec(data)
-        url = f"sqlite:///{root / 'results.db'}"
-        self.store = open_store(url)
-        self.config = WorkerConfig(url, str(root / "artifacts"), str(root.parent / "noise"), threads=1)
-        self.algo = scheduler.algorithm(self.spec, self.store)
-
-    def run(self) -> dict:
-        executor = InlineExecutor(self.config)
-        return scheduler.run(self.spec, self.store, executor)
-
-    def steps(self) -> list[dict]:
-        return self.store.list_generations(self.spec.name)
-
-    def results(self, index: int, op: str) -> list[dict]:
-        return self.store.find_results(self.spec.name, index, op)
+from helpers import ArenaRun, StopAfter, tiny_arena
 
 
 @pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory) -> Run:
-    run = Run(tmp_path_factory.mktemp("tiny") / "run", tiny())
+def tiny_run(tmp_path_factory) -> ArenaRun:
+    run = ArenaRun(tmp_path_factory.mktemp("tiny") / "run", tiny_arena())
     run.run()
     return run
 
 
-def match_index(run: Run, round: int) -> int:
+def match_index(run: ArenaRun, round: int) -> int:
     return round * len(run.algo.phases) + run.algo.phases.index("match")
 
 
@@ -144,7 +102,7 @@ def test_every_generator_has_its_quality_measured_each_round(tiny_run):
 
 
 def test_byzantine_discriminators_report_the_opposite_verdict(tmp_path, tiny_run):
-    liar_run = Run(tmp_path / "liars", {**tiny(byzantine=1.0), "name": "arena-tiny"})
+    liar_run = ArenaRun(tmp_path / "liars", {**tiny_arena(byzantine=1.0), "name": "arena-tiny"})
     liar_run.run()
     honest = tiny_run.steps()[match_index(tiny_run, 0)]["matrix"]
     lying = liar_run.steps()[match_index(liar_run, 0)]["matrix"]
@@ -214,18 +172,18 @@ def test_an_npz_whose_checksum_differs_stops_the_run_naming_the_file(tmp_path):
 
     path = tmp_path / "images.npz"
     np.savez(path, x=np.zeros((20, 8, 8), dtype=np.uint8))
-    data = tiny()
+    data = tiny_arena()
     data["problem"]["data"] = {"kind": "npz", "uri": str(path), "sha256": "0" * 64, "heldout": 5}
     with pytest.raises(ValueError, match="sha256"):
-        Run(tmp_path / "bad", data).run()
+        ArenaRun(tmp_path / "bad", data).run()
 
 
 def test_host_pathogen_fitness_is_floored_and_elo_ratings_move(tmp_path):
-    run = Run(tmp_path / "hp", tiny(rounds=1, fitness={"kind": "host_pathogen"}))
+    run = ArenaRun(tmp_path / "hp", tiny_arena(rounds=1, fitness={"kind": "host_pathogen"}))
     run.run()
     members = run.steps()[match_index(run, 0)]["members"]
     assert all(m["fitness"] >= (0.05 if m["side"] == "gen" else 0.01) for m in members)
-    elo = Run(tmp_path / "elo", tiny(rounds=1, fitness={"kind": "elo"}))
+    elo = ArenaRun(tmp_path / "elo", tiny_arena(rounds=1, fitness={"kind": "elo"}))
     elo.run()
     ratings = [m["fitness"] for m in elo.steps()[match_index(elo, 0)]["members"]]
     assert not all(math.isclose(r, 1500.0) for r in ratings)
@@ -235,28 +193,12 @@ def test_host_pathogen_fitness_is_floored_and_elo_ratings_move(tmp_path):
 # --- the asynchronous fight ----------------------------------------------------------------------------
 
 
-class StopAfter:
-    """Stops the master like Ctrl-C once `n` tasks have finished (their results are stored)."""
-
-    def __init__(self, inner, n: int):
-        self.inner, self.n = inner, n
-
-    def map(self, op, tasks):
-        for done, summary in enumerate(self.inner.map(op, tasks), start=1):
-            yield summary
-            if done == self.n:
-                raise KeyboardInterrupt
-
-    def close(self):
-        self.inner.close()
-
-
 def async_spec(**arena) -> dict:
-    return tiny(mode="async", rounds=2, train_steps=20, chunk_steps=10, cross_train_steps=0, **arena)
+    return tiny_arena(mode="async", rounds=2, train_steps=20, chunk_steps=10, cross_train_steps=0, **arena)
 
 
 def test_the_async_fight_gives_every_pair_its_share_of_fights_and_one_result_each(tmp_path):
-    run = Run(tmp_path / "fight", async_spec())
+    run = ArenaRun(tmp_path / "fight", async_spec())
     final = run.run()
     results = run.store.find_results(run.spec.name, op="train_pair")
     # 4 pairs (2 players x 2) x rounds 2 x 20 steps / 10 per fight = 16 fights, each one stored result
@@ -268,7 +210,7 @@ def test_the_async_fight_gives_every_pair_its_share_of_fights_and_one_result_eac
 
 
 def test_a_pair_inherits_from_the_best_opponent_of_its_fight_only_when_beaten(tmp_path):
-    run = Run(tmp_path / "fight", async_spec())
+    run = ArenaRun(tmp_path / "fight", async_spec())
     run.run()
     events = run.steps()[1:]
     inherited = 0
@@ -292,7 +234,7 @@ def test_a_pair_inherits_from_the_best_opponent_of_its_fight_only_when_beaten(tm
 
 
 def test_the_async_fight_resumes_after_an_interruption_and_trains_nothing_twice(tmp_path):
-    run = Run(tmp_path / "fight", async_spec())
+    run = ArenaRun(tmp_path / "fight", async_spec())
     with pytest.raises(KeyboardInterrupt):
         scheduler.run(run.spec, run.store, StopAfter(InlineExecutor(run.config), 6))
     before = {r["_id"]: (r["seconds"], r["worker"]) for r in run.store.find_results(run.spec.name)}
@@ -312,7 +254,7 @@ def test_evoarena_run_then_status_of_an_arena(tmp_path, monkeypatch, capsys):
     from evoarena import cli
 
     path = tmp_path / "arena.yaml"
-    path.write_text(yaml.safe_dump(tiny(rounds=1)))
+    path.write_text(yaml.safe_dump(tiny_arena(rounds=1)))
     monkeypatch.setenv("EVOARENA_STORE", f"sqlite:///{tmp_path / 'cli.db'}")
     monkeypatch.setenv("EVOARENA_ARTIFACTS", str(tmp_path / "artifacts"))
     monkeypatch.setenv("EVOARENA_NOISE_DIR", str(tmp_path / "noise"))
@@ -354,7 +296,7 @@ class Corrupting:
 
 
 def test_a_poisoned_task_stops_the_run_naming_it_and_keeps_what_was_stored(tmp_path):
-    run = Run(tmp_path / "stop", tiny(rounds=1))
+    run = ArenaRun(tmp_path / "stop", tiny_arena(rounds=1))
     with pytest.raises(RuntimeError, match="invalid literal for int.*on_error = stop"):
         scheduler.run(run.spec, run.store, Corrupting(InlineExecutor(run.config), run.store))
     results = run.results(0, "train_pair")
@@ -362,7 +304,7 @@ def test_a_poisoned_task_stops_the_run_naming_it_and_keeps_what_was_stored(tmp_p
 
 
 def test_with_on_error_skip_the_poisoned_pair_sits_out_and_the_round_goes_on(tmp_path):
-    run = Run(tmp_path / "skip", tiny(rounds=2, on_error="skip"))
+    run = ArenaRun(tmp_path / "skip", tiny_arena(rounds=2, on_error="skip"))
     scheduler.run(run.spec, run.store, Corrupting(InlineExecutor(run.config), run.store))
     failed = {m["id"] for m in run.steps()[0]["members"] if m.get("failed")}
     assert len(failed) == 2  # the generator and the discriminator of the poisoned pair
@@ -375,7 +317,7 @@ def test_with_on_error_skip_the_poisoned_pair_sits_out_and_the_round_goes_on(tmp
 def test_a_failed_run_is_recorded_as_failed_with_its_reason_and_status_says_so(tmp_path, capsys, monkeypatch):
     from evoarena import cli
 
-    run = Run(tmp_path / "failed", tiny(rounds=1))
+    run = ArenaRun(tmp_path / "failed", tiny_arena(rounds=1))
     with pytest.raises(RuntimeError):
         scheduler.run(run.spec, run.store, Corrupting(InlineExecutor(run.config), run.store))
     doc = run.store.get_experiment(run.spec.name)
@@ -398,7 +340,7 @@ def test_a_local_worker_process_that_dies_costs_its_task_an_error_and_the_rest_r
 
     from evoarena.fleet.executor import LocalExecutor
 
-    run = Run(tmp_path / "crash", tiny(rounds=1, train_steps=2000, chunk_steps=2000))
+    run = ArenaRun(tmp_path / "crash", tiny_arena(rounds=1, train_steps=2000, chunk_steps=2000))
     scheduler.register(run.spec, run.store)  # workers run only the tasks of a known experiment
     tasks = run.algo.plan(0, None).tasks  # 4 train_pair tasks of 2000 steps: a second or two each
     scheduler.plan(run.store, "train_pair", tasks + [{**t, "seed": t["seed"] + 1} for t in tasks])  # and planned

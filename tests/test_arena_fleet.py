@@ -19,52 +19,13 @@ import pytest
 import yaml
 
 from evoarena import scheduler
-from evoarena.fleet.executor import InlineExecutor
-from evoarena.spec import ExperimentSpec, parse_spec
+from evoarena.spec import parse_spec
 from evoarena.store import ResultStore, open_store
 from evoarena.store.results import task_id
-from evoarena.worker import WorkerConfig
+from helpers import arena_dict, arena_outcome, inline_reference
 
 pytestmark = pytest.mark.slow
 MATCH_STEP = 2  # round 0 is steps 0 and 1 (train chunks), 2 (match) and 3 (cross-train)
-
-
-def arena_dict(name: str, workers: int = 1) -> dict:
-    """A tiny arena on the ring: 2 players x (2 generators + 2 discriminators), 2 rounds, 7 steps
-    (round 1 ends at its match)."""
-    return {
-        "name": name,
-        "problem": {"kind": "gan", "latent": 4, "metric_samples": 200,
-                    "data": {"kind": "ring", "train": 2000, "heldout": 500}},
-        "arena": {"rounds": 2, "players": 2, "generators": 2, "discriminators": 2,
-                  "generator": {"hidden": [16]}, "discriminator": {"hidden": [16]},
-                  "train_steps": 40, "chunk_steps": 20, "cross_train_steps": 10, "batch_size": 32,
-                  "match_samples": 128, "match_block": 2,
-                  "variation": {"arch_rate": 0.5, "crossover_rate": 0.3, "meta_rate": 0.5}},
-        "noise": {"size": 65536},
-        "executor": {"kind": "local", "workers": workers},
-    }
-
-
-def outcome(store: ResultStore, name: str) -> list[dict]:
-    """Each step's population (who, which genome, what fitness) and its training figures: what a
-    run decided, without what depends on the clock or on which worker ran what."""
-    return [
-        {"generation": d["generation"], "phase": d["phase"],
-         "members": [(m["id"], m["genome"]["id"], m.get("fitness")) for m in d["members"]],
-         "train": d.get("train"), "cross": d.get("cross"), "matrix": (d.get("matrix") or {}).get("values")}
-        for d in store.list_generations(name)
-    ]
-
-
-def inline_reference(root: Path, spec: ExperimentSpec) -> ResultStore:
-    """`spec` run to the end by one worker in this process, into a store and artifacts of its own
-    (where checkpoints are stored must not change any id)."""
-    url = f"sqlite:///{root}/reference.db"
-    store = open_store(url)
-    config = WorkerConfig(url, str(root / "ref-artifacts"), str(root / "ref-noise"), threads=1)
-    scheduler.run(spec, store, InlineExecutor(config))
-    return store
 
 
 # --- two Celery workers -------------------------------------------------------------------------
@@ -95,7 +56,7 @@ def test_arena_on_two_real_celery_workers_writes_exactly_one_document_per_task(f
             trace = store.get_doc("pure_match_trace", doc["encounter_trace"])
             assert trace is not None and trace["member"] == doc["member"], doc["_id"]
 
-    assert outcome(store, spec.name) == outcome(reference, spec.name)  # the same run, bit for bit
+    assert arena_outcome(store, spec.name) == arena_outcome(reference, spec.name)  # the same run, bit for bit
     reference.close()
 
 
@@ -176,4 +137,4 @@ def test_arena_resumes_after_kill_9_mid_round_and_trains_nothing_twice(tmp_path)
         assert {i: after[i] for i in before} == before  # a task run again would have rewritten its doc
         killed_run = {worker for worker, _ in before.values()}
         assert {i for i, (worker, _) in after.items() if worker in killed_run} == set(before)
-        assert outcome(store, place.name) == outcome(reference, place.name)
+        assert arena_outcome(store, place.name) == arena_outcome(reference, place.name)

@@ -9,7 +9,6 @@ bench/reproducibility.py; this file is about the setting itself.
 
 from __future__ import annotations
 
-import copy
 import json
 import logging
 import os
@@ -26,17 +25,15 @@ from evoarena.settings import WorkerSettings
 from evoarena.spec import ExperimentSpec, SpecError, parse_spec, spec_to_dict
 from evoarena.store import open_store
 from evoarena.worker import Worker, WorkerConfig, run_on
+from helpers import tiny_yaml
 
 ROOT = Path(__file__).resolve().parent.parent
-TINY = yaml.safe_load((ROOT / "experiments" / "tiny.yaml").read_text())
 HAS_AVX2 = "avx2" in (Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else "")
 needs_avx2 = pytest.mark.skipif(not HAS_AVX2, reason="reproducible arithmetic needs an x86-64 CPU with AVX2")
 
 
 def tiny(generations: int = 2, **top) -> ExperimentSpec:
-    data = copy.deepcopy(TINY)
-    data["ga"]["generations"] = generations
-    return parse_spec({**data, **top})
+    return parse_spec(tiny_yaml(ga={"generations": generations}, **top))
 
 
 def fresh(code: str, **env: str) -> subprocess.CompletedProcess:
@@ -80,7 +77,7 @@ def test_a_spec_computes_in_fast_unless_it_asks_for_reproducible():
 
 def test_an_unknown_arithmetic_is_one_spec_error_naming_the_field():
     with pytest.raises(SpecError) as refused:
-        parse_spec({**TINY, "arithmetic": "exact"}, "x.yaml")
+        parse_spec(tiny_yaml(arithmetic="exact"), "x.yaml")
 
     assert str(refused.value) == "x.yaml: arithmetic = 'exact': must be one of 'fast' or 'reproducible'"
 
@@ -256,8 +253,7 @@ def test_evoarena_arithmetic_overrides_the_spec_and_a_resume_in_the_other_is_not
             "EVOARENA_NOISE_DIR": str(tmp_path / "noise"), "PYTHONUNBUFFERED": "1"}
 
     def run(generations: int, **more: str) -> subprocess.CompletedProcess:
-        data = copy.deepcopy(TINY)
-        data["ga"]["generations"] = generations
+        data = tiny_yaml(ga={"generations": generations})
         (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(data))
         return subprocess.run([sys.executable, "-m", "evoarena.cli", "run", str(tmp_path / "tiny.yaml")],
                               env={**env, **more}, capture_output=True, text=True, timeout=300)
@@ -289,7 +285,7 @@ def test_a_fleet_worker_started_reproducible_runs_a_reproducible_experiment(flee
     fleet.env["EVOARENA_ARITHMETIC"] = "reproducible"
     node = fleet.start("reproducible")
     fleet.wait_ready()
-    (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(TINY))
+    (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(tiny_yaml()))
     env = {k: v for k, v in fleet.env.items() if k not in PIN}
 
     done = subprocess.run([sys.executable, "-m", "evoarena.cli", "run", "--fleet", str(tmp_path / "tiny.yaml")],

@@ -13,9 +13,7 @@ import pytest
 import torch
 
 from evoarena.store import ArtifactError, ArtifactStore, LocalArtifacts, S3Artifacts, open_artifacts
-
-# The S3 test server and its bucket: fixtures of test_s3_artifacts.py, shared with this file.
-from test_s3_artifacts import moto_endpoint, raw_s3, s3_bucket, s3_env  # noqa: F401
+from helpers import raw_s3  # the S3 test server and its bucket (moto_endpoint, s3_env, s3_bucket) are conftest.py's
 
 
 def raw(t: torch.Tensor) -> bytes:

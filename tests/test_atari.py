@@ -27,8 +27,7 @@ from evoarena.problems import atari
 from evoarena.spec import GASpec, SpecError, parse_spec
 from evoarena.store import open_store
 from evoarena.worker import WorkerConfig
-
-TINY_NET = {"convs": [{"channels": 4, "kernel": 8, "stride": 4}], "hidden": [16]}
+from helpers import ATARI_NET, atari_problem, atari_spec
 
 
 @pytest.fixture(autouse=True)
@@ -38,12 +37,6 @@ def one_torch_thread() -> Iterator[None]:
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
-
-
-def problem(**fields) -> dict:
-    """A Frostbite problem as a task carries it (every field written out)."""
-    return {"kind": "atari", "game": "Frostbite", "episodes": 1, "max_episode_frames": 2000, "noop_max": 30,
-            "frame_skip": 4, "sticky": 0.0, "episode_seed": 0, **fields}
 
 
 def weights(arch: dict, init_seed: int) -> torch.Tensor:
@@ -56,7 +49,7 @@ def weights(arch: dict, init_seed: int) -> torch.Tensor:
 
 
 def test_an_observation_is_four_stacked_grey_84x84_frames_of_bytes():
-    env = atari.make_env(problem())
+    env = atari.make_env(atari_problem())
     first, _ = env.reset(seed=0)
     after, *_ = env.step(0)
     env.close()
@@ -66,7 +59,7 @@ def test_an_observation_is_four_stacked_grey_84x84_frames_of_bytes():
 
 
 def test_frames_counted_are_four_per_step_with_no_noops():
-    env = atari.make_env(problem(noop_max=0))
+    env = atari.make_env(atari_problem(noop_max=0))
     _, info = env.reset(seed=3)
     for _ in range(25):
         _, _, terminated, truncated, info = env.step(0)
@@ -77,7 +70,7 @@ def test_frames_counted_are_four_per_step_with_no_noops():
 
 
 def test_frames_counted_are_four_per_step_plus_the_noops_of_the_reset():
-    env = atari.make_env(problem(noop_max=30))
+    env = atari.make_env(atari_problem(noop_max=30))
     _, reset_info = env.reset(seed=3)
     noops = reset_info["episode_frame_number"]
     for _ in range(25):
@@ -89,9 +82,9 @@ def test_frames_counted_are_four_per_step_plus_the_noops_of_the_reset():
 
 
 def test_an_episode_stops_at_its_cap_in_emulator_frames():
-    arch = atari.architecture(problem(), TINY_NET)
+    arch = atari.architecture(atari_problem(), ATARI_NET)
 
-    [[episode]] = atari.play(arch, [weights(arch, 0)], [[1]], atari.make_data(problem(max_episode_frames=400)))
+    [[episode]] = atari.play(arch, [weights(arch, 0)], [[1]], atari.make_data(atari_problem(max_episode_frames=400)))
 
     assert episode.frames == 400
     assert episode.steps == 99  # 5 no-ops + 98 full steps of 4 frames, then 3 frames of the 99th
@@ -101,11 +94,11 @@ def test_an_episode_stops_at_its_cap_in_emulator_frames():
 
 
 def test_an_episode_played_twice_with_its_seed_gives_the_same_return_and_frames():
-    arch = atari.architecture(problem(), TINY_NET)
+    arch = atari.architecture(atari_problem(), ATARI_NET)
     net = weights(arch, 3)
 
-    first = atari.play(arch, [net], [[7]], atari.make_data(problem()))
-    again = atari.play(arch, [net], [[7]], atari.make_data(problem()))
+    first = atari.play(arch, [net], [[7]], atari.make_data(atari_problem()))
+    again = atari.play(arch, [net], [[7]], atari.make_data(atari_problem()))
 
     assert first[0][0].ret == 120.0  # a network that scores, so the equality says something
     assert again == first
@@ -114,9 +107,9 @@ def test_an_episode_played_twice_with_its_seed_gives_the_same_return_and_frames(
 @pytest.mark.parametrize("apart", [False, True], ids=["lockstep", "one network after another"])
 def test_episodes_played_together_give_what_each_gives_alone(apart, monkeypatch):
     # whichever way this machine plays a group (batched.plays_apart), each network gets its own episodes
-    arch = atari.architecture(problem(), TINY_NET)
+    arch = atari.architecture(atari_problem(), ATARI_NET)
     nets_ = [weights(arch, 1), weights(arch, 3)]
-    data = atari.make_data(problem())
+    data = atari.make_data(atari_problem())
     monkeypatch.setattr(atari.batched, "plays_apart", lambda arch, stacked, xs: apart)
     groups = []
     runner = atari.batched.runner
@@ -132,7 +125,7 @@ def test_episodes_played_together_give_what_each_gives_alone(apart, monkeypatch)
 
 
 def test_episode_seeds_depend_on_generation_and_genome_and_extend_with_the_count():
-    p = problem()
+    p = atari_problem()
 
     assert atari.episode_seeds(p, 4, "abc", 3) == atari.episode_seeds(p, 4, "abc", 3)
     assert atari.episode_seeds(p, 4, "abc", 5)[:3] == atari.episode_seeds(p, 4, "abc", 3)
@@ -143,7 +136,7 @@ def test_episode_seeds_depend_on_generation_and_genome_and_extend_with_the_count
 # --- the paper's GA ----------------------------------------------------------------------------
 
 
-ARCH = nets.convnet([4, 84, 84], TINY_NET["convs"], TINY_NET["hidden"], 18)
+ARCH = nets.convnet([4, 84, 84], ATARI_NET["convs"], ATARI_NET["hidden"], 18)
 
 
 def uniform(**fields) -> GASpec:
@@ -178,13 +171,6 @@ def test_per_parent_selection_keeps_each_parent_c_children_in_order():
     spec = GASpec(generations=2, parents=2, children_per_parent=3, elites=0)
 
     assert ga.parent_of_each_child(2, spec, ga.generation_rng(0, 1)) == [0, 0, 0, 1, 1, 1]
-
-
-def atari_spec(name: str = "atari-tiny", **ga_fields) -> dict:
-    return {"name": name, "seed": 0, "problem": problem(max_episode_frames=200), "network": TINY_NET,
-            "noise": {"size": 65_536}, "executor": {"workers": 1},
-            "ga": {"generations": 6, "parents": 2, "selection": "uniform", "children": 3, "elites": 1,
-                   "elite_candidates": 2, "elite_episodes": 2, "mutation": {"sigma": 0.002}, **ga_fields}}
 
 
 def results_for(step, fitness: dict[str, float]) -> list[dict]:

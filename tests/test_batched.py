@@ -1,5 +1,5 @@
 """Population-batched evaluation: a group of siblings in one message and one pass gives what one
-task per child gives (batched.py, fleet/groups.py)."""
+task per child gives (batched.py, tasks.py)."""
 
 from __future__ import annotations
 
@@ -13,14 +13,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import yaml
 
-from conftest import Fleet, broker_up
 from evoarena import batched, nets, scheduler
 from evoarena.evolve import Step
 from evoarena.evolve.ga import GA
 from evoarena.fleet.executor import InlineExecutor, LocalExecutor
-from evoarena.fleet.groups import children_tasks, pack, unpack
+from evoarena.tasks import children_tasks, pack, unpack
 from evoarena.fleet.routing import AffinityRouter, built, wanted
 from evoarena.genome import Genome, founder, mutate, sample_delta
 from evoarena.materialize import Materializer, ParentCache
@@ -28,20 +26,20 @@ from evoarena.noise import open_noise
 from evoarena.problems import memorize
 from evoarena.spec import ExperimentSpec, parse_spec
 from evoarena.store import open_store
-from evoarena.store.results import error_summary, task_id
+from evoarena.store.results import task_id
+from evoarena.tasks import error_summary
 from evoarena.worker import Worker, WorkerConfig, run_on
+from helpers import Fleet, atari_spec, broker_up, tiny_spec, tiny_yaml
 
 ROOT = Path(__file__).resolve().parent.parent
-TINY = yaml.safe_load((ROOT / "experiments" / "tiny.yaml").read_text())
+TINY = tiny_yaml()
 SEED_003_CONVS = [{"channels": 32, "kernel": 8, "stride": 4}, {"channels": 64, "kernel": 4, "stride": 2},
                   {"channels": 64, "kernel": 3, "stride": 1}]
 
 
 def tiny(generations: int = 3, **ga) -> ExperimentSpec:
     """tiny.yaml with `generations` and other `ga` fields."""
-    data = copy.deepcopy(TINY)
-    data["ga"] = {**data["ga"], "generations": generations, **ga}
-    return parse_spec(data)
+    return tiny_spec(generations=generations, **ga)
 
 
 def siblings(arch: dict, n: int, noise_dir: Path) -> list[torch.Tensor]:
@@ -504,8 +502,6 @@ def test_the_celery_fleet_runs_group_tasks(tmp_path):
 
 
 def test_an_atari_run_with_groups_plays_each_childs_own_episodes_as_a_run_without(tmp_path):
-    from test_atari import atari_spec
-
     sent = []
     for store, ga in (("alone", {}), ("grouped", {"eval_group": 3})):
         spec = parse_spec(atari_spec(generations=2, parents=1, children=6, elite_candidates=1, **ga))

@@ -6,16 +6,14 @@ import os
 import re
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import yaml
 
-from evoarena.store import ResultStore, open_store
-from conftest import evolution
+from evoarena.store import ResultStore
+from helpers import Place, evolution
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = ROOT / "experiments" / "tiny.yaml"
@@ -24,48 +22,6 @@ PROGRESS = re.compile(
     r"^gen\s+(?P<gen>\d+)/(?P<of>\d+)\s+best\s+(?P<best>-?\d+\.\d+)\s+mean\s+(?P<mean>-?\d+\.\d+)\s+"
     r"evals/s\s+(?P<evals>\d+\.\d)\s+cache hits\s+(?P<hits>\d+\.\d)%$"
 )
-
-
-class Place:
-    """A directory a command runs in, with its own store, artifacts and noise table."""
-
-    def __init__(self, root: Path):
-        root.mkdir(parents=True, exist_ok=True)
-        self.root = root
-        self.db = root / "store" / "evoarena.db"
-        self.url = f"sqlite:///{self.db}"
-        self.env = {
-            **os.environ,
-            "EVOARENA_STORE": self.url,
-            "EVOARENA_ARTIFACTS": str(root / "artifacts"),
-            "EVOARENA_NOISE_DIR": str(root / "noise"),
-            "PYTHONUNBUFFERED": "1",
-        }
-
-    def command(self, *args: str) -> list[str]:
-        return [sys.executable, "-m", "evoarena.cli", *map(str, args)]
-
-    def run(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
-        return subprocess.run(self.command(*args), cwd=self.root, env=self.env, capture_output=True,
-                              text=True, timeout=timeout)
-
-    def start(self, *args: str) -> subprocess.Popen:
-        """Start a command in a session of its own, so a signal can reach its worker processes too."""
-        return subprocess.Popen(self.command(*args), cwd=self.root, env=self.env, stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, text=True, start_new_session=True)
-
-    def store(self) -> ResultStore:
-        return open_store(self.url)
-
-    def spec_file(self, name: str, generations: int, workers: int) -> Path:
-        """tiny.yaml under another name, with more generations and its own worker count."""
-        data = yaml.safe_load(TINY.read_text())
-        data["name"] = name
-        data["ga"]["generations"] = generations
-        data["executor"]["workers"] = workers
-        path = self.root / f"{name}.yaml"
-        path.write_text(yaml.safe_dump(data, sort_keys=False))
-        return path
 
 
 @pytest.fixture

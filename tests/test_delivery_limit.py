@@ -16,18 +16,17 @@ from pathlib import Path
 
 import pytest
 
-from conftest import Fleet, broker_up
 from evoarena import scheduler
 from evoarena.fleet.app import _task_queue_arguments, dead_letter_queue, make_app, task_queue
 from evoarena.spec import parse_spec
-from test_fleet import crashing_workers, spec_dict
+from helpers import Fleet, broker_up, crashing_workers, tiny_ga
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture
 def fleet_with_limit(tmp_path, monkeypatch):
-    """fleet_with_limit(N): a Fleet (conftest.py) whose queues, the master's and the workers', have
+    """fleet_with_limit(N): a Fleet (helpers.py) whose queues, the master's and the workers', have
     EVOARENA_DELIVERY_LIMIT=N. The limit is set before the fleet's app declares anything."""
     if not broker_up():
         pytest.fail("RabbitMQ is not reachable on 127.0.0.1:5672 (.ci/run starts it)", pytrace=False)
@@ -133,7 +132,7 @@ def test_a_task_that_kills_its_process_every_time_runs_exactly_the_limit_then_is
         fleet_with_limit, tmp_path, limit):
     # It dies on its first `limit` evaluations: a delivery past the limit would run and store a result.
     fleet = fleet_with_limit(limit)
-    spec = parse_spec(spec_dict(f"limit-{limit}", generations=2))
+    spec = parse_spec(tiny_ga(f"limit-{limit}", generations=2))
     crashing = CrashingFirst(fleet, times=limit, marks=tmp_path / "crashing")
     crashing_workers(fleet, "alpha", "beta")
 
@@ -154,7 +153,7 @@ def test_a_task_that_kills_its_process_every_time_runs_exactly_the_limit_then_is
 
 def test_a_task_that_kills_its_process_fewer_times_than_the_limit_runs_to_its_result(fleet_with_limit, tmp_path):
     fleet = fleet_with_limit(3)
-    spec = parse_spec(spec_dict("limit-recovers", generations=2))
+    spec = parse_spec(tiny_ga("limit-recovers", generations=2))
     crashing = CrashingFirst(fleet, times=2, marks=tmp_path / "crashing")
     crashing_workers(fleet, "alpha", "beta")
 

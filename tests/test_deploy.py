@@ -6,10 +6,8 @@ object is validated against the Kubernetes JSON schemas that kubernetes-validate
 
 from __future__ import annotations
 
-import ast
 import base64
 import copy
-import math
 import re
 import subprocess
 import sys
@@ -21,56 +19,23 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from helpers import (CHART, NAMESPACE, RELEASE, REQUIRED, VALUES, keda_replicas, one, shared_queue, template, tool,
+                     worker_container, worker_queue)
+
 ROOT = Path(__file__).resolve().parent.parent
-CHART = ROOT / "helm" / "evoarena"
-# Every helm/evoarena/ci values file; "default" is the chart's defaults plus the two values it
-# cannot default (image.repository, s3.bucket), which every other render starts from too.
-VALUES = {p.stem.removesuffix("-values"): p for p in sorted((CHART / "ci").glob("*.yaml"))}
-REQUIRED = ("-f", str(VALUES["default"]))
 # The chart's oldest supported Kubernetes (Chart.yaml's kubeVersion) and a current one.
 KUBERNETES_VERSIONS = ("1.30", "1.33")
-RELEASE, NAMESPACE = "arena", "evoarena"
-
-
-def _tool(name: str) -> str:
-    found = subprocess.run([sys.executable, str(ROOT / "scripts" / "get_helm.py"), name],
-                           capture_output=True, text=True, check=True)
-    return found.stdout.strip()
-
-
-@pytest.fixture(scope="session")
-def helm() -> str:
-    return _tool("helm")
 
 
 @pytest.fixture(scope="session")
 def kubectl() -> str:
-    return _tool("kubectl")
-
-
-def template(helm: str, *args: str, release: str = RELEASE, required: bool = True) -> list[dict]:
-    """The chart's objects, from ci/default-values.yaml (unless not `required`) and then `args`."""
-    done = subprocess.run([helm, "template", release, str(CHART), "--namespace", NAMESPACE,
-                           *(REQUIRED if required else ()), *args], capture_output=True, text=True)
-    assert done.returncode == 0, done.stderr
-    return [doc for doc in yaml.safe_load_all(done.stdout) if doc]
+    return tool("kubectl")
 
 
 @pytest.fixture(scope="session")
 def rendered(helm) -> dict[str, list[dict]]:
     """The chart's objects for each values set: the defaults and every helm/evoarena/ci file."""
     return {name: template(helm, "-f", str(path), required=False) for name, path in VALUES.items()}
-
-
-def one(objects: list[dict], kind: str, name: str) -> dict:
-    (found,) = [o for o in objects if o["kind"] == kind and o["metadata"]["name"] == name]
-    return found
-
-
-def worker_container(objects: list[dict]) -> dict:
-    deployment = one(objects, "Deployment", f"{RELEASE}-evoarena-worker")
-    (container,) = deployment["spec"]["template"]["spec"]["containers"]
-    return container
 
 
 def walk(node, path: str = "") -> Iterator[tuple[str, object]]:
@@ -511,73 +476,6 @@ def test_keda_reads_the_queues_from_the_management_api_with_the_url_from_a_secre
 
 
 # --- the KEDA metric, computed as KEDA and the HPA compute it ---------------------------------
-
-
-def keda_queue_length(trigger: dict, queues: list[dict]) -> float:
-    """What KEDA's rabbitmq scaler reports for `trigger` (mode QueueLength, protocol http) given
-    the management API's /api/queues: the named queue's `messages` (ready + unacknowledged), or
-    `messages_ready` with excludeUnacknowledged; with useRegex, over every queue whose name the
-    pattern matches (Go's MatchString: unanchored unless the pattern anchors), summed."""
-    meta = trigger["metadata"]
-    assert (meta["protocol"], meta["mode"]) == ("http", "QueueLength")
-    field = "messages_ready" if meta.get("excludeUnacknowledged") == "true" else "messages"
-    if meta.get("useRegex") == "true":
-        assert meta.get("operation", "sum") == "sum"
-        pattern = re.compile(meta["queueName"])
-        return sum(q[field] for q in queues if pattern.search(q["name"]))
-    return sum(q[field] for q in queues if q["name"] == meta["queueName"])
-
-
-def evaluate_formula(formula: str, values: dict[str, float]) -> float:
-    """KEDA's scalingModifiers formula (expr-lang) for the arithmetic the chart uses: names,
-    numbers, + - * /, and max/min."""
-    tree = ast.parse(formula, mode="eval")
-    allowed = (ast.Expression, ast.BinOp, ast.Add, ast.Sub, ast.Mult, ast.Div, ast.Name, ast.Load,
-               ast.Constant, ast.Call, ast.UnaryOp, ast.USub)
-    for node in ast.walk(tree):
-        assert isinstance(node, allowed), f"{type(node).__name__} in {formula!r}"
-        if isinstance(node, ast.Call):
-            assert isinstance(node.func, ast.Name) and node.func.id in ("max", "min"), formula
-    return eval(compile(tree, "formula", "eval"), {"__builtins__": {}, "max": max, "min": min}, dict(values))
-
-
-def keda_replicas(scaled_object: dict, queues: list[dict]) -> int:
-    """The worker replicas KEDA asks for when the broker holds `queues` (each: name, messages_ready,
-    messages_unacknowledged). The one formula, written once:
-
-        metric  = scalingModifiers.formula over the triggers' queue lengths
-        desired = minReplicaCount                      if metric <= activationTarget (0): idle
-                  ceil(metric / target)                otherwise (the HPA's AverageValue rule),
-                  kept within minReplicaCount..maxReplicaCount
-
-    It leaves out what only delays a change: the HPA's 10% tolerance, its stabilization windows
-    and scale-down policy, and KEDA's polling interval and cooldown."""
-    spec = scaled_object["spec"]
-    modifiers = spec["advanced"]["scalingModifiers"]
-    assert modifiers["metricType"] == "AverageValue"
-    queues = [{**q, "messages": q["messages_ready"] + q["messages_unacknowledged"]} for q in queues]
-    lengths = {t["name"]: keda_queue_length(t, queues) for t in spec["triggers"]}
-    metric = evaluate_formula(modifiers["formula"], lengths)
-    if metric <= float(modifiers.get("activationTarget", 0)):
-        return spec["minReplicaCount"]
-    desired = math.ceil(metric / float(modifiers["target"]))
-    return max(spec["minReplicaCount"], min(spec["maxReplicaCount"], desired))
-
-
-def worker_queue(objects: list[dict], pod: str, ready: int, running: int) -> dict:
-    """The direct queue of the worker in pod `pod`, named as the code names it for the node name
-    the chart gives the worker (evoarena@%h, %h being the pod's name)."""
-    from evoarena.fleet.app import direct_queue
-
-    args = worker_container(objects)["args"]
-    node = args[args.index("--name") + 1].replace("%h", pod)
-    return {"name": direct_queue(node, "evoarena").name, "messages_ready": ready, "messages_unacknowledged": running}
-
-
-def shared_queue(ready: int, held: int) -> dict:
-    from evoarena.settings import FleetSettings
-
-    return {"name": FleetSettings().queue, "messages_ready": ready, "messages_unacknowledged": held}
 
 
 @pytest.fixture(scope="session")

@@ -13,6 +13,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from helpers import template, tool
+
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "scripts" / "k8s-dev-secrets.sh"
 
@@ -98,10 +100,8 @@ def test_a_second_run_keeps_every_password_and_the_task_key(tmp_path):
 
 
 def test_the_script_and_the_chart_name_the_same_secrets(tmp_path):
-    import test_deploy
-
-    helm = test_deploy._tool("helm")
-    chart = {o["metadata"]["name"]: set(o["data"]) for o in test_deploy.template(helm) if o["kind"] == "Secret"}
+    helm = tool("helm")
+    chart = {o["metadata"]["name"]: set(o["data"]) for o in template(helm) if o["kind"] == "Secret"}
     script = {name: set(data) for name, data in run_script(tmp_path).items()}
 
     assert script == chart

@@ -19,8 +19,7 @@ from evoarena import cli, nets
 from evoarena.genome import Genome
 from evoarena.problems import PROBLEMS
 from evoarena.worker import Worker
-from test_arena import Run, tiny as tiny_arena
-from test_scheduler import Lab, tiny
+from helpers import ArenaRun, Lab, tiny_arena, tiny_spec
 
 
 def load_as_the_usage_doc_says(path: Path) -> tuple[torch.nn.Module, dict]:
@@ -51,7 +50,7 @@ def use(monkeypatch, config) -> None:
 def ga(tmp_path_factory):
     """tiny.yaml for 5 generations with a checkpoint every 2: late genomes start from a checkpoint."""
     lab = Lab(tmp_path_factory.mktemp("ga"))
-    spec = tiny("tiny-export", generations=5, checkpoint_every=2)
+    spec = tiny_spec("tiny-export", generations=5, checkpoint_every=2)
     lab.run(spec)
     yield lab, spec
     lab.close()
@@ -135,13 +134,13 @@ def test_an_unknown_experiment_exits_2_naming_the_known_ones(ga, tmp_path, capsy
 
 
 @pytest.fixture(scope="module")
-def arena(tmp_path_factory) -> Run:
-    run = Run(tmp_path_factory.mktemp("arena") / "run", tiny_arena(rounds=1))
+def arena(tmp_path_factory) -> ArenaRun:
+    run = ArenaRun(tmp_path_factory.mktemp("arena") / "run", tiny_arena(rounds=1))
     run.run()
     return run
 
 
-def last_match(run: Run) -> dict:
+def last_match(run: ArenaRun) -> dict:
     return next(d for d in reversed(run.steps()) if d["phase"] == "match")
 
 

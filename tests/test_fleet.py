@@ -17,32 +17,11 @@ from pathlib import Path
 
 import pytest
 
-from conftest import evolution
 from evoarena import scheduler
-from evoarena.fleet.executor import InlineExecutor
 from evoarena.spec import parse_spec
-from evoarena.store import open_store
-from evoarena.worker import WorkerConfig
+from helpers import Fleet, crashing_workers, evolution, local_reference, tiny_ga
 
 pytestmark = pytest.mark.slow
-def spec_dict(name: str, generations: int = 5, slow: bool = False) -> dict:
-    """tiny.yaml, or with `slow` a problem whose evaluations take a few hundred ms."""
-    problem = {"kind": "memorize", "image": [3, 16, 16], "classes": 4, "batch_size": 8, "train_batches": 2,
-               "val_batches": 1}
-    network = {"convs": [{"channels": 4, "kernel": 4, "stride": 2}], "hidden": [16]}
-    if slow:
-        problem.update(image=[3, 64, 64], batch_size=64, train_batches=8)
-        network = {"convs": [{"channels": 32, "kernel": 8, "stride": 4}], "hidden": [64]}
-    return {"name": name, "problem": problem, "network": network, "noise": {"size": 1 << 20},
-            "ga": {"generations": generations, "parents": 2, "children_per_parent": 3, "elites": 1}}
-
-
-def local_reference(tmp: Path, spec) -> list[dict]:
-    store = open_store(f"sqlite:///{tmp}/reference.db")
-    config = WorkerConfig(store_url=f"sqlite:///{tmp}/reference.db", artifacts_url=str(tmp / "ref-artifacts"),
-                          noise_dir=str(tmp / "noise"), threads=1)
-    scheduler.run(spec, store, InlineExecutor(config))
-    return evolution(store, spec.name)
 
 
 def assert_one_result_per_individual(store, spec) -> None:
@@ -53,7 +32,7 @@ def assert_one_result_per_individual(store, spec) -> None:
 
 
 def test_two_workers_run_the_same_experiment_as_a_local_run(fleet, tmp_path):
-    spec = parse_spec(spec_dict("fleet-e2e", generations=6))
+    spec = parse_spec(tiny_ga("fleet-e2e", generations=6))
     for name in ("alpha", "beta"):
         fleet.start(name)
     fleet.wait_ready()
@@ -68,7 +47,7 @@ def test_two_workers_run_the_same_experiment_as_a_local_run(fleet, tmp_path):
 
 
 def test_a_worker_killed_mid_task_loses_nothing_and_duplicates_nothing(fleet, tmp_path):
-    spec = parse_spec(spec_dict("fleet-kill", generations=5, slow=True))
+    spec = parse_spec(tiny_ga("fleet-kill", generations=5, slow=True))
     victim, survivor = fleet.start("victim"), fleet.start("survivor")
     fleet.wait_ready()
 
@@ -101,7 +80,7 @@ def test_a_worker_killed_mid_task_loses_nothing_and_duplicates_nothing(fleet, tm
 
 
 def test_a_poison_genome_is_recorded_once_and_the_run_goes_on(fleet):
-    spec = parse_spec(spec_dict("fleet-poison", generations=4))
+    spec = parse_spec(tiny_ga("fleet-poison", generations=4))
     fleet.start("alpha")
     fleet.wait_ready()
     executor = fleet.executor()
@@ -130,8 +109,7 @@ def test_a_poison_genome_is_recorded_once_and_the_run_goes_on(fleet):
 
 
 def test_a_poison_genome_stops_the_run_when_the_spec_says_so(fleet):
-    spec = parse_spec({**spec_dict("fleet-poison-stop", generations=4),
-                       "ga": {**spec_dict("x")["ga"], "generations": 4, "on_error": "stop"}})
+    spec = parse_spec(tiny_ga("fleet-poison-stop", generations=4, ga={"on_error": "stop"}))
     fleet.start("alpha")
     fleet.wait_ready()
     executor = fleet.executor()
@@ -172,17 +150,10 @@ class Crashing:
         pass
 
 
-def crashing_workers(fleet, *names):
-    fleet.env["PYTHONPATH"] = f"{Path(__file__).parent / 'crashing'}:{fleet.env.get('PYTHONPATH', '')}"
-    for name in names:
-        fleet.start(name)
-    fleet.wait_ready()
-
-
 def test_a_genome_that_kills_its_worker_process_is_dead_lettered_recorded_once_and_the_run_goes_on(fleet):
     from evoarena.settings import FleetSettings
 
-    spec = parse_spec(spec_dict("fleet-crash", generations=4))
+    spec = parse_spec(tiny_ga("fleet-crash", generations=4))
     crashing_workers(fleet, "alpha", "beta")
     crashing = Crashing(fleet.executor())
 
@@ -204,8 +175,7 @@ def test_a_genome_that_kills_its_worker_process_is_dead_lettered_recorded_once_a
 
 
 def test_a_genome_that_kills_its_worker_process_stops_the_run_when_the_spec_says_so(fleet):
-    spec = parse_spec({**spec_dict("fleet-crash-stop", generations=4),
-                       "ga": {**spec_dict("x")["ga"], "generations": 4, "on_error": "stop"}})
+    spec = parse_spec(tiny_ga("fleet-crash-stop", generations=4, ga={"on_error": "stop"}))
     crashing_workers(fleet, "alpha")
 
     with pytest.raises(RuntimeError, match="delivery limit.*stopping because ga.on_error = stop"):
@@ -231,7 +201,7 @@ def test_the_deadline_counts_from_when_a_worker_starts_the_task_not_from_when_it
 
 
 def test_a_send_to_a_worker_whose_queue_is_gone_goes_to_the_shared_queue(fleet, caplog):
-    spec = parse_spec(spec_dict("fleet-ghost", generations=3))
+    spec = parse_spec(tiny_ga("fleet-ghost", generations=3))
     node = fleet.start("alpha")
     fleet.wait_ready()
     executor = fleet.executor()
@@ -254,7 +224,7 @@ def test_a_worker_silent_for_less_than_the_heartbeat_window_keeps_its_tasks(flee
     import os
     import signal
 
-    spec = parse_spec(spec_dict("fleet-pause", generations=4, slow=True))
+    spec = parse_spec(tiny_ga("fleet-pause", generations=4, slow=True))
     node = fleet.start("alpha")
     fleet.wait_ready()
 
@@ -321,7 +291,7 @@ def outcomes_after(fleet, tmp_path, name: str, fault) -> Counter:
     happens. Return how the results reached the master once it had settled after the fault (two
     more generations: the results of the moment itself are read from the store), checking that
     the evolution is the uninterrupted one."""
-    spec = parse_spec(spec_dict(name, generations=10, slow=True))
+    spec = parse_spec(tiny_ga(name, generations=10, slow=True))
     fleet.start("alpha")
     fleet.start("beta")
     fleet.wait_ready()
@@ -436,7 +406,6 @@ def test_malformed_accepts_what_the_master_sends():
 def test_the_direct_queue_of_a_worker_that_stopped_is_deleted_by_the_broker(tmp_path, monkeypatch):
     from amqp.exceptions import NotFound, PreconditionFailed
 
-    from conftest import Fleet
     from evoarena.fleet.app import direct_queue
 
     monkeypatch.setenv("EVOARENA_DIRECT_QUEUE_EXPIRES_S", "2")  # the master's side; the worker gets the same
@@ -526,7 +495,7 @@ def test_with_a_task_key_workers_run_only_the_tasks_the_master_signed(fleet, mon
     fleet.env["EVOARENA_TASK_KEY"] = "the-fleet-key"  # the workers'
     fleet.start("alpha")
     fleet.wait_ready()
-    spec = parse_spec(spec_dict("fleet-signed", generations=2))
+    spec = parse_spec(tiny_ga("fleet-signed", generations=2))
 
     scheduler.run(spec, fleet.store, fleet.executor())  # the master signs: everything runs
 

@@ -19,7 +19,7 @@ import pytest
 
 from evoarena import scheduler
 from evoarena.spec import parse_spec
-from test_fleet import spec_dict
+from helpers import tiny_ga
 
 # What Flower's process must do without: it would fail to import any of them (a module made None
 # in sys.modules cannot be imported), so a Flower that starts and shows the fleet did not need them.
@@ -88,7 +88,7 @@ def test_flower_started_with_the_light_app_lists_both_workers_and_the_runs_tasks
                 time.sleep(0.5)
         nodes = [fleet.start("alpha"), fleet.start("beta")]
         fleet.wait_ready()
-        spec = parse_spec(spec_dict("fleet-flower", generations=2))
+        spec = parse_spec(tiny_ga("fleet-flower", generations=2))
         scheduler.run(spec, fleet.store, fleet.executor())
         time.sleep(2)  # the last events reach Flower
 

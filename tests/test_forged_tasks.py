@@ -17,7 +17,7 @@ from evoarena.spec import parse_spec
 from evoarena.store import open_store
 from evoarena.store.results import task_id
 from evoarena.worker import Worker, WorkerConfig
-from test_fleet import spec_dict
+from helpers import tiny_ga
 
 GENERATIONS = 5
 
@@ -30,7 +30,7 @@ def planned_tasks(store, spec, generation: int) -> list[dict]:
 
 @pytest.fixture
 def finished(fleet):
-    spec = parse_spec(spec_dict("forged", generations=GENERATIONS))
+    spec = parse_spec(tiny_ga("forged", generations=GENERATIONS))
     fleet.start("alpha")
     fleet.wait_ready()
     scheduler.run(spec, fleet.store, fleet.executor())

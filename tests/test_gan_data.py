@@ -12,9 +12,7 @@ import torch
 
 from evoarena.problems import gan_data
 from evoarena.problems.gan_data import GanData, batches, make_data, mixture_centres
-
-# The S3 test server and its bucket: fixtures of test_s3_artifacts.py, shared with this file.
-from test_s3_artifacts import moto_endpoint, raw_s3, s3_bucket, s3_env  # noqa: F401
+from helpers import raw_s3  # the S3 test server and its bucket (moto_endpoint, s3_env, s3_bucket) are conftest.py's
 
 RING = {"kind": "ring", "modes": 8, "radius": 2.0, "std": 0.02, "train": 20000, "heldout": 2500, "seed": 0}
 GRID = {"kind": "grid", "side": 5, "spacing": 2.0, "std": 0.05, "train": 20000, "heldout": 2500, "seed": 0}

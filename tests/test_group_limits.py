@@ -3,26 +3,18 @@ message_limits), and the Celery executor sends each message with its own."""
 
 from __future__ import annotations
 
-import copy
-from pathlib import Path
-
-import yaml
-
 from evoarena.evolve.ga import GA
 from evoarena.fleet.app import TIME_LIMITS, make_app, message_limits, time_limits
 from evoarena.fleet.celery_executor import CeleryExecutor
-from evoarena.fleet.groups import is_group, pack
-from evoarena.spec import parse_spec
+from evoarena.tasks import is_group, pack
+from helpers import tiny_spec
 
-TINY = yaml.safe_load((Path(__file__).resolve().parent.parent / "experiments" / "tiny.yaml").read_text())
 LIMITS = {"evaluate": (50.0, 60.0), "train_pair": (500.0, 600.0)}  # (soft, hard): the longest hard limit is 600
 
 
 def generation_one(children_per_parent: int, eval_group: int) -> list[dict]:
     """tiny.yaml's evaluate messages of generation 1 (two founder parents), packed as an executor packs them."""
-    data = copy.deepcopy(TINY)
-    data["ga"] = {**data["ga"], "children_per_parent": children_per_parent, "eval_group": eval_group}
-    algo = GA(parse_spec(data))
+    algo = GA(tiny_spec(children_per_parent=children_per_parent, eval_group=eval_group))
     founders = algo.plan(0, None).about
     tasks = algo.plan(1, {"parents": [g.to_json() for g in founders[:2]], "checkpoints": []}).tasks
     return pack(tasks, "evaluate")

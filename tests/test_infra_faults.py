@@ -18,13 +18,11 @@ from pathlib import Path
 
 import pytest
 
-from conftest import evolution
 from evoarena import scheduler
 from evoarena.scheduler import InfrastructureFailure
 from evoarena.spec import parse_spec
 from evoarena.store import open_store
-from test_arena_fleet import arena_dict, inline_reference, outcome
-from test_fleet import local_reference, spec_dict
+from helpers import arena_dict, arena_outcome, evolution, inline_reference, local_reference, merged, tiny_ga
 
 pytestmark = pytest.mark.slow
 FAULTY = Path(__file__).parent / "faulty"  # sitecustomize: result writes fail while a flag file exists
@@ -56,7 +54,7 @@ def test_a_store_moved_away_while_a_workers_pool_restarts_is_waited_for_not_recr
     url = f"sqlite:///{home}/fleet.db"
     fleet.env["EVOARENA_STORE"] = url
     store = open_store(url)
-    spec = parse_spec(spec_dict("fleet-moved", generations=5))
+    spec = parse_spec(tiny_ga("fleet-moved", generations=5))
     fleet.start("alpha"), fleet.start("beta")
     fleet.wait_ready()
     moved, seen_while_moved = tmp_path / "elsewhere", []
@@ -88,7 +86,7 @@ def test_a_write_outage_longer_than_a_workers_retries_loses_no_result(fleet, tmp
     with_outage_hook(fleet, flag)
     fleet.start("alpha")
     fleet.wait_ready()
-    spec = parse_spec(spec_dict("fleet-outage", generations=4))
+    spec = parse_spec(tiny_ga("fleet-outage", generations=4))
 
     def after_step(progress):
         if progress.generation == 1:  # 25 s without writes, from the start of step 2
@@ -111,7 +109,7 @@ def test_a_store_no_worker_can_write_stops_the_run_unrecorded_and_the_same_comma
     with_outage_hook(fleet, flag)
     fleet.start("alpha")
     fleet.wait_ready()
-    spec = parse_spec({**arena_dict("fleet-read-only"), "arena": {**arena_dict("x")["arena"], "on_error": "stop"}})
+    spec = parse_spec(merged(arena_dict("fleet-read-only"), {"arena": {"on_error": "stop"}}))
 
     with pytest.raises(InfrastructureFailure, match="because of the infrastructure"):
         scheduler.run(spec, fleet.store, fleet.executor())
@@ -124,7 +122,7 @@ def test_a_store_no_worker_can_write_stops_the_run_unrecorded_and_the_same_comma
     flag.unlink()  # the permission is fixed: the same command again
     scheduler.run(spec, fleet.store, fleet.executor())
 
-    assert outcome(fleet.store, spec.name) == outcome(inline_reference(tmp_path, spec), spec.name)
+    assert arena_outcome(fleet.store, spec.name) == arena_outcome(inline_reference(tmp_path, spec), spec.name)
     assert genome_errors(fleet.store, spec.name) == []
 
 
@@ -135,7 +133,7 @@ def test_a_master_without_the_fleets_key_records_no_refusal_and_the_same_command
     fleet.env["EVOARENA_TASK_KEY"] = "the-fleet-key"  # the workers'
     fleet.start("alpha")
     fleet.wait_ready()
-    spec = parse_spec(spec_dict("fleet-unkeyed", generations=3))
+    spec = parse_spec(tiny_ga("fleet-unkeyed", generations=3))
     monkeypatch.delenv("EVOARENA_TASK_KEY", raising=False)  # the master's: forgotten
 
     with pytest.raises(InfrastructureFailure, match="TaskRefused.*not signed"):

@@ -13,10 +13,9 @@ from __future__ import annotations
 import time
 
 import pytest
-from test_deploy import RELEASE, helm, keda_replicas, one, shared_queue, template, worker_queue  # noqa: F401
-from test_management import management, queue  # noqa: F401 - helm and management are fixtures
 
 from evoarena.fleet.app import DIRECT_EXCHANGE
+from helpers import RELEASE, keda_replicas, management_queue, one, shared_queue, template, worker_queue
 
 pytestmark = pytest.mark.slow
 
@@ -31,7 +30,7 @@ def send_sleep(fleet, name: str, seconds: float, node: str | None = None) -> Non
 
 
 def counts(name: str) -> tuple[int, int]:
-    shown = queue(name)
+    shown = management_queue(name)
     return shown.get("messages_ready", -1), shown.get("messages_unacknowledged", -1)
 
 

@@ -9,7 +9,6 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 import yaml
@@ -19,9 +18,7 @@ from evoarena.evolve.ga import GA
 from evoarena.heartbeat import Heartbeat
 from evoarena.status import state_text
 from evoarena.store import open_store
-from test_scheduler import InterruptAfter, Lab, Poisoning, tiny
-
-ROOT = Path(__file__).resolve().parent.parent
+from helpers import Lab, Poisoning, StopAfter, tiny_spec, tiny_yaml
 
 
 def unreadable(genome: dict) -> None:
@@ -32,13 +29,13 @@ def unreadable(genome: dict) -> None:
 def three(tmp_path):
     """One store with a complete run, a failed one and one still running (stopped like Ctrl-C)."""
     lab = Lab(tmp_path)
-    lab.run(tiny("done", generations=2))
-    failing = tiny("broken", generations=2, on_error="stop")
+    lab.run(tiny_spec("done", generations=2))
+    failing = tiny_spec("broken", generations=2, on_error="stop")
     victim = GA(failing).plan(0, None).tasks[2]["genome"]["id"]
     with pytest.raises(RuntimeError):
         lab.run(failing, wrap=lambda executor: Poisoning(executor, victim, unreadable, planned_in=lab.store()))
     with pytest.raises(KeyboardInterrupt):  # generation 0 (7 tasks) and 3 of generation 1
-        lab.run(tiny("going", generations=3), wrap=lambda executor: InterruptAfter(executor, 10))
+        lab.run(tiny_spec("going", generations=3), wrap=lambda executor: StopAfter(executor, 10))
     yield lab
     lab.close()
 
@@ -111,7 +108,7 @@ def test_a_document_without_heartbeat_counts_its_update_as_the_last_sign_of_life
 def test_a_run_leaves_its_heartbeat_and_interval_in_the_experiment_document(tmp_path):
     lab = Lab(tmp_path)
     before = time.time()
-    lab.run(tiny("beating", generations=1))
+    lab.run(tiny_spec("beating", generations=1))
 
     doc = lab.store().get_experiment("beating")
     assert doc["status"] == "complete"
@@ -163,8 +160,7 @@ def list_state(url: str, name: str, capsys) -> str:
 
 def test_a_master_killed_with_sigkill_shows_stale_and_a_live_one_running(tmp_path, capsys):
     url = f"sqlite:///{tmp_path / 'results.db'}"
-    spec = yaml.safe_load((ROOT / "experiments" / "tiny.yaml").read_text())
-    spec["name"], spec["ga"]["generations"] = "killed", 100_000
+    spec = tiny_yaml(name="killed", ga={"generations": 100_000})
     (tmp_path / "killed.yaml").write_text(yaml.safe_dump(spec))
     env = {**os.environ, "EVOARENA_MASTER_HEARTBEAT_S": "0.5", "EVOARENA_NOISE_DIR": str(tmp_path / "noise"),
            "EVOARENA_ARTIFACTS": str(tmp_path / "artifacts"), "EVOARENA_LOG_LEVEL": "WARNING"}

@@ -5,49 +5,24 @@ workers' direct queues and the dead-letter queue exist with their consumers, and
 
 from __future__ import annotations
 
-import json
 import threading
 import time
 import urllib.error
-import urllib.parse
-import urllib.request
 
 import pytest
 
 from evoarena import scheduler
 from evoarena.spec import parse_spec
-from test_fleet import spec_dict
+from helpers import management_queue, tiny_ga
 
 pytestmark = pytest.mark.slow
-
-API = "http://127.0.0.1:15672/api"
-
-
-def api(path: str) -> dict | list:
-    request = urllib.request.Request(f"{API}/{path}")
-    request.add_header("Authorization", "Basic Z3Vlc3Q6Z3Vlc3Q=")  # guest:guest, the local broker's
-    with urllib.request.urlopen(request, timeout=10) as answer:
-        return json.load(answer)
-
-
-def queue(name: str) -> dict:
-    return api(f"queues/%2F/{urllib.parse.quote(name, safe='')}")
-
-
-@pytest.fixture
-def management():
-    try:
-        api("overview")
-    except (urllib.error.URLError, OSError) as exc:
-        pytest.fail(f"the RabbitMQ management API does not answer on {API} ({exc}): "
-                    "`rabbitmq-plugins enable rabbitmq_management` (.ci/run does)", pytrace=False)
 
 
 def test_the_management_api_shows_the_fleets_queues_with_their_consumers_and_messages_flowing(management, fleet):
     nodes = [fleet.start("alpha"), fleet.start("beta")]
     fleet.wait_ready()
     # long enough (about 20 s) for the management plugin, which samples every 5 s, to see it
-    spec = parse_spec(spec_dict("fleet-watched", generations=80, slow=True))
+    spec = parse_spec(tiny_ga("fleet-watched", generations=80, slow=True))
     seen: dict[str, dict] = {}
     running = threading.Event()
     replies = fleet.app.backend.oid  # the master's reply queue (Celery names one per thread: read it here)
@@ -57,7 +32,7 @@ def test_the_management_api_shows_the_fleets_queues_with_their_consumers_and_mes
         while running.is_set():  # the whole run: a queue's first sample may predate its consumer
             for name in names:
                 try:
-                    shown = queue(name)
+                    shown = management_queue(name)
                 except urllib.error.HTTPError as exc:  # 404: not declared yet (the reply queue, at first)
                     if exc.code != 404:
                         raise
@@ -90,7 +65,7 @@ def test_the_management_api_shows_the_fleets_queues_with_their_consumers_and_mes
     # the management plugin samples its message rates every few seconds: wait for the run's
     deadline, delivered = time.monotonic() + 30, 0
     while time.monotonic() < deadline and delivered == 0:
-        stats = queue(fleet.queue).get("message_stats", {})
+        stats = management_queue(fleet.queue).get("message_stats", {})
         delivered = stats.get("deliver_get", 0)
         time.sleep(1)
     assert delivered > 0
@@ -127,12 +102,12 @@ def test_status_watch_shows_the_fleets_queues_from_the_management_api(management
 
     fleet.start("alpha")
     fleet.wait_ready()
-    spec = parse_spec(spec_dict("fleet-watch-queues", generations=1))
+    spec = parse_spec(tiny_ga("fleet-watch-queues", generations=1))
     scheduler.run(spec, fleet.store, fleet.executor())
     monkeypatch.setenv("EVOARENA_MANAGEMENT_URL", "http://guest:guest@127.0.0.1:15672")
     monkeypatch.setenv("EVOARENA_QUEUE", fleet.queue)
     deadline = time.monotonic() + 30
-    while "consumers" not in queue(fleet.queue) and time.monotonic() < deadline:  # sampled every 5 s
+    while "consumers" not in management_queue(fleet.queue) and time.monotonic() < deadline:  # sampled every 5 s
         time.sleep(0.5)
 
     out = io.StringIO()

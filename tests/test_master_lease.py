@@ -6,7 +6,6 @@ processes on one SQLite file, side by side, killed, and one after the other.
 
 from __future__ import annotations
 
-import copy
 import math
 import os
 import re
@@ -24,12 +23,9 @@ import yaml
 from evoarena import scheduler
 from evoarena.heartbeat import silence
 from evoarena.lease import ExperimentBusy, MasterLease
-from evoarena.spec import parse_spec
 from evoarena.store import ResultStore, open_store
-from conftest import evolution
+from helpers import evolution, tiny_spec, tiny_yaml
 
-ROOT = Path(__file__).resolve().parent.parent
-TINY = yaml.safe_load((ROOT / "experiments" / "tiny.yaml").read_text())
 HOST, PID = socket.gethostname(), os.getpid()
 PROBE = {"id": "probe", "host": "probe-host", "pid": 1}
 
@@ -110,16 +106,10 @@ def test_a_master_whose_lease_was_taken_over_learns_it_and_keeps_the_new_holders
     assert store.take_lease("exp", {**PROBE, "id": "third"}, stale_s=30.0, now=time.time())["id"] == "probe"
 
 
-def tiny(name: str, generations: int) -> dict:
-    data = copy.deepcopy(TINY)
-    data["name"], data["ga"]["generations"] = name, generations
-    return data
-
-
 def test_scheduler_run_refused_by_a_live_lease_writes_nothing(store):
     store.take_lease("exp", PROBE, stale_s=30.0, now=time.time())
     with pytest.raises(ExperimentBusy, match="probe-host"):
-        scheduler.run(parse_spec(tiny("exp", 2)), store, executor=None)  # refused before any task
+        scheduler.run(tiny_spec("exp", generations=2), store, executor=None)  # refused before any task
     assert store.get_experiment("exp") is None
     assert store.list_generations("exp") == []
 
@@ -137,7 +127,7 @@ class Interrupting:
 
 def test_scheduler_run_releases_the_lease_when_interrupted(store):
     with pytest.raises(KeyboardInterrupt):
-        scheduler.run(parse_spec(tiny("exp", 2)), store, Interrupting())
+        scheduler.run(tiny_spec("exp", generations=2), store, Interrupting())
     assert store.get_experiment("exp")["status"] == "running"  # it did start
     assert store.take_lease("exp", PROBE, stale_s=30.0, now=time.time()) is None
 
@@ -156,7 +146,7 @@ class Place:
         root.mkdir(parents=True, exist_ok=True)
         self.root, self.url = root, f"sqlite:///{root / 'evoarena.db'}"
         self.spec = root / f"{name}.yaml"
-        self.spec.write_text(yaml.safe_dump(tiny(name, generations), sort_keys=False))
+        self.spec.write_text(yaml.safe_dump(tiny_yaml(name=name, ga={"generations": generations}), sort_keys=False))
         self.env = {k: v for k, v in os.environ.items() if k != "EVOARENA_MASTER_HEARTBEAT_S"}
         self.env |= {"EVOARENA_NOISE_DIR": str(root / "noise"), "EVOARENA_ARTIFACTS": str(root / "artifacts"),
                      "EVOARENA_LOG_LEVEL": "WARNING", "PYTHONUNBUFFERED": "1"}

@@ -16,7 +16,7 @@ from evoarena.metrics import outcome
 from evoarena.spec import parse_spec
 from evoarena.store import open_store
 from evoarena.worker import WorkerConfig
-from test_fleet import spec_dict
+from helpers import tiny_ga
 
 
 @pytest.mark.parametrize(("summary", "expected"), [
@@ -30,7 +30,7 @@ def test_a_task_outcome_is_named_by_whose_failure_it_was(summary, expected):
 
 
 def test_the_master_reports_the_steps_complete(tmp_path):
-    spec = parse_spec(spec_dict("metrics-master", generations=3))
+    spec = parse_spec(tiny_ga("metrics-master", generations=3))
     config = WorkerConfig(f"sqlite:///{tmp_path}/m.db", str(tmp_path / "a"), str(tmp_path / "noise"), threads=1)
 
     scheduler.run(spec, open_store(config.store_url), InlineExecutor(config))
@@ -60,7 +60,7 @@ def test_a_workers_metrics_endpoint_counts_the_tasks_it_runs(fleet):
         except OSError:
             assert time.monotonic() < deadline, "the metrics endpoint never answered"
             time.sleep(0.5)
-    spec = parse_spec(spec_dict("metrics-worker", generations=3))
+    spec = parse_spec(tiny_ga("metrics-worker", generations=3))
 
     scheduler.run(spec, fleet.store, fleet.executor())
 

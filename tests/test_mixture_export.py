@@ -29,7 +29,7 @@ from evoarena.samples import draw_mixture, image_grid, mixture_samples
 from evoarena.spec import parse_spec
 from evoarena.store import open_store
 from evoarena.worker import Worker
-from test_arena import Run, tiny as tiny_arena
+from helpers import ArenaRun, tiny_arena
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "sample_mixture.py"
 
@@ -210,8 +210,8 @@ def test_a_mixture_of_image_generators_is_drawn_as_a_grid_of_its_samples():
 
 
 @pytest.fixture(scope="module")
-def arena(tmp_path_factory) -> Run:
-    run = Run(tmp_path_factory.mktemp("arena") / "run", tiny_arena(rounds=1))
+def arena(tmp_path_factory) -> ArenaRun:
+    run = ArenaRun(tmp_path_factory.mktemp("arena") / "run", tiny_arena(rounds=1))
     run.run()
     return run
 
@@ -222,16 +222,16 @@ def use(monkeypatch, config) -> None:
     monkeypatch.setenv("EVOARENA_NOISE_DIR", config.noise_dir)
 
 
-def last_match(run: Run) -> dict:
+def last_match(run: ArenaRun) -> dict:
     return next(d for d in reversed(run.steps()) if d["phase"] == "match")
 
 
-def workers_member(run: Run, member: dict) -> tuple[dict, torch.Tensor]:
+def workers_member(run: ArenaRun, member: dict) -> tuple[dict, torch.Tensor]:
     genome = Genome.from_json(member["genome"])
     return genome.arch, Worker(run.config).materializer(run.spec.noise.model_dump(mode="json")).build(genome).flat
 
 
-def kept_members(run: Run) -> tuple[list[dict], list[float]]:
+def kept_members(run: ArenaRun) -> tuple[list[dict], list[float]]:
     """The last match's mixture members of weight > 0 and their weights over the kept ones, by hand."""
     match = last_match(run)
     by_id = {m["id"]: m for m in match["members"]}
@@ -240,7 +240,7 @@ def kept_members(run: Run) -> tuple[list[dict], list[float]]:
     return [m for m, _ in kept], [w / total for _, w in kept]
 
 
-def copy_with_last_match(run: Run, tmp_path: Path, change) -> str:
+def copy_with_last_match(run: ArenaRun, tmp_path: Path, change) -> str:
     """The URL of a copy of the run's store whose last match document is `change(document)`."""
     db = tmp_path / "copy.db"
     src, dst = sqlite3.connect(run.config.store_url.removeprefix("sqlite:///")), sqlite3.connect(db)

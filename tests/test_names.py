@@ -14,6 +14,7 @@ import yaml
 from safetensors import safe_open
 
 from evoarena import cli
+from helpers import tiny_ga
 
 pytestmark = pytest.mark.slow
 
@@ -27,13 +28,6 @@ def tiny_arena(name: str) -> dict:
                       "train_steps": 20, "chunk_steps": 20, "cross_train_steps": 10, "batch_size": 32,
                       "match_samples": 128, "match_block": 2},
             "noise": {"size": 65536}}
-
-
-def tiny_ga(name: str) -> dict:
-    return {"name": name, "problem": {"kind": "memorize", "image": [3, 16, 16], "classes": 4, "batch_size": 8,
-                                      "train_batches": 2, "val_batches": 1},
-            "network": {"convs": [{"channels": 4, "kernel": 4, "stride": 2}], "hidden": [16]},
-            "noise": {"size": 1 << 20}, "ga": {"generations": 3, "parents": 2, "children_per_parent": 3, "elites": 1}}
 
 
 @pytest.fixture
@@ -76,7 +70,7 @@ def test_the_last_match_is_the_same_round_in_run_export_its_metadata_and_sample(
 
 
 def test_the_last_generation_is_the_same_number_in_run_and_export(place, tmp_path, capsys):
-    printed = run(place, tmp_path, tiny_ga("names-ga"))
+    printed = run(place, tmp_path, tiny_ga("names-ga", generations=3))
     gens = [re.match(r"gen\s+(\d+)/(\d+)", line) for line in printed]
     last, total = next((int(m[1]), int(m[2])) for m in reversed(gens) if m)
     assert last == total == 3

@@ -24,26 +24,17 @@ from evoarena.noise import generate, open_noise
 from evoarena.spec import SpecError, load_spec, parse_spec
 from evoarena.store import open_store
 from evoarena.worker import WorkerConfig
-from test_cli import Place  # the command-line helpers of the GA's run tests
+from helpers import Place, tiny_pso
 
 ROOT = Path(__file__).resolve().parent.parent
 NOISE_SIZE = 1 << 16
-
-
-def spec_dict(name: str = "pso-tiny", steps: int = 6, **pso) -> dict:
-    """tiny.yaml's problem and network, with a swarm instead of the GA."""
-    data = yaml.safe_load((ROOT / "experiments" / "tiny.yaml").read_text())
-    del data["ga"]
-    data["name"] = name
-    data["pso"] = {"steps": steps, "particles": 8, "directions": 16, "scale": 0.05, **pso}
-    return data
 
 
 # --- the encoding ---------------------------------------------------------------------------------
 
 
 def a_particle(directions: int = 5) -> tuple[Genome, Genome, list[float]]:
-    spec = parse_spec(spec_dict(directions=directions))
+    spec = parse_spec(tiny_pso(directions=directions))
     algo = PSO(spec)
     c = [float(x) for x in np.random.default_rng(1).uniform(-1, 1, directions)]
     c[0] = 0.1 + 0.2  # a float whose shortest repr has 17 digits
@@ -54,7 +45,7 @@ def test_a_particle_is_its_founder_plus_one_span_delta_carrying_k_coefficients_a
     base, particle, c = a_particle()
 
     assert particle.deltas[:-1] == () and particle.parents == (base.id,)
-    assert particle.to_json()["deltas"] == [{"k": "span", "d": PSO(parse_spec(spec_dict())).direction_seed,
+    assert particle.to_json()["deltas"] == [{"k": "span", "d": PSO(parse_spec(tiny_pso())).direction_seed,
                                              "s": 0.05, "c": c}]
 
 
@@ -129,7 +120,7 @@ def test_a_span_delta_with_non_numbers_for_coefficients_is_refused():
 
 def test_the_founder_and_the_direction_seed_come_from_the_experiment_seed():
     assert run_seeds(0) == run_seeds(0) and run_seeds(0) != run_seeds(1)
-    a, b = PSO(parse_spec({**spec_dict(), "seed": 5})), PSO(parse_spec({**spec_dict(), "seed": 6}))
+    a, b = PSO(parse_spec({**tiny_pso(), "seed": 5})), PSO(parse_spec({**tiny_pso(), "seed": 6}))
     assert (a.founder.init_seed, a.direction_seed) == run_seeds(5) != (b.founder.init_seed, b.direction_seed)
 
 
@@ -160,7 +151,7 @@ def drive(algo: PSO, steps: int) -> list[dict]:
 
 
 def test_pso_finds_the_minimum_of_a_10d_sphere_to_1e_minus_6_in_6000_evaluations():
-    algo = PSO(parse_spec(spec_dict(steps=300, particles=20, directions=10, bound=1.0, vmax=1.0)))
+    algo = PSO(parse_spec(tiny_pso(steps=300, particles=20, directions=10, bound=1.0, vmax=1.0)))
     final = drive(algo, 300)[-1]
 
     assert final["best"]["fitness"] >= -1e-6
@@ -169,7 +160,7 @@ def test_pso_finds_the_minimum_of_a_10d_sphere_to_1e_minus_6_in_6000_evaluations
 
 
 def test_the_swarms_best_never_falls_and_every_step_stores_the_whole_swarm():
-    states = drive(PSO(parse_spec(spec_dict(steps=20, particles=6, directions=4))), 20)
+    states = drive(PSO(parse_spec(tiny_pso(steps=20, particles=6, directions=4))), 20)
     bests = [s["stats"]["best"] for s in states]
 
     assert bests == sorted(bests) and bests[-1] > bests[0]
@@ -181,9 +172,9 @@ def test_the_swarms_best_never_falls_and_every_step_stores_the_whole_swarm():
 
 
 def test_planning_and_advancing_a_step_again_gives_the_same_tasks_and_state():
-    algo = PSO(parse_spec(spec_dict(steps=5)))
+    algo = PSO(parse_spec(tiny_pso(steps=5)))
     states = drive(algo, 3)
-    again = PSO(parse_spec(spec_dict(steps=5)))  # a restarted master
+    again = PSO(parse_spec(tiny_pso(steps=5)))  # a restarted master
 
     assert again.plan(3, states[2]).tasks == algo.plan(3, states[2]).tasks
     step = again.plan(2, states[1])
@@ -191,7 +182,7 @@ def test_planning_and_advancing_a_step_again_gives_the_same_tasks_and_state():
 
 
 def test_a_failed_particle_is_skipped_and_on_error_stop_stops_the_run():
-    algo = PSO(parse_spec(spec_dict(particles=4, directions=3)))
+    algo = PSO(parse_spec(tiny_pso(particles=4, directions=3)))
     step = algo.plan(0, None)
     results = shifted_sphere(step)
     results[1] = {"genome_id": results[1]["genome_id"], "fitness": None, "metrics": {}, "error": "boom"}
@@ -199,13 +190,13 @@ def test_a_failed_particle_is_skipped_and_on_error_stop_stops_the_run():
     state = algo.advance(0, None, step, results)
     assert state["evaluated"]["fitness"][1] is None and state["swarm"]["best_fitness"][1] is None
     assert state["stats"]["errors"] == 1
-    stopping = PSO(parse_spec(spec_dict(particles=4, directions=3, on_error="stop")))
+    stopping = PSO(parse_spec(tiny_pso(particles=4, directions=3, on_error="stop")))
     with pytest.raises(RuntimeError, match="particle .* failed \\(boom\\); stopping because pso.on_error = stop"):
         stopping.advance(0, None, step, results)
 
 
 def test_a_step_where_every_particle_failed_is_an_error():
-    algo = PSO(parse_spec(spec_dict(particles=3, directions=3)))
+    algo = PSO(parse_spec(tiny_pso(particles=3, directions=3)))
     step = algo.plan(0, None)
     failed = [{"genome_id": t["genome"]["id"], "fitness": None, "metrics": {}, "error": "nan weights"} for t in step.tasks]
     with pytest.raises(RuntimeError, match="every evaluation failed so far; first error: nan weights"):
@@ -228,7 +219,7 @@ BAD = {
 def test_a_bad_pso_value_is_one_line_naming_the_field_the_value_and_what_is_accepted(case, tmp_path):
     values, expected = BAD[case]
     path = tmp_path / "bad.yaml"
-    path.write_text(yaml.safe_dump(spec_dict(**values)))
+    path.write_text(yaml.safe_dump(tiny_pso(**values)))
     with pytest.raises(SpecError) as caught:
         load_spec(path)
     assert expected in str(caught.value) and "\n" not in str(caught.value)
@@ -252,7 +243,7 @@ LONG = 60  # steps: several seconds on a local pool, so a run can be caught in t
 
 
 def write_spec(place: Place, name: str, steps: int, workers: int = 1, **pso) -> Path:
-    data = spec_dict(name, steps, **pso)
+    data = tiny_pso(name, steps, **pso)
     data["executor"]["workers"] = workers
     path = place.root / f"{name}.yaml"
     path.write_text(yaml.safe_dump(data, sort_keys=False))
@@ -328,7 +319,7 @@ def test_a_pso_run_killed_with_sigkill_resumes_to_the_same_swarm_as_an_uninterru
 
 @pytest.mark.slow
 def test_a_pso_run_on_the_celery_fleet_stores_the_same_swarm_as_an_inline_run(fleet, tmp_path):
-    spec = parse_spec({**spec_dict("pso-fleet", 5), "noise": {"size": 1 << 20}})
+    spec = parse_spec({**tiny_pso("pso-fleet", 5), "noise": {"size": 1 << 20}})
     for name in ("alpha", "beta"):
         fleet.start(name)
     fleet.wait_ready()
@@ -355,9 +346,9 @@ def inline_run(tmp_path: Path, store_name: str, spec) -> list[dict]:
 
 
 def test_a_pso_run_extended_by_more_steps_continues_as_one_longer_run(tmp_path):
-    longer = inline_run(tmp_path, "reference", parse_spec(spec_dict("pso-extended", 5)))
-    inline_run(tmp_path, "extended", parse_spec(spec_dict("pso-extended", 3)))
+    longer = inline_run(tmp_path, "reference", parse_spec(tiny_pso("pso-extended", 5)))
+    inline_run(tmp_path, "extended", parse_spec(tiny_pso("pso-extended", 3)))
 
-    assert inline_run(tmp_path, "extended", parse_spec(spec_dict("pso-extended", 5))) == longer
+    assert inline_run(tmp_path, "extended", parse_spec(tiny_pso("pso-extended", 5))) == longer
     with pytest.raises(scheduler.ExperimentMismatch, match="pso.steps = 2 but experiment 'pso-extended' already has 5"):
-        inline_run(tmp_path, "extended", parse_spec(spec_dict("pso-extended", 2)))
+        inline_run(tmp_path, "extended", parse_spec(tiny_pso("pso-extended", 2)))

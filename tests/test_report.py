@@ -34,10 +34,9 @@ from evoarena.spec import parse_spec
 from evoarena.store import ARENA_COLLECTIONS, open_store
 from evoarena.worker import WorkerConfig
 from headless_chromium import chromium, load
-from test_store_contract import mongomock_store
+from helpers import StopAfter, images, mongomock_store, pixel_variance, sections, tiny_spec
 
 ROOT = Path(__file__).resolve().parent.parent
-TINY = yaml.safe_load((ROOT / "experiments" / "tiny.yaml").read_text())
 ARENA = {
     "name": "arena-tiny",
     "problem": {"kind": "gan", "latent": 4, "metric_samples": 200,
@@ -52,32 +51,11 @@ ARENA = {
 PARTIAL_TASKS = 2 * 7 + 3  # tiny.yaml: 7 individuals a generation; stopped 3 tasks into the third
 
 
-def tiny_ga(name: str, generations: int):
-    return parse_spec({**copy.deepcopy(TINY), "name": name, "ga": {**TINY["ga"], "generations": generations}})
-
-
 def tiny_arena(name: str, **arena):
     data = copy.deepcopy(ARENA)
     data["name"] = name
     data["arena"].update(arena)
     return parse_spec(data)
-
-
-class StopAfter:
-    """An executor that stops the master like Ctrl-C once `n` tasks have stored their results."""
-
-    def __init__(self, inner, n: int):
-        self.inner, self.n, self.done = inner, n, 0
-
-    def map(self, op, tasks):
-        for summary in self.inner.map(op, tasks):
-            yield summary
-            self.done += 1
-            if self.done == self.n:
-                raise KeyboardInterrupt
-
-    def close(self):
-        self.inner.close()
 
 
 class Runs:
@@ -92,9 +70,9 @@ class Runs:
         self.settings = Settings(store=self.url, artifacts=str(root / "artifacts"), noise_dir=root / "noise")
         config = WorkerConfig(self.url, self.settings.artifacts, str(self.settings.noise_dir), threads=1)
         executor = InlineExecutor(config)
-        scheduler.run(tiny_ga("tiny", 4), self.store, executor)
+        scheduler.run(tiny_spec("tiny", generations=4), self.store, executor)
         with pytest.raises(KeyboardInterrupt):
-            scheduler.run(tiny_ga("tiny-partial", 3), self.store, StopAfter(executor, PARTIAL_TASKS))
+            scheduler.run(tiny_spec("tiny-partial", generations=3), self.store, StopAfter(executor, PARTIAL_TASKS))
         scheduler.run(tiny_arena("arena-tiny"), self.store, executor)
         scheduler.run(tiny_arena("arena-fight", rounds=2, mode="async", cross_train_steps=0), self.store, executor)
         executor.close()
@@ -125,15 +103,6 @@ def runs(tmp_path_factory) -> Runs:
     runs = Runs(tmp_path_factory.mktemp("report"))
     yield runs
     runs.store.close()
-
-
-def images(page: str) -> list[str]:
-    """The alt text of each <img> of a page, in order."""
-    return [chunk.split('alt="', 1)[1].split('"', 1)[0] for chunk in page.split("<img ")[1:]]
-
-
-def sections(page: str) -> list[str]:
-    return [chunk.split("</h2>", 1)[0] for chunk in page.split("<h2>")[1:]]
 
 
 # --- the data behind each figure --------------------------------------------------------------------
@@ -296,7 +265,7 @@ def test_ga_page_without_a_stored_baseline_says_how_to_record_one(runs):
 
 
 def test_baseline_command_records_the_history_it_trained_and_printed(runs):
-    spec = tiny_ga("tiny", 4)
+    spec = tiny_spec("tiny", generations=4)
     stored = runs.store.get_baseline("tiny", "adam")
     # the same training, run again here: Adam on the same network, data and seed
     again = memorize.baseline(spec.problem.model_dump(mode="json"), spec.network.model_dump(mode="json"), 3,
@@ -331,7 +300,7 @@ def test_loss_figure_draws_the_stored_adam_history_against_epochs_on_a_second_ax
 
 
 def test_a_stored_baseline_of_another_network_is_not_drawn_and_the_page_says_why(tmp_path, runs):
-    spec = tiny_ga("tiny", 4)
+    spec = tiny_spec("tiny", generations=4)
     with open_store(f"sqlite:///{tmp_path / 'results.db'}") as store:
         store.put_experiment("tiny", runs.store.get_experiment("tiny"))
         store.put_results(runs.store.find_results("tiny"))
@@ -354,8 +323,10 @@ def test_page_of_a_run_still_going_includes_the_generation_in_progress(runs):
     assert report.fitness_band(report.ga_fitness(runs.store.find_results("tiny-partial"))).x == [1, 2, 3]
 
 
-@pytest.mark.parametrize("spec, says", [(tiny_ga("fresh", 4), "0/4 generations complete; 0 results stored"),
-                                        (tiny_arena("fresh"), "0/8 steps complete; 0 results stored")])
+@pytest.mark.parametrize("spec, says", [
+    (tiny_spec("fresh", generations=4), "0/4 generations complete; 0 results stored"),
+    (tiny_arena("fresh"), "0/8 steps complete; 0 results stored"),
+])
 def test_page_of_a_run_with_nothing_stored_yet_says_so_and_draws_nothing(tmp_path, spec, says):
     with open_store(f"sqlite:///{tmp_path / 'results.db'}") as store:
         scheduler.register(spec, store)
@@ -572,10 +543,6 @@ def test_report_of_an_unknown_experiment_exits_2_with_one_line_naming_the_known_
 
 
 # --- in a real browser --------------------------------------------------------------------------------
-
-
-def pixel_variance(png: bytes) -> float:
-    return float(np.asarray(Image.open(io.BytesIO(png)).convert("L"), float).var())
 
 
 def test_chromium_is_installed():

@@ -8,18 +8,16 @@ self-adaptation and per-layer options, the memorize fitness kind, and the pso an
 from __future__ import annotations
 
 import copy
-from pathlib import Path
 
 import pytest
-import yaml
 
 from evoarena import scheduler
 from evoarena.fleet.executor import InlineExecutor
-from evoarena.spec import ExperimentSpec, parse_spec, spec_to_dict
+from evoarena.spec import ExperimentSpec, spec_to_dict
 from evoarena.store import open_store
 from evoarena.worker import WorkerConfig
+from helpers import tiny_spec
 
-TINY = yaml.safe_load((Path(__file__).resolve().parent.parent / "experiments" / "tiny.yaml").read_text())
 ADDED = {"": ("pso", "tune"), "problem": ("fitness",),
          "ga": ("selection", "children", "elite_candidates", "elite_episodes", "frame_budget", "eval_group"),
          "ga.mutation": ("momentum", "self_adapt", "per_layer", "layer_choice")}
@@ -27,10 +25,8 @@ ADDED = {"": ("pso", "tune"), "problem": ("fitness",),
 
 
 def tiny(generations: int = 2, mutation: dict | None = None, **ga) -> ExperimentSpec:
-    data = copy.deepcopy(TINY)
-    data["ga"] = {**data["ga"], "generations": generations, **ga}
-    data["ga"]["mutation"] = {**data["ga"].get("mutation", {}), **(mutation or {})}
-    return parse_spec(data)
+    """tiny.yaml with `generations` and other `ga` fields, its `ga.mutation` always written out."""
+    return tiny_spec(generations=generations, **ga, mutation=mutation or {})
 
 
 def as_stored_before_the_new_fields(spec: ExperimentSpec) -> dict:

@@ -1,62 +1,20 @@
 """S3Artifacts against moto's S3 server, spoken to over real HTTP on 127.0.0.1.
 
-The fixtures here (moto_endpoint, s3_env, s3_bucket) are also used by test_artifacts.py,
+The fixtures (moto_endpoint, s3_env, s3_bucket) are conftest.py's, also used by test_artifacts.py,
 which runs the behaviour every artifact store shares against S3Artifacts too.
 """
 
 from __future__ import annotations
 
 import hashlib
-import os
-import uuid
-from collections.abc import Iterator
 
-import boto3
 import pytest
 import torch
-from moto.server import ThreadedMotoServer
 from safetensors.torch import save as save_safetensors
 
 from evoarena.store import ArtifactError, S3Artifacts, open_artifacts
 from evoarena.store import s3 as s3_module
-
-
-@pytest.fixture(scope="module")
-def moto_endpoint() -> Iterator[str]:
-    """The URL of an S3 server (moto) listening on a free port of 127.0.0.1."""
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    yield f"http://{host}:{port}"
-    server.stop()
-
-
-@pytest.fixture
-def s3_env(moto_endpoint: str, monkeypatch: pytest.MonkeyPatch, tmp_path) -> str:
-    """The environment a pod would have: credentials for the AWS chain, and the endpoint."""
-    for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
-    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-aws-config"))
-    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-aws-credentials"))
-    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
-    monkeypatch.setenv("EVOARENA_S3_ENDPOINT_URL", moto_endpoint)
-    return moto_endpoint
-
-
-def raw_s3():
-    """A plain boto3 client on the test server, for looking behind the store's back."""
-    return boto3.client("s3", endpoint_url=os.environ["EVOARENA_S3_ENDPOINT_URL"])
-
-
-@pytest.fixture
-def s3_bucket(s3_env: str) -> str:
-    """A fresh, empty bucket."""
-    name = f"ckpt-{uuid.uuid4().hex[:12]}"
-    raw_s3().create_bucket(Bucket=name)
-    return name
+from helpers import raw_s3
 
 
 def objects(bucket: str) -> dict[str, bytes]:

@@ -11,8 +11,7 @@ from evoarena import cli
 from evoarena.genome import Genome
 from evoarena.samples import image_grid
 from evoarena.worker import Worker
-from test_arena import Run, tiny as tiny_arena
-from test_scheduler import Lab, tiny
+from helpers import ArenaRun, Lab, tiny_arena, tiny_spec
 
 
 def use(monkeypatch, config) -> None:
@@ -20,24 +19,24 @@ def use(monkeypatch, config) -> None:
     monkeypatch.setenv("EVOARENA_NOISE_DIR", config.noise_dir)
 
 
-def best_generator(run: Run) -> dict:
+def best_generator(run: ArenaRun) -> dict:
     match = next(d for d in reversed(run.steps()) if d["phase"] == "match")
     return next(m for m in match["members"] if m["id"] == match["stats"]["best_member"])
 
 
 @pytest.fixture(scope="module")
-def ring(tmp_path_factory) -> Run:
-    run = Run(tmp_path_factory.mktemp("ring") / "run", tiny_arena(rounds=1))
+def ring(tmp_path_factory) -> ArenaRun:
+    run = ArenaRun(tmp_path_factory.mktemp("ring") / "run", tiny_arena(rounds=1))
     run.run()
     return run
 
 
 @pytest.fixture(scope="module")
-def digits(tmp_path_factory) -> Run:
+def digits(tmp_path_factory) -> ArenaRun:
     data = tiny_arena(rounds=1, train_steps=20, chunk_steps=20)
     data["name"] = "digits-tiny"
     data["problem"]["data"] = {"kind": "digits"}
-    run = Run(tmp_path_factory.mktemp("digits") / "run", data)
+    run = ArenaRun(tmp_path_factory.mktemp("digits") / "run", data)
     run.run()
     return run
 
@@ -79,7 +78,7 @@ def test_a_digits_arena_gives_a_grid_of_the_generators_own_samples(digits, tmp_p
 
 def test_sample_of_a_ga_experiment_exits_2_with_one_line(tmp_path, monkeypatch, capsys):
     lab = Lab(tmp_path)
-    lab.run(tiny("tiny-ga", generations=1))
+    lab.run(tiny_spec("tiny-ga", generations=1))
     use(monkeypatch, lab.config("main"))
 
     assert cli.main(["sample", "tiny-ga", "--out", str(tmp_path / "x.png"), "--store", lab.url("main")]) == 2

@@ -8,144 +8,37 @@ from __future__ import annotations
 
 import copy
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import yaml
 
 from evoarena import scheduler
 from evoarena.fleet.executor import InlineExecutor, LocalExecutor
 from evoarena.genome import Genome
 from evoarena.spec import ExperimentSpec, parse_spec
 from evoarena import worker
-from evoarena.store import ResultStore, StoreUnavailable, open_store
-from evoarena.store.results import error_summary, result_id
-from evoarena.worker import WorkerConfig
-from conftest import evolution
+from evoarena.store import ResultStore, StoreUnavailable
+from evoarena.store.results import result_id
+from evoarena.tasks import error_summary
+from helpers import Lab, Poisoning, StopAfter, content_not_matching_id, evolution, tiny_spec
 
-TINY = yaml.safe_load((Path(__file__).resolve().parent.parent / "experiments" / "tiny.yaml").read_text())
 GENERATIONS = 8
 
 
 def tiny(name: str = "tiny", generations: int = GENERATIONS, **ga) -> ExperimentSpec:
     """tiny.yaml with another name, generation count and `ga` fields (`mutation` merges too)."""
-    data = copy.deepcopy(TINY)
-    data["name"] = name
-    mutation = {**data["ga"].get("mutation", {}), **ga.pop("mutation", {})}
-    data["ga"] = {**data["ga"], "generations": generations, **ga, **({"mutation": mutation} if mutation else {})}
-    return parse_spec(data)
+    return tiny_spec(name, generations=generations, **ga)
 
 
-# --- executors that misbehave on purpose ------------------------------------------------------
-
-
-class Recording:
-    """Passes tasks through and remembers which genome ids were sent, per generation, in order."""
-
-    def __init__(self, inner):
-        self.inner, self.sent = inner, {}
-
-    def map(self, op: str, tasks: list[dict]) -> Iterator[dict]:
-        for task in tasks:
-            self.sent.setdefault(task["generation"], []).append(task["genome"]["id"])
-        yield from self.inner.map(op, tasks)
-
-    def close(self) -> None:
-        self.inner.close()
-
-
-class InterruptAfter:
-    """Stops the scheduler like Ctrl-C once `n` tasks have finished (their results are stored)."""
-
-    def __init__(self, inner, n: int):
-        self.inner, self.n, self.finished = inner, n, 0
-
-    def map(self, op: str, tasks: list[dict]) -> Iterator[dict]:
-        for summary in self.inner.map(op, tasks):
-            yield summary
-            self.finished += 1
-            if self.finished == self.n:
-                raise KeyboardInterrupt
-
-    def close(self) -> None:
-        self.inner.close()
-
-
-class Poisoning:
-    """Hands the worker a corrupted genome in place of the one with id `victim`, `times` times at
-    most. With `planned_in` (a store), the corrupted task is planned there as the master plans its
-    tasks: the master itself made the bad genome. Without, it was corrupted on its way."""
-
-    def __init__(self, inner, victim: str, corrupt: Callable[[dict], None], planned_in: ResultStore | None = None,
-                 times: int | None = None):
-        self.inner, self.victim, self.corrupt, self.planned_in, self.times = inner, victim, corrupt, planned_in, times
-
-    def map(self, op: str, tasks: list[dict]) -> Iterator[dict]:
-        tasks = copy.deepcopy(tasks)
-        for task in tasks:
-            if task["genome"]["id"] == self.victim and self.times != 0:
-                self.corrupt(task["genome"])
-                self.times = None if self.times is None else self.times - 1
-                if self.planned_in is not None:
-                    scheduler.plan(self.planned_in, op, [task])
-        yield from self.inner.map(op, tasks)
-
-    def close(self) -> None:
-        self.inner.close()
+# --- a corrupted genome (the executors that misbehave on purpose are in helpers.py) ------------
 
 
 def unknown_delta_kind(genome: dict) -> None:
     genome["deltas"][-1]["k"] = "gaussain"
 
 
-def content_not_matching_id(genome: dict) -> None:
-    genome["init_seed"] += 1  # the id stays: a forged or corrupted message
-
-
 # --- a lab of stores --------------------------------------------------------------------------
-
-
-class Lab:
-    """Named SQLite stores under one tmp dir; `run` runs the scheduler on a fresh worker."""
-
-    def __init__(self, root: Path):
-        self.root, self.stores = root, {}
-
-    def url(self, store: str) -> str:
-        return f"sqlite:///{self.root / store / 'results.db'}"
-
-    def store(self, store: str = "main") -> ResultStore:
-        if store not in self.stores:
-            self.stores[store] = open_store(self.url(store))
-        return self.stores[store]
-
-    def config(self, store: str) -> WorkerConfig:
-        # One torch thread: these networks are so small that intra-op threads only add waiting.
-        return WorkerConfig(self.url(store), str(self.root / store / "artifacts"), str(self.root / "noise"), threads=1)
-
-    def run(self, spec: ExperimentSpec, store: str = "main", wrap=lambda executor: executor) -> dict:
-        executor = wrap(InlineExecutor(self.config(store)))
-        try:
-            return scheduler.run(spec, self.store(store), executor)
-        finally:
-            executor.close()
-
-    def run_recorded(self, spec: ExperimentSpec, store: str = "main") -> Recording:
-        """Run, and return what was sent to the worker."""
-        recorder = None
-
-        def record(executor):
-            nonlocal recorder
-            recorder = Recording(executor)
-            return recorder
-
-        self.run(spec, store, wrap=record)
-        return recorder
-
-    def close(self) -> None:
-        for store in self.stores.values():
-            store.close()
 
 
 @pytest.fixture
@@ -281,7 +174,7 @@ STOP_AFTER = {"inside generation 0": 3, "before generation 0's doc": 7, "inside 
 def test_an_interrupted_run_continues_to_exactly_the_uninterrupted_result(lab, n):
     spec = tiny()
     with pytest.raises(KeyboardInterrupt):
-        lab.run(spec, wrap=lambda executor: InterruptAfter(executor, n))
+        lab.run(spec, wrap=lambda executor: StopAfter(executor, n))
     assert lab.store().count_results("tiny") == n
 
     lab.run(spec)
@@ -297,7 +190,7 @@ def test_an_interrupted_run_continues_to_exactly_the_uninterrupted_result(lab, n
 def test_a_resumed_generation_sends_only_the_individuals_without_a_result(lab):
     spec = tiny()
     with pytest.raises(KeyboardInterrupt):
-        lab.run(spec, wrap=lambda executor: InterruptAfter(executor, 7 + 5))
+        lab.run(spec, wrap=lambda executor: StopAfter(executor, 7 + 5))
     stored = {r["genome_id"] for r in lab.store().find_results("tiny", 1)}
     assert len(stored) == 5
 
@@ -366,7 +259,7 @@ def test_a_recorded_failure_is_not_sent_again_on_resume(lab):
     spec = tiny()
     victim, upto_victim = best_child_of_generation_one(lab, spec)
     with pytest.raises(KeyboardInterrupt):
-        lab.run(spec, wrap=lambda executor: InterruptAfter(
+        lab.run(spec, wrap=lambda executor: StopAfter(
             Poisoning(executor, victim, unknown_delta_kind, planned_in=lab.store()), upto_victim))
     assert lab.store().get_generation("tiny", 1) is None
 
@@ -491,7 +384,7 @@ def test_a_resumed_step_runs_again_the_tasks_whose_infrastructure_failed(lab, no
     with monkeypatch.context() as patch:
         failing_infrastructure_for(patch, victim)
         with pytest.raises(KeyboardInterrupt):
-            lab.run(spec, wrap=lambda executor: InterruptAfter(executor, upto_victim))
+            lab.run(spec, wrap=lambda executor: StopAfter(executor, upto_victim))
     assert lab.store().get_result(result_id("tiny", 1, "evaluate", [victim]))["transient"] is True
 
     recorder = lab.run_recorded(spec)  # the infrastructure is back

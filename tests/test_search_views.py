@@ -26,9 +26,7 @@ from evoarena.store import open_store
 from evoarena.watch import Live, live, watch
 from evoarena.worker import WorkerConfig
 from headless_chromium import load
-from test_pso import spec_dict
-from test_report import StopAfter, images, pixel_variance, sections
-from test_tune import tiny as tiny_tune
+from helpers import StopAfter, images, pixel_variance, sections, tiny_pso, tiny_tune
 
 
 class Runs:
@@ -39,7 +37,7 @@ class Runs:
         self.store = open_store(self.url)
         self.settings = Settings(store=self.url, artifacts=str(root / "artifacts"), noise_dir=root / "noise")
         executor = InlineExecutor(WorkerConfig(self.url, self.settings.artifacts, str(self.settings.noise_dir), threads=1))
-        scheduler.run(parse_spec(spec_dict("pso-tiny", steps=3, particles=4)), self.store, executor)
+        scheduler.run(parse_spec(tiny_pso("pso-tiny", steps=3, particles=4)), self.store, executor)
         scheduler.run(parse_spec(tiny_tune(search="pso")), self.store, executor)
         with pytest.raises(KeyboardInterrupt):  # mid-way through the second step: its first trial stored
             scheduler.run(parse_spec({**tiny_tune(search="pso"), "name": "tune-partial"}), self.store,

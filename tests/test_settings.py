@@ -197,10 +197,9 @@ def test_a_fleet_master_pod_with_every_setting_goes_on_to_reach_its_broker():
 
 
 def test_a_worker_pod_with_every_setting_joins_the_fleet(tmp_path):
-    from conftest import broker_up
-
     from evoarena.fleet.app import broker_url
     from evoarena.fleet.local_workers import LocalWorkers
+    from helpers import broker_up
 
     if not broker_up():
         pytest.fail("RabbitMQ is not reachable on 127.0.0.1:5672 (.ci/run starts it)", pytrace=False)

@@ -22,7 +22,7 @@ import pytest
 from evoarena import scheduler
 from evoarena.settings import check_task_key
 from evoarena.spec import parse_spec
-from test_fleet import spec_dict
+from helpers import tiny_ga
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCHMARK_TASKS = ("evoarena.sleep", "evoarena.whoami", "evoarena.noop")
@@ -52,7 +52,7 @@ def test_a_worker_with_a_key_runs_no_benchmark_task_and_goes_on_with_signed_work
     assert all(r["why"] == "a task this worker does not have" for r in rejected)
     assert '"task started"' not in fleet.log("alpha")  # none of them ran
 
-    spec = parse_spec(spec_dict("signed-after-benchmarks", generations=1))
+    spec = parse_spec(tiny_ga("signed-after-benchmarks", generations=1))
     scheduler.run(spec, fleet.store, fleet.executor())  # signed evaluations, on the same one process
     assert '"op": "sleep"' not in fleet.log("alpha")
     stored = fleet.store.find_results(spec.name, 0, "evaluate")

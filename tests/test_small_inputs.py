@@ -24,6 +24,7 @@ import yaml
 from evoarena.settings import SpecLimits
 from evoarena.spec import SpecError, _show, load_spec, parse_spec
 from evoarena.spec_limits import gan_parameters
+from helpers import tiny_yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = ROOT / "experiments" / "tiny.yaml"
@@ -53,13 +54,6 @@ def run_cli(tmp_path: Path, *args: str, env: dict[str, str] | None = None) -> tu
     peak_mb = int(peak.split()[1]) / 1024
     print(f"evoarena {' '.join(args)}: exit {proc.returncode}, peak {peak_mb:.0f} MB")
     return proc.returncode, "\n".join(stderr), peak_mb
-
-
-def tiny(**changes) -> dict:
-    data = yaml.safe_load(TINY.read_text())
-    for section, fields in changes.items():
-        data[section] = {**data.get(section, {}), **fields}
-    return data
 
 
 def write(tmp_path: Path, data: dict | str, name: str = "spec.yaml") -> Path:
@@ -208,7 +202,7 @@ def test_the_file_size_limit_is_set_by_evoarena_spec_max_bytes(tmp_path):
 
 
 def test_a_billion_individuals_are_refused_naming_the_field_the_estimate_and_the_limit(tmp_path):
-    path = write(tmp_path, tiny(ga={"parents": 10_000, "children_per_parent": 100_000, "elites": 1}))
+    path = write(tmp_path, tiny_yaml(ga={"parents": 10_000, "children_per_parent": 100_000, "elites": 1}))
 
     code, stderr, peak_mb = run_cli(tmp_path, "run", str(path))
 
@@ -222,7 +216,7 @@ def test_a_billion_individuals_are_refused_naming_the_field_the_estimate_and_the
 
 
 def test_a_noise_table_over_the_limit_is_refused_naming_noise_size(tmp_path):
-    path = write(tmp_path, tiny(noise={"size": 1 << 20}))  # 4 MiB
+    path = write(tmp_path, tiny_yaml(noise={"size": 1 << 20}))  # 4 MiB
 
     with pytest.raises(SpecError) as error:
         load_spec(path, limits=SpecLimits(run_max_memory_mb=2))
@@ -234,8 +228,8 @@ def test_a_noise_table_over_the_limit_is_refused_naming_noise_size(tmp_path):
 
 
 def test_memorize_data_over_the_limit_is_refused_naming_the_batches(tmp_path):
-    path = write(tmp_path, tiny(problem={"image": [3, 1024, 1024], "batch_size": 4096, "train_batches": 100},
-                                noise={"size": 1 << 26}))
+    path = write(tmp_path, tiny_yaml(problem={"image": [3, 1024, 1024], "batch_size": 4096, "train_batches": 100},
+                                     noise={"size": 1 << 26}))
 
     with pytest.raises(SpecError) as error:
         load_spec(path)
@@ -245,9 +239,9 @@ def test_memorize_data_over_the_limit_is_refused_naming_the_batches(tmp_path):
 
 
 def test_a_fleet_spec_is_refused_for_what_each_worker_would_hold(tmp_path):
-    path = write(tmp_path, tiny(problem={"image": [3, 64, 64]}, noise={"size": 1 << 30}, ga={"eval_group": 4},
-                                network={"convs": [{"channels": 1, "kernel": 1}], "hidden": [16384, 16384]},
-                                executor={"kind": "celery"}))
+    path = write(tmp_path, tiny_yaml(problem={"image": [3, 64, 64]}, noise={"size": 1 << 30}, ga={"eval_group": 4},
+                                     network={"convs": [{"channels": 1, "kernel": 1}], "hidden": [16384, 16384]},
+                                     executor={"kind": "celery"}))
 
     with pytest.raises(SpecError) as error:
         load_spec(path)
@@ -259,7 +253,7 @@ def test_a_fleet_spec_is_refused_for_what_each_worker_would_hold(tmp_path):
 
 
 def test_force_accepts_a_spec_over_the_memory_limit(tmp_path):
-    path = write(tmp_path, tiny(noise={"size": 1 << 20}))
+    path = write(tmp_path, tiny_yaml(noise={"size": 1 << 20}))
 
     spec = load_spec(path, force=True, limits=SpecLimits(run_max_memory_mb=2))
 
@@ -267,13 +261,13 @@ def test_force_accepts_a_spec_over_the_memory_limit(tmp_path):
 
 
 def test_a_memory_limit_of_0_checks_nothing(tmp_path):
-    path = write(tmp_path, tiny(ga={"parents": 10_000, "children_per_parent": 100_000}))
+    path = write(tmp_path, tiny_yaml(ga={"parents": 10_000, "children_per_parent": 100_000}))
 
     assert load_spec(path, limits=SpecLimits(run_max_memory_mb=0)).ga.population == 1_000_000_001
 
 
 def test_evoarena_run_force_runs_what_the_memory_limit_refuses(tmp_path):
-    path = write(tmp_path, tiny(ga={"generations": 1}, noise={"size": 1 << 20}))
+    path = write(tmp_path, tiny_yaml(ga={"generations": 1}, noise={"size": 1 << 20}))
     env = {"EVOARENA_RUN_MAX_MEMORY_MB": "2"}
 
     refused, refusal, _ = run_cli(tmp_path, "run", str(path), "--inline", env=env)

@@ -6,7 +6,6 @@ server when EVOARENA_TEST_MONGO_URL names one (each test gets a fresh database, 
 
 from __future__ import annotations
 
-import inspect
 import math
 import multiprocessing
 import os
@@ -17,12 +16,11 @@ import uuid
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
-from unittest import mock
 
 import mongomock
 import pymongo
 import pytest
-from mongomock.collection import BulkOperationBuilder, Collection
+from mongomock.collection import Collection
 from pymongo.errors import AutoReconnect, DuplicateKeyError, NetworkTimeout, NotPrimaryError
 
 from evoarena.store import (
@@ -34,6 +32,7 @@ from evoarena.store import (
     open_store,
     redact,
 )
+from helpers import mongomock_accepting_sort, mongomock_db, mongomock_store
 
 MONGO_URL = os.environ.get("EVOARENA_TEST_MONGO_URL")
 
@@ -51,32 +50,6 @@ def sqlite_memory(tmp_path: Path) -> Iterator[ResultStore]:
 
 
 @contextmanager
-def mongomock_accepting_sort() -> Iterator[None]:
-    """mongomock 4.3 predates the `sort` argument pymongo 4.11 passes when ReplaceOne joins a
-    bulk write (mongomock/mongomock#912); accept it while it is None, as it always is here."""
-    original = BulkOperationBuilder.add_replace
-    if "sort" in inspect.signature(original).parameters:
-        yield
-        return
-
-    def add_replace(self, *args, sort=None, **kwargs):
-        if sort is not None:
-            raise NotImplementedError("mongomock cannot sort a bulk replace")
-        return original(self, *args, **kwargs)
-
-    with mock.patch.object(BulkOperationBuilder, "add_replace", add_replace):
-        yield
-
-
-@contextmanager
-def mongomock_db(tmp_path: Path) -> Iterator[tuple[MongoStore, pymongo.database.Database]]:
-    """A MongoStore on mongomock, and the test's own handle on the same database."""
-    client = mongomock.MongoClient()
-    with mongomock_accepting_sort(), MongoStore(client=client, database="evo") as store:
-        yield store, client["evo"]
-
-
-@contextmanager
 def real_mongodb_db(tmp_path: Path) -> Iterator[tuple[MongoStore, pymongo.database.Database]]:
     """A MongoStore on a fresh database of the server at EVOARENA_TEST_MONGO_URL, dropped after."""
     database = f"evoarena_test_{uuid.uuid4().hex[:12]}"
@@ -86,12 +59,6 @@ def real_mongodb_db(tmp_path: Path) -> Iterator[tuple[MongoStore, pymongo.databa
                 yield store, client[database]
         finally:
             client.drop_database(database)
-
-
-@contextmanager
-def mongomock_store(tmp_path: Path) -> Iterator[ResultStore]:
-    with mongomock_db(tmp_path) as (store, _):
-        yield store
 
 
 @contextmanager

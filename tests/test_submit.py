@@ -6,7 +6,6 @@ these tests need no cluster; `--dry-run` output is validated against the Kuberne
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import subprocess
@@ -20,24 +19,10 @@ import yaml
 from kubernetes.client.exceptions import ApiException
 
 from evoarena import submit
-from evoarena.settings import Settings
+from helpers import TINY_PATH, dry_run, run_submit
 
 ROOT = Path(__file__).resolve().parent.parent
-TINY = ROOT / "experiments" / "tiny.yaml"
 CHART_APP_VERSION = yaml.safe_load((ROOT / "helm" / "evoarena" / "Chart.yaml").read_text())["appVersion"]
-
-
-def run_submit(*argv: str) -> int:
-    """`evoarena submit ARGV` in this process, through the parser `submit.add_parser` defines."""
-    parser = argparse.ArgumentParser(prog="evoarena")
-    submit.add_parser(parser.add_subparsers(dest="command"))
-    return submit.cmd_submit(parser.parse_args(["submit", *argv]), Settings.from_env())
-
-
-def dry_run(capsys, *argv: str) -> tuple[dict, dict]:
-    assert run_submit(*argv, "--dry-run") == 0
-    config_map, job = yaml.safe_load_all(capsys.readouterr().out)
-    return config_map, job
 
 
 @pytest.fixture(autouse=True)
@@ -88,7 +73,7 @@ BAD_NAMES = {
 def test_a_bad_name_is_refused_before_anything_is_created(capsys, monkeypatch, args, message):
     monkeypatch.setattr(submit, "_submit", lambda *a: pytest.fail("contacted the cluster"))
 
-    assert run_submit(str(TINY), *args) == 2
+    assert run_submit(str(TINY_PATH), *args) == 2
 
     out, err = capsys.readouterr()
     assert out == ""
@@ -97,7 +82,7 @@ def test_a_bad_name_is_refused_before_anything_is_created(capsys, monkeypatch, a
 
 def test_a_long_experiment_name_still_makes_a_valid_job_name(tmp_path, capsys):
     longest = tmp_path / "long.yaml"
-    longest.write_text(TINY.read_text().replace("name: tiny", f"name: {'x' * 53}"))
+    longest.write_text(TINY_PATH.read_text().replace("name: tiny", f"name: {'x' * 53}"))
 
     config_map, job = dry_run(capsys, str(longest))
 
@@ -108,12 +93,12 @@ def test_a_long_experiment_name_still_makes_a_valid_job_name(tmp_path, capsys):
 
 
 def test_dry_run_prints_the_experiment_in_a_configmap_and_a_job_that_runs_it_on_the_fleet(capsys):
-    config_map, job = dry_run(capsys, str(TINY), "--namespace", "evoarena", "--release", "lab")
+    config_map, job = dry_run(capsys, str(TINY_PATH), "--namespace", "evoarena", "--release", "lab")
 
     assert (config_map["kind"], job["kind"]) == ("ConfigMap", "Job")
     assert config_map["metadata"]["name"] == job["metadata"]["name"] == "evoarena-tiny"
     assert config_map["metadata"]["namespace"] == job["metadata"]["namespace"] == "evoarena"
-    assert config_map["data"] == {"tiny.yaml": TINY.read_text()}  # the file as written, comments and all
+    assert config_map["data"] == {"tiny.yaml": TINY_PATH.read_text()}  # the file as written, comments and all
 
     pod = job["spec"]["template"]["spec"]
     (container,) = pod["containers"]
@@ -125,7 +110,7 @@ def test_dry_run_prints_the_experiment_in_a_configmap_and_a_job_that_runs_it_on_
 
 
 def test_an_arena_experiment_is_submitted_unchanged_like_a_ga(capsys):
-    ring = TINY.parent / "arena-ring.yaml"
+    ring = TINY_PATH.parent / "arena-ring.yaml"
     config_map, job = dry_run(capsys, str(ring))
 
     assert config_map["data"] == {"arena-ring.yaml": ring.read_text()}
@@ -134,7 +119,7 @@ def test_an_arena_experiment_is_submitted_unchanged_like_a_ga(capsys):
 
 
 def test_the_master_gets_the_releases_environment_and_identity(capsys):
-    _, job = dry_run(capsys, str(TINY), "--release", "lab")
+    _, job = dry_run(capsys, str(TINY_PATH), "--release", "lab")
     pod = job["spec"]["template"]["spec"]
     (container,) = pod["containers"]
 
@@ -150,7 +135,7 @@ def test_the_master_gets_the_releases_environment_and_identity(capsys):
 
 
 def test_the_master_asks_for_no_gpu_and_sees_none_on_a_gpu_node(capsys):
-    _, job = dry_run(capsys, str(TINY))
+    _, job = dry_run(capsys, str(TINY_PATH))
     pod = job["spec"]["template"]["spec"]
     (container,) = pod["containers"]
 
@@ -163,7 +148,7 @@ def test_the_master_asks_for_no_gpu_and_sees_none_on_a_gpu_node(capsys):
 
 
 def test_bad_input_fails_the_job_at_once_and_a_crash_is_retried(capsys):
-    _, job = dry_run(capsys, str(TINY))
+    _, job = dry_run(capsys, str(TINY_PATH))
     rules = job["spec"]["podFailurePolicy"]["rules"]
 
     assert job["spec"]["backoffLimit"] >= 1  # a new master continues from the store
@@ -171,7 +156,7 @@ def test_bad_input_fails_the_job_at_once_and_a_crash_is_retried(capsys):
 
 
 def test_dry_run_objects_match_the_kubernetes_schema(capsys):
-    for obj in dry_run(capsys, str(TINY), "--namespace", "evoarena"):
+    for obj in dry_run(capsys, str(TINY_PATH), "--namespace", "evoarena"):
         for version in ("1.30", "1.33"):  # the chart's oldest (Chart.yaml kubeVersion) and a current one
             kubernetes_validate.validate(obj, version, strict=True)
 
@@ -184,14 +169,14 @@ def test_dry_run_objects_match_the_kubernetes_schema(capsys):
 def test_the_image_is_the_option_else_the_environment_else_the_charts_default(capsys, monkeypatch, env, args, image):
     for key, value in env.items():
         monkeypatch.setenv(key, value)
-    _, job = dry_run(capsys, str(TINY), *args)
+    _, job = dry_run(capsys, str(TINY_PATH), *args)
     assert job["spec"]["template"]["spec"]["containers"][0]["image"] == image
 
 
 def test_dry_run_never_loads_the_kubernetes_client():
     code = ("import sys; from evoarena import submit; from evoarena.settings import Settings; import argparse;"
             "p = argparse.ArgumentParser(); submit.add_parser(p.add_subparsers());"
-            f"rc = submit.cmd_submit(p.parse_args(['submit', {str(TINY)!r}, '--dry-run']), Settings());"
+            f"rc = submit.cmd_submit(p.parse_args(['submit', {str(TINY_PATH)!r}, '--dry-run']), Settings());"
             "assert rc == 0 and 'kubernetes' not in sys.modules, sorted(m for m in sys.modules if 'kube' in m)")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
@@ -248,7 +233,7 @@ class FakeCluster:
 
 def apply(cluster: FakeCluster, resume: bool = False, release: str = "arena") -> int:
     names = submit.Names("tiny", release, "evoarena")
-    return submit.apply(cluster, cluster, names, TINY.read_text(), "tiny.yaml", None, resume)
+    return submit.apply(cluster, cluster, names, TINY_PATH.read_text(), "tiny.yaml", None, resume)
 
 
 def test_submit_creates_the_configmap_then_the_job_and_prints_how_to_follow_it(capsys):
@@ -291,7 +276,7 @@ echo "tiny: 5 generations of 16 on the fleet"
 
 
 def test_the_master_is_not_moved_by_node_autoscalers_and_its_job_is_cleaned_up(capsys):
-    _, job = dry_run(capsys, str(TINY))
+    _, job = dry_run(capsys, str(TINY_PATH))
     annotations = job["spec"]["template"]["metadata"]["annotations"]
 
     assert annotations["karpenter.sh/do-not-disrupt"] == "true"
@@ -358,7 +343,7 @@ def test_a_configmap_of_that_name_not_made_by_submit_is_left_alone(capsys):
 
 def test_evoarena_submit_dry_run_from_the_command_line():
     env = {k: v for k, v in os.environ.items() if k != "EVOARENA_IMAGE"}
-    done = subprocess.run([sys.executable, "-m", "evoarena.cli", "submit", str(TINY), "--dry-run"],
+    done = subprocess.run([sys.executable, "-m", "evoarena.cli", "submit", str(TINY_PATH), "--dry-run"],
                           capture_output=True, text=True, env=env)
 
     assert done.returncode == 0, done.stderr
@@ -372,7 +357,7 @@ def test_submit_without_a_kube_config_says_where_it_looked_and_how_to_point_else
     env["HOME"] = str(tmp_path)  # no ~/.kube/config here
     if kubeconfig:
         env["KUBECONFIG"] = str(tmp_path / kubeconfig)
-    done = subprocess.run([sys.executable, "-m", "evoarena.cli", "submit", str(TINY)], capture_output=True,
+    done = subprocess.run([sys.executable, "-m", "evoarena.cli", "submit", str(TINY_PATH)], capture_output=True,
                           text=True, env=env, timeout=120)
 
     assert done.returncode == 2
@@ -404,7 +389,7 @@ def test_the_import_refuser_refuses_torch():
 
 def test_submit_dry_run_imports_neither_torch_nor_the_fleets_libraries():
     run_cli = "from evoarena.cli import main; sys.exit(main(sys.argv[1:]))"
-    done = subprocess.run([sys.executable, "-c", REFUSE_HEAVY + run_cli, "submit", str(TINY), "--dry-run"],
+    done = subprocess.run([sys.executable, "-c", REFUSE_HEAVY + run_cli, "submit", str(TINY_PATH), "--dry-run"],
                           capture_output=True, text=True)
 
     assert done.returncode == 0, done.stderr
@@ -424,7 +409,7 @@ def test_the_submit_extra_pins_what_the_project_pins():
 @pytest.mark.slow
 def test_make_submit_runs_from_a_light_virtualenv_without_torch(tmp_path):
     venv = tmp_path / "venv-submit"
-    done = subprocess.run(["make", "-s", "submit", f"SUBMIT_VENV={venv}", f"EXP={TINY}", "ARGS=--dry-run"],
+    done = subprocess.run(["make", "-s", "submit", f"SUBMIT_VENV={venv}", f"EXP={TINY_PATH}", "ARGS=--dry-run"],
                           cwd=ROOT, capture_output=True, text=True, timeout=900)
 
     assert done.returncode == 0, done.stdout + done.stderr

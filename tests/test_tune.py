@@ -18,28 +18,7 @@ from evoarena.spec_tune import DerivedSpecError, ParameterSpec, derive
 from evoarena.store import open_store
 from evoarena.trial import objective
 from evoarena.worker import Worker, WorkerConfig, run_on
-
-BASE = {"rounds": 1, "players": 2, "generators": 1, "discriminators": 1,
-        "generator": {"hidden": [16]}, "discriminator": {"hidden": [16]},
-        "train_steps": 20, "chunk_steps": 20, "cross_train_steps": 0, "batch_size": 32, "match_samples": 64}
-
-TINY = {
-    "name": "tune-tiny",
-    "seed": 3,
-    "problem": {"kind": "gan", "latent": 4, "metric_samples": 200, "data": {"kind": "ring", "modes": 4, "std": 0.25, "train": 1000, "heldout": 200}},  # wide modes: a
-    # few dozen steps already put samples on them, so the objectives differ between trials
-    "tune": {"search": "pso", "steps": 2, "population": 2, "base": BASE,
-             "space": [{"path": "meta.lr", "low": 1e-3, "high": 3e-2, "log": True},
-                       {"path": "fitness.rac_weight", "low": 0.0, "high": 1.0},
-                       {"path": "train_steps", "low": 20, "high": 80, "integer": True}]},
-    "noise": {"size": 65536},
-}
-
-
-def tiny(**tune) -> dict:
-    data = copy.deepcopy(TINY)
-    data["tune"].update(tune)
-    return data
+from helpers import TUNE_BASE, StopAfter, tiny_tune
 
 
 def param(**fields) -> ParameterSpec:
@@ -68,7 +47,7 @@ def test_an_integer_value_is_rounded_to_the_nearest_whole_number_halves_up():
 
 
 def test_the_derived_arena_has_exactly_the_values_at_their_paths_and_the_base_elsewhere():
-    base = ArenaSpec(**BASE)
+    base = ArenaSpec(**TUNE_BASE)
     derived = derive(base, {"meta.lr": 0.004, "fitness.rac_weight": 0.75, "train_steps": 17})
     assert (derived.meta.lr, derived.fitness.rac_weight, derived.train_steps) == (0.004, 0.75, 17)
     before, after = base.model_dump(), derived.model_dump()
@@ -80,7 +59,7 @@ def test_the_derived_arena_has_exactly_the_values_at_their_paths_and_the_base_el
 
 def test_a_value_the_arena_refuses_is_an_error_naming_its_path_and_value():
     with pytest.raises(DerivedSpecError, match=r"meta\.lr = 5\.0: Input should be less than or equal to 1"):
-        derive(ArenaSpec(**BASE), {"meta.lr": 5.0})
+        derive(ArenaSpec(**TUNE_BASE), {"meta.lr": 5.0})
 
 
 # --- a bad search space is refused when the file is read --------------------------------------------
@@ -94,7 +73,7 @@ def test_a_value_the_arena_refuses_is_an_error_naming_its_path_and_value():
     ({"high": 2.0}, "tune.space[0].high", "the arena refuses it: meta.lr = 2.0: Input should be less than or equal to 1"),
 ])
 def test_a_bad_parameter_is_a_spec_error_naming_its_field(change, field, reason):
-    data = tiny()
+    data = tiny_tune()
     data["tune"]["space"][0].update(change)
     with pytest.raises(SpecError) as error:
         parse_spec(data)
@@ -102,7 +81,7 @@ def test_a_bad_parameter_is_a_spec_error_naming_its_field(change, field, reason)
 
 
 def test_an_integer_field_searched_without_integer_true_is_refused():
-    data = tiny()
+    data = tiny_tune()
     data["tune"]["space"][2].pop("integer")
     with pytest.raises(SpecError) as error:
         parse_spec(data)
@@ -110,14 +89,14 @@ def test_an_integer_field_searched_without_integer_true_is_refused():
 
 
 def test_a_path_searched_twice_is_refused():
-    data = tiny()
+    data = tiny_tune()
     data["tune"]["space"].append({"path": "meta.lr", "low": 0.001, "high": 0.01})
     with pytest.raises(SpecError, match=r"tune.space\[3\].path = 'meta.lr': is searched twice"):
         parse_spec(data)
 
 
 def test_tune_on_digits_is_refused_since_its_objectives_count_modes():
-    data = tiny()
+    data = tiny_tune()
     data["problem"]["data"] = {"kind": "digits"}
     with pytest.raises(SpecError, match="problem.data.kind = 'digits': .*ring or grid"):
         parse_spec(data)
@@ -138,7 +117,7 @@ def test_each_other_objective_is_its_quality_measure_higher_is_better(kind, expe
 
 
 def test_a_tune_spec_accepts_the_objective_modes_covered_at_twenty():
-    assert parse_spec(tiny(objective="modes_covered@20")).tune.objective == "modes_covered@20"
+    assert parse_spec(tiny_tune(objective="modes_covered@20")).tune.objective == "modes_covered@20"
 
 
 # --- how the next points are chosen (no trial runs) ----------------------------------------------------
@@ -150,7 +129,7 @@ def fake_results(objectives):
 
 
 def test_both_searches_start_from_the_same_points_and_every_trial_names_its_values():
-    pso, ga = Tune(parse_spec(tiny(search="pso"))), Tune(parse_spec(tiny(search="ga")))
+    pso, ga = Tune(parse_spec(tiny_tune(search="pso"))), Tune(parse_spec(tiny_tune(search="ga")))
     a, b = pso.plan(0, None), ga.plan(0, None)
     assert [t["values"] for t in a.tasks] == [t["values"] for t in b.tasks]
     assert [t["key"] for t in a.tasks] == [["trial-0"], ["trial-1"]]
@@ -158,7 +137,7 @@ def test_both_searches_start_from_the_same_points_and_every_trial_names_its_valu
 
 
 def test_the_ga_breeds_from_the_best_trials_so_far_and_carries_them_over():
-    ga = Tune(parse_spec(tiny(search="ga", population=3, parents=2)))
+    ga = Tune(parse_spec(tiny_tune(search="ga", population=3, parents=2)))
     step0 = ga.plan(0, None)
     state = ga.advance(0, None, step0, fake_results([0.5, None, 2.0]))
     assert [(p["step"], p["trial"]) for p in state["parents"]] == [(0, 2), (0, 0)]  # the failed one never breeds
@@ -177,7 +156,7 @@ def test_ga_children_stay_in_the_box_near_a_parent():
 
 
 def test_a_failed_trial_never_becomes_a_particles_best():
-    pso = Tune(parse_spec(tiny(search="pso")))
+    pso = Tune(parse_spec(tiny_tune(search="pso")))
     step0 = pso.plan(0, None)
     state = pso.advance(0, None, step0, fake_results([None, 1.5]))
     assert state["swarm"]["best_fitness"] == [None, 1.5]
@@ -185,7 +164,7 @@ def test_a_failed_trial_never_becomes_a_particles_best():
 
 
 def test_planning_a_step_again_from_its_state_gives_the_same_trials():
-    pso = Tune(parse_spec(tiny(search="pso")))
+    pso = Tune(parse_spec(tiny_tune(search="pso")))
     step0 = pso.plan(0, None)
     state = pso.advance(0, None, step0, fake_results([0.3, 0.7]))
     assert pso.plan(1, state).tasks == pso.plan(1, copy.deepcopy(state)).tasks
@@ -193,7 +172,7 @@ def test_planning_a_step_again_from_its_state_gives_the_same_trials():
 
 
 def test_a_point_the_arena_refuses_stops_the_plan_naming_the_path_and_value():
-    spec = parse_spec(tiny())  # a space the file check would refuse, forced past it
+    spec = parse_spec(tiny_tune())  # a space the file check would refuse, forced past it
     forced = spec.model_copy(update={"tune": spec.tune.model_copy(update={"space": [param(low=2.0, high=4.0)]})})
     with pytest.raises(RuntimeError, match=r"step 0: trial 0: the arena refuses meta\.lr = [0-9.]+: Input should be less"):
         Tune(forced).plan(0, None)
@@ -203,7 +182,7 @@ def test_a_point_the_arena_refuses_stops_the_plan_naming_the_path_and_value():
 
 
 def test_a_trial_with_a_value_the_arena_refuses_stores_an_error_naming_it_and_nothing_else(tmp_path):
-    spec = parse_spec(tiny())
+    spec = parse_spec(tiny_tune())
     url = f"sqlite:///{tmp_path / 'r.db'}"
     store = open_store(url)
     scheduler.register(spec, store)
@@ -249,7 +228,7 @@ def inline_runs(tmp_path_factory):
             tmp = tmp_path_factory.mktemp(search)
             env.setenv("EVOARENA_ARTIFACTS", str(tmp / "art"))
             env.setenv("EVOARENA_NOISE_DIR", str(tmp.parent / "noise"))
-            runs[search] = cli_run(tmp, tiny(search=search), "--inline")
+            runs[search] = cli_run(tmp, tiny_tune(search=search), "--inline")
     return runs
 
 
@@ -273,27 +252,13 @@ def test_a_tiny_search_stores_every_trial_with_its_values_and_objective(inline_r
 def test_the_same_seed_on_a_local_pool_stores_the_same_values_and_objectives(inline_runs, tmp_path, search, monkeypatch):
     monkeypatch.setenv("EVOARENA_ARTIFACTS", str(tmp_path / "art"))
     monkeypatch.setenv("EVOARENA_NOISE_DIR", str(tmp_path / "noise"))
-    store = cli_run(tmp_path, tiny(search=search))  # executor.kind local, 2 worker processes
+    store = cli_run(tmp_path, tiny_tune(search=search))  # executor.kind local, 2 worker processes
     assert trials_of(store, "tune-tiny") == trials_of(inline_runs[search], "tune-tiny")
-
-
-class StopAfter:
-    """Stops the master like Ctrl-C once `n` tasks have finished (their results are stored)."""
-
-    def __init__(self, inner, n: int):
-        self.inner, self.n = inner, n
-
-    def map(self, op, tasks):
-        for done, summary in enumerate(self.inner.map(op, tasks), start=1):
-            yield summary
-            self.n -= 1
-            if self.n == 0:
-                raise KeyboardInterrupt
 
 
 @pytest.mark.slow
 def test_an_interrupted_search_resumes_with_the_same_plan_and_runs_no_trial_twice(inline_runs, tmp_path):
-    spec = parse_spec(tiny(search="pso"))
+    spec = parse_spec(tiny_tune(search="pso"))
     store = open_store(f"sqlite:///{tmp_path / 'r.db'}")
     config = WorkerConfig(f"sqlite:///{tmp_path / 'r.db'}", str(tmp_path / "art"), str(tmp_path / "noise"), threads=1)
     with pytest.raises(KeyboardInterrupt):
@@ -308,7 +273,7 @@ def test_an_interrupted_search_resumes_with_the_same_plan_and_runs_no_trial_twic
 
 @pytest.mark.slow
 def test_a_search_on_the_fleet_stores_what_the_inline_run_stores(inline_runs, fleet):
-    spec = parse_spec(tiny(search="ga"))
+    spec = parse_spec(tiny_tune(search="ga"))
     fleet.start("alpha")
     fleet.wait_ready()
     scheduler.run(spec, fleet.store, fleet.executor())
@@ -321,9 +286,9 @@ def test_a_finished_search_extended_by_a_step_keeps_its_trials_and_runs_only_the
     url = f"sqlite:///{tmp_path / 'r.db'}"
     store = open_store(url)
     config = WorkerConfig(url, str(tmp_path / "art"), str(tmp_path / "noise"), threads=1)
-    scheduler.run(parse_spec(tiny(search="ga", steps=1)), store, InlineExecutor(config))
+    scheduler.run(parse_spec(tiny_tune(search="ga", steps=1)), store, InlineExecutor(config))
     first = {d["_id"]: d["seconds"] for d in store.find_results("tune-tiny")}
-    scheduler.run(parse_spec(tiny(search="ga", steps=2)), store, InlineExecutor(config))
+    scheduler.run(parse_spec(tiny_tune(search="ga", steps=2)), store, InlineExecutor(config))
     after = {d["_id"]: d["seconds"] for d in store.find_results("tune-tiny")}
     assert len(first) == 2 and len(after) == 4 and {k: after[k] for k in first} == first
     assert trials_of(store, "tune-tiny") == trials_of(inline_runs["ga"], "tune-tiny")

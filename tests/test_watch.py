@@ -26,7 +26,7 @@ from evoarena import cli, scheduler
 from evoarena.evolve.ga import GA
 from evoarena.fleet.executor import InlineExecutor
 from evoarena.store import open_store
-from test_scheduler import Lab, Poisoning, content_not_matching_id, tiny
+from helpers import Lab, Poisoning, content_not_matching_id, tiny_spec
 
 GENERATIONS = 3
 TASKS = 7  # tiny.yaml: 7 founders, then 2 parents x 3 children + 1 elite
@@ -52,7 +52,7 @@ class GatedRun:
     """tiny.yaml run in a thread, behind gates; registered before the thread starts."""
 
     def __init__(self, lab: Lab, name: str):
-        self.spec, self.url = tiny(name, generations=GENERATIONS), lab.url("main")
+        self.spec, self.url = tiny_spec(name, generations=GENERATIONS), lab.url("main")
         self.store = open_store(self.url)
         scheduler.register(self.spec, self.store)
         self.executor = Gated(InlineExecutor(lab.config("main")))
@@ -190,7 +190,7 @@ def test_off_a_terminal_it_prints_plain_lines_one_per_change_and_ends_with_the_c
 
 
 def test_ctrl_c_stops_the_watch_with_exit_code_130(lab):
-    spec = tiny("tiny-idle", generations=GENERATIONS)
+    spec = tiny_spec("tiny-idle", generations=GENERATIONS)
     scheduler.register(spec, lab.store())  # running, and nothing comes: only Ctrl-C ends the watch
     proc, out = watcher(lab.url("main"), spec.name, tty=True)
     try:
@@ -206,7 +206,7 @@ def test_ctrl_c_stops_the_watch_with_exit_code_130(lab):
 
 
 def test_the_watch_of_a_failed_run_ends_with_its_reason_and_exit_code_1(lab, capsys):
-    failing = tiny("broken", generations=2, on_error="stop")
+    failing = tiny_spec("broken", generations=2, on_error="stop")
     victim = GA(failing).plan(0, None).tasks[2]["genome"]["id"]
     with pytest.raises(RuntimeError):
         lab.run(failing, wrap=lambda executor: Poisoning(executor, victim, content_not_matching_id))
@@ -219,7 +219,7 @@ def test_the_watch_of_a_failed_run_ends_with_its_reason_and_exit_code_1(lab, cap
 
 
 def test_watch_every_zero_seconds_exits_2_with_one_line(lab, capsys):
-    scheduler.register(tiny("tiny-idle"), lab.store())
+    scheduler.register(tiny_spec("tiny-idle", generations=8), lab.store())
 
     assert cli.main(["status", "tiny-idle", "--watch", "--every", "0", "--store", lab.url("main")]) == 2
 
@@ -229,7 +229,7 @@ def test_watch_every_zero_seconds_exits_2_with_one_line(lab, capsys):
 def test_watch_in_a_string_stream_prints_the_status_view_then_the_live_line(lab):
     from evoarena.watch import watch
 
-    lab.run(tiny("tiny-done", generations=1))
+    lab.run(tiny_spec("tiny-done", generations=1))
     stream = io.StringIO()
 
     assert watch(lab.store(), "tiny-done", 0.1, stream) == 0

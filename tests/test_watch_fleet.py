@@ -17,21 +17,13 @@ import uuid
 
 import pytest
 
-from conftest import Fleet, broker_up
 from evoarena import scheduler
 from evoarena.fleet.management import broker_vhost
 from evoarena.spec import parse_spec
 from evoarena.store import open_store
+from helpers import Fleet, broker_up, tiny_ga
 
 MANAGEMENT = "http://guest:guest@127.0.0.1:15672"
-
-
-def tiny_ga(name: str, generations: int = 1) -> dict:
-    return {"name": name, "problem": {"kind": "memorize", "image": [3, 16, 16], "classes": 4, "batch_size": 8,
-                                      "train_batches": 2, "val_batches": 1},
-            "network": {"convs": [{"channels": 4, "kernel": 4, "stride": 2}], "hidden": [16]},
-            "noise": {"size": 1 << 20},
-            "ga": {"generations": generations, "parents": 2, "children_per_parent": 3, "elites": 1}}
 
 
 def api(method: str, path: str, body: dict | None = None):
@@ -75,7 +67,7 @@ def test_status_watch_counts_the_consumers_of_the_broker_urls_vhost(vhost, tmp_p
         fleet.start("alpha")
         fleet.start("beta")
         fleet.wait_ready()
-        spec = parse_spec(tiny_ga("watch-vhost"))
+        spec = parse_spec(tiny_ga("watch-vhost", generations=1))
         scheduler.run(spec, fleet.store, fleet.executor())
         monkeypatch.setenv("EVOARENA_MANAGEMENT_URL", MANAGEMENT)
         monkeypatch.setenv("EVOARENA_QUEUE", fleet.queue)

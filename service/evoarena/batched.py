@@ -45,7 +45,7 @@ documented bound on the difference of a fitness (mean cross-entropy) in float32,
 computes in too (arithmetic.pin_gpu: no TF32); tests/test_batched.py pins it.
 
 How large a group may be is written once here: the spec asks for `ga.eval_group` siblings per
-task (fleet/groups.py packs them), and a worker cuts a group into passes of at most `group_cap`
+task (tasks.py packs them), and a worker cuts a group into passes of at most `group_cap`
 networks, so the stacked copy of their weights takes at most STACK_FRACTION of its cache budget
 (EVOARENA_CACHE_MB); `images_per_pass` bounds the activations in the same way.
 """

@@ -24,12 +24,13 @@ import threading
 import time
 from typing import TYPE_CHECKING
 
+from .settings import HEARTBEAT_S
+
 if TYPE_CHECKING:
     from .store import ResultStore
 
 log = logging.getLogger(__name__)
 
-HEARTBEAT_S = 5.0  # the master's default interval (EVOARENA_MASTER_HEARTBEAT_S)
 STALE_BEATS = 6  # beats missed before `running` reads as stale: 30 s at the default interval
 
 

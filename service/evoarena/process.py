@@ -21,8 +21,8 @@ import threading
 import time
 
 from .arithmetic import apply, mode
-from .settings import WorkerSettings, worker_config
-from .worker import Worker, WorkerConfig, run_on
+from .settings import WorkerSettings
+from .worker import Worker, WorkerConfig, run_on, worker_config
 
 _process_worker: Worker | None = None
 

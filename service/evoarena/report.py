@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING
 
 from .report_plots import (
     BAND,
+    evenly_spaced,
     plot_encounter_matrix,
     plot_fitness,
     plot_lineage_shares,
@@ -206,14 +207,8 @@ def network_sizes(docs: list[dict]) -> dict[int, tuple[int, float, int]]:
 
 
 def heatmap_rounds(rounds: list[int], limit: int = MAX_HEATMAPS) -> list[int]:
-    """At most `limit` of `rounds` (sorted), evenly spaced, the first and the last always among them."""
-    import numpy as np
-
-    rounds = sorted(rounds)
-    if len(rounds) <= limit:
-        return rounds
-    picks = np.linspace(0, len(rounds) - 1, limit).round().astype(int)
-    return [rounds[i] for i in sorted(set(picks))]
+    """The rounds whose encounter matrices are drawn: report_plots.evenly_spaced."""
+    return evenly_spaced(rounds, limit)
 
 
 def step_throughput(steps: list[dict]) -> dict[str, list[float]]:

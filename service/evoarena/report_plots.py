@@ -19,6 +19,17 @@ if TYPE_CHECKING:
 BAND = (10, 90)  # the percentiles of the fitness band
 
 
+def evenly_spaced(rounds: list[int], limit: int) -> list[int]:
+    """At most `limit` of `rounds` (sorted), evenly spaced, the first and the last always among them."""
+    import numpy as np
+
+    rounds = sorted(rounds)
+    if len(rounds) <= limit:
+        return rounds
+    picks = np.linspace(0, len(rounds) - 1, limit).round().astype(int)
+    return [rounds[i] for i in sorted(set(picks))]
+
+
 def plot_fitness(band: Band, xlabel: str, title: str):
     fig, ax = _figure()
     ax.fill_between(band.x, band.low, band.high, alpha=0.25, color="C0", label=f"{BAND[0]}th-{BAND[1]}th percentile")

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from .report_plots import evenly_spaced
+
 if TYPE_CHECKING:
     from .export import Chosen
     from .settings import Settings
@@ -33,12 +35,11 @@ def sample_section(page, spec, steps: list[dict], settings: Settings | None, sto
     """Samples of the best generator of up to MAX_SAMPLE_PICTURES rounds (or fights), evenly spaced, drawn
     from its weights by samples.draw; a picture that cannot be drawn says why in its place."""
     from .export import build
-    from .report import heatmap_rounds
     from .samples import draw
 
     section, unit = "Generator samples", "fight" if spec.arena.mode == "async" else "round"
     best = best_generators(spec, steps)
-    shown = heatmap_rounds(list(best), MAX_SAMPLE_PICTURES)
+    shown = evenly_spaced(list(best), MAX_SAMPLE_PICTURES)
     page.text(f"The best generator of each {unit} drawn from its weights (the artifact store) with latents of seed 0: "
               "what `evoarena sample NAME --genome GENOME_ID` draws. "
               + ("Circles: each mode's 3-std disc; a sample inside one is high quality." if _mixture(spec) else ""),

@@ -15,13 +15,10 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import TYPE_CHECKING, Self
+from typing import Self
 from urllib.parse import urlsplit
 
-from .heartbeat import HEARTBEAT_S
-
-if TYPE_CHECKING:
-    from .worker import WorkerConfig
+HEARTBEAT_S = 5.0  # the master's default heartbeat interval (EVOARENA_MASTER_HEARTBEAT_S; heartbeat.py)
 
 
 class FromEnv:
@@ -271,22 +268,3 @@ def device_for(slot: int, gpus: int, wanted: str | None = None) -> str:
             raise RuntimeError("EVOARENA_DEVICE=cuda but torch sees no GPU")
         return "cpu"
     return f"cuda:{slot % gpus}"
-
-
-def worker_config(slot: int = 0) -> WorkerConfig:
-    """A fleet worker process's configuration, from the environment: pool process `slot` gets its
-    own GPU where there are GPUs."""
-    import torch
-
-    from .worker import WorkerConfig
-
-    settings, worker = Settings.from_env(), WorkerSettings.from_env()
-    return WorkerConfig(
-        store_url=settings.store,
-        artifacts_url=settings.artifacts,
-        noise_dir=str(settings.noise_dir),
-        cache_bytes=worker.cache_mb << 20,
-        device=device_for(slot, torch.cuda.device_count(), worker.device),
-        threads=worker.threads,
-        task_key=settings.task_key.encode() or None,
-    )

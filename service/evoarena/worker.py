@@ -19,13 +19,17 @@ from functools import cached_property
 
 import torch
 
+from .arithmetic import pin_gpu
+from .batched import retain_freed_memory
 from .genome import Genome, ancestor, canonical
 from .materialize import Materializer, ParentCache
 from .metrics import MATERIALIZE_SECONDS
 from .noise import open_noise
 from .problems import PROBLEMS
+from .settings import Settings, WorkerSettings, device_for
 from .store import artifact_key, open_artifacts, open_store
-from .store.results import error_summary, plan_entry, summary_of, task_id
+from .store.results import plan_entry, summary_of, task_id
+from .tasks import children_tasks, error_summary, group_summary, is_group
 
 
 log = logging.getLogger(__name__)
@@ -91,10 +95,6 @@ class Worker:
         self._specs: dict[str, dict] = {}  # experiment name -> its stored spec
         if config.threads:
             torch.set_num_threads(config.threads)
-        from .arithmetic import pin_gpu
-        from .batched import retain_freed_memory
-        from .settings import WorkerSettings
-
         retain_freed_memory()  # a batched pass's activations are reused, not page-faulted in again (batched.py)
         pin_gpu(WorkerSettings.from_env().tf32)  # a GPU computes float32 as IEEE float32, not TF32 (arithmetic.py)
 
@@ -185,8 +185,6 @@ class Worker:
     def _check_planned(self, op: str, task: dict, _id: str) -> None:
         """TaskRefused unless the master planned this very task (results.plan_entry): a sibling
         group, each of its children."""
-        from .fleet.groups import children_tasks, is_group
-
         try:
             entries = [plan_entry(op, t) for t in children_tasks(task)] if is_group(task) else [plan_entry(op, task)]
         except (ValueError, KeyError, TypeError) as exc:
@@ -272,12 +270,10 @@ class Worker:
         return summary_of(self._store(doc))
 
     def evaluate_group(self, group: dict) -> dict:
-        """A group of siblings (fleet/groups.py): build each child from the cached parent, score
+        """A group of siblings (tasks.py): build each child from the cached parent, score
         them together in batched passes (batched.py), store each child's document as `evaluate`
         would, under its own id. A child that fails to build or score fails alone."""
         from . import batched
-        from .fleet.groups import children_tasks, group_summary
-
         group_id = self.admit("evaluate", group)
         try:
             tasks = children_tasks(group)
@@ -445,3 +441,18 @@ def run_on(worker: Worker, op: str, task: dict) -> dict:
             log.warning("task %s: %s; trying again in %.1f s", task_id(op, task), exc, wait)
             time.sleep(wait)
             retries += 1
+
+
+def worker_config(slot: int = 0) -> WorkerConfig:
+    """A fleet worker process's configuration, from the environment: pool process `slot` gets its
+    own GPU where there are GPUs."""
+    settings, worker = Settings.from_env(), WorkerSettings.from_env()
+    return WorkerConfig(
+        store_url=settings.store,
+        artifacts_url=settings.artifacts,
+        noise_dir=str(settings.noise_dir),
+        cache_bytes=worker.cache_mb << 20,
+        device=device_for(slot, torch.cuda.device_count(), worker.device),
+        threads=worker.threads,
+        task_key=settings.task_key.encode() or None,
+    )

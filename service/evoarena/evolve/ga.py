@@ -137,7 +137,7 @@ class GA:
     def _task(self, generation: int, ind: Individual, checkpoint: list[str]) -> dict:
         # an elite candidate plays ga.elite_episodes episodes (problems/atari.py: task_seeds)
         episodes = {"episodes": self.spec.ga.elite_episodes} if ind.role == "candidate" else {}
-        # with ga.eval_group > 1, an executor sends siblings together (fleet/groups.py)
+        # with ga.eval_group > 1, an executor sends siblings together (tasks.py)
         group = {"eval_group": self.spec.ga.eval_group} if self.spec.ga.eval_group > 1 else {}
         return {
             "experiment": self.spec.name,

@@ -46,7 +46,7 @@ from .. import logs, metrics
 from ..process import process_worker
 from ..settings import FleetSettings
 from ..store.results import task_id
-from .groups import is_group
+from ..tasks import is_group
 from .signing import task_key
 
 
@@ -67,7 +67,7 @@ LONGEST_TASK_S = max(hard for _, hard in TIME_LIMITS.values())
 
 def message_limits(op: str, task: dict, limits: dict[str, tuple[float, float]] = TIME_LIMITS) -> tuple[float, float]:
     """(soft, hard) time limits of one message: its op's, times its number of children for a group
-    of siblings (groups.py: its worker runs them all), and at most the longest op's limits, which
+    of siblings (tasks.py: its worker runs them all), and at most the longest op's limits, which
     the broker's consumer_timeout and the workers' grace period are set above. A group that needs
     longer needs a smaller ga.eval_group or a higher EVOARENA_TIME_LIMIT_S. The executor sends them
     with the message (Celery's per-message limits) and waits by them."""
@@ -366,7 +366,7 @@ def _register(app: Celery, op: str) -> None:
         metrics.record_task(op, summary, time.perf_counter() - started, worker.cache_bytes())
         logs.event({"event": "task done", **which, "outcome": metrics.outcome(summary),
                     "genome": payload.get("genome", {}).get("id"),
-                    "children": len(payload.get("children", [])),  # a sibling group (groups.py); 0: a single task
+                    "children": len(payload.get("children", [])),  # a sibling group (tasks.py); 0: a single task
                     "build": summary.get("build"), "hit_rate": round(worker.hit_rate(), 4),
                     **({"losses": _losses(worker, summary)} if op == "train_pair" else {}),
                     "error": summary.get("error"), "seconds": round(time.perf_counter() - started, 4)},

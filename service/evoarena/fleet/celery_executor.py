@@ -42,11 +42,10 @@ from kombu.exceptions import OperationalError
 from .. import metrics
 from ..settings import FleetSettings
 from ..store import ResultStore
-from ..store.results import error_summary
+from ..tasks import error_summary, stored_summary, unpack
 from ..store.results import task_id as result_id_of
 from .app import DIRECT_EXCHANGE, declare_dead_letter_queue, direct_queue, message_limits
 from .executor import Feed, queue_of
-from .groups import stored_summary, unpack
 from .routing import BACKLOG, AffinityRouter, built, wanted
 from .signing import sign, task_key
 
@@ -101,7 +100,7 @@ class CeleryExecutor:
         pass
 
     def map(self, op: str, tasks: list[dict]) -> Iterator[dict]:
-        # siblings that asked for it travel as one message (groups.py); each child's summary comes back
+        # siblings that asked for it travel as one message (tasks.py); each child's summary comes back
         for summary in self._map(op, queue_of(tasks, op)):
             yield from unpack(summary)
 

@@ -18,10 +18,10 @@ from dataclasses import replace
 from typing import Protocol
 
 from ..arithmetic import mode as arithmetic_mode
-from .groups import pack, unpack
 from .routing import BACKLOG, AffinityRouter, built
 from ..process import die_with_parent, init_process, run_task
-from ..store.results import error_summary, task_id
+from ..store.results import task_id
+from ..tasks import error_summary, pack, unpack
 from ..worker import Worker, WorkerConfig, run_on
 
 
@@ -32,7 +32,7 @@ class Feed(list):
 
 def queue_of(tasks: list[dict], op: str) -> list[dict]:
     """What an executor takes tasks from: a Feed itself (it grows while map runs), else a copy in
-    which siblings that asked for it travel together (groups.py: the executor then yields each
+    which siblings that asked for it travel together (tasks.py: the executor then yields each
     child's summary, `unpack`)."""
     return tasks if isinstance(tasks, Feed) else pack(list(tasks), op)
 

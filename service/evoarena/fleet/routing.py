@@ -45,7 +45,7 @@ class AffinityRouter:
 
 
 def task_genomes(task: dict) -> list[dict]:
-    """The genomes (JSON) a task names: an evaluation's one, a sibling group's parent (groups.py),
+    """The genomes (JSON) a task names: an evaluation's one, a sibling group's parent (tasks.py),
     or an arena task's `genomes`."""
     if "genomes" in task:
         return task["genomes"]

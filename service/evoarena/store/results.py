@@ -58,26 +58,6 @@ def plan_entry(op: str, task: dict) -> str:
     return f"{task_id(op, task)}@{hashlib.sha256(f'{op}|{body}'.encode()).hexdigest()[:32]}"
 
 
-def error_summary(task_id_: str, task: dict, error: str, transient: bool = False) -> dict:
-    """The summary of a task that failed with nothing stored (refused, crashed, lost, or its
-    infrastructure failed): what the master records once, under the task's result id, where no
-    result is stored yet. `transient`: the failure was not the genome's (scheduler.run_step runs
-    such a task again when the step is resumed). A group of siblings (fleet/groups.py) gets one
-    such summary per child, each under the child's own result id."""
-    if "children" in task:
-        from ..fleet.groups import children_tasks, group_summary
-
-        try:
-            children = children_tasks(task)
-        except (ValueError, KeyError, TypeError):  # not a group our master packed: no child to name
-            children = None
-        if children is not None:
-            return group_summary(task_id_, [error_summary(task_id("evaluate", c), c, error, transient) for c in children])
-    genome = task.get("genome")
-    return {"_id": task_id_, "genome_id": genome.get("id") if isinstance(genome, dict) else None,
-            "key": task.get("key"), "fitness": None, "build": None, "error": error, "transient": transient}
-
-
 def settled(doc: dict | None) -> bool:
     """Whether a stored result is its task's outcome: not missing, and not a record of a failure of
     the infrastructure (`transient`), which the task's next run replaces."""

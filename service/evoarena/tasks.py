@@ -1,4 +1,7 @@
-"""Sibling groups: several children of one parent in one evaluate message.
+"""The task protocol, what the master and the workers both read of a task beyond its op's own
+fields: the summaries of failed tasks (`error_summary`), and sibling groups.
+
+Sibling groups: several children of one parent in one evaluate message.
 
 A GA whose spec sets `ga.eval_group` > 1 marks its evaluate tasks with `eval_group`. An executor
 `pack`s the tasks it is given: mutation children of the same parent (same experiment,
@@ -21,9 +24,9 @@ from __future__ import annotations
 
 import json
 
-from ..genome import Delta, Genome, mutate
-from ..store.results import TRANSPORT_FIELDS, settled, summary_of
-from ..store.results import task_id as result_task_id
+from .genome import Delta, Genome, mutate
+from .store.results import TRANSPORT_FIELDS, settled, summary_of
+from .store.results import task_id as result_task_id
 
 OWN_FIELDS = ("genome", "role", "checkpoint")  # per child; every other field is shared by the group
 NOT_SHARED = TRANSPORT_FIELDS  # sign the message (fleet/signing.py), not any one child's task
@@ -31,6 +34,24 @@ NOT_SHARED = TRANSPORT_FIELDS  # sign the message (fleet/signing.py), not any on
 
 def is_group(task: dict) -> bool:
     return "children" in task
+
+
+def error_summary(task_id_: str, task: dict, error: str, transient: bool = False) -> dict:
+    """The summary of a task that failed with nothing stored (refused, crashed, lost, or its
+    infrastructure failed): what the master records once, under the task's result id, where no
+    result is stored yet. `transient`: the failure was not the genome's (scheduler.run_step runs
+    such a task again when the step is resumed). A group of siblings gets one
+    such summary per child, each under the child's own result id."""
+    if is_group(task):
+        try:
+            children = children_tasks(task)
+        except (ValueError, KeyError, TypeError):  # not a group our master packed: no child to name
+            children = None
+        if children is not None:
+            return group_summary(task_id_, [error_summary(result_task_id("evaluate", c), c, error, transient) for c in children])
+    genome = task.get("genome")
+    return {"_id": task_id_, "genome_id": genome.get("id") if isinstance(genome, dict) else None,
+            "key": task.get("key"), "fitness": None, "build": None, "error": error, "transient": transient}
 
 
 def pack(tasks: list[dict], op: str) -> list[dict]:
