@@ -14,6 +14,7 @@ import json
 import math
 import os
 import re
+import signal
 import subprocess
 import sys
 import urllib.parse
@@ -299,6 +300,14 @@ class ArenaRun:
         return self.store.find_results(self.spec.name, index, op)
 
 
+
+def sigint_default() -> None:
+    """For a child that the test interrupts with SIGINT: Ctrl-C's default action, even where this test
+    process was started with SIGINT ignored (`cmd &` in a shell without job control, as `nohup ... &`
+    starts a CI run): Python then leaves SIGINT ignored and raises no KeyboardInterrupt."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 class Place:
     """A directory a command runs in, with its own store, artifacts and noise table."""
 
@@ -325,7 +334,7 @@ class Place:
     def start(self, *args: str) -> subprocess.Popen:
         """Start a command in a session of its own, so a signal can reach its worker processes too."""
         return subprocess.Popen(self.command(*args), cwd=self.root, env=self.env, stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, text=True, start_new_session=True)
+                                stderr=subprocess.PIPE, text=True, start_new_session=True, preexec_fn=sigint_default)
 
     def store(self) -> ResultStore:
         return open_store(self.url)

@@ -26,7 +26,7 @@ from evoarena import cli, scheduler
 from evoarena.evolve.ga import GA
 from evoarena.fleet.executor import InlineExecutor
 from evoarena.store import open_store
-from helpers import Lab, Poisoning, content_not_matching_id, tiny_spec
+from helpers import Lab, Poisoning, content_not_matching_id, sigint_default, tiny_spec
 
 GENERATIONS = 3
 TASKS = 7  # tiny.yaml: 7 founders, then 2 parents x 3 children + 1 elite
@@ -119,7 +119,7 @@ def watcher(url: str, name: str, tty: bool) -> tuple[subprocess.Popen, Output]:
     command = [sys.executable, "-m", "evoarena.cli", "status", name, "--watch", "--every", "0.1", "--store", url]
     if tty:
         master, slave = pty.openpty()
-        proc = subprocess.Popen(command, stdin=slave, stdout=slave, stderr=slave, close_fds=True)
+        proc = subprocess.Popen(command, stdin=slave, stdout=slave, stderr=slave, close_fds=True, preexec_fn=sigint_default)
         os.close(slave)
         return proc, Output(master)
     proc = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
