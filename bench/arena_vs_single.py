@@ -337,6 +337,8 @@ def parse_overrides(items: list[str]) -> dict:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, default=5, help="seeds 0..N-1 per data set")
+    parser.add_argument("--first-seed", type=int, default=0,
+                        help="start the seeds here (seeds F..F+N-1), to add seeds to an earlier run")
     parser.add_argument("--rounds", type=int, default=None, help="arena rounds (default: the file's)")
     parser.add_argument("--restarts", type=int, default=4, help="N of best of N restarts")
     parser.add_argument("--workers", type=int, default=2, help="arena worker processes")
@@ -352,7 +354,7 @@ def main() -> int:
     started = time.perf_counter()
 
     print(f"Arena vs single GAN vs best of {args.restarts} restarts, at equal total gradient steps; "
-          f"{args.seeds} seeds per data set{'; and at equal wall time' if args.wall else ''}")
+          f"{args.seeds} seeds per data set (from seed {args.first_seed}){'; and at equal wall time' if args.wall else ''}")
     if overrides:
         print(f"  arena fields set: {overrides}")
     names = {"mixture": "arena mixture", "fitness": "arena best (fitness pick)", "oracle": "arena oracle pick",
@@ -369,7 +371,7 @@ def main() -> int:
             rows: dict[str, list[dict]] = {name: [] for name in names.values()}
             wall_rows: dict[str, list[dict]] = {}
             curves = []
-            for seed in range(args.seeds):
+            for seed in range(args.first_seed, args.first_seed + args.seeds):
                 spec = arena_spec(dataset, seed, args.rounds, overrides)
                 arena = run_arena(spec, args.workers, noise_dir, cache_dir)
                 single = pool.submit(run_single, spec, arena["steps"], cache_dir)
