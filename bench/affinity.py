@@ -26,7 +26,7 @@ so the depth beyond the last checkpoint is the generation. The last lines print 
 took (build and evaluation, in the worker) by how it was built: the price of a miss.
 
 Each routing runs `--generations` generations from generation 0 on two fresh workers (fresh
-caches) started as a pod starts them (`python -m evoarena.cli worker`, EVOARENA_THREADS=1,
+caches) started as a pod starts them (`python -m evoarena worker`, EVOARENA_THREADS=1,
 EVOARENA_CACHE_MB=`--cache-mb`), on a private queue of the real RabbitMQ and a fresh SQLite store.
 Affinity is `CeleryExecutor(app, store, affinity=True)` (a child goes to the worker that built its
 parent while that worker's backlog is short), shared is `affinity=False`. Both run `--rounds`
@@ -70,7 +70,7 @@ from evoarena import scheduler
 from evoarena.fleet.celery_executor import CeleryExecutor
 from evoarena.fleet.local_workers import LocalWorkers
 from evoarena.settings import Settings
-from evoarena.spec import ExperimentSpec, load_spec
+from evoarena.spec.experiment import ExperimentSpec, load_spec
 from evoarena.store import open_store
 
 ROOT = Path(__file__).resolve().parent.parent

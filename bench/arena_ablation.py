@@ -36,7 +36,7 @@ import time
 import yaml
 from arena_vs_single import EXPERIMENTS, arena_spec, columns, run_arena  # the arena run and its scoring, shared
 
-from evoarena.arena_worker import models_dir
+from evoarena.worker.arena_ops import models_dir
 from evoarena.evolve.population import quality_text
 from evoarena.settings import Settings
 

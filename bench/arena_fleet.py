@@ -12,7 +12,7 @@ workers through the real RabbitMQ, twice:
           train-pair steps per pair
 
 Workers are started as a pod starts them (`python -m
-evoarena.cli worker`, EVOARENA_THREADS=1), on a private queue and a fresh SQLite store. The
+evoarena worker`, EVOARENA_THREADS=1), on a private queue and a fresh SQLite store. The
 wall time starts once the workers answer, so the first step carries each worker's first task
 (its process setup).
 
@@ -60,7 +60,7 @@ from evoarena import scheduler
 from evoarena.fleet.celery_executor import CeleryExecutor
 from evoarena.fleet.local_workers import LocalWorkers
 from evoarena.settings import Settings
-from evoarena.spec import parse_spec
+from evoarena.spec.experiment import parse_spec
 from evoarena.store import open_store
 
 ROOT = Path(__file__).resolve().parent.parent

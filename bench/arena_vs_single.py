@@ -66,18 +66,18 @@ import torch
 import yaml
 
 from evoarena import scheduler
-from evoarena.arena_worker import models_dir
+from evoarena.worker.arena_ops import models_dir
 from evoarena.evolve.arena import Arena
 from evoarena.evolve.population import quality_text
 from evoarena.fleet.executor import LocalExecutor
-from evoarena.genome import Genome
+from evoarena.encoding.genome import Genome
 from evoarena.problems import gan, gan_baselines, gan_metrics
 from evoarena.problems.gan_data import make_data
-from evoarena.samples import mixture_samples
+from evoarena.cli.samples import mixture_samples
 from evoarena.settings import Settings
-from evoarena.spec import ExperimentSpec, parse_spec
+from evoarena.spec.experiment import ExperimentSpec, parse_spec
 from evoarena.store import open_store
-from evoarena.worker import Worker, WorkerConfig
+from evoarena.worker.worker import Worker, WorkerConfig
 
 ROOT = Path(__file__).resolve().parent.parent
 EXPERIMENTS = ROOT / "experiments"

@@ -44,9 +44,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from evoarena import arithmetic, nets
+from evoarena.encoding import arithmetic, nets
 from evoarena.problems import atari
-from evoarena.spec import load_spec
+from evoarena.spec.experiment import load_spec
 
 ROOT = Path(__file__).resolve().parent.parent
 EXPERIMENT = ROOT / "experiments" / "atari-frostbite.yaml"
@@ -122,7 +122,7 @@ def run_ga(frames: int, workers: int) -> tuple[list[dict], float]:
     from evoarena.fleet.executor import LocalExecutor
     from evoarena.settings import Settings
     from evoarena.store import open_store
-    from evoarena.worker import WorkerConfig
+    from evoarena.worker.worker import WorkerConfig
 
     spec = load_spec(EXPERIMENT)
     spec = spec.model_copy(update={"ga": spec.ga.model_copy(update={"frame_budget": frames})})

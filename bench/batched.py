@@ -77,7 +77,7 @@ from collections.abc import Callable
 
 import torch
 
-from evoarena import arithmetic, batched, nets
+from evoarena.encoding import arithmetic, batched, nets
 from evoarena.problems import memorize
 
 GROUPS = (1, 4, 16, 64)
@@ -95,7 +95,7 @@ ATARI_STEPS, ATARI_ACTIONS = 32, 18
 def memorize_case(device: str) -> tuple[dict, Callable, Callable, Callable]:
     """experiments/memorize.yaml's network and data; (arch, a group's evaluations one by one, the
     group's batched, the largest fitness difference between the two)."""
-    from evoarena.spec import load_spec
+    from evoarena.spec.experiment import load_spec
     from pathlib import Path
 
     spec = load_spec(Path(__file__).resolve().parent.parent / "experiments" / "memorize.yaml")
@@ -201,7 +201,7 @@ def message_sizes() -> tuple[int, int]:
     tasks for experiments/memorize.yaml, 64 children per parent, at generation 1)."""
     from evoarena.evolve.ga import GA
     from evoarena.tasks import pack, is_group
-    from evoarena.spec import load_spec
+    from evoarena.spec.experiment import load_spec
     from pathlib import Path
 
     spec = load_spec(Path(__file__).resolve().parent.parent / "experiments" / "memorize.yaml")

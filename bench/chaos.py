@@ -1,7 +1,7 @@
 """Chaos: a fleet run on three workers while workers, the master and the broker are killed.
 
 A GA run (the memorize problem on 64x64 images, population 25) goes through the real RabbitMQ to
-three Celery workers (`python -m evoarena.cli worker`, as in a pod), with the master itself a
+three Celery workers (`python -m evoarena worker`, as in a pod), with the master itself a
 separate `evoarena run --fleet` process. At random moments (every 3 to 8 s) a loop injects, in
 turn and in a shuffled order, one of:
 
@@ -47,11 +47,11 @@ from pathlib import Path
 import yaml
 
 from evoarena import scheduler
-from evoarena.fleet.executor import InlineExecutor
+from evoarena.worker.inline import InlineExecutor
 from evoarena.fleet.local_workers import LocalWorkers
-from evoarena.spec import parse_spec
+from evoarena.spec.experiment import parse_spec
 from evoarena.store import open_store
-from evoarena.worker import WorkerConfig
+from evoarena.worker.worker import WorkerConfig
 
 FAULTS = ("worker", "master", "broker")
 
@@ -89,7 +89,7 @@ class Chaos:
     def start_master(self) -> None:
         self.masters += 1
         log = open(self.tmp / f"master-{self.masters}.log", "w")
-        self.master = subprocess.Popen([sys.executable, "-m", "evoarena.cli", "run", str(self.spec_file), "--fleet"],
+        self.master = subprocess.Popen([sys.executable, "-m", "evoarena", "run", str(self.spec_file), "--fleet"],
                                        env=self.workers.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
 
     def inject(self, fault: str) -> None:

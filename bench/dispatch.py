@@ -1,6 +1,6 @@
 """What the fleet costs per task: no-op tasks through the real RabbitMQ, with one and two workers.
 
-Starts worker processes the way a pod does (`python -m evoarena.cli worker --name ...`, the
+Starts worker processes the way a pod does (`python -m evoarena worker --name ...`, the
 prefork pool, one task process each) on a private shared queue, then sends them
 `evoarena.noop`, a task that does nothing but return its worker's name, through the same app
 configuration the scheduler uses (JSON, persistent messages, late acks, prefetch 1, rpc://

@@ -30,10 +30,10 @@ from pathlib import Path
 import numpy as np
 from safetensors.torch import save
 
-from evoarena import nets
-from evoarena.genome import Checkpoint, Genome, founder, mutate, rebase, sample_delta
-from evoarena.materialize import Materializer, ParentCache
-from evoarena.noise import open_noise
+from evoarena.encoding import nets
+from evoarena.encoding.genome import Checkpoint, Genome, founder, mutate, rebase, sample_delta
+from evoarena.encoding.materialize import Materializer, ParentCache
+from evoarena.encoding.noise import open_noise
 from evoarena.settings import Settings
 
 CONVS = [{"channels": 32, "kernel": 8, "stride": 4}, {"channels": 64, "kernel": 4, "stride": 2}, {"channels": 64, "kernel": 3, "stride": 1}]

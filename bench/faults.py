@@ -54,11 +54,11 @@ from pathlib import Path
 import yaml
 
 from evoarena import scheduler
-from evoarena.fleet.executor import InlineExecutor
+from evoarena.worker.inline import InlineExecutor
 from evoarena.fleet.local_workers import LocalWorkers
-from evoarena.spec import parse_spec
+from evoarena.spec.experiment import parse_spec
 from evoarena.store import open_store
-from evoarena.worker import WorkerConfig
+from evoarena.worker.worker import WorkerConfig
 
 ROOT = Path(__file__).resolve().parent.parent
 HOOKS = ROOT / "tests"  # tests/faulty (write outages) and tests/crashing (processes that die)
@@ -188,7 +188,7 @@ def worker_peak_mb(workers: LocalWorkers) -> float:
 def command(*args: str, env: dict[str, str] | None = None, timeout: float = 300) -> tuple[int, str, float, float]:
     """Run `evoarena ARGS`: (exit code, stderr, seconds, peak resident MB of that process)."""
     started = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, "-m", "evoarena.cli", *args], stdout=subprocess.PIPE,
+    proc = subprocess.Popen([sys.executable, "-m", "evoarena", *args], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, env={**os.environ, **(env or {})})
     timer = threading.Timer(timeout, proc.kill)
     timer.start()
@@ -473,7 +473,7 @@ def two_masters(root: Path) -> Row:
     path.write_text(yaml.safe_dump(spec_doc))
     url = f"sqlite:///{root / 'two' / 'runs.db'}"
     env = {**os.environ, "EVOARENA_NOISE_DIR": str(root / "noise"), "EVOARENA_ARTIFACTS": str(root / "two" / "art")}
-    first = subprocess.Popen([sys.executable, "-m", "evoarena.cli", "run", str(path), "--store", url],
+    first = subprocess.Popen([sys.executable, "-m", "evoarena", "run", str(path), "--store", url],
                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
     store = None
     deadline = time.monotonic() + 120

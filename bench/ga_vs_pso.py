@@ -51,11 +51,11 @@ from pathlib import Path
 import yaml
 
 from evoarena import scheduler
-from evoarena.fleet.executor import InlineExecutor
+from evoarena.worker.inline import InlineExecutor
 from evoarena.settings import Settings
-from evoarena.spec import ExperimentSpec, parse_spec
+from evoarena.spec.experiment import ExperimentSpec, parse_spec
 from evoarena.store import open_store
-from evoarena.worker import WorkerConfig
+from evoarena.worker.worker import WorkerConfig
 
 ROOT = Path(__file__).resolve().parent.parent
 GA_FILE = ROOT / "experiments" / "memorize-64.yaml"

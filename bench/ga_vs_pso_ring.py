@@ -33,11 +33,12 @@ from pathlib import Path
 import yaml
 
 from evoarena import scheduler
-from evoarena.fleet.executor import InlineExecutor, LocalExecutor
+from evoarena.worker.inline import InlineExecutor
+from evoarena.fleet.executor import LocalExecutor
 from evoarena.settings import Settings
-from evoarena.spec import parse_spec
+from evoarena.spec.experiment import parse_spec
 from evoarena.store import open_store
-from evoarena.worker import WorkerConfig
+from evoarena.worker.worker import WorkerConfig
 from ga_vs_pso import MESSAGE_BAR, Measured  # bench/ is on sys.path: both halves count bytes by task_bytes
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -53,9 +53,9 @@ from evoarena import scheduler
 from evoarena.fleet.executor import LocalExecutor
 from evoarena.problems import memorize
 from evoarena.settings import Settings
-from evoarena.spec import ExperimentSpec, load_spec
+from evoarena.spec.experiment import ExperimentSpec, load_spec
 from evoarena.store import open_store
-from evoarena.worker import WorkerConfig
+from evoarena.worker.worker import WorkerConfig
 
 ROOT = Path(__file__).resolve().parent.parent
 SIGMA = 0.005  # the GA's mutation sigma unless --sigma says otherwise: see the docstring

@@ -51,11 +51,11 @@ from pathlib import Path
 import yaml
 
 from evoarena import scheduler
-from evoarena.fleet.executor import InlineExecutor
+from evoarena.worker.inline import InlineExecutor
 from evoarena.settings import Settings
-from evoarena.spec import ExperimentSpec, GASpec, parse_spec
+from evoarena.spec.experiment import ExperimentSpec, GASpec, parse_spec
 from evoarena.store import open_store
-from evoarena.worker import WorkerConfig
+from evoarena.worker.worker import WorkerConfig
 
 ROOT = Path(__file__).resolve().parent.parent
 EXPERIMENT = ROOT / "experiments" / "memorize-64.yaml"
@@ -99,7 +99,7 @@ def setting_spec(name: str, generations: int, full: bool, fitness: str | None, e
     doc["seed"] = doc["problem"]["data_seed"] = seed
     doc["problem"]["fitness"] = fitness or kind
     doc["ga"] = {"generations": generations, **ga}
-    doc["network"] = {} if full else NARROW  # {}: spec.py's defaults, seed 003's network
+    doc["network"] = {} if full else NARROW  # {}: spec/experiment.py's defaults, seed 003's network
     if eval_group and "eval_group" in GASpec.model_fields:  # batched evaluation: siblings in one pass
         doc["ga"]["eval_group"] = ga.get("children_per_parent", 16) if ga.get("selection") != "uniform" else 64
     return parse_spec(doc, f"{EXPERIMENT} ({name})")

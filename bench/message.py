@@ -42,13 +42,13 @@ import torch
 from kombu.serialization import dumps
 from safetensors.torch import save
 
-from evoarena import nets
+from evoarena.encoding import nets
 from evoarena.evolve.ga import GA, Individual
 from evoarena.fleet.app import make_app
-from evoarena.genome import Checkpoint, Genome, founder, mutate, rebase, sample_delta
-from evoarena.materialize import Weights
-from evoarena.spec import load_spec
-from evoarena.store.results import result_id
+from evoarena.encoding.genome import Checkpoint, Genome, founder, mutate, rebase, sample_delta
+from evoarena.encoding.materialize import Weights
+from evoarena.spec.experiment import load_spec
+from evoarena.tasks import result_id
 
 ROOT = Path(__file__).resolve().parent.parent
 DEPTH, CHECKPOINT_EVERY, SIGMA = 500, 50, 0.02

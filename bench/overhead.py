@@ -53,7 +53,7 @@ REPEATS = 25
 
 def child(mode: str, repeats: int) -> dict:
     """Both pairs in this process, computing in `mode`; their rows as JSON-able dicts."""
-    from evoarena import arithmetic
+    from evoarena.encoding import arithmetic
 
     arithmetic.apply(mode)  # before torch computes anything here
     import torch
@@ -82,13 +82,14 @@ def evaluate_pair(tmp: Path, mode: str, repeats: int) -> dict:
     import torch
     import torch.nn.functional as F
 
-    from evoarena import nets, scheduler
+    from evoarena.encoding import nets
+    from evoarena import scheduler
     from evoarena.evolve.ga import GA
-    from evoarena.genome import Genome
+    from evoarena.encoding.genome import Genome
     from evoarena.problems import memorize
-    from evoarena.spec import load_spec
+    from evoarena.spec.experiment import load_spec
     from evoarena.store import open_store
-    from evoarena.worker import Worker, WorkerConfig, run_on
+    from evoarena.worker.worker import Worker, WorkerConfig, run_on
 
     spec = load_spec(ROOT / "experiments" / "memorize.yaml")
     spec = spec.model_copy(update={"arithmetic": mode, "ga": spec.ga.model_copy(update={"children_per_parent": repeats + 1})})
@@ -127,11 +128,12 @@ def train_pair_pair(tmp: Path, mode: str, repeats: int) -> dict:
     import torch
     import torch.nn.functional as F
 
-    from evoarena import nets, scheduler
-    from evoarena.genome import Genome
-    from evoarena.spec import load_spec
+    from evoarena.encoding import nets
+    from evoarena import scheduler
+    from evoarena.encoding.genome import Genome
+    from evoarena.spec.experiment import load_spec
     from evoarena.store import open_store
-    from evoarena.worker import Worker, WorkerConfig, run_on
+    from evoarena.worker.worker import Worker, WorkerConfig, run_on
 
     spec = load_spec(ROOT / "experiments" / "arena-ring.yaml")
     spec = spec.model_copy(update={"arithmetic": mode})
@@ -188,7 +190,7 @@ def main() -> int:
     if args.child:
         print(json.dumps(child(args.child, args.repeats)))
         return 0
-    from evoarena import arithmetic
+    from evoarena.encoding import arithmetic
 
     results = {}
     for mode in arithmetic.MODES:  # each in a fresh process: the libraries read the mode once
@@ -223,7 +225,7 @@ def main() -> int:
 
 
 def _cpu() -> str:
-    from evoarena.batched import cpu_model
+    from evoarena.encoding.batched import cpu_model
 
     return cpu_model()
 

@@ -31,15 +31,15 @@ import yaml
 
 from evoarena import scheduler
 from evoarena.evolve.pso import PSO
-from evoarena.fleet.executor import InlineExecutor
-from evoarena.genome import Delta, mutate
-from evoarena.materialize import Materializer, ParentCache
-from evoarena.nets import layout
-from evoarena.noise import open_noise
+from evoarena.worker.inline import InlineExecutor
+from evoarena.encoding.genome import Delta, mutate
+from evoarena.encoding.materialize import Materializer, ParentCache
+from evoarena.encoding.nets import layout
+from evoarena.encoding.noise import open_noise
 from evoarena.settings import Settings
-from evoarena.spec import parse_spec
+from evoarena.spec.experiment import parse_spec
 from evoarena.store import open_store
-from evoarena.worker import WorkerConfig
+from evoarena.worker.worker import WorkerConfig
 from ga_vs_pso import MESSAGE_BAR, task_bytes
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -48,11 +48,11 @@ import yaml
 from arena_vs_single import run_arena  # the arena run and its scoring, shared with that bench
 from questions_ga import REPORTS, report_links  # the report pages' folder and links, shared with that bench
 
-from evoarena.arena_worker import models_dir
-from evoarena.arithmetic import PIN
+from evoarena.worker.arena_ops import models_dir
+from evoarena.encoding.arithmetic import PIN
 from evoarena.evolve.population import quality_text
 from evoarena.settings import Settings
-from evoarena.spec import ExperimentSpec, parse_spec
+from evoarena.spec.experiment import ExperimentSpec, parse_spec
 
 ROOT = Path(__file__).resolve().parent.parent
 BASELINE = ROOT / "experiments" / "arena-ring.yaml"

@@ -58,16 +58,17 @@ import torch
 import torch.nn.functional as F
 import yaml
 
-from evoarena import nets, scheduler
-from evoarena.fleet.executor import InlineExecutor
-from evoarena.genome import Delta, Genome, ancestor, mutate, sample_delta
-from evoarena.materialize import Materializer, ParentCache, apply_delta
-from evoarena.noise import open_noise
+from evoarena.encoding import nets
+from evoarena import scheduler
+from evoarena.worker.inline import InlineExecutor
+from evoarena.encoding.genome import Delta, Genome, ancestor, mutate, sample_delta
+from evoarena.encoding.materialize import Materializer, ParentCache, apply_delta
+from evoarena.encoding.noise import open_noise
 from evoarena.problems import memorize
 from evoarena.settings import Settings
-from evoarena.spec import ExperimentSpec, parse_spec
+from evoarena.spec.experiment import ExperimentSpec, parse_spec
 from evoarena.store import open_store
-from evoarena.worker import WorkerConfig
+from evoarena.worker.worker import WorkerConfig
 
 ROOT = Path(__file__).resolve().parent.parent
 QUESTIONS = ROOT / "experiments" / "questions"
@@ -181,7 +182,7 @@ def write_report(path: Path, store, name: str, settings: Settings | None = None,
     """The `evoarena report` page of experiment `name` in `store` (service/evoarena/report.py), to `path`;
     with `settings` and `store_url`, an arena's page also draws its generators' samples from the artifacts.
     bench/questions.py writes its arena pages with it too."""
-    from evoarena.report import build_page  # matplotlib only when a page is written
+    from evoarena.report.build import build_page  # matplotlib only when a page is written
 
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(build_page(store, name, settings, store_url), encoding="utf-8")

@@ -63,8 +63,8 @@ SETTINGS: dict[str, tuple[dict[str, str], dict[str, bool]]] = {
     "onednn-off": ({}, {"mkldnn": False}),  # convolutions to NNPACK where it takes them, else torch's own
     "own-conv": ({}, {"mkldnn": False, "nnpack": False}),  # torch's own convolution: im2col, then MKL's sgemm
     "deterministic": ({}, {"deterministic": True}),  # torch.use_deterministic_algorithms(True)
-    "reproducible": ({}, {"evoarena": True}),  # evoarena.arithmetic.apply("reproducible"), whatever it pins
-    "fast": ({}, {"evoarena_fast": True}),  # evoarena.arithmetic.apply("fast")
+    "reproducible": ({}, {"evoarena": True}),  # evoarena.encoding.arithmetic.apply("reproducible"), whatever it pins
+    "fast": ({}, {"evoarena_fast": True}),  # evoarena.encoding.arithmetic.apply("fast")
 }
 
 # What a CPU without AVX-512 runs: MKL told the CPU has AVX2 at most, ATen and oneDNN capped there.
@@ -112,9 +112,9 @@ def _train_pair():
     """A ring arena's founder pair (experiments/arena-ring.yaml's networks) trained 100 steps."""
     import torch
 
-    from evoarena import arch, nets
+    from evoarena.encoding import arch, nets
     from evoarena.problems import gan, gan_data
-    from evoarena.spec_arena import RingData
+    from evoarena.spec.arena import RingData
 
     g_arch, d_arch = arch.generator_arch(8, [64, 64], (2,)), arch.discriminator_arch((2,), [64, 64])
     flats = []
@@ -132,7 +132,7 @@ def _memorize():
     """A founder of experiments/memorize.yaml's network (seed 003's convs) scored on 4 batches of 32."""
     import torch
 
-    from evoarena import nets
+    from evoarena.encoding import nets
     from evoarena.problems import memorize
 
     problem = {"image": [3, 64, 64], "classes": 10, "batch_size": 32, "train_batches": 4, "val_batches": 1,
@@ -190,7 +190,7 @@ def child(flags: dict, threads: int) -> dict:
     import torch
 
     if flags.get("evoarena") or flags.get("evoarena_fast"):  # as a worker process does: apply, threads, require
-        from evoarena import arithmetic
+        from evoarena.encoding import arithmetic
 
         wanted = "reproducible" if flags.get("evoarena") else "fast"
         arithmetic.apply(wanted)

@@ -48,7 +48,7 @@ import torch.nn.functional as F
 
 from batched import memorize_case, siblings  # bench/batched.py: the memorize network, its data and its siblings
 
-from evoarena import batched
+from evoarena.encoding import batched
 
 GROUP = 64
 DROPPED_BITS = 13  # float32's 23 bits of mantissa less TF32's 10

@@ -29,11 +29,11 @@ import yaml
 from evoarena import scheduler
 from evoarena.fleet.app import make_app
 from evoarena.fleet.celery_executor import CeleryExecutor
-from evoarena.fleet.executor import InlineExecutor
+from evoarena.worker.inline import InlineExecutor
 from evoarena.fleet.local_workers import LocalWorkers
-from evoarena.spec import ExperimentSpec, parse_spec
+from evoarena.spec.experiment import ExperimentSpec, parse_spec
 from evoarena.store import MongoStore, ResultStore, open_store
-from evoarena.worker import WorkerConfig
+from evoarena.worker.worker import WorkerConfig
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY_PATH = ROOT / "experiments" / "tiny.yaml"
@@ -325,7 +325,7 @@ class Place:
         }
 
     def command(self, *args: str) -> list[str]:
-        return [sys.executable, "-m", "evoarena.cli", *map(str, args)]
+        return [sys.executable, "-m", "evoarena", *map(str, args)]
 
     def run(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
         return subprocess.run(self.command(*args), cwd=self.root, env=self.env, capture_output=True,
@@ -618,7 +618,7 @@ def run_submit(*argv: str) -> int:
     """`evoarena submit ARGV` in this process, through the parser `submit.add_parser` defines."""
     import argparse
 
-    from evoarena import submit
+    from evoarena.cli import submit
     from evoarena.settings import Settings
 
     parser = argparse.ArgumentParser(prog="evoarena")

@@ -339,7 +339,7 @@ def test_the_master_fails_on_its_broker_and_store_without_printing_their_passwor
     env = {k: v for k, v in os.environ.items() if not k.startswith(("EVOARENA_", "KUBERNETES_"))}
     env |= {"EVOARENA_STORE": f"sqlite:///{tmp_path / 'runs.db'}", setting: url,
             "EVOARENA_LOG_LEVEL": "DEBUG"}  # the most the release's ConfigMap can ask for
-    done = subprocess.run([sys.executable, "-c", "import sys; from evoarena.cli import main; sys.exit(main(sys.argv[1:]))",
+    done = subprocess.run([sys.executable, "-c", "import sys; from evoarena.cli.main import main; sys.exit(main(sys.argv[1:]))",
                            "run", str(TINY_PATH), "--fleet"], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120)
     output = done.stdout + done.stderr
 

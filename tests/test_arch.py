@@ -8,9 +8,17 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from evoarena import nets
-from evoarena.arch import (apply_edit, conv_discriminator_arch, conv_generator_arch, discriminator_arch,
-                           edited_arch, generator_arch, sample_crossover, sample_mutation)
+from evoarena.encoding import nets
+from evoarena.encoding.arch import (
+    apply_edit,
+    conv_discriminator_arch,
+    conv_generator_arch,
+    discriminator_arch,
+    edited_arch,
+    generator_arch,
+    sample_crossover,
+    sample_mutation,
+)
 
 IMAGE = (1, 8, 8)
 LATENT = 16

@@ -12,9 +12,9 @@ import math
 import pytest
 
 from evoarena import scheduler
-from evoarena.fleet.executor import InlineExecutor
-from evoarena.genome import Genome
-from evoarena.store.results import task_id
+from evoarena.worker.inline import InlineExecutor
+from evoarena.encoding.genome import Genome
+from evoarena.tasks import task_id
 from helpers import ArenaRun, StopAfter, tiny_arena
 
 
@@ -251,7 +251,7 @@ def test_the_async_fight_resumes_after_an_interruption_and_trains_nothing_twice(
 def test_evoarena_run_then_status_of_an_arena(tmp_path, monkeypatch, capsys):
     import yaml
 
-    from evoarena import cli
+    from evoarena.cli import main as cli
 
     path = tmp_path / "arena.yaml"
     path.write_text(yaml.safe_dump(tiny_arena(rounds=1)))
@@ -315,7 +315,7 @@ def test_with_on_error_skip_the_poisoned_pair_sits_out_and_the_round_goes_on(tmp
 
 
 def test_a_failed_run_is_recorded_as_failed_with_its_reason_and_status_says_so(tmp_path, capsys, monkeypatch):
-    from evoarena import cli
+    from evoarena.cli import main as cli
 
     run = ArenaRun(tmp_path / "failed", tiny_arena(rounds=1))
     with pytest.raises(RuntimeError):

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import pytest
 
-from evoarena.arithmetic import PIN
+from evoarena.encoding.arithmetic import PIN
 
 # A small ring arena: 2 rounds of 2 players with one generator and one discriminator each.
 RUN = r"""
@@ -36,7 +36,7 @@ from evoarena import scheduler
 from evoarena.fleet.executor import LocalExecutor
 from evoarena.spec import parse_spec
 from evoarena.store import open_store
-from evoarena.worker import WorkerConfig
+from evoarena.worker.worker import WorkerConfig
 
 root = Path(sys.argv[1])
 spec = parse_spec({
@@ -161,7 +161,7 @@ def test_fast_arena_stores_different_bits_on_avx512_and_avx2(tmp_path):
 def test_importing_evoarena_sets_no_arithmetic_variable():
     """`fast` is the default: importing evoarena leaves the libraries their own choice."""
     env = {k: v for k, v in os.environ.items() if k not in PIN}
-    done = subprocess.run([sys.executable, "-c", "import os, evoarena.worker; from evoarena.arithmetic import PIN; "
+    done = subprocess.run([sys.executable, "-c", "import os, evoarena.worker.worker; from evoarena.encoding.arithmetic import PIN; "
                            "print(sorted(set(PIN) & set(os.environ)))"],
                           env=env, capture_output=True, text=True, timeout=120)
     assert done.stdout.split() == ["[]"], done.stderr[-2000:]

@@ -19,9 +19,9 @@ import pytest
 import yaml
 
 from evoarena import scheduler
-from evoarena.spec import parse_spec
+from evoarena.spec.experiment import parse_spec
 from evoarena.store import ResultStore, open_store
-from evoarena.store.results import task_id
+from evoarena.tasks import task_id
 from helpers import arena_dict, arena_outcome, inline_reference
 
 pytestmark = pytest.mark.slow
@@ -74,7 +74,7 @@ class Place:
         self.spec.write_text(yaml.safe_dump(arena_dict(name, workers=1), sort_keys=False))
         self.env = {**os.environ, "EVOARENA_STORE": f"sqlite:///{self.db}", "EVOARENA_ARTIFACTS": str(artifacts),
                     "EVOARENA_NOISE_DIR": str(root / "noise"), "PYTHONUNBUFFERED": "1"}
-        self.command = [sys.executable, "-m", "evoarena.cli", "run", str(self.spec)]
+        self.command = [sys.executable, "-m", "evoarena", "run", str(self.spec)]
 
     def run(self) -> subprocess.CompletedProcess:
         return subprocess.run(self.command, cwd=self.root, env=self.env, capture_output=True, text=True, timeout=180)

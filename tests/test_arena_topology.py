@@ -17,11 +17,11 @@ import yaml
 
 from evoarena import scheduler
 from evoarena.evolve import torus
-from evoarena.fleet.executor import InlineExecutor
+from evoarena.worker.inline import InlineExecutor
 from evoarena.problems import embedding
-from evoarena.spec import SpecError, parse_spec
+from evoarena.spec.experiment import SpecError, parse_spec
 from evoarena.store import open_store
-from evoarena.worker import WorkerConfig
+from evoarena.worker.worker import WorkerConfig
 
 CELLS = {
     "name": "arena-cells",
@@ -184,7 +184,7 @@ def test_kill_9_then_resume_gives_the_same_final_mixture(tmp_path):
     def final_mixture(folder: Path, kill_after: float | None) -> dict:
         env = {**os.environ, "EVOARENA_STORE": f"sqlite:///{folder / 'r.db'}", "EVOARENA_ARTIFACTS": str(folder / "a"),
                "EVOARENA_NOISE_DIR": str(tmp_path / "noise")}
-        command = [sys.executable, "-m", "evoarena.cli", "run", str(spec_file)]
+        command = [sys.executable, "-m", "evoarena", "run", str(spec_file)]
         if kill_after is not None:
             process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                        start_new_session=True)

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from evoarena.worker import Worker, WorkerConfig
+from evoarena.worker.worker import Worker, WorkerConfig
 
 SETTINGS = {"cuda.matmul": torch.backends.cuda.matmul, "cudnn.conv": torch.backends.cudnn.conv,
             "cudnn.rnn": torch.backends.cudnn.rnn}

@@ -19,12 +19,13 @@ from pathlib import Path
 import pytest
 import yaml
 
-from evoarena import arithmetic, scheduler
-from evoarena.arithmetic import PIN
+from evoarena.encoding import arithmetic
+from evoarena import scheduler
+from evoarena.encoding.arithmetic import PIN
 from evoarena.settings import WorkerSettings
-from evoarena.spec import ExperimentSpec, SpecError, parse_spec, spec_to_dict
+from evoarena.spec.experiment import ExperimentSpec, SpecError, parse_spec, spec_to_dict
 from evoarena.store import open_store
-from evoarena.worker import Worker, WorkerConfig, run_on
+from evoarena.worker.worker import Worker, WorkerConfig, run_on
 from helpers import tiny_yaml
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -101,7 +102,7 @@ def test_reproducible_sets_the_pin_and_fast_removes_it():
 
 @needs_avx2
 def test_a_reproducible_process_runs_the_pin_on_one_thread_without_onednn():
-    done = fresh("import json; from evoarena import arithmetic; arithmetic.apply('reproducible'); "
+    done = fresh("import json; from evoarena.encoding import arithmetic; arithmetic.apply('reproducible'); "
                  "print(json.dumps(arithmetic.in_effect()))")
 
     assert done.returncode == 0, done.stderr[-2000:]
@@ -113,25 +114,25 @@ def test_a_reproducible_process_runs_the_pin_on_one_thread_without_onednn():
 
 @needs_avx2
 def test_a_process_in_which_torch_computed_already_is_refused_reproducible():
-    done = fresh("import torch; torch.ones(4).tanh(); from evoarena import arithmetic; arithmetic.apply('reproducible')")
+    done = fresh("import torch; torch.ones(4).tanh(); from evoarena.encoding import arithmetic; arithmetic.apply('reproducible')")
 
     assert done.returncode != 0
-    assert done.stderr.splitlines()[-1].startswith("evoarena.arithmetic.ArithmeticMismatch: reproducible arithmetic: "
+    assert done.stderr.splitlines()[-1].startswith("evoarena.encoding.arithmetic.ArithmeticMismatch: reproducible arithmetic: "
                                                    "ATen runs its ")
     assert "torch computed in this process before the arithmetic was set" in done.stderr
 
 
 def test_a_process_keeps_the_arithmetic_it_applied():
-    done = fresh("from evoarena import arithmetic; arithmetic.apply('fast'); arithmetic.apply('fast'); "
+    done = fresh("from evoarena.encoding import arithmetic; arithmetic.apply('fast'); arithmetic.apply('fast'); "
                  "arithmetic.apply('reproducible')")
 
-    assert done.stderr.splitlines()[-1] == ("evoarena.arithmetic.ArithmeticMismatch: this process computes in fast "
+    assert done.stderr.splitlines()[-1] == ("evoarena.encoding.arithmetic.ArithmeticMismatch: this process computes in fast "
                                             "arithmetic already; reproducible needs a fresh process")
 
 
 @needs_avx2
 def test_a_reproducible_process_computes_on_one_thread_whatever_it_is_given_since():
-    done = fresh("import torch; from evoarena import arithmetic; arithmetic.apply('reproducible'); "
+    done = fresh("import torch; from evoarena.encoding import arithmetic; arithmetic.apply('reproducible'); "
                  "torch.set_num_threads(3); arithmetic.require('reproducible'); print(torch.get_num_threads())")
 
     assert done.stdout.split() == ["1"], done.stderr[-2000:]
@@ -218,13 +219,13 @@ def test_a_worker_in_fast_refuses_a_reproducible_experiments_task_until_the_run_
 @needs_avx2
 def test_a_gpu_worker_refuses_a_reproducible_experiments_task(tmp_path):
     code = f"""
-from evoarena import arithmetic
+from evoarena.encoding import arithmetic
 arithmetic.apply("reproducible")
 import copy, yaml
 from evoarena import scheduler
 from evoarena.spec import parse_spec
 from evoarena.store import open_store
-from evoarena.worker import TaskRefused, Worker, WorkerConfig
+from evoarena.worker.worker import TaskRefused, Worker, WorkerConfig
 data = yaml.safe_load(open({str(ROOT / "experiments" / "tiny.yaml")!r}))
 spec = parse_spec({{**data, "arithmetic": "reproducible"}})
 url = "sqlite:///{tmp_path}/results.db"
@@ -255,7 +256,7 @@ def test_evoarena_arithmetic_overrides_the_spec_and_a_resume_in_the_other_is_not
     def run(generations: int, **more: str) -> subprocess.CompletedProcess:
         data = tiny_yaml(ga={"generations": generations})
         (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(data))
-        return subprocess.run([sys.executable, "-m", "evoarena.cli", "run", str(tmp_path / "tiny.yaml")],
+        return subprocess.run([sys.executable, "-m", "evoarena", "run", str(tmp_path / "tiny.yaml")],
                               env={**env, **more}, capture_output=True, text=True, timeout=300)
 
     first = run(2, EVOARENA_ARITHMETIC="reproducible")
@@ -288,7 +289,7 @@ def test_a_fleet_worker_started_reproducible_runs_a_reproducible_experiment(flee
     (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(tiny_yaml()))
     env = {k: v for k, v in fleet.env.items() if k not in PIN}
 
-    done = subprocess.run([sys.executable, "-m", "evoarena.cli", "run", "--fleet", str(tmp_path / "tiny.yaml")],
+    done = subprocess.run([sys.executable, "-m", "evoarena", "run", "--fleet", str(tmp_path / "tiny.yaml")],
                           env=env, capture_output=True, text=True, timeout=300)
 
     assert done.returncode == 0, done.stderr[-2000:]

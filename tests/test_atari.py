@@ -17,16 +17,17 @@ import pytest
 import torch
 import yaml
 
-from evoarena import nets, scheduler
-from evoarena.report import build_page
-from evoarena.status import status_lines
+from evoarena.encoding import nets
+from evoarena import scheduler
+from evoarena.report.build import build_page
+from evoarena.cli.status import status_lines
 from evoarena.evolve import ga
-from evoarena.fleet.executor import InlineExecutor
-from evoarena.genome import founder
+from evoarena.worker.inline import InlineExecutor
+from evoarena.encoding.genome import founder
 from evoarena.problems import atari
-from evoarena.spec import GASpec, SpecError, parse_spec
+from evoarena.spec.experiment import GASpec, SpecError, parse_spec
 from evoarena.store import open_store
-from evoarena.worker import WorkerConfig
+from evoarena.worker.worker import WorkerConfig
 from helpers import ATARI_NET, atari_problem, atari_spec
 
 
@@ -353,7 +354,7 @@ def test_evoarena_run_ends_an_atari_run_with_its_mean_return_and_frames(tmp_path
     spec.write_text(yaml.safe_dump(atari_spec(generations=2)))
     env = {**os.environ, "EVOARENA_NOISE_DIR": str(tmp_path / "noise"), "EVOARENA_ARTIFACTS": str(tmp_path / "art")}
 
-    done = subprocess.run([sys.executable, "-m", "evoarena.cli", "run", str(spec), "--inline",
+    done = subprocess.run([sys.executable, "-m", "evoarena", "run", str(spec), "--inline",
                            "--store", f"sqlite:///{tmp_path / 'r.db'}"], env=env, capture_output=True, text=True)
 
     assert done.returncode == 0, done.stderr

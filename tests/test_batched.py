@@ -14,21 +14,24 @@ import numpy as np
 import pytest
 import torch
 
-from evoarena import batched, nets, scheduler
+from evoarena.encoding import batched, nets
+from evoarena import scheduler
 from evoarena.evolve import Step
 from evoarena.evolve.ga import GA
-from evoarena.fleet.executor import InlineExecutor, LocalExecutor
+from evoarena.worker.inline import InlineExecutor
+from evoarena.fleet.executor import LocalExecutor
 from evoarena.tasks import children_tasks, pack, unpack
-from evoarena.fleet.routing import AffinityRouter, built, wanted
-from evoarena.genome import Genome, founder, mutate, sample_delta
-from evoarena.materialize import Materializer, ParentCache
-from evoarena.noise import open_noise
+from evoarena.fleet.routing import AffinityRouter
+from evoarena.tasks import built, wanted
+from evoarena.encoding.genome import Genome, founder, mutate, sample_delta
+from evoarena.encoding.materialize import Materializer, ParentCache
+from evoarena.encoding.noise import open_noise
 from evoarena.problems import memorize
-from evoarena.spec import ExperimentSpec, parse_spec
+from evoarena.spec.experiment import ExperimentSpec, parse_spec
 from evoarena.store import open_store
-from evoarena.store.results import task_id
+from evoarena.tasks import task_id
 from evoarena.tasks import error_summary
-from evoarena.worker import Worker, WorkerConfig, run_on
+from evoarena.worker.worker import Worker, WorkerConfig, run_on
 from helpers import Fleet, atari_spec, broker_up, tiny_spec, tiny_yaml
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -340,7 +343,7 @@ def test_a_reproducible_process_runs_groups_in_one_pass_without_onednn(tmp_path)
     # its oneDNN is off: a pass in oneDNN's blocked layout would not run at all
     code = f"""
 import json, torch
-from evoarena import arithmetic, batched, nets
+from evoarena.encoding import arithmetic, batched, nets
 arithmetic.apply("reproducible")
 arch = json.loads({json.dumps(json.dumps(OWN_ARCH))})
 stacked = torch.randn(3, nets.layout(arch).size, generator=torch.Generator().manual_seed(1)) * 0.3

@@ -35,7 +35,7 @@ def free_port() -> int:
 
 def evoarena(tmp: Path, *args: str, env: dict[str, str]) -> tuple[subprocess.CompletedProcess, float]:
     started = time.monotonic()
-    done = subprocess.run([sys.executable, "-m", "evoarena.cli", *args], cwd=tmp, capture_output=True, text=True,
+    done = subprocess.run([sys.executable, "-m", "evoarena", *args], cwd=tmp, capture_output=True, text=True,
                           timeout=120, env={**os.environ, "EVOARENA_STORE": f"sqlite:///{tmp}/evoarena.db",
                                             "EVOARENA_REQUIRE_CONFIG": "false", **env})
     return done, time.monotonic() - started
@@ -153,7 +153,7 @@ def test_told_to_wait_the_master_and_a_worker_wait_for_the_broker_then_run_the_e
         out, err = tmp_path / "master.out", tmp_path / "master.err"
         master_env = {**workers.env, "EVOARENA_BROKER_WAIT": "false"}  # the master waits by its flag
         with open(out, "w") as stdout, open(err, "w") as stderr:
-            master = subprocess.Popen([sys.executable, "-m", "evoarena.cli", "run", str(TINY), "--fleet",
+            master = subprocess.Popen([sys.executable, "-m", "evoarena", "run", str(TINY), "--fleet",
                                        "--wait-for-broker"], cwd=tmp_path, env=master_env, stdout=stdout, stderr=stderr)
         try:
             waiting = f"waiting: the broker at amqp://guest:***@127.0.0.1:{broker.port}// does not answer"

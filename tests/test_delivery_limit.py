@@ -18,7 +18,7 @@ import pytest
 
 from evoarena import scheduler
 from evoarena.fleet.app import _task_queue_arguments, dead_letter_queue, make_app, task_queue
-from evoarena.spec import parse_spec
+from evoarena.spec.experiment import parse_spec
 from helpers import Fleet, broker_up, crashing_workers, tiny_ga
 
 pytestmark = pytest.mark.slow

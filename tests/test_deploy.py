@@ -344,7 +344,7 @@ def test_pods_carry_checksums_of_their_configuration_so_changes_roll_them(helm, 
 
 
 def test_workers_and_masters_share_one_environment_by_the_naming_convention(rendered):
-    from evoarena.submit import Names
+    from evoarena.cli.submit import Names
 
     names = Names("tiny", RELEASE, NAMESPACE)
     container = worker_container(rendered["default"])
@@ -360,7 +360,7 @@ def test_workers_and_masters_share_one_environment_by_the_naming_convention(rend
 
 
 def test_masters_get_the_releases_image_pull_secrets_through_the_service_account_submit_names(helm):
-    from evoarena.submit import Names, build_objects
+    from evoarena.cli.submit import Names, build_objects
 
     objects = template(helm, "--set", "imagePullSecrets[0].name=registry-login")
     names = Names("tiny", RELEASE, NAMESPACE)
@@ -593,7 +593,7 @@ def test_metrics_are_off_by_default_and_scraped_from_the_workers_port_when_on(re
 
 
 def test_the_longest_release_name_submit_accepts_gives_names_kubernetes_accepts(helm):
-    from evoarena.submit import RELEASE_MAX_LENGTH
+    from evoarena.cli.submit import RELEASE_MAX_LENGTH
 
     release = "r" * RELEASE_MAX_LENGTH
     objects = template(helm, "--set", "keda.enabled=true", "--set", "flower.enabled=true",
@@ -606,7 +606,7 @@ def test_the_longest_release_name_submit_accepts_gives_names_kubernetes_accepts(
 
 
 def test_a_release_name_one_character_longer_is_refused_by_the_chart(helm):
-    from evoarena.submit import RELEASE_MAX_LENGTH
+    from evoarena.cli.submit import RELEASE_MAX_LENGTH
 
     release = "r" * (RELEASE_MAX_LENGTH + 1)
     done = subprocess.run([helm, "template", release, str(CHART), *REQUIRED], capture_output=True, text=True)
@@ -734,7 +734,7 @@ def test_every_pod_meets_the_restricted_pod_security_standard(rendered, values):
 
 
 def test_the_master_job_submit_builds_meets_the_restricted_pod_security_standard():
-    from evoarena.submit import Names, build_objects
+    from evoarena.cli.submit import Names, build_objects
 
     _, job = build_objects(Names("tiny", RELEASE, NAMESPACE), "name: tiny\n", "tiny.yaml", "evoarena:0.1.0-cpu")
 
@@ -955,7 +955,7 @@ def test_the_build_context_holds_only_what_the_image_needs():
 
 
 def test_the_masters_image_is_the_cpu_image_in_the_chart_and_in_submit(rendered):
-    from evoarena.submit import default_image
+    from evoarena.cli.submit import default_image
 
     app_version = yaml.safe_load((CHART / "Chart.yaml").read_text())["appVersion"]
     repository = yaml.safe_load(VALUES["default"].read_text())["image"]["repository"]
@@ -968,7 +968,7 @@ def test_the_masters_image_is_the_cpu_image_in_the_chart_and_in_submit(rendered)
 
 
 def test_cpu_workers_and_flower_run_the_cpu_image_and_see_no_gpu(rendered, helm):
-    from evoarena.submit import CPU_ONLY_ENV
+    from evoarena.cli.submit import CPU_ONLY_ENV
 
     container = worker_container(rendered["cpu"])
     assert container["image"].endswith("-cpu")

@@ -15,10 +15,11 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-from evoarena import cli, nets
-from evoarena.genome import Genome
+from evoarena.cli import main as cli
+from evoarena.encoding import nets
+from evoarena.encoding.genome import Genome
 from evoarena.problems import PROBLEMS
-from evoarena.worker import Worker
+from evoarena.worker.worker import Worker
 from helpers import ArenaRun, Lab, tiny_arena, tiny_spec
 
 

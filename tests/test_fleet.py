@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from evoarena import scheduler
-from evoarena.spec import parse_spec
+from evoarena.spec.experiment import parse_spec
 from helpers import Fleet, crashing_workers, evolution, local_reference, tiny_ga
 
 pytestmark = pytest.mark.slow
@@ -489,7 +489,7 @@ def test_asking_for_cuda_where_torch_sees_no_gpu_is_an_error():
 
 
 def test_with_a_task_key_workers_run_only_the_tasks_the_master_signed(fleet, monkeypatch):
-    from evoarena.fleet.signing import sign
+    from evoarena.tasks import sign
 
     monkeypatch.setenv("EVOARENA_TASK_KEY", "the-fleet-key")  # the master's side
     fleet.env["EVOARENA_TASK_KEY"] = "the-fleet-key"  # the workers'

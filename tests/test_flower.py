@@ -18,7 +18,7 @@ import urllib.request
 import pytest
 
 from evoarena import scheduler
-from evoarena.spec import parse_spec
+from evoarena.spec.experiment import parse_spec
 from helpers import tiny_ga
 
 # What Flower's process must do without: it would fail to import any of them (a module made None
@@ -56,7 +56,7 @@ def test_the_flower_app_imports_celery_and_evoarenas_settings_only():
     assert done.returncode == 0, done.stderr[-2000:]
     modules, exchange = json.loads(done.stdout)
     # the package, its settings (and the standard-library modules they import), nothing that computes
-    assert set(modules) <= {"evoarena", "evoarena.arithmetic", "evoarena.fleet", "evoarena.fleet.flower",
+    assert set(modules) <= {"evoarena", "evoarena.encoding", "evoarena.encoding.arithmetic", "evoarena.fleet", "evoarena.fleet.flower",
                             "evoarena.heartbeat", "evoarena.settings"}, modules
     assert exchange == "arena.ev"
 

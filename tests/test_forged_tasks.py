@@ -13,10 +13,10 @@ import logging
 import pytest
 
 from evoarena import scheduler
-from evoarena.spec import parse_spec
+from evoarena.spec.experiment import parse_spec
 from evoarena.store import open_store
-from evoarena.store.results import task_id
-from evoarena.worker import Worker, WorkerConfig
+from evoarena.tasks import task_id
+from evoarena.worker.worker import Worker, WorkerConfig
 from helpers import tiny_ga
 
 GENERATIONS = 5
@@ -121,7 +121,7 @@ def test_a_result_stored_with_another_outcome_is_kept_and_the_write_refused_in_t
     store, w = worker
     store.put_result(result(0.5))
 
-    with caplog.at_level(logging.WARNING, logger="evoarena.worker"):
+    with caplog.at_level(logging.WARNING, logger="evoarena.worker.worker"):
         kept = w._store(result(0.9, worker="w2"))
 
     assert kept["fitness"] == 0.5 and store.get_result("tiny:000001:evaluate:g1")["fitness"] == 0.5
@@ -132,7 +132,7 @@ def test_the_same_outcome_from_another_worker_is_no_conflict(worker, caplog):
     store, w = worker
     store.put_result(result(0.5))
 
-    with caplog.at_level(logging.WARNING, logger="evoarena.worker"):
+    with caplog.at_level(logging.WARNING, logger="evoarena.worker.worker"):
         kept = w._store(result(0.5, worker="w2", seconds=0.7))
 
     assert kept["worker"] == "w1" and "refused" not in caplog.text

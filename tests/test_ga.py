@@ -7,9 +7,9 @@ import math
 import pytest
 
 from evoarena.evolve import ga
-from evoarena.genome import Checkpoint, Delta, Genome, founder, mutate
-from evoarena.nets import convnet, layout
-from evoarena.spec import GASpec
+from evoarena.encoding.genome import Checkpoint, Delta, Genome, founder, mutate
+from evoarena.encoding.nets import convnet, layout
+from evoarena.spec.experiment import GASpec
 
 # tiny.yaml's network: conv, linear, linear (three parametric layers, so crossover has two points).
 ARCH = convnet([3, 16, 16], [{"channels": 4, "kernel": 4, "stride": 2}], [16], 4)

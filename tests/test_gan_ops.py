@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from evoarena import nets
+from evoarena.encoding import nets
 from evoarena.problems import gan
 
 G_ARCH = {"input": [4], "layers": [{"type": "linear", "out": 32}, {"type": "relu"}, {"type": "linear", "out": 2}]}

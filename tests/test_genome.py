@@ -8,10 +8,20 @@ import numpy as np
 import pytest
 import torch
 
-from evoarena import nets
-from evoarena.genome import Checkpoint, Delta, Genome, crossover, founder, mutate, rebase, restrict, sample_delta
-from evoarena.materialize import Materializer, ParentCache
-from evoarena.noise import open_noise
+from evoarena.encoding import nets
+from evoarena.encoding.genome import (
+    Checkpoint,
+    Delta,
+    Genome,
+    crossover,
+    founder,
+    mutate,
+    rebase,
+    restrict,
+    sample_delta,
+)
+from evoarena.encoding.materialize import Materializer, ParentCache
+from evoarena.encoding.noise import open_noise
 
 ARCH = nets.convnet([3, 8, 8], [{"channels": 4, "kernel": 3, "stride": 1}], [8, 6], 3)  # 4 parametric layers
 LAY = nets.layout(ARCH)

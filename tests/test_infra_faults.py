@@ -20,7 +20,7 @@ import pytest
 
 from evoarena import scheduler
 from evoarena.scheduler import InfrastructureFailure
-from evoarena.spec import parse_spec
+from evoarena.spec.experiment import parse_spec
 from evoarena.store import open_store
 from helpers import arena_dict, arena_outcome, evolution, inline_reference, local_reference, merged, tiny_ga
 

@@ -46,7 +46,7 @@ class Place:
         self.env = {**os.environ, "EVOARENA_STORE": f"sqlite:///{self.db}", "EVOARENA_ARTIFACTS": str(root / "artifacts"),
                     "EVOARENA_NOISE_DIR": str(root / "noise"), "PYTHONUNBUFFERED": "1",
                     "EVOARENA_MASTER_HEARTBEAT_S": "0.5"}  # a killed master's lease is stale 3 s after its last beat
-        self.command = [sys.executable, "-m", "evoarena.cli", "run", "arena.yaml"]
+        self.command = [sys.executable, "-m", "evoarena", "run", "arena.yaml"]
 
     def run(self) -> subprocess.CompletedProcess:
         return subprocess.run(self.command, cwd=self.root, env=self.env, capture_output=True, text=True, timeout=300)

@@ -54,7 +54,7 @@ def test_the_check_catches_each_way_of_importing_a_test_module():
         "def f():\n    from test_atari import atari_spec\n",
     ]
     allowed = ["from helpers import tiny_ga", "import headless_chromium", "from evoarena import scheduler",
-               "import pytest", "from evoarena.store.results import task_id"]
+               "import pytest", "from evoarena.tasks import task_id"]
 
     assert [source for source in caught if not imports_of_test_modules(source)] == []
     assert [source for source in allowed if imports_of_test_modules(source)] == []

@@ -13,10 +13,10 @@ import time
 import pytest
 import yaml
 
-from evoarena import cli
+from evoarena.cli import main as cli
 from evoarena.evolve.ga import GA
 from evoarena.heartbeat import Heartbeat
-from evoarena.status import state_text
+from evoarena.cli.status import state_text
 from evoarena.store import open_store
 from helpers import Lab, Poisoning, StopAfter, tiny_spec, tiny_yaml
 
@@ -164,7 +164,7 @@ def test_a_master_killed_with_sigkill_shows_stale_and_a_live_one_running(tmp_pat
     (tmp_path / "killed.yaml").write_text(yaml.safe_dump(spec))
     env = {**os.environ, "EVOARENA_MASTER_HEARTBEAT_S": "0.5", "EVOARENA_NOISE_DIR": str(tmp_path / "noise"),
            "EVOARENA_ARTIFACTS": str(tmp_path / "artifacts"), "EVOARENA_LOG_LEVEL": "WARNING"}
-    master = subprocess.Popen([sys.executable, "-m", "evoarena.cli", "run", str(tmp_path / "killed.yaml"), "--inline",
+    master = subprocess.Popen([sys.executable, "-m", "evoarena", "run", str(tmp_path / "killed.yaml"), "--inline",
                                "--store", url], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         with open_store(url) as store:

@@ -12,7 +12,7 @@ import urllib.error
 import pytest
 
 from evoarena import scheduler
-from evoarena.spec import parse_spec
+from evoarena.spec.experiment import parse_spec
 from helpers import management_queue, tiny_ga
 
 pytestmark = pytest.mark.slow
@@ -98,7 +98,7 @@ def test_a_count_the_plugin_has_not_sampled_yet_shows_as_unknown():
 def test_status_watch_shows_the_fleets_queues_from_the_management_api(management, fleet, monkeypatch):
     import io
 
-    from evoarena.watch import watch
+    from evoarena.cli.watch import watch
 
     fleet.start("alpha")
     fleet.wait_ready()

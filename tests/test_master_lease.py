@@ -153,7 +153,7 @@ class Place:
 
     def command(self, heartbeat_s: float | None) -> tuple[list[str], dict[str, str]]:
         env = self.env if heartbeat_s is None else {**self.env, "EVOARENA_MASTER_HEARTBEAT_S": str(heartbeat_s)}
-        return [sys.executable, "-m", "evoarena.cli", "run", str(self.spec), "--inline", "--store", self.url], env
+        return [sys.executable, "-m", "evoarena", "run", str(self.spec), "--inline", "--store", self.url], env
 
     def run(self, heartbeat_s: float | None = None) -> subprocess.CompletedProcess:
         command, env = self.command(heartbeat_s)

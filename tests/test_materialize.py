@@ -10,10 +10,10 @@ import torch
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from evoarena import nets
-from evoarena.genome import Checkpoint, Delta, Genome, crossover, founder, mutate, rebase, sample_delta
-from evoarena.materialize import Materializer, ParentCache, Stats, Weights
-from evoarena.noise import open_noise
+from evoarena.encoding import nets
+from evoarena.encoding.genome import Checkpoint, Delta, Genome, crossover, founder, mutate, rebase, sample_delta
+from evoarena.encoding.materialize import Materializer, ParentCache, Stats, Weights
+from evoarena.encoding.noise import open_noise
 
 ARCH = nets.convnet([3, 8, 8], [{"channels": 4, "kernel": 3, "stride": 1}], [8, 6], 3)  # 4 parametric layers
 LAY = nets.layout(ARCH)

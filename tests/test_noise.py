@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from evoarena.noise import CHUNK, generate, open_noise, table_path
+from evoarena.encoding.noise import CHUNK, generate, open_noise, table_path
 
 
 def test_file_holds_the_same_samples_as_generate(tmp_path):

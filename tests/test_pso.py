@@ -16,14 +16,14 @@ import yaml
 
 from evoarena import scheduler
 from evoarena.evolve.pso import PSO, run_seeds
-from evoarena.fleet.executor import InlineExecutor
-from evoarena.genome import Delta, Genome, crossover, span, span_offsets
-from evoarena.materialize import Materializer, ParentCache
-from evoarena.nets import layout
-from evoarena.noise import generate, open_noise
-from evoarena.spec import SpecError, load_spec, parse_spec
+from evoarena.worker.inline import InlineExecutor
+from evoarena.encoding.genome import Delta, Genome, crossover, span, span_offsets
+from evoarena.encoding.materialize import Materializer, ParentCache
+from evoarena.encoding.nets import layout
+from evoarena.encoding.noise import generate, open_noise
+from evoarena.spec.experiment import SpecError, load_spec, parse_spec
 from evoarena.store import open_store
-from evoarena.worker import WorkerConfig
+from evoarena.worker.worker import WorkerConfig
 from helpers import Place, tiny_pso
 
 ROOT = Path(__file__).resolve().parent.parent

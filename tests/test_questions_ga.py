@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 import torch
 
-from evoarena.genome import Delta, founder, mutate
-from evoarena.materialize import Materializer, ParentCache
-from evoarena.noise import open_noise
+from evoarena.encoding.genome import Delta, founder, mutate
+from evoarena.encoding.materialize import Materializer, ParentCache
+from evoarena.encoding.noise import open_noise
 from evoarena.problems import memorize
 
 BENCH = Path(__file__).resolve().parent.parent / "bench" / "questions_ga.py"

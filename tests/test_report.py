@@ -24,15 +24,16 @@ import torch
 import yaml
 from PIL import Image
 
-from evoarena import report, scheduler
-from evoarena.cli import main
-from evoarena.fleet.executor import InlineExecutor
+from evoarena.report import build as report
+from evoarena import scheduler
+from evoarena.cli.main import main
+from evoarena.worker.inline import InlineExecutor
 from evoarena.evolve.arena import Arena
 from evoarena.problems import gan, gan_baselines, gan_data, gan_metrics, memorize
 from evoarena.settings import Settings
-from evoarena.spec import parse_spec
+from evoarena.spec.experiment import parse_spec
 from evoarena.store import ARENA_COLLECTIONS, open_store
-from evoarena.worker import WorkerConfig
+from evoarena.worker.worker import WorkerConfig
 from headless_chromium import chromium, load
 from helpers import StopAfter, images, mongomock_store, pixel_variance, sections, tiny_spec
 

@@ -38,7 +38,7 @@ class Place:
                     "PYTHONUNBUFFERED": "1"}
 
     def command(self, *args: str) -> list[str]:
-        return [sys.executable, "-m", "evoarena.cli", *args]
+        return [sys.executable, "-m", "evoarena", *args]
 
     def run(self, *args: str) -> subprocess.CompletedProcess:
         return subprocess.run(self.command(*args), cwd=self.root, env=self.env, capture_output=True, text=True,

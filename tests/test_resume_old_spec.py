@@ -12,10 +12,10 @@ import copy
 import pytest
 
 from evoarena import scheduler
-from evoarena.fleet.executor import InlineExecutor
-from evoarena.spec import ExperimentSpec, spec_to_dict
+from evoarena.worker.inline import InlineExecutor
+from evoarena.spec.experiment import ExperimentSpec, spec_to_dict
 from evoarena.store import open_store
-from evoarena.worker import WorkerConfig
+from evoarena.worker.worker import WorkerConfig
 from helpers import tiny_spec
 
 ADDED = {"": ("pso", "tune"), "problem": ("fitness",),

@@ -7,10 +7,10 @@ import pytest
 import torch
 from matplotlib.image import imread
 
-from evoarena import cli
-from evoarena.genome import Genome
-from evoarena.samples import image_grid
-from evoarena.worker import Worker
+from evoarena.cli import main as cli
+from evoarena.encoding.genome import Genome
+from evoarena.cli.samples import image_grid
+from evoarena.worker.worker import Worker
 from helpers import ArenaRun, Lab, tiny_arena, tiny_spec
 
 

@@ -14,12 +14,13 @@ from pathlib import Path
 import pytest
 
 from evoarena import scheduler
-from evoarena.fleet.executor import InlineExecutor, LocalExecutor
-from evoarena.genome import Genome
-from evoarena.spec import ExperimentSpec, parse_spec
-from evoarena import worker
+from evoarena.worker.inline import InlineExecutor
+from evoarena.fleet.executor import LocalExecutor
+from evoarena.encoding.genome import Genome
+from evoarena.spec.experiment import ExperimentSpec, parse_spec
+from evoarena.worker import worker
 from evoarena.store import ResultStore, StoreUnavailable
-from evoarena.store.results import result_id
+from evoarena.tasks import result_id
 from evoarena.tasks import error_summary
 from helpers import Lab, Poisoning, StopAfter, content_not_matching_id, evolution, tiny_spec
 
@@ -275,7 +276,7 @@ def test_the_experiment_records_its_provenance_and_each_result_its_device(lab):
     import torch
 
     import evoarena
-    from evoarena.noise import table_path
+    from evoarena.encoding.noise import table_path
 
     lab.run(tiny(generations=1))
 
@@ -525,7 +526,7 @@ def finished(lab) -> tuple[Lab, dict, dict]:
 
 
 def refused(lab: Lab, task: dict) -> dict:
-    from evoarena.worker import Worker, run_on
+    from evoarena.worker.worker import Worker, run_on
 
     return run_on(Worker(lab.config("main")), "evaluate", task)
 

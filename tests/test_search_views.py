@@ -17,14 +17,15 @@ import re
 import numpy as np
 import pytest
 
-from evoarena import report, report_plots, report_tune, scheduler
-from evoarena.cli import main
-from evoarena.fleet.executor import InlineExecutor
+from evoarena.report import build as report, plots as report_plots, tune as report_tune
+from evoarena import scheduler
+from evoarena.cli.main import main
+from evoarena.worker.inline import InlineExecutor
 from evoarena.settings import Settings
-from evoarena.spec import parse_spec
+from evoarena.spec.experiment import parse_spec
 from evoarena.store import open_store
-from evoarena.watch import Live, live, watch
-from evoarena.worker import WorkerConfig
+from evoarena.cli.watch import Live, live, watch
+from evoarena.worker.worker import WorkerConfig
 from headless_chromium import load
 from helpers import StopAfter, images, pixel_variance, sections, tiny_pso, tiny_tune
 

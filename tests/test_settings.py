@@ -148,7 +148,7 @@ HANG_GUARD_S = 120  # far above the ~1 s these take; reaching it means the proce
 
 def evoarena(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess:
     base = {k: v for k, v in os.environ.items() if not k.startswith("EVOARENA_") and k != "KUBERNETES_SERVICE_HOST"}
-    return subprocess.run([sys.executable, "-m", "evoarena.cli", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "evoarena", *args], capture_output=True, text=True,
                           env={**base, **env}, timeout=HANG_GUARD_S, cwd=ROOT)
 
 

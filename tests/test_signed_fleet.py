@@ -21,7 +21,7 @@ import pytest
 
 from evoarena import scheduler
 from evoarena.settings import check_task_key
-from evoarena.spec import parse_spec
+from evoarena.spec.experiment import parse_spec
 from helpers import tiny_ga
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -125,7 +125,7 @@ def worker_env(broker: str, **more: str) -> dict[str, str]:
 def test_a_worker_without_a_key_refuses_a_broker_on_the_network_before_connecting(remote_broker):
     broker, accepted = remote_broker
 
-    done = subprocess.run([sys.executable, "-m", "evoarena.cli", "worker", "--name", "unsigned@test"], cwd=ROOT,
+    done = subprocess.run([sys.executable, "-m", "evoarena", "worker", "--name", "unsigned@test"], cwd=ROOT,
                           env=worker_env(broker), capture_output=True, text=True, timeout=120)
 
     assert (done.returncode, done.stdout) == (2, "")
@@ -137,7 +137,7 @@ def test_a_worker_without_a_key_refuses_a_broker_on_the_network_before_connectin
 def test_a_worker_told_to_allow_unsigned_tasks_goes_on_to_its_broker(remote_broker, tmp_path):
     broker, accepted = remote_broker
     with open(tmp_path / "worker.log", "w") as log:
-        worker = subprocess.Popen([sys.executable, "-m", "evoarena.cli", "worker", "--name", "unsigned@test"], cwd=ROOT,
+        worker = subprocess.Popen([sys.executable, "-m", "evoarena", "worker", "--name", "unsigned@test"], cwd=ROOT,
                                   env=worker_env(broker, EVOARENA_ALLOW_UNSIGNED="true"), stdout=log,
                                   stderr=subprocess.STDOUT, start_new_session=True)
     try:

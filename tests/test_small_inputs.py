@@ -22,8 +22,8 @@ import pytest
 import yaml
 
 from evoarena.settings import SpecLimits
-from evoarena.spec import SpecError, _show, load_spec, parse_spec
-from evoarena.spec_limits import gan_parameters
+from evoarena.spec.experiment import SpecError, _show, load_spec, parse_spec
+from evoarena.spec.limits import gan_parameters
 from helpers import tiny_yaml
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -38,7 +38,7 @@ REPORT_PEAK = """
 import atexit, sys
 atexit.register(lambda: print("peak_kb", next(line.split()[1] for line in open("/proc/self/status")
                                                if line.startswith("VmHWM:")), file=sys.stderr))
-from evoarena.cli import main
+from evoarena.cli.main import main
 sys.exit(main(sys.argv[1:]))
 """
 
@@ -281,7 +281,7 @@ def test_evoarena_run_force_runs_what_the_memory_limit_refuses(tmp_path):
 
 @pytest.mark.parametrize("name", ["arena-ring.yaml", "arena-digits.yaml", "arena-mnist.yaml"])
 def test_the_estimate_counts_the_weights_of_the_networks_the_arena_builds(name):
-    from evoarena import nets
+    from evoarena.encoding import nets
     from evoarena.evolve.arena import Arena
 
     spec = load_spec(ROOT / "experiments" / name)

@@ -8,7 +8,7 @@ import pytest
 import torch
 from pydantic import BaseModel, ValidationError
 
-from evoarena.spec import (
+from evoarena.spec.experiment import (
     ExperimentSpec,
     SpecError,
     load_spec,

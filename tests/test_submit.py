@@ -18,7 +18,7 @@ import pytest
 import yaml
 from kubernetes.client.exceptions import ApiException
 
-from evoarena import submit
+from evoarena.cli import submit
 from helpers import TINY_PATH, dry_run, run_submit
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -174,7 +174,7 @@ def test_the_image_is_the_option_else_the_environment_else_the_charts_default(ca
 
 
 def test_dry_run_never_loads_the_kubernetes_client():
-    code = ("import sys; from evoarena import submit; from evoarena.settings import Settings; import argparse;"
+    code = ("import sys; from evoarena.cli import submit; from evoarena.settings import Settings; import argparse;"
             "p = argparse.ArgumentParser(); submit.add_parser(p.add_subparsers());"
             f"rc = submit.cmd_submit(p.parse_args(['submit', {str(TINY_PATH)!r}, '--dry-run']), Settings());"
             "assert rc == 0 and 'kubernetes' not in sys.modules, sorted(m for m in sys.modules if 'kube' in m)")
@@ -343,7 +343,7 @@ def test_a_configmap_of_that_name_not_made_by_submit_is_left_alone(capsys):
 
 def test_evoarena_submit_dry_run_from_the_command_line():
     env = {k: v for k, v in os.environ.items() if k != "EVOARENA_IMAGE"}
-    done = subprocess.run([sys.executable, "-m", "evoarena.cli", "submit", str(TINY_PATH), "--dry-run"],
+    done = subprocess.run([sys.executable, "-m", "evoarena", "submit", str(TINY_PATH), "--dry-run"],
                           capture_output=True, text=True, env=env)
 
     assert done.returncode == 0, done.stderr
@@ -357,7 +357,7 @@ def test_submit_without_a_kube_config_says_where_it_looked_and_how_to_point_else
     env["HOME"] = str(tmp_path)  # no ~/.kube/config here
     if kubeconfig:
         env["KUBECONFIG"] = str(tmp_path / kubeconfig)
-    done = subprocess.run([sys.executable, "-m", "evoarena.cli", "submit", str(TINY_PATH)], capture_output=True,
+    done = subprocess.run([sys.executable, "-m", "evoarena", "submit", str(TINY_PATH)], capture_output=True,
                           text=True, env=env, timeout=120)
 
     assert done.returncode == 2
@@ -388,7 +388,7 @@ def test_the_import_refuser_refuses_torch():
 
 
 def test_submit_dry_run_imports_neither_torch_nor_the_fleets_libraries():
-    run_cli = "from evoarena.cli import main; sys.exit(main(sys.argv[1:]))"
+    run_cli = "from evoarena.cli.main import main; sys.exit(main(sys.argv[1:]))"
     done = subprocess.run([sys.executable, "-c", REFUSE_HEAVY + run_cli, "submit", str(TINY_PATH), "--dry-run"],
                           capture_output=True, text=True)
 

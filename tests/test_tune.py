@@ -1,4 +1,4 @@
-"""The meta-parameter search (evolve/tune.py, trial.py, spec_tune.py): how a point becomes values,
+"""The meta-parameter search (evolve/tune.py, trial.py, spec/tune.py): how a point becomes values,
 how values become an arena, what a bad space is told, and tiny searches run end to end."""
 
 from __future__ import annotations
@@ -11,13 +11,13 @@ import yaml
 
 from evoarena import scheduler
 from evoarena.evolve.tune import Tune, children, to_value, to_values
-from evoarena.fleet.executor import InlineExecutor
-from evoarena.spec import SpecError, parse_spec
-from evoarena.spec_arena import ArenaSpec
-from evoarena.spec_tune import DerivedSpecError, ParameterSpec, derive
+from evoarena.worker.inline import InlineExecutor
+from evoarena.spec.experiment import SpecError, parse_spec
+from evoarena.spec.arena import ArenaSpec
+from evoarena.spec.tune import DerivedSpecError, ParameterSpec, derive
 from evoarena.store import open_store
-from evoarena.trial import objective
-from evoarena.worker import Worker, WorkerConfig, run_on
+from evoarena.worker.trial import objective
+from evoarena.worker.worker import Worker, WorkerConfig, run_on
 from helpers import TUNE_BASE, StopAfter, tiny_tune
 
 
@@ -211,7 +211,7 @@ def trials_of(store, name: str) -> list[tuple]:
 
 
 def cli_run(tmp_path, data: dict, *options: str) -> object:
-    from evoarena import cli
+    from evoarena.cli import main as cli
 
     path = tmp_path / f"{data['name']}.yaml"
     path.write_text(yaml.safe_dump(data))

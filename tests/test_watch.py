@@ -22,9 +22,10 @@ import time
 
 import pytest
 
-from evoarena import cli, scheduler
+from evoarena.cli import main as cli
+from evoarena import scheduler
 from evoarena.evolve.ga import GA
-from evoarena.fleet.executor import InlineExecutor
+from evoarena.worker.inline import InlineExecutor
 from evoarena.store import open_store
 from helpers import Lab, Poisoning, content_not_matching_id, sigint_default, tiny_spec
 
@@ -116,7 +117,7 @@ class Output:
 
 def watcher(url: str, name: str, tty: bool) -> tuple[subprocess.Popen, Output]:
     """`evoarena status NAME --watch --every 0.1` in a child process, its output on a pty or a pipe."""
-    command = [sys.executable, "-m", "evoarena.cli", "status", name, "--watch", "--every", "0.1", "--store", url]
+    command = [sys.executable, "-m", "evoarena", "status", name, "--watch", "--every", "0.1", "--store", url]
     if tty:
         master, slave = pty.openpty()
         proc = subprocess.Popen(command, stdin=slave, stdout=slave, stderr=slave, close_fds=True, preexec_fn=sigint_default)
@@ -227,7 +228,7 @@ def test_watch_every_zero_seconds_exits_2_with_one_line(lab, capsys):
 
 
 def test_watch_in_a_string_stream_prints_the_status_view_then_the_live_line(lab):
-    from evoarena.watch import watch
+    from evoarena.cli.watch import watch
 
     lab.run(tiny_spec("tiny-done", generations=1))
     stream = io.StringIO()

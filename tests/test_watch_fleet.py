@@ -19,7 +19,7 @@ import pytest
 
 from evoarena import scheduler
 from evoarena.fleet.management import broker_vhost
-from evoarena.spec import parse_spec
+from evoarena.spec.experiment import parse_spec
 from evoarena.store import open_store
 from helpers import Fleet, broker_up, tiny_ga
 
@@ -61,7 +61,7 @@ def vhost():
 @pytest.mark.slow
 def test_status_watch_counts_the_consumers_of_the_broker_urls_vhost(vhost, tmp_path, monkeypatch):
     monkeypatch.setenv("EVOARENA_BROKER_URL", f"amqp://guest:guest@127.0.0.1:5672/{vhost}")
-    from evoarena.watch import watch
+    from evoarena.cli.watch import watch
 
     with Fleet(tmp_path) as fleet:
         fleet.start("alpha")
@@ -92,8 +92,8 @@ def test_status_watch_counts_the_consumers_of_the_broker_urls_vhost(vhost, tmp_p
 @pytest.fixture
 def stored_run(tmp_path) -> tuple[dict, str]:
     """A complete tiny GA in a SQLite store: the environment that names it, and its name."""
-    from evoarena.fleet.executor import InlineExecutor
-    from evoarena.worker import WorkerConfig
+    from evoarena.worker.inline import InlineExecutor
+    from evoarena.worker.worker import WorkerConfig
 
     url = f"sqlite:///{tmp_path}/evoarena.db"
     spec = parse_spec(tiny_ga("status-beside-writer", generations=2))
@@ -104,7 +104,7 @@ def stored_run(tmp_path) -> tuple[dict, str]:
 
 
 def status_command(name: str) -> list[str]:
-    return [sys.executable, "-m", "evoarena.cli", "status", name]
+    return [sys.executable, "-m", "evoarena", "status", name]
 
 
 @pytest.mark.slow
@@ -130,7 +130,7 @@ def test_status_reads_the_store_while_another_process_holds_its_write_lock(store
     assert f"experiment  {name}  (complete" in done.stdout
     assert took < 60, f"status took {took:.1f} s beside a writer"  # it never waited for the 120 s lock
 
-    from evoarena.status import open_experiment, status_lines  # and the reads alone take no time
+    from evoarena.cli.status import open_experiment, status_lines  # and the reads alone take no time
 
     store, experiment, spec = open_experiment(env["EVOARENA_STORE"], name)
     with store:
@@ -172,7 +172,7 @@ def long_chunks(name: str) -> dict:
 def test_the_watch_shows_the_steps_a_running_train_pair_has_done(fleet):
     import threading
 
-    from evoarena.watch import live
+    from evoarena.cli.watch import live
 
     fleet.start("alpha")
     fleet.wait_ready()
@@ -207,7 +207,7 @@ def test_the_watch_shows_the_steps_a_running_train_pair_has_done(fleet):
 
 
 def test_the_eta_comes_from_measured_task_times_shared_among_the_workers():
-    from evoarena.watch import Live, eta_from_tasks
+    from evoarena.cli.watch import Live, eta_from_tasks
 
     assert eta_from_tasks({"train_pair": 4}, {}, workers=2) is None  # nothing measured yet
     # a first task that warmed up for 3 s does not make every later one 3 s: the median does not move

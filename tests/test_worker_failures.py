@@ -11,7 +11,7 @@ import torch
 from botocore.exceptions import ClientError, EndpointConnectionError
 
 from evoarena.store import StoreUnavailable
-from evoarena.worker import transient
+from evoarena.worker.worker import transient
 
 
 def s3_error(status: int, code: str) -> ClientError:

@@ -12,7 +12,7 @@ from datetime import datetime, timezone
 import pytest
 
 from evoarena import scheduler
-from evoarena.spec import parse_spec
+from evoarena.spec.experiment import parse_spec
 
 pytestmark = pytest.mark.slow
 

@@ -24,7 +24,7 @@ import threading
 import time
 from typing import TYPE_CHECKING
 
-from .settings import HEARTBEAT_S
+from evoarena.settings import HEARTBEAT_S
 
 if TYPE_CHECKING:
     from .store import ResultStore

@@ -27,7 +27,7 @@ import time
 import uuid
 from typing import TYPE_CHECKING, Any
 
-from .heartbeat import HEARTBEAT_S, STALE_BEATS, Heartbeat
+from evoarena.heartbeat import HEARTBEAT_S, Heartbeat, STALE_BEATS
 
 if TYPE_CHECKING:
     from .store import ResultStore

@@ -17,7 +17,7 @@ import time
 from datetime import datetime, timezone
 from typing import TextIO
 
-from .settings import FleetSettings
+from evoarena.settings import FleetSettings
 
 
 class JsonFormatter(logging.Formatter):

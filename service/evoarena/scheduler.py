@@ -12,22 +12,31 @@ from __future__ import annotations
 
 import logging
 import math
+import platform
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass
 
-from . import metrics
-from .arithmetic import LEGACY
-from .arithmetic import apply as apply_arithmetic
-from .evolve import Algorithm, EventAlgorithm, Step
-from .fleet.executor import Executor, Feed
-from .heartbeat import HEARTBEAT_S
-from .lease import ExperimentBusy, MasterLease
-from .materialize import CACHE_HITS
-from .spec import ExperimentSpec, SpecError, parse_spec, spec_to_dict
-from .store import ResultStore
-from .store.results import lost_result, plan_entry, settled, task_id
+import numpy
+import torch
+
+from evoarena import __version__, metrics
+from evoarena.encoding.arithmetic import LEGACY, in_effect
+from evoarena.encoding.arithmetic import apply as apply_arithmetic
+from evoarena.encoding.materialize import CACHE_HITS
+from evoarena.encoding.noise import fingerprint
+from evoarena.evolve import Algorithm, EventAlgorithm, Step
+from evoarena.evolve.arena import Arena
+from evoarena.evolve.fight import Fight
+from evoarena.evolve.ga import GA
+from evoarena.evolve.pso import PSO
+from evoarena.evolve.tune import Tune
+from evoarena.heartbeat import HEARTBEAT_S
+from evoarena.lease import ExperimentBusy, MasterLease
+from evoarena.spec.experiment import ExperimentSpec, SpecError, parse_spec, spec_to_dict
+from evoarena.store import ResultStore
+from evoarena.tasks import Executor, Feed, lost_result, plan_entry, settled, task_id
 
 log = logging.getLogger(__name__)
 
@@ -65,24 +74,11 @@ class Progress:
 
 
 def algorithm(spec: ExperimentSpec, store: ResultStore | None = None) -> Algorithm | EventAlgorithm:
-    """The algorithm that runs `spec`: the GA, or the GAN arena in rounds or as an asynchronous
-    fight (the arena records its members in `store`)."""
+    """The algorithm that runs `spec`: the GA, PSO, a tuning search, or the GAN arena in rounds or
+    as an asynchronous fight (the arena records its members in `store`)."""
     if spec.algorithm == "arena":
-        from .evolve.arena import Arena
-        from .evolve.fight import Fight
-
         return Fight(spec, store) if spec.arena.mode == "async" else Arena(spec, store)
-    if spec.algorithm == "pso":
-        from .evolve.pso import PSO
-
-        return PSO(spec)
-    if spec.algorithm == "tune":
-        from .evolve.tune import Tune
-
-        return Tune(spec)
-    from .evolve.ga import GA
-
-    return GA(spec)
+    return {"pso": PSO, "tune": Tune, "ga": GA}[spec.algorithm](spec)
 
 
 def finished(spec: ExperimentSpec, store: ResultStore) -> bool:
@@ -113,15 +109,6 @@ def provenance(spec: ExperimentSpec) -> dict:
     variables, the kernels the libraries say they run), and the fingerprint of the noise table
     every genome is built from (each result document names the device its worker computed on).
     Recorded at each (re)start."""
-    import platform
-
-    import numpy
-    import torch
-
-    from . import __version__
-    from .arithmetic import in_effect
-    from .noise import fingerprint
-
     return {"evoarena": __version__, "python": platform.python_version(), "torch": torch.__version__,
             "numpy": numpy.__version__,
             "master_device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else platform.processor() or "cpu",

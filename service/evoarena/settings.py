@@ -1,5 +1,5 @@
 """Everything evoarena reads from the environment, read here and nowhere else. The experiment
-itself is in its spec (spec.py); these are the machine's and the fleet's settings. Each field
+itself is in its spec (spec/experiment.py); these are the machine's and the fleet's settings. Each field
 `name` of the classes below is the variable EVOARENA_<NAME>; an unset or empty variable keeps the
 default, a value of the wrong type is a ValueError naming the variable. The chart sets them from
 its values (helm/evoarena/templates/configmap.yaml and the release's Secrets).
@@ -66,7 +66,7 @@ class Settings(FromEnv):
     """The image `evoarena submit` gives the master: the chart sets its CPU image."""
     task_key: str = ""
     """The fleet's key: the master signs every task with it, workers run only signed tasks
-    (fleet/signing.py). A secret: the chart generates it into the release's env Secret."""
+    (tasks.py: signing). A secret: the chart generates it into the release's env Secret."""
     allow_unsigned: bool = False
     """Let a worker without a task key take tasks from a broker on another machine, where anyone
     who can publish to it could send it work (check_task_key); on loopback a key is never required."""
@@ -90,7 +90,7 @@ class Settings(FromEnv):
 
 @dataclass(frozen=True)
 class SpecLimits(FromEnv):
-    """How large an experiment file, and the run it asks for, may be (spec.py, spec_limits.py).
+    """How large an experiment file, and the run it asks for, may be (spec/experiment.py, spec/limits.py).
     A spec is a few KB and a few hundred values: these limits refuse, in one line and before
     anything is allocated, a file or a run that would not fit a machine."""
 
@@ -102,7 +102,7 @@ class SpecLimits(FromEnv):
     """Values (scalars, lists and mappings) in an experiment file, each YAML alias counted as a
     copy of what it names: a 390-byte alias bomb names billions."""
     run_max_memory_mb: int = 8192
-    """A run whose estimated memory on one machine passes this many MiB is refused (spec_limits.py:
+    """A run whose estimated memory on one machine passes this many MiB is refused (spec/limits.py:
     a local run's master and workers together; a fleet's master, and each of its workers); 0: no
     limit. `evoarena run --force` skips the check for one run."""
 

@@ -1,5 +1,17 @@
-"""The task protocol, what the master and the workers both read of a task beyond its op's own
-fields: the summaries of failed tasks (`error_summary`), and sibling groups.
+"""The task protocol: what the master, the executors and the workers all read of a task beyond
+its op's own fields. Results, sibling groups, and how an executor is fed.
+
+Results: their ids, what a task's summary and a lost task's record hold, and the plan. A
+result's id is deterministic, so a redelivered task finds its document and never duplicates
+it. The master, the executors and the workers all name results with `task_id`; the worker
+returns `summary_of` its document; the master records a task that stored nothing with
+`lost_result`.
+
+The plan: before it sends a step's tasks, the master stores each task's `plan_entry` (its result
+id and a digest of its whole content) in the store's plan of that step. A worker runs only a
+task whose entry is planned (worker/worker.py: Worker.admit), so a forged task (a step the run does not
+have, a genome it did not make) or a replayed one with any field changed is refused before
+anything is computed or written, with or without a task key.
 
 Sibling groups: several children of one parent in one evaluate message.
 
@@ -8,7 +20,7 @@ A GA whose spec sets `ga.eval_group` > 1 marks its evaluate tasks with `eval_gro
 generation, problem and noise) travel together, `eval_group` at most per message, as
 
     {<the fields the children's tasks share: experiment, generation, problem, noise, eval_group>,
-     "key":      [first child's id, "siblings-N"]      the message's id (results.task_id)
+     "key":      [first child's id, "siblings-N"]      the message's id (task_id)
      "parent":   the parent's genome JSON (the children's genome without its last delta), once
      "children": [{"delta": the child's last delta, "role": ..., "checkpoint": [...]}, ...]}
 
@@ -18,18 +30,92 @@ the worker runs and stores each as it would run it alone (batched.py scores them
 each under its own result id, so resume and idempotent writes are those of single tasks. The
 worker answers a group with one summary holding each child's (`unpack`). Founders, elites
 whose parent has no child in the message, and crossover children go alone.
+
+Signing. Task payloads are signed by the master, so that only it can enqueue work that gets written.
+
+The master and every worker read one key from EVOARENA_TASK_KEY (the chart generates it once
+into the release's env Secret, read by every pod). With a key, the CeleryExecutor adds
+`signature` = HMAC-SHA256(key, the payload's canonical JSON without it) to each task, and a
+worker refuses (writing nothing) a task whose signature is missing or wrong. Without a key
+nothing is signed or checked: local runs, where no task crosses a broker.
+
+Executors. The scheduler hands every step's tasks to an `Executor` (worker/inline.py runs them
+in this process, fleet/executor.py on a pool of local processes, fleet/celery_executor.py on
+the fleet) and reads their summaries back as they finish.
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
+from collections.abc import Iterator
+from typing import Protocol
 
-from .genome import Delta, Genome, mutate
-from .store.results import TRANSPORT_FIELDS, settled, summary_of
-from .store.results import task_id as result_task_id
+from evoarena.encoding.genome import Delta, Genome, canonical, mutate
+from evoarena.settings import Settings
+
+# what a task returns to the master: enough to count it, route its children and report it
+SUMMARY_KEYS = ("_id", "genome_id", "key", "fitness", "build", "seconds", "worker", "node", "error", "transient", "holds")
+
+
+def result_id(experiment: str, generation: int, op: str, genome_ids: list[str]) -> str:
+    """The deterministic id of a result document: a redelivered task overwrites, never duplicates."""
+    return f"{experiment}:{generation:06d}:{op}:{'+'.join(genome_ids)}"
+
+
+def task_id(op: str, task: dict) -> str:
+    """The result id of `task`: an evaluation is named by its genome, an arena task by its `key`
+    (the ids of the members it concerns). The master, the executors and the worker all use this."""
+    for key in ("experiment", "generation"):
+        if key not in task:
+            raise ValueError(f"task lacks {key!r}")
+    if not isinstance(task["experiment"], str) or not isinstance(task["generation"], int) or task["generation"] < 0:
+        raise ValueError("task 'experiment' must be a string and 'generation' an integer >= 0")
+    if "key" in task and (op != "evaluate" or "children" in task):
+        names = task["key"]
+    elif isinstance(task.get("genome"), dict) and "id" in task["genome"]:
+        names = [task["genome"]["id"]]
+    else:
+        raise ValueError("task needs a 'key' (arena ops) or a 'genome' JSON object with an 'id'")
+    if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
+        raise ValueError("task 'key' must be a non-empty list of ids")
+    return result_id(task["experiment"], task["generation"], op, names)
+
+
+# Fields that carry a task, not part of what it asks: the signature of the message (tasks.py: signing).
+TRANSPORT_FIELDS = ("signature",)
+
+
+def plan_entry(op: str, task: dict) -> str:
+    """What the master stores in a step's plan for `task`, and a worker looks up before running it:
+    the task's result id and a digest of everything the task asks (its canonical JSON without the
+    transport fields), so the same id with any other content is not planned."""
+    body = canonical({k: v for k, v in task.items() if k not in TRANSPORT_FIELDS})
+    return f"{task_id(op, task)}@{hashlib.sha256(f'{op}|{body}'.encode()).hexdigest()[:32]}"
+
+
+def settled(doc: dict | None) -> bool:
+    """Whether a stored result is its task's outcome: not missing, and not a record of a failure of
+    the infrastructure (`transient`), which the task's next run replaces."""
+    return doc is not None and not doc.get("transient")
+
+
+def summary_of(doc: dict) -> dict:
+    """The summary of a task from its stored result document (a key it lacks is None)."""
+    return {k: doc.get(k) for k in SUMMARY_KEYS}
+
+
+def lost_result(experiment: str, generation: int, op: str, summary: dict) -> dict:
+    """The result document the master records for a task that failed with nothing stored."""
+    return {"_id": summary["_id"], "experiment": experiment, "generation": generation, "op": op,
+            "genome_id": summary.get("genome_id"), "key": summary.get("key"), "fitness": None, "metrics": {},
+            "build": None, "checkpoints": [], "error": summary["error"], "transient": bool(summary.get("transient")),
+            "worker": None, "node": None}
+
 
 OWN_FIELDS = ("genome", "role", "checkpoint")  # per child; every other field is shared by the group
-NOT_SHARED = TRANSPORT_FIELDS  # sign the message (fleet/signing.py), not any one child's task
+NOT_SHARED = TRANSPORT_FIELDS  # sign the message (tasks.py: signing), not any one child's task
 
 
 def is_group(task: dict) -> bool:
@@ -48,7 +134,7 @@ def error_summary(task_id_: str, task: dict, error: str, transient: bool = False
         except (ValueError, KeyError, TypeError):  # not a group our master packed: no child to name
             children = None
         if children is not None:
-            return group_summary(task_id_, [error_summary(result_task_id("evaluate", c), c, error, transient) for c in children])
+            return group_summary(task_id_, [error_summary(task_id("evaluate", c), c, error, transient) for c in children])
     genome = task.get("genome")
     return {"_id": task_id_, "genome_id": genome.get("id") if isinstance(genome, dict) else None,
             "key": task.get("key"), "fitness": None, "build": None, "error": error, "transient": transient}
@@ -106,19 +192,19 @@ def group_summary(group_id: str, summaries: list[dict]) -> dict:
             "transient": failed and all(s.get("transient") for s in summaries)}
 
 
-def stored_summary(store, task_id: str, task: dict) -> dict | None:
-    """The summary of `task` (result id `task_id`) from the store once its results are all there
+def stored_summary(store, message_id: str, task: dict) -> dict | None:
+    """The summary of `task` (result id `message_id`) from the store once its results are all there
     (a group's: every child's); None before. A record of an earlier failure of the infrastructure
     is not this task's result (results.settled): the task was sent again to replace it."""
     if not is_group(task):
-        doc = store.get_result(task_id)
+        doc = store.get_result(message_id)
         return summary_of(doc) if settled(doc) else None
     docs = [store.get_result(result_id) for result_id in map(_result_id, children_tasks(task))]
-    return group_summary(task_id, [summary_of(doc) for doc in docs]) if all(map(settled, docs)) else None
+    return group_summary(message_id, [summary_of(doc) for doc in docs]) if all(map(settled, docs)) else None
 
 
 def _result_id(task: dict) -> str:
-    return result_task_id("evaluate", task)
+    return task_id("evaluate", task)
 
 
 def _group(tasks: list[dict]) -> dict:
@@ -152,3 +238,80 @@ def _parent_of(task: dict, known: dict[str, Genome | None]) -> Genome | None:
     if parent is None or _child_task(probe, probe["children"][0], parent) != task:
         return None
     return parent
+
+
+# --- the genomes a task names (what a worker that holds them builds cheaply) -----------------------
+
+
+def task_genomes(task: dict) -> list[dict]:
+    """The genomes (JSON) a task names: an evaluation's one, a sibling group's parent (tasks.py),
+    or an arena task's `genomes`."""
+    if "genomes" in task:
+        return task["genomes"]
+    return [task["parent"] if "parent" in task else task["genome"]]
+
+
+def wanted(task: dict) -> list[str]:
+    """Ids whose holder builds `task` cheaply: its genomes and their parents."""
+    return [i for g in task_genomes(task) for i in (g["id"], *g.get("parents", []))]
+
+
+def built(task: dict, summary: dict | None = None) -> list[str]:
+    """Ids a worker holds in its cache after running `task`: each genome, the one parent of a
+    mutation child (a crossover child's parents are not rebuilt), and what the summary says it
+    made (`holds`: the genomes an arena task trained; `group`: the children of a sibling group)."""
+    ids = []
+    for genome in task_genomes(task):
+        parents = genome.get("parents", [])
+        ids += [genome["id"]] + (parents if len(parents) == 1 else [])
+    children = [s["genome_id"] for s in (summary or {}).get("group") or [] if s.get("genome_id")]
+    return ids + children + list((summary or {}).get("holds") or [])
+
+
+# --- signing ----------------------------------------------------------------------------------------
+
+KEY_VARIABLE = "EVOARENA_TASK_KEY"
+
+
+def task_key() -> bytes | None:
+    """The key from the environment (Settings.task_key), or None when none is set."""
+    return Settings.from_env().task_key.encode() or None
+
+
+def signature(task: dict, key: bytes) -> str:
+    body = canonical({k: v for k, v in task.items() if k != "signature"}).encode()
+    return hmac.new(key, body, hashlib.sha256).hexdigest()
+
+
+def sign(task: dict, key: bytes) -> dict:
+    """`task` with its signature."""
+    return {**task, "signature": signature(task, key)}
+
+
+def signed_by(task: dict, key: bytes) -> bool:
+    """Whether `task` carries the signature `key` gives it."""
+    given = task.get("signature")
+    return isinstance(given, str) and hmac.compare_digest(given, signature(task, key))
+
+
+# --- executors ---------------------------------------------------------------------------------------
+
+
+class Feed(list):
+    """A task list the caller may extend while `map` runs over it: an event-driven algorithm
+    (the arena's asynchronous fight) adds a task each time one finishes. Executors consume it."""
+
+
+def queue_of(tasks: list[dict], op: str) -> list[dict]:
+    """What an executor takes tasks from: a Feed itself (it grows while map runs), else a copy in
+    which siblings that asked for it travel together (tasks.py: the executor then yields each
+    child's summary, `unpack`)."""
+    return tasks if isinstance(tasks, Feed) else pack(list(tasks), op)
+
+
+class Executor(Protocol):
+    def map(self, op: str, tasks: list[dict]) -> Iterator[dict]:
+        """Run `op` on every task; yield each task's summary as it finishes (any order). A Feed
+        may grow while its summaries are consumed: the tasks added are run too."""
+
+    def close(self) -> None: ...

@@ -12,7 +12,7 @@ import os
 import signal
 from pathlib import Path
 
-from evoarena import worker
+from evoarena.worker import worker
 
 _evaluate = worker.Worker._evaluate
 

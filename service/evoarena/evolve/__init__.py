@@ -46,7 +46,7 @@ def ranked_value(fitness: float | None) -> float:
 
 @dataclass(frozen=True)
 class Step:
-    """One step's work: every task runs `op`; a payload's result id is `store.results.task_id(op, payload)`."""
+    """One step's work: every task runs `op`; a payload's result id is `tasks.task_id(op, payload)`."""
 
     op: str
     tasks: list[dict]

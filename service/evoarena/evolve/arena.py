@@ -30,17 +30,32 @@ import math
 
 import numpy as np
 
-from .. import arch as archs
-from ..genome import Genome, founder, morph
-from ..nets import layout
-from ..spec import ExperimentSpec
-from ..problems import embedding
-from . import ELO_START, Step, fitness, torus
-from .population import (
-    _carried, _digest, _mean_of, _pick, _score, byzantine, matrix_summary, mutate_meta, population_stats,
-    quality_text, round_robin_pairs, sample_shape, select, side, toughest_opponents, torus_pairs,
-    trained_members, training_pairs,
+from evoarena.encoding import arch as archs
+from evoarena.encoding.genome import Genome, founder, morph
+from evoarena.encoding.nets import layout
+from evoarena.evolve import ELO_START, Step, fitness, torus
+from evoarena.evolve.population import (
+    _carried,
+    _digest,
+    _mean_of,
+    _pick,
+    _score,
+    byzantine,
+    matrix_summary,
+    mutate_meta,
+    population_stats,
+    quality_text,
+    round_robin_pairs,
+    sample_shape,
+    select,
+    side,
+    torus_pairs,
+    toughest_opponents,
+    trained_members,
+    training_pairs,
 )
+from evoarena.problems import embedding
+from evoarena.spec.experiment import ExperimentSpec
 
 SIDES = ("gen", "disc")
 

@@ -23,10 +23,10 @@ from __future__ import annotations
 
 import math
 
-from ..store.results import task_id
-from . import ELO_START, fitness, ranked_value
-from .arena import Arena
-from .population import _carried, byzantine, population_stats, quality_text, side, training_pairs
+from evoarena.evolve import ELO_START, fitness, ranked_value
+from evoarena.evolve.arena import Arena
+from evoarena.evolve.population import _carried, byzantine, population_stats, quality_text, side, training_pairs
+from evoarena.tasks import task_id
 
 
 class Fight(Arena):

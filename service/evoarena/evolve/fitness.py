@@ -30,7 +30,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from . import ELO_START
+from evoarena.evolve import ELO_START
 
 KINDS = ("seed001", "host_pathogen", "elo")
 TARGETS = ("cluster", "single")

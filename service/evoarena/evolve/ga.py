@@ -37,11 +37,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..genome import Checkpoint, Genome, child_delta, crossover, founder, mutate, rebase
-from ..nets import layout
-from ..problems import PROBLEMS
-from ..spec import ExperimentSpec, GASpec
-from . import Step, valid
+from evoarena.encoding.genome import Checkpoint, Genome, child_delta, crossover, founder, mutate, rebase
+from evoarena.encoding.nets import layout
+from evoarena.evolve import Step, valid
+from evoarena.problems import PROBLEMS
+from evoarena.spec.experiment import ExperimentSpec, GASpec
 
 
 class GA:

@@ -10,9 +10,9 @@ import statistics
 
 import numpy as np
 
-from ..spec import ArenaSpec
-from ..seeding import digest
-from . import ranked_value, torus
+from evoarena.evolve import ranked_value, torus
+from evoarena.seeding import digest
+from evoarena.spec.experiment import ArenaSpec
 
 
 def side(members: list[dict], side_name: str) -> list[dict]:

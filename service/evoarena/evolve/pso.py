@@ -34,12 +34,12 @@ import statistics
 
 import numpy as np
 
-from ..genome import Genome, founder, span
-from ..problems import PROBLEMS
-from ..spec import ExperimentSpec
-from . import Step, valid
-from .ga import frame_counts
-from .swarm import Coefficients, Swarm, best, move, remember, start
+from evoarena.encoding.genome import Genome, founder, span
+from evoarena.evolve import Step, valid
+from evoarena.evolve.ga import frame_counts
+from evoarena.evolve.swarm import Coefficients, Swarm, best, move, remember, start
+from evoarena.problems import PROBLEMS
+from evoarena.spec.experiment import ExperimentSpec
 
 
 class PSO:

@@ -28,8 +28,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import ranked_value
-from .constriction import ACCELERATION, INERTIA
+from evoarena.evolve import ranked_value
+from evoarena.spec.constriction import ACCELERATION, INERTIA
 
 
 @dataclass(frozen=True)

@@ -33,9 +33,9 @@ import statistics
 
 import numpy as np
 
-from ..spec import ExperimentSpec
-from ..spec_tune import DerivedSpecError, ParameterSpec, derive
-from . import Step, swarm, valid
+from evoarena.evolve import Step, swarm, valid
+from evoarena.spec.experiment import ExperimentSpec
+from evoarena.spec.tune import DerivedSpecError, ParameterSpec, derive
 
 
 class Tune:

@@ -41,13 +41,11 @@ from celery.signals import celeryd_after_setup, setup_logging, worker_process_sh
 from celery.worker.consumer import Consumer as CeleryConsumer
 from kombu import Exchange, Queue
 
-from .. import worker as work
-from .. import logs, metrics
-from ..process import process_worker
-from ..settings import FleetSettings
-from ..store.results import task_id
-from ..tasks import is_group
-from .signing import task_key
+from evoarena import logs, metrics
+from evoarena.settings import FleetSettings
+from evoarena.tasks import is_group, task_id, task_key
+from evoarena.worker import worker as work
+from evoarena.worker.process import process_worker
 
 
 def time_limits(longest_s: float) -> dict[str, tuple[float, float]]:
@@ -204,7 +202,7 @@ def make_app(broker: str | None = None, queue: str | None = None) -> Celery:
         _register(app, op)
 
     # The benchmark tasks run whatever they are sent, unsigned (they store nothing, but sleep
-    # holds a worker process for up to 2 minutes): a worker with a task key (fleet/signing.py)
+    # holds a worker process for up to 2 minutes): a worker with a task key (tasks.py: signing)
     # does not have them, so it runs only the ops the master signs; the benchmarks and the tests
     # that use them run without a key. Celery rejects a task it does not have (dead-lettered).
     if task_key() is None:
@@ -259,7 +257,7 @@ def _forget_process(pid: int, **kwargs) -> None:
 def _json_logs(loglevel: int | None = None, **kwargs) -> None:
     """A worker's every line is JSON (what `kubectl logs` shows: logs.py): Celery leaves logging
     to whoever receives this signal, so every library's records go through logs.setup; Celery's
-    banner is off (`--quiet`, cli.py; `_ready` says the same in one line), and the lines its signal
+    banner is off (`--quiet`, cli/main.py; `_ready` says the same in one line), and the lines its signal
     handlers write straight to stdout (`worker: Warm shutdown`) go through logs.say."""
     import celery.apps.worker
 

@@ -39,15 +39,13 @@ from celery.result import AsyncResult, ResultSet
 from kombu import Queue
 from kombu.exceptions import OperationalError
 
-from .. import metrics
-from ..settings import FleetSettings
-from ..store import ResultStore
-from ..tasks import error_summary, stored_summary, unpack
-from ..store.results import task_id as result_id_of
-from .app import DIRECT_EXCHANGE, declare_dead_letter_queue, direct_queue, message_limits
-from .executor import Feed, queue_of
-from .routing import BACKLOG, AffinityRouter, built, wanted
-from .signing import sign, task_key
+from evoarena import metrics
+from evoarena.fleet.app import DIRECT_EXCHANGE, declare_dead_letter_queue, direct_queue, message_limits
+from evoarena.fleet.routing import AffinityRouter, BACKLOG
+from evoarena.settings import FleetSettings
+from evoarena.store import ResultStore
+from evoarena.tasks import Feed, built, error_summary, queue_of, sign, stored_summary, task_key, unpack, wanted
+from evoarena.tasks import task_id as result_id_of
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +71,7 @@ class CeleryExecutor:
         self.app = app
         self.store = store
         self.router = AffinityRouter() if (settings.affinity if affinity is None else affinity) else None
-        self.key = task_key()  # with a key (EVOARENA_TASK_KEY), every task is signed: fleet/signing.py
+        self.key = task_key()  # with a key (EVOARENA_TASK_KEY), every task is signed: tasks.py
         self.backlog = backlog or settings.backlog or None
         self.ping_every = ping_every
         self.store_every = store_every

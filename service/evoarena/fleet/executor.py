@@ -1,9 +1,6 @@
-"""Executors: how the scheduler's tasks reach workers. The scheduler only ever calls `map`.
-
-- InlineExecutor: one Worker in this process (tests, debugging).
-- LocalExecutor: a pool of worker processes on this machine, each with its own parent cache.
-- CeleryExecutor (fleet/, next): the same tasks on RabbitMQ for a fleet of worker pods.
-"""
+"""LocalExecutor: the scheduler's tasks on a pool of worker processes on this machine, each with
+its own parent cache. The other executors (tasks.Executor): worker/inline.py's InlineExecutor
+runs them in this process, celery_executor.py's CeleryExecutor on RabbitMQ for a fleet."""
 
 from __future__ import annotations
 
@@ -15,51 +12,12 @@ from collections.abc import Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import replace
-from typing import Protocol
 
-from ..arithmetic import mode as arithmetic_mode
-from .routing import BACKLOG, AffinityRouter, built
-from ..process import die_with_parent, init_process, run_task
-from ..store.results import task_id
-from ..tasks import error_summary, pack, unpack
-from ..worker import Worker, WorkerConfig, run_on
-
-
-class Feed(list):
-    """A task list the caller may extend while `map` runs over it: an event-driven algorithm
-    (the arena's asynchronous fight) adds a task each time one finishes. Executors consume it."""
-
-
-def queue_of(tasks: list[dict], op: str) -> list[dict]:
-    """What an executor takes tasks from: a Feed itself (it grows while map runs), else a copy in
-    which siblings that asked for it travel together (tasks.py: the executor then yields each
-    child's summary, `unpack`)."""
-    return tasks if isinstance(tasks, Feed) else pack(list(tasks), op)
-
-
-class Executor(Protocol):
-    def map(self, op: str, tasks: list[dict]) -> Iterator[dict]:
-        """Run `op` on every task; yield each task's summary as it finishes (any order). A Feed
-        may grow while its summaries are consumed: the tasks added are run too."""
-
-    def close(self) -> None: ...
-
-
-class InlineExecutor:
-    """Runs tasks one after another in this process."""
-
-    def __init__(self, config: WorkerConfig):
-        self.worker = Worker(config)
-
-    def map(self, op: str, tasks: list[dict]) -> Iterator[dict]:
-        queue = queue_of(tasks, op)
-        while queue:
-            yield from unpack(run_on(self.worker, op, queue.pop(0)))
-
-    def close(self) -> None:
-        pass
-
-
+from evoarena.encoding.arithmetic import mode as arithmetic_mode
+from evoarena.fleet.routing import AffinityRouter, BACKLOG
+from evoarena.tasks import built, error_summary, queue_of, task_id, unpack
+from evoarena.worker.process import die_with_parent, init_process, run_task
+from evoarena.worker.worker import WorkerConfig
 
 
 class LocalExecutor:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from celery import Celery
 
-from ..settings import FleetSettings
+from evoarena.settings import FleetSettings
 
 
 def make_app(broker: str | None = None, queue: str | None = None) -> Celery:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from amqp.exceptions import AMQPError
 
-from .app import broker_url, dead_letter_queue, direct_queue, make_app
+from evoarena.fleet.app import broker_url, dead_letter_queue, direct_queue, make_app
 
 
 class LocalWorkers:
@@ -37,7 +37,7 @@ class LocalWorkers:
         node = f"{name}-{self.tag}@{self.label}"
         log = open(self.logs / f"{name}-{self.tag}.log", "w")
         self.procs[node] = subprocess.Popen(
-            [sys.executable, "-m", "evoarena.cli", "worker", "--name", node, *options],
+            [sys.executable, "-m", "evoarena", "worker", "--name", node, *options],
             env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         return node
 

@@ -9,7 +9,7 @@ import json
 import urllib.parse
 import urllib.request
 
-from .app import dead_letter_queue
+from evoarena.fleet.app import dead_letter_queue
 
 
 def broker_vhost(broker_url: str) -> str:

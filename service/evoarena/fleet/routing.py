@@ -11,6 +11,8 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Hashable
 
+from evoarena.tasks import wanted
+
 
 # Tasks that may wait on one worker (running plus queued) while it holds what they need. An
 # evaluation takes milliseconds: a second one ready to start hides the round trip. Arena tasks
@@ -42,28 +44,3 @@ class AffinityRouter:
             if any(self._holder.get(g) == worker for g in wanted(task)):
                 return i
         return 0
-
-
-def task_genomes(task: dict) -> list[dict]:
-    """The genomes (JSON) a task names: an evaluation's one, a sibling group's parent (tasks.py),
-    or an arena task's `genomes`."""
-    if "genomes" in task:
-        return task["genomes"]
-    return [task["parent"] if "parent" in task else task["genome"]]
-
-
-def wanted(task: dict) -> list[str]:
-    """Ids whose holder builds `task` cheaply: its genomes and their parents."""
-    return [i for g in task_genomes(task) for i in (g["id"], *g.get("parents", []))]
-
-
-def built(task: dict, summary: dict | None = None) -> list[str]:
-    """Ids a worker holds in its cache after running `task`: each genome, the one parent of a
-    mutation child (a crossover child's parents are not rebuilt), and what the summary says it
-    made (`holds`: the genomes an arena task trained; `group`: the children of a sibling group)."""
-    ids = []
-    for genome in task_genomes(task):
-        parents = genome.get("parents", [])
-        ids += [genome["id"]] + (parents if len(parents) == 1 else [])
-    children = [s["genome_id"] for s in (summary or {}).get("group") or [] if s.get("genome_id")]
-    return ids + children + list((summary or {}).get("holds") or [])

@@ -5,6 +5,6 @@
 fitness depends on the task (atari: the episodes it plays) offers `evaluate_task(arch, flat, data,
 task)` in place of `evaluate`. `evolve/` never looks inside."""
 
-from . import atari, memorize
+from evoarena.problems import atari, memorize
 
 PROBLEMS = {"memorize": memorize, "atari": atari}

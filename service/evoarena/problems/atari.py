@@ -43,8 +43,8 @@ from functools import lru_cache
 import numpy as np
 import torch
 
-from .. import batched, nets
-from ..spec import ale_games
+from evoarena.encoding import batched, nets
+from evoarena.spec.experiment import ale_games
 
 FRAME_STACK = 4
 SCREEN = 84

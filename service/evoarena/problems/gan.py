@@ -43,8 +43,8 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-from .. import nets
-from ..seeding import derived_seed
+from evoarena.encoding import nets
+from evoarena.seeding import derived_seed
 
 EVAL_CHUNK = 4096  # samples per forward pass outside training; bounds activation memory
 

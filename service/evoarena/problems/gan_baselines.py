@@ -28,10 +28,10 @@ from functools import lru_cache
 
 import torch
 
-from .. import nets
-from ..seeding import derived_seed
-from . import gan, gan_metrics
-from .gan_data import GanData, make_data
+from evoarena.encoding import nets
+from evoarena.problems import gan, gan_metrics
+from evoarena.problems.gan_data import GanData, make_data
+from evoarena.seeding import derived_seed
 
 
 #: The arena spec's fields a single-GAN baseline of an arena depends on (beside its problem): `evoarena

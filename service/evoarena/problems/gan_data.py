@@ -58,7 +58,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import mnist
+from evoarena.problems import mnist
 
 KINDS = ("ring", "grid", "digits", "npz", "mnist")
 MIXTURES = ("ring", "grid")

@@ -60,7 +60,7 @@ from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 from torch import nn
 
-from .gan_data import MIXTURES, GanData
+from evoarena.problems.gan_data import GanData, MIXTURES
 
 log = logging.getLogger(__name__)
 

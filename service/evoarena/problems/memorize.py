@@ -26,7 +26,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .. import batched, nets
+from evoarena.encoding import batched, nets
 
 EVAL_CHUNK = 512  # images per forward pass when scoring; bounds activation memory
 FITNESS_KINDS = ("cross_entropy", "memorized", "memorized_margin")

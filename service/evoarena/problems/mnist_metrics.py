@@ -40,9 +40,9 @@ import torch
 from safetensors.torch import load as load_safetensors
 from torch import nn
 
-from . import mnist
-from .gan_data import GanData
-from .gan_metrics import CLASSES, class_coverage, frechet_distance, read_verified, save_verified
+from evoarena.problems import mnist
+from evoarena.problems.gan_data import GanData
+from evoarena.problems.gan_metrics import CLASSES, class_coverage, frechet_distance, read_verified, save_verified
 
 log = logging.getLogger(__name__)
 

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import re
 
-from .artifacts import ArtifactError, ArtifactStore, LocalArtifacts, artifact_key, open_artifacts
-from .base import ARENA_COLLECTIONS, RESULT_KEYS, ResultStore, check_result, generation_id
-from .mongo import MongoStore, StoreUnavailable
-from .s3 import S3Artifacts
-from .sqlite import SQLiteStore
+from evoarena.store.artifacts import ArtifactError, ArtifactStore, LocalArtifacts, artifact_key, open_artifacts
+from evoarena.store.base import ARENA_COLLECTIONS, RESULT_KEYS, ResultStore, check_result, generation_id
+from evoarena.store.mongo import MongoStore, StoreUnavailable
+from evoarena.store.s3 import S3Artifacts
+from evoarena.store.sqlite import SQLiteStore
 
 __all__ = [
     "ARENA_COLLECTIONS",

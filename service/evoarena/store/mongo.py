@@ -29,7 +29,7 @@ from pymongo.database import Database
 from pymongo.errors import BulkWriteError, ConnectionFailure, DuplicateKeyError
 from pymongo.write_concern import WriteConcern
 
-from .base import (
+from evoarena.store.base import (
     ARENA_COLLECTIONS,
     baseline_id,
     check_arena_docs,

@@ -24,8 +24,8 @@ import boto3
 from botocore.config import Config
 from botocore.exceptions import ClientError
 
-from ..settings import Settings
-from .artifacts import ArtifactError, check_key, safetensors_metadata, verified
+from evoarena.settings import Settings
+from evoarena.store.artifacts import ArtifactError, check_key, safetensors_metadata, verified
 
 SUFFIX = ".safetensors"
 _BUCKET = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")

@@ -16,7 +16,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Self
 
-from .base import (
+from evoarena.store.base import (
     ARENA_COLLECTIONS,
     baseline_id,
     check_arena_docs,
