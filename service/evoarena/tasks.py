@@ -50,10 +50,44 @@ import hashlib
 import hmac
 import json
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Protocol
 
 from evoarena.encoding.genome import Delta, Genome, canonical, mutate
 from evoarena.settings import Settings
+from evoarena.spec.experiment import ExperimentSpec
+
+@dataclass(frozen=True)
+class Op:
+    """One kind of task, as every layer that handles tasks sees it."""
+
+    limit_share: float  # its hard time limit, as a share of the longest ops' (EVOARENA_TIME_LIMIT_S)
+    backlog: int  # tasks that may wait on one worker (running plus queued) while it holds what they need
+    worker_op: bool = True  # run by Worker (worker/worker.py); False: a benchmark's stand-in (fleet/app.py)
+
+
+# Every op of the system. An evaluation takes milliseconds: a second one ready on a worker hides the
+# round trip, and it gets half the time limit. Arena ops take seconds: a queued second one only keeps
+# an idle worker from taking it (bench/arena_fleet.py). A trial is a whole short arena run
+# (worker/trial.py). `sleep` is bench/scale.py's stand-in for GPU work: it holds no genome, so its
+# tasks all go to the shared queue, and it has fixed limits (fleet/app.py).
+OPS = {
+    "evaluate": Op(limit_share=0.5, backlog=2),
+    "train_pair": Op(limit_share=1.0, backlog=1),
+    "match": Op(limit_share=1.0, backlog=1),
+    "cross_train": Op(limit_share=1.0, backlog=1),
+    "trial": Op(limit_share=1.0, backlog=1),
+    "sleep": Op(limit_share=0.0, backlog=1, worker_op=False),
+}
+WORKER_OPS = tuple(name for name, op in OPS.items() if op.worker_op)
+
+
+def envelope(spec: ExperimentSpec, step: int, **fields) -> dict:
+    """A task of experiment `spec` at step `step` (its "generation"): the fields every op reads
+    (the experiment's name, the step, its problem and noise table), then the op's own `fields`."""
+    return {"experiment": spec.name, "generation": step, "problem": spec.problem.model_dump(mode="json"),
+            "noise": spec.noise.model_dump(mode="json"), **fields}
+
 
 # what a task returns to the master: enough to count it, route its children and report it
 SUMMARY_KEYS = ("_id", "genome_id", "key", "fitness", "build", "seconds", "worker", "node", "error", "transient", "holds")

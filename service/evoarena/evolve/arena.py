@@ -56,6 +56,7 @@ from evoarena.evolve.population import (
 )
 from evoarena.problems import embedding
 from evoarena.spec.experiment import ExperimentSpec
+from evoarena.tasks import envelope
 
 SIDES = ("gen", "disc")
 
@@ -66,7 +67,6 @@ class Arena:
     def __init__(self, spec: ExperimentSpec, store=None):
         self.spec, self.arena, self.store = spec, spec.arena, store
         self.problem = spec.problem.model_dump(mode="json")
-        self.noise = spec.noise.model_dump(mode="json")
         self.shape = sample_shape(self.problem["data"])
         self.chunks = [min(spec.arena.chunk_steps, spec.arena.train_steps - start)
                        for start in range(0, spec.arena.train_steps, spec.arena.chunk_steps)]
@@ -347,9 +347,8 @@ class Arena:
     # --- tasks --------------------------------------------------------------------------------
 
     def _base(self, index: int, round: int, key: list[str], genomes: list[dict]) -> dict:
-        return {"experiment": self.spec.name, "generation": index, "round": round, "key": key, "genomes": genomes,
-                "problem": self.problem, "noise": self.noise, "batch_size": self.arena.batch_size,
-                "seed": int(_digest("task", self.spec.seed, index, *key), 16) % 2**31}
+        return envelope(self.spec, index, round=round, key=key, genomes=genomes, batch_size=self.arena.batch_size,
+                        seed=int(_digest("task", self.spec.seed, index, *key), 16) % 2**31)
 
     def _train_task(self, index: int, round: int, g: dict, d: dict, steps: int) -> dict:
         return {**self._base(index, round, [g["id"], d["id"]], [g["genome"], d["genome"]]),

@@ -42,6 +42,7 @@ from evoarena.encoding.nets import layout
 from evoarena.evolve import Step, valid
 from evoarena.problems import PROBLEMS
 from evoarena.spec.experiment import ExperimentSpec, GASpec
+from evoarena.tasks import envelope
 
 
 class GA:
@@ -139,17 +140,9 @@ class GA:
         episodes = {"episodes": self.spec.ga.elite_episodes} if ind.role == "candidate" else {}
         # with ga.eval_group > 1, an executor sends siblings together (tasks.py)
         group = {"eval_group": self.spec.ga.eval_group} if self.spec.ga.eval_group > 1 else {}
-        return {
-            "experiment": self.spec.name,
-            "generation": generation,
-            "genome": ind.genome.to_json(),
-            "role": ind.role,
-            "problem": self.spec.problem.model_dump(mode="json"),
-            "noise": self.spec.noise.model_dump(mode="json"),
-            "checkpoint": checkpoint,  # ids of ancestors in the genome's list whose weights to save too
-            **episodes,
-            **group,
-        }
+        return envelope(self.spec, generation, genome=ind.genome.to_json(), role=ind.role,
+                        checkpoint=checkpoint,  # ids of ancestors in the genome's list whose weights to save too
+                        **episodes, **group)
 
 
 @dataclass(frozen=True)

@@ -40,6 +40,7 @@ from evoarena.evolve.ga import frame_counts
 from evoarena.evolve.swarm import Coefficients, Swarm, best, move, remember, start
 from evoarena.problems import PROBLEMS
 from evoarena.spec.experiment import ExperimentSpec
+from evoarena.tasks import envelope
 
 
 class PSO:
@@ -121,14 +122,7 @@ class PSO:
         return span(self.founder, self.direction_seed, self.spec.pso.scale, position.tolist())
 
     def _task(self, index: int, particle: Genome) -> dict:
-        return {
-            "experiment": self.spec.name,
-            "generation": index,
-            "genome": particle.to_json(),
-            "role": "particle",
-            "problem": self.spec.problem.model_dump(mode="json"),
-            "noise": self.spec.noise.model_dump(mode="json"),
-        }
+        return envelope(self.spec, index, genome=particle.to_json(), role="particle")
 
 
 def run_seeds(seed: int) -> tuple[int, int]:

@@ -36,6 +36,7 @@ import numpy as np
 from evoarena.evolve import Step, swarm, valid
 from evoarena.spec.experiment import ExperimentSpec
 from evoarena.spec.tune import DerivedSpecError, ParameterSpec, derive
+from evoarena.tasks import envelope
 
 
 class Tune:
@@ -104,9 +105,8 @@ class Tune:
     # --- bookkeeping ----------------------------------------------------------------------------
 
     def _task(self, index: int, trial: int, values: dict) -> dict:
-        return {"experiment": self.spec.name, "generation": index, "key": [f"trial-{trial}"], "trial": trial,
-                "values": values, "genomes": [],  # a trial names no genome: it builds its own arena
-                "problem": self.spec.problem.model_dump(mode="json"), "noise": self.spec.noise.model_dump(mode="json")}
+        return envelope(self.spec, index, key=[f"trial-{trial}"], trial=trial, values=values,
+                        genomes=[])  # a trial names no genome: it builds its own arena
 
     def _coefficients(self) -> swarm.Coefficients:
         t = self.tune

@@ -43,20 +43,21 @@ from kombu import Exchange, Queue
 
 from evoarena import logs, metrics
 from evoarena.settings import FleetSettings
-from evoarena.tasks import is_group, task_id, task_key
+from evoarena.tasks import OPS, WORKER_OPS, is_group, task_id, task_key
 from evoarena.worker import worker as work
 from evoarena.worker.process import process_worker
 
 
+SLEEP_LIMITS = (60.0, 120.0)  # bench/scale.py's stand-in for GPU work (tasks.OPS): it only sleeps
+
+
 def time_limits(longest_s: float) -> dict[str, tuple[float, float]]:
-    """(soft, hard) time limits in seconds per op, from the hard limit of the longest ops (the
-    arena's, EVOARENA_TIME_LIMIT_S): an evaluation gets half, and each op's soft limit (an
+    """(soft, hard) time limits in seconds per op (tasks.OPS), from the hard limit of the longest
+    ops (the arena's, EVOARENA_TIME_LIMIT_S) and each op's share of it; each op's soft limit (an
     exception the task can still report) comes a sixth before its hard one (the process is killed).
     Long training is split into chunks well below these."""
-    arena = (longest_s * 5 / 6, longest_s)
-    return {"evaluate": (arena[0] / 2, arena[1] / 2), "train_pair": arena, "match": arena, "cross_train": arena,
-            "trial": arena,  # a whole short arena run (trial.py); a longer one than the limit needs a higher limit
-            "sleep": (60, 120)}  # bench/scale.py's stand-in for GPU work: it only sleeps
+    return {name: (longest_s * op.limit_share * 5 / 6, longest_s * op.limit_share) if op.worker_op else SLEEP_LIMITS
+            for name, op in OPS.items()}
 
 
 TIME_LIMITS = time_limits(FleetSettings.from_env().time_limit_s)
@@ -198,7 +199,7 @@ def make_app(broker: str | None = None, queue: str | None = None) -> Celery:
     # shared=False on every task: each app built here has its own tasks, and a process that builds
     # several (the tests) does not register one app's tasks in the next (Celery's
     # DuplicateTaskNameWarning)
-    for op in work.OPS:
+    for op in WORKER_OPS:
         _register(app, op)
 
     # The benchmark tasks run whatever they are sent, unsigned (they store nothing, but sleep

@@ -11,15 +11,10 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Hashable
 
-from evoarena.tasks import wanted
+from evoarena.tasks import OPS, wanted
 
 
-# Tasks that may wait on one worker (running plus queued) while it holds what they need. An
-# evaluation takes milliseconds: a second one ready to start hides the round trip. Arena tasks
-# take seconds: a queued second one only keeps an idle worker from taking it (bench/arena_fleet.py).
-# The benchmark's stand-in op (bench/scale.py: a sleep for GPU work) holds no genome, so its tasks
-# all go to the shared queue and its backlog is never reached; 1, as for the arena's long tasks.
-BACKLOG = {"evaluate": 2, "train_pair": 1, "match": 1, "cross_train": 1, "trial": 1, "sleep": 1}
+BACKLOG = {name: op.backlog for name, op in OPS.items()}  # tasks.OPS says why
 
 
 class AffinityRouter:

@@ -31,6 +31,7 @@ from evoarena.settings import Settings, WorkerSettings, device_for
 from evoarena.store import StoreUnavailable, artifact_key, open_artifacts, open_store
 from evoarena.tasks import (
     KEY_VARIABLE,
+    WORKER_OPS,
     children_tasks,
     error_summary,
     group_summary,
@@ -412,15 +413,13 @@ def _required(task: dict, *keys: str) -> list:
     return [task[k] for k in keys]
 
 
-OPS = ("evaluate", "train_pair", "match", "cross_train", "trial")
-
 def run_on(worker: Worker, op: str, task: dict) -> dict:
     """Run `op` on `task` in `worker`, on every executor alike. A task that fails because of its
     infrastructure (Transient) is run again after a growing wait, up to TRANSIENT_RETRIES times; a
     refused task, or one whose infrastructure kept failing, comes back as an error summary with
     nothing written (the master records it once, where no result is stored yet)."""
-    if op not in OPS:
-        raise ValueError(f"unknown op {op!r}; accepted: {', '.join(OPS)}")
+    if op not in WORKER_OPS:
+        raise ValueError(f"unknown op {op!r}; accepted: {', '.join(WORKER_OPS)}")
     retries = 0
     while True:
         try:
