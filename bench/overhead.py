@@ -140,7 +140,7 @@ def train_pair_pair(tmp: Path, mode: str, repeats: int) -> dict:
     config = WorkerConfig(f"sqlite:///{tmp / 'arena.db'}", str(tmp / "arena-artifacts"), str(tmp / "noise"), threads=1)
     store = open_store(config.store_url)
     scheduler.register(spec, store)
-    task = scheduler.algorithm(spec, store).plan(0, None).tasks[0]  # the first player's founder pair
+    task = scheduler.algorithm(spec).plan(0, None).tasks[0]  # the first player's founder pair
     # each repetition its own seed: a new result each time, as the arena's tasks are
     tasks = [{**task, "seed": task["seed"] + r} for r in range(repeats + 1)]
     scheduler.plan(store, "train_pair", tasks)

@@ -287,7 +287,7 @@ class ArenaRun:
         url = f"sqlite:///{root / 'results.db'}"
         self.store = open_store(url)
         self.config = WorkerConfig(url, str(root / "artifacts"), str(root.parent / "noise"), threads=1)
-        self.algo = scheduler.algorithm(self.spec, self.store)
+        self.algo = scheduler.algorithm(self.spec)
 
     def run(self) -> dict:
         executor = InlineExecutor(self.config)

@@ -26,7 +26,7 @@ from evoarena.encoding.arithmetic import LEGACY, in_effect
 from evoarena.encoding.arithmetic import apply as apply_arithmetic
 from evoarena.encoding.materialize import CACHE_HITS
 from evoarena.encoding.noise import fingerprint
-from evoarena.evolve import Algorithm, EventAlgorithm, Step
+from evoarena.evolve import DOCUMENTS, Algorithm, EventAlgorithm, Step
 from evoarena.evolve.arena import Arena
 from evoarena.evolve.fight import Fight
 from evoarena.evolve.ga import GA
@@ -73,12 +73,18 @@ class Progress:
     resumed_from: int | None = None
 
 
-def algorithm(spec: ExperimentSpec, store: ResultStore | None = None) -> Algorithm | EventAlgorithm:
+def algorithm(spec: ExperimentSpec) -> Algorithm | EventAlgorithm:
     """The algorithm that runs `spec`: the GA, PSO, a tuning search, or the GAN arena in rounds or
-    as an asynchronous fight (the arena records its members in `store`)."""
+    as an asynchronous fight."""
     if spec.algorithm == "arena":
-        return Fight(spec, store) if spec.arena.mode == "async" else Arena(spec, store)
+        return Fight(spec) if spec.arena.mode == "async" else Arena(spec)
     return {"pso": PSO, "tune": Tune, "ga": GA}[spec.algorithm](spec)
+
+
+def write_documents(store: ResultStore, state: dict) -> None:
+    """Store the documents an algorithm returned with `state` (evolve.DOCUMENTS), taking them out of it."""
+    for collection, batch in state.pop(DOCUMENTS, {}).items():
+        store.put_docs(collection, batch)
 
 
 def finished(spec: ExperimentSpec, store: ResultStore) -> bool:
@@ -238,7 +244,7 @@ def run(spec: ExperimentSpec, store: ResultStore, executor: Executor,
     with nullcontext(lease) if lease is not None else MasterLease(store, spec.name, heartbeat_s) as held:
         register(spec, store)
         held.beat()  # register replaced the document whole: the heartbeat goes back in at once
-        algo = algorithm(spec, store)
+        algo = algorithm(spec)
 
         def progress(p: Progress) -> None:
             held.check()  # a master whose lease was taken over stops after the step it stored
@@ -268,6 +274,7 @@ def run_steps(spec: ExperimentSpec, store: ResultStore, executor: Executor, algo
         step = algo.plan(index, state)
         results, stats = run_step(spec.name, store, executor, index, step)
         doc = algo.advance(index, state, step, results)
+        write_documents(store, doc)
         doc["stats"] = {**doc.get("stats", {}), **stats}
         store.put_generation(spec.name, index, {"complete": True, **doc, "updated": time.time()})
         metrics.STEPS.labels(spec.name).set(index + 1)
@@ -299,6 +306,7 @@ def run_events(spec: ExperimentSpec, store: ResultStore, executor: Executor, alg
         ready = next((i for i in sorted(inflight) if settled(store.get_result(i))), None)
         if ready is not None:
             state = algo.react(state, inflight[ready], store.get_result(ready))
+            write_documents(store, state)
             index += 1
             store.put_generation(spec.name, index, {**state, "updated": time.time()})
             if on_progress:

@@ -19,7 +19,10 @@ others back:
         state = algorithm.react(state, task, result)   stored; new tasks in its `inflight` are sent
 
 A state is a JSON document; the scheduler stores it once every task of its step has a result,
-and starts from the newest stored one after a crash. `plan` must be a pure function of
+and starts from the newest stored one after a crash. Algorithms never touch the store: a state
+that `advance` or `react` returns may hold, under DOCUMENTS, other documents to store
+({collection: [documents with their ids]}, the arena's pure_gen / pure_disc / pure_match_trace);
+the scheduler takes them out of the state and writes them before it stores the state. `plan` must be a pure function of
 (index, state) so that an interrupted step is planned again identically, and only the tasks
 whose results are missing are sent again.
 """
@@ -32,6 +35,9 @@ from typing import Protocol
 
 ELO_START = 1500.0
 """The Elo rating a member has before its first match (fitness.elo's `start`)."""
+
+DOCUMENTS = "documents"
+"""The key of a returned state under which an algorithm hands the scheduler documents to store."""
 
 
 def valid(fitness: float | None) -> bool:

@@ -33,7 +33,7 @@ import numpy as np
 from evoarena.encoding import arch as archs
 from evoarena.encoding.genome import Genome, founder, morph
 from evoarena.encoding.nets import layout
-from evoarena.evolve import ELO_START, Step, fitness, torus
+from evoarena.evolve import DOCUMENTS, ELO_START, Step, fitness, torus
 from evoarena.evolve.population import (
     _carried,
     _digest,
@@ -64,8 +64,8 @@ SIDES = ("gen", "disc")
 class Arena:
     """The arena as the master's algorithm: a round is `len(self.phases)` steps."""
 
-    def __init__(self, spec: ExperimentSpec, store=None):
-        self.spec, self.arena, self.store = spec, spec.arena, store
+    def __init__(self, spec: ExperimentSpec):
+        self.spec, self.arena = spec, spec.arena
         self.problem = spec.problem.model_dump(mode="json")
         self.shape = sample_shape(self.problem["data"])
         self.chunks = [min(spec.arena.chunk_steps, spec.arena.train_steps - start)
@@ -285,8 +285,8 @@ class Arena:
                 m["elo"] = scores[m["id"]]
         encounters = {"gens": [g["id"] for g in gens], "discs": [d["id"] for d in discs], "matrix": matrix,
                       "real_accept": real_accept, "judged": judged, "liars": liars}
-        self._record(round, members, encounters)
-        doc = {"members": members, "matrix": matrix_summary(encounters), "stats": population_stats(members)}
+        doc = {"members": members, "matrix": matrix_summary(encounters), "stats": population_stats(members),
+               DOCUMENTS: self.documents(round, members, encounters)}
         if real is not None and gens and all(g["id"] in embedded for g in gens):
             doc["mixture"] = self.mixture(round, gens, [embedded[g["id"]] for g in gens], real)
         return doc
@@ -309,10 +309,9 @@ class Arena:
                   "elo": {"k": f.elo_k}}[f.kind]
         return fitness.score(f.kind, matrix, real_accept, judged, params, previous)
 
-    def _record(self, round: int, members: list[dict], enc: dict) -> None:
-        """pure_gen / pure_disc: each member of the round; pure_match_trace: its encounters."""
-        if self.store is None:
-            return
+    def documents(self, round: int, members: list[dict], enc: dict) -> dict[str, list[dict]]:
+        """The round's documents for the scheduler to store (evolve.DOCUMENTS): pure_gen / pure_disc,
+        each member of the round; pure_match_trace, its encounters."""
         name = self.spec.name
         traces, docs = [], {"pure_gen": [], "pure_disc": []}
         for m in members:
@@ -340,9 +339,7 @@ class Arena:
                 "quality": m.get("quality"), "encounter_trace": trace_id,
             })
         traces.append({"_id": f"{name}:{round:06d}:matrix", "experiment": name, "round": round, **enc})
-        self.store.put_docs("pure_match_trace", traces)
-        for collection, batch in docs.items():
-            self.store.put_docs(collection, batch)
+        return {"pure_match_trace": traces, **docs}
 
     # --- tasks --------------------------------------------------------------------------------
 

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import math
 
-from evoarena.evolve import ELO_START, fitness, ranked_value
+from evoarena.evolve import DOCUMENTS, ELO_START, fitness, ranked_value
 from evoarena.evolve.arena import Arena
 from evoarena.evolve.population import _carried, byzantine, population_stats, quality_text, side, training_pairs
 from evoarena.tasks import task_id
@@ -34,8 +34,8 @@ class Fight(Arena):
 
     op = "train_pair"
 
-    def __init__(self, spec, store=None):
-        super().__init__(spec, store)
+    def __init__(self, spec):
+        super().__init__(spec)
         if not self.chunks:
             raise ValueError("arena.mode = async needs arena.train_steps >= 1: a fight trains, then matches")
         self.steps = None  # events, not steps: the run ends when nothing is in flight
@@ -75,7 +75,7 @@ class Fight(Arena):
                 if self.arena.fitness.kind == "elo":
                     members[m]["elo"] = x
         g["quality"] = result["match"]["quality"][0]
-        self._record(n, [g, d], enc)
+        documents = self.documents(n, [g, d], enc)
 
         # inherit from the best of the moment, when it beat the pair
         rng = self._rng(n, "inherit")
@@ -96,7 +96,7 @@ class Fight(Arena):
         state["stats"] = population_stats(state["members"])
         if state["sent"] < state["budget"]:
             state = self._send(state, new_g["id"], new_d["id"])
-        return state
+        return {**state, DOCUMENTS: documents}
 
     def finished(self, state: dict) -> bool:
         return not state["inflight"]
