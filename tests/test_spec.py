@@ -415,3 +415,17 @@ def test_a_stored_spec_with_a_preset_parses_back_to_the_same_spec():
 def test_a_mixture_stored_before_presets_existed_parses_as_the_same_data_without_one():
     stored = {"kind": "grid", "side": 5, "spacing": 2.0, "std": 0.05, "train": 20000, "heldout": 2500, "seed": 0}
     assert data_of(stored) == {**stored, "preset": None}
+
+
+def test_each_algorithm_says_once_how_long_its_run_is_and_what_a_step_is_called():
+    seen = {}
+    for path in ("experiments/tiny.yaml", "experiments/arena-ring.yaml", "experiments/pso-memorize-64.yaml",
+                 "experiments/tune-ring-ga.yaml"):
+        spec = load_spec(Path(__file__).resolve().parents[1] / path)
+        seen[spec.algorithm] = (spec.length_field, spec.steps_wanted, spec.step_unit, spec.section.describe())
+    assert seen == {
+        "ga": ("ga.generations", 5, "generation", "5 generations of 7"),
+        "arena": ("arena.rounds", 8, "step", "8 rounds of 2 players x (2 generators + 2 discriminators)"),
+        "pso": ("pso.steps", 500, "step", "500 steps of 32 particles (64 directions)"),
+        "tune": ("tune.steps", 4, "step", "4 steps of 6 trials (ga over 3 values of an arena)"),
+    }

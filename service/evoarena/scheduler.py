@@ -220,9 +220,8 @@ def registered(spec: ExperimentSpec, store: ResultStore) -> dict | None:
                 "EVOARENA_ARITHMETIC=fast), or give this one another name")
         complete, steps = complete_generations(store, spec.name), getattr(algorithm(spec), "steps", None)
         if steps is not None and steps < complete:
-            field = {"arena": "arena.rounds", "tune": "tune.steps", "pso": "pso.steps"}.get(spec.algorithm, "ga.generations")
             raise ExperimentMismatch(
-                f"{field} = {spec.steps_wanted} but experiment {spec.name!r} already has "
+                f"{spec.length_field} = {spec.steps_wanted} but experiment {spec.name!r} already has "
                 f"{complete} complete steps; ask for more"
             )
     return stored

@@ -131,7 +131,7 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
         store = held.enter_context(open_store(store_url))
         try:
             if scheduler.already_complete(spec, store):  # asked before the lease: a rerun writes nothing at all
-                print(f"{spec.name}: already complete ({_size(spec)}); `evoarena status {spec.name}` shows it")
+                print(f"{spec.name}: already complete ({spec.section.describe()}); `evoarena status {spec.name}` shows it")
                 return 0
             # the lease before anything is written: a master refused for another's run changes nothing
             lease = held.enter_context(MasterLease(store, spec.name, settings.master_heartbeat_s))
@@ -140,7 +140,7 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
             print(f"error: {exc}", file=sys.stderr)
             return 2
         if scheduler.finished(spec, store):  # every step stored, the end not recorded: register recorded it
-            print(f"{spec.name}: already complete ({_size(spec)}); `evoarena status {spec.name}` shows it")
+            print(f"{spec.name}: already complete ({spec.section.describe()}); `evoarena status {spec.name}` shows it")
             return 0
         if fleet:
             from evoarena.fleet.app import broker_url, make_app
@@ -152,7 +152,7 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
         else:
             executor, where = LocalExecutor(config, spec.executor.workers), f"{spec.executor.workers} local workers"
         held.callback(executor.close)
-        print(f"{spec.name}: {_size(spec)} on {where}; store {redact(store_url)}")
+        print(f"{spec.name}: {spec.section.describe()} on {where}; store {redact(store_url)}")
         if (resuming := resume_text(store, spec)) is not None:
             print(f"{spec.name}: {resuming}")
         if settings.metrics_port:
@@ -195,21 +195,6 @@ def _broker_problem(args: argparse.Namespace) -> str | None:
 
     fleet = FleetSettings.from_env()
     return wait_for_broker(fleet.broker_url, args.wait_for_broker or fleet.broker_wait)
-
-
-def _size(spec) -> str:
-    """What the run is, in a few words."""
-    if spec.algorithm == "arena":
-        a = spec.arena
-        return (f"{a.rounds} rounds of {a.players} players x ({a.generators} generators + "
-                f"{a.discriminators} discriminators)")
-    if spec.algorithm == "tune":
-        t = spec.tune
-        return f"{t.steps} steps of {t.population} trials ({t.search} over {len(t.space)} values of an arena)"
-    if spec.algorithm == "pso":
-        p = spec.pso
-        return f"{p.steps} steps of {p.particles} particles ({p.directions} directions)"
-    return f"{spec.ga.generations} generations of {spec.ga.population}"
 
 
 def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:

@@ -102,7 +102,7 @@ def steps_of(store: ResultStore, name: str, spec: ExperimentSpec) -> Steps:
             return Steps(0, algo.fights_per_pair * len(training_pairs(algo.founders())), "fights")
         state = store.get_generation(name, last)
         return Steps(state["done"], state["budget"], "fights")
-    return Steps(0 if last is None else last + 1, algo.steps, step_unit(spec) + "s")
+    return Steps(0 if last is None else last + 1, algo.steps, spec.step_unit + "s")
 
 
 def resume_text(store: ResultStore, spec: ExperimentSpec) -> str | None:
@@ -114,15 +114,10 @@ def resume_text(store: ResultStore, spec: ExperimentSpec) -> str | None:
         return None
     if steps.unit == "fights":  # the asynchronous fight: each result is an event
         return f"resuming at fight {steps.done + 1} of {steps.total} ({stored} results already stored, not run again)"
-    unit = step_unit(spec)
+    unit = spec.step_unit
     partial = store.count_results(name, steps.done)
     return (f"resuming at {unit} {steps.done + 1} of {steps.total} ({steps.done} complete; {partial} results of "
             f"{unit} {steps.done + 1} already stored, not run again)")
-
-
-def step_unit(spec: ExperimentSpec) -> str:
-    """What one step of the master is called: a GA's generation; an arena's, a swarm's or a search's step."""
-    return "generation" if spec.algorithm == "ga" else "step"
 
 
 def ago(t: float) -> str:
@@ -161,7 +156,7 @@ def status_lines(store: ResultStore, experiment: dict, spec: ExperimentSpec) -> 
             lines.append(f"last        {algo.line(last, store.get_generation(name, last))}")
         lines.append(f"results     {store.count_results(name)} stored")
         return lines
-    total, unit = algo.steps, step_unit(spec)  # a GA's generations, a swarm's steps (evolve/pso.py)
+    total, unit = algo.steps, spec.step_unit  # a GA's generations, a swarm's steps (evolve/pso.py)
     partial = store.count_results(name, done, "evaluate") if done < total else 0
     lines.append(f"{unit + 's':<11} {done}/{total} complete" + (f" ({spec.pso.particles} particles each)" if spec.algorithm == "pso" else "")
                  + (f"; {unit} {done + 1} has {partial} results stored" if partial else ""))

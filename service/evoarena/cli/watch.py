@@ -38,7 +38,7 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, TextIO
 
-from evoarena.cli.status import BadInput, state_text, status_lines, step_unit, table
+from evoarena.cli.status import BadInput, state_text, status_lines, table
 
 if TYPE_CHECKING:
     from evoarena.spec.experiment import ExperimentSpec
@@ -155,7 +155,7 @@ def _step(store: ResultStore, spec: ExperimentSpec, algo) -> Live:
             steps = sum(tasks[t]["steps"] for t in pending if "steps" in tasks[t])
             label += f" {sum(p['steps_done'] for p in progress.values())}/{steps} steps"
     else:  # a GA's generation, a swarm's or a search's step
-        label = f"{step_unit(spec)} {index + 1}/{algo.steps}"
+        label = f"{spec.step_unit} {index + 1}/{algo.steps}"
     return Live(label, ok, len(pending), failed, best, eta, estimating)
 
 

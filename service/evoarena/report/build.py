@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from evoarena.cli.status import algorithm_name, open_experiment, state_text, step_unit, steps_of, usage_errors
+from evoarena.cli.status import algorithm_name, open_experiment, state_text, steps_of, usage_errors
 from evoarena.report.page import Page
 from evoarena.report.plots import (
     BAND,
@@ -261,13 +261,13 @@ def build_page(store, name: str, settings: Settings | None = None, store_url: st
         _ga_sections(page, store, spec, results, steps)
     throughput = step_throughput(steps)
     if throughput["x"]:
-        page.figure("Throughput", plot_throughput(throughput, step_unit(spec)),
+        page.figure("Throughput", plot_throughput(throughput, spec.step_unit),
                     "Per step: the share of network builds served from a worker's parent cache, and tasks finished "
                     "per second.")
     if results:
         page.figure("Workers", plot_tasks_per_worker(tasks_per_worker(results)),
                     "Results stored by each worker (Celery node name on a fleet, process name on a local run).")
-        page.figure("workers over time", plot_workers_over_time(workers_per_step(results), step_unit(spec)),
+        page.figure("workers over time", plot_workers_over_time(workers_per_step(results), spec.step_unit),
                     "How many distinct workers stored results of each step (a fleet that grows or loses workers "
                     "shows here).", section="Workers")
     return page.html(name, _summary(store, experiment, spec, len(results), steps))
@@ -279,7 +279,7 @@ def _ga_sections(page: Page, store, spec, results: list[dict], steps: list[dict]
     if not band.x:
         page.note("No evaluation is stored yet: nothing to draw.")
         return
-    atari, unit, who = spec.problem.kind == "atari", step_unit(spec), "individual" if spec.algorithm == "ga" else "particle"
+    atari, unit, who = spec.problem.kind == "atari", spec.step_unit, "individual" if spec.algorithm == "ga" else "particle"
     page.figure("Fitness", plot_fitness(band, unit, f"fitness ({FITNESS_TITLES['atari' if atari else spec.problem.fitness]})"),
                 f"Per {unit}, over its evaluated {who}s: best, mean and the {BAND[0]}th-{BAND[1]}th percentile band.")
     if atari:  # no training set and no gradient baseline; bench/atari.py puts the return against frames

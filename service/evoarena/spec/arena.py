@@ -294,3 +294,8 @@ class ArenaSpec(SpecModel):
         if self.schedule:
             return self.schedule[round % len(self.schedule)]
         return self.generators if side == "gen" else self.discriminators
+
+    def describe(self) -> str:
+        """What the run is, in a few words."""
+        return (f"{self.rounds} rounds of {self.players} players x ({self.generators} generators + "
+                f"{self.discriminators} discriminators)")

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Iterator
+from dataclasses import dataclass
 from types import UnionType
 from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
@@ -31,7 +32,26 @@ from evoarena.spec.pso import PSOSpec
 from evoarena.spec.tune import TuneSpec
 
 NAME_MAX_LENGTH = 53
-ALGORITHMS = ("ga", "arena", "pso", "tune")  # the spec sections that name an algorithm; exactly one (none: an error)
+@dataclass(frozen=True)
+class Algorithm:
+    """What the experiment file and every view say of one algorithm, said once (its section model
+    holds the rest, its on_error default included; evolve/ holds what it computes)."""
+
+    length: str  # the field of its section that says how many steps the run has
+    unit: str  # what one step of the master is called in views and messages
+    problems: tuple[str, ...]  # the problem kinds it runs
+    refusal: str  # why another problem kind is refused
+
+
+# The spec sections that name an algorithm; exactly one (none: an error).
+ALGORITHM_TABLE = {
+    "ga": Algorithm("generations", "generation", ("memorize", "atari"),
+                    "a GA runs the memorize or atari problem; a gan problem needs arena:"),
+    "arena": Algorithm("rounds", "step", ("gan",), "an arena needs a gan problem"),
+    "pso": Algorithm("steps", "step", ("memorize", "atari"), "pso runs the memorize or atari problem"),
+    "tune": Algorithm("steps", "step", ("gan",), "tune searches an arena's meta-parameters: it needs a gan problem"),
+}
+ALGORITHMS = tuple(ALGORITHM_TABLE)
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 
 
@@ -319,6 +339,10 @@ class GASpec(SpecModel):
 
 # --- infrastructure -------------------------------------------------------------------------
 
+    def describe(self) -> str:
+        """What the run is, in a few words."""
+        return f"{self.generations} generations of {self.population}"
+
 
 class NoiseSpec(SpecModel):
     """The shared table of Gaussian noise that compact genomes index into."""
@@ -386,13 +410,24 @@ class ExperimentSpec(SpecModel):
         return given[0] if given else "ga"
 
     @property
+    def section(self) -> GASpec | ArenaSpec | PSOSpec | TuneSpec:
+        """The section of the algorithm that runs this experiment."""
+        return getattr(self, self.algorithm)
+
+    @property
+    def length_field(self) -> str:
+        """The field that says how many steps the run has: ga.generations, arena.rounds, pso.steps, tune.steps."""
+        return f"{self.algorithm}.{ALGORITHM_TABLE[self.algorithm].length}"
+
+    @property
+    def step_unit(self) -> str:
+        """What one step of the master is called: a GA's generation; an arena's, a swarm's or a search's step."""
+        return ALGORITHM_TABLE[self.algorithm].unit
+
+    @property
     def steps_wanted(self) -> int:
         """Generations (GA), rounds (arena) or steps (pso, tune) asked for."""
-        if self.arena is not None:
-            return self.arena.rounds
-        if self.pso is not None or self.tune is not None:
-            return (self.pso or self.tune).steps
-        return self.ga.generations
+        return getattr(self.section, ALGORITHM_TABLE[self.algorithm].length)
 
     @model_validator(mode="after")
     def _check_algorithm(self) -> ExperimentSpec:
@@ -400,17 +435,12 @@ class ExperimentSpec(SpecModel):
         if len(given) > 1:
             raise _field_error(given[1], "{...}", f"give one algorithm section of {', '.join(ALGORITHMS)}; "
                                f"this file gives {' and '.join(given)}")
-        if self.arena is not None and self.problem.kind != "gan":
-            raise _field_error("problem.kind", self.problem.kind, "an arena needs a gan problem")
-        if self.tune is not None and self.problem.kind != "gan":
-            raise _field_error("problem.kind", self.problem.kind, "tune searches an arena's meta-parameters: it needs a gan problem")
+        for name in given:
+            if self.problem.kind not in ALGORITHM_TABLE[name].problems:
+                raise _field_error("problem.kind", self.problem.kind, ALGORITHM_TABLE[name].refusal)
         if self.tune is not None and self.problem.data.kind not in ("ring", "grid"):
             raise _field_error("problem.data.kind", self.problem.data.kind, "tune's objectives (trial.py) count a "
                                "mixture's modes: ring or grid")
-        if self.pso is not None and self.problem.kind not in ("memorize", "atari"):
-            raise _field_error("problem.kind", self.problem.kind, "pso runs the memorize or atari problem")
-        if self.ga is not None and self.problem.kind not in ("memorize", "atari"):
-            raise _field_error("problem.kind", self.problem.kind, "a GA runs the memorize or atari problem; a gan problem needs arena:")
         if self.ga is not None and self.problem.kind != "atari":
             for name in ("elite_candidates", "frame_budget"):
                 if getattr(self.ga, name):

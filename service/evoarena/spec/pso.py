@@ -53,3 +53,7 @@ class PSOSpec(SpecModel):
                                f"{self.particles * self.directions}; at most {SWARM_NUMBERS} (a step's stored swarm "
                                "must fit one document)")
         return self
+
+    def describe(self) -> str:
+        """What the run is, in a few words."""
+        return f"{self.steps} steps of {self.particles} particles ({self.directions} directions)"

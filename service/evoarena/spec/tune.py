@@ -98,6 +98,10 @@ class TuneSpec(SpecModel):
                     raise _field_error(f"{where}.{bound}", value, f"the arena refuses it: {exc}") from None
         return self
 
+    def describe(self) -> str:
+        """What the run is, in a few words."""
+        return f"{self.steps} steps of {self.population} trials ({self.search} over {len(self.space)} values of an arena)"
+
 
 def field_type(path: str) -> type | None:
     """The type declared at dotted `path` of ArenaSpec (int, float, a section...), or None if no such field."""
