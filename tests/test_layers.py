@@ -16,7 +16,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "service" / "evoarena"
 
 # From the top: a module may import its own layer's modules and the layers below, never above.
 LAYERS = [
-    {"__main__", "cli", "report"},  # the commands and the report, which draws what `evoarena sample` draws
+    {"__main__", "api", "cli", "report"},  # Python's entry, the commands, and the report (which draws what `evoarena sample` draws)
     {"fleet"},
     {"worker"},
     {"scheduler"},

@@ -14,8 +14,7 @@ import time
 
 from evoarena import __version__
 from evoarena.cli import export, samples, submit
-from evoarena.cli.status import add_list_parser, cmd_list, resume_text
-from evoarena.logs import ProgressLine
+from evoarena.cli.status import add_list_parser, cmd_list
 from evoarena.logs import setup as setup_logs
 from evoarena.report import build as report
 from evoarena.settings import Settings, check_fleet_config, check_task_key
@@ -97,74 +96,19 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
-    spec = load_spec(args.experiment, force=args.force)
-    fleet = args.fleet or spec.executor.kind == "celery"
-    given = {"EVOARENA_STORE": args.store} if args.store else {}
-    if fleet and (problem := check_fleet_config("master", {**os.environ, **given})):
-        print(f"error: {problem}", file=sys.stderr)
-        return 2
-    if fleet and (problem := _broker_problem(args)):
-        print(f"error: {problem}", file=sys.stderr)
-        return 1
+    """`evoarena run`: api.run, then the run's last line."""
+    from evoarena import api  # torch and friends load only for the commands that compute
 
-    from contextlib import ExitStack
-
-    from evoarena.encoding.arithmetic import ArithmeticMismatch, apply
-    from evoarena.settings import WorkerSettings
-
-    try:  # EVOARENA_ARITHMETIC overrides the spec's; set before anything computes (arithmetic.py)
-        spec = spec.model_copy(update={"arithmetic": WorkerSettings.from_env().arithmetic or spec.arithmetic})
-        apply(spec.arithmetic)
-    except (ValueError, ArithmeticMismatch) as exc:
+    executor = "fleet" if args.fleet else "inline" if args.inline else "local"
+    try:
+        done = api.run(args.experiment, executor=executor, store=args.store, force=args.force,
+                       wait_for_broker=args.wait_for_broker, progress="line")
+    except api.RunError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 2
-    from evoarena import scheduler  # torch and friends load only once the spec is known to be good
-    from evoarena.worker.inline import InlineExecutor
-    from evoarena.fleet.executor import LocalExecutor
-    from evoarena.lease import ExperimentBusy, MasterLease
-    from evoarena.store import open_store, redact
-    from evoarena.worker.worker import WorkerConfig
-
-    store_url = args.store or settings.store
-    config = WorkerConfig(store_url, settings.artifacts, str(settings.noise_dir), spec.executor.cache_mb << 20)
-    with ExitStack() as held:  # left in reverse, however the run ends: the executor, the lease, the store
-        store = held.enter_context(open_store(store_url))
-        try:
-            if scheduler.already_complete(spec, store):  # asked before the lease: a rerun writes nothing at all
-                print(f"{spec.name}: already complete ({spec.section.describe()}); `evoarena status {spec.name}` shows it")
-                return 0
-            # the lease before anything is written: a master refused for another's run changes nothing
-            lease = held.enter_context(MasterLease(store, spec.name, settings.master_heartbeat_s))
-            scheduler.register(spec, store)
-        except (ExperimentBusy, scheduler.ExperimentMismatch) as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return 2
-        if scheduler.finished(spec, store):  # every step stored, the end not recorded: register recorded it
-            print(f"{spec.name}: already complete ({spec.section.describe()}); `evoarena status {spec.name}` shows it")
-            return 0
-        if fleet:
-            from evoarena.fleet.app import broker_url, make_app
-            from evoarena.fleet.celery_executor import CeleryExecutor
-
-            executor, where = CeleryExecutor(make_app(), store), f"the fleet at {redact(broker_url())}"
-        elif args.inline:
-            executor, where = InlineExecutor(config), "this process"
-        else:
-            executor, where = LocalExecutor(config, spec.executor.workers), f"{spec.executor.workers} local workers"
-        held.callback(executor.close)
-        print(f"{spec.name}: {spec.section.describe()} on {where}; store {redact(store_url)}")
-        if (resuming := resume_text(store, spec)) is not None:
-            print(f"{spec.name}: {resuming}")
-        if settings.metrics_port:
-            from evoarena.metrics import serve
-
-            serve(settings.metrics_port)
-        try:
-            final = scheduler.run(spec, store, executor, on_progress=ProgressLine(every=settings.progress_every),
-                                  lease=lease)
-        except RuntimeError as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return 1
+        return exc.code
+    final, spec = done.final, done.spec
+    if final is None:  # already complete: nothing ran
+        return 0
     if spec.algorithm == "arena":
         from evoarena.evolve.population import quality_text
 
@@ -188,8 +132,8 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
 
 def _broker_problem(args: argparse.Namespace) -> str | None:
     """Why the fleet's broker cannot be used, in one line, or None once it answers (fleet/broker.py);
-    told to wait (--wait-for-broker, EVOARENA_BROKER_WAIT), it waits for it instead. Asked before the
-    store is opened or torch loaded: the line comes within seconds, and the experiment is not touched."""
+    told to wait (--wait-for-broker, EVOARENA_BROKER_WAIT), it waits for it instead. Asked before
+    torch is loaded: the line comes within seconds."""
     from evoarena.fleet.broker import wait_for_broker
     from evoarena.settings import FleetSettings
 
