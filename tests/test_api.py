@@ -142,3 +142,17 @@ def test_the_readmes_python_example_runs_and_plots_the_best_fitness(tmp_path):
     status, genome_id, parameters = done.stdout.splitlines()[-1].split()
     assert status == "complete" and len(genome_id) > 8 and int(parameters) > 0
     assert (tmp_path / "tiny-best.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_steps_as_a_dataframe_hold_the_same_records(place):
+    run = evoarena.run(tiny_ga("api-pandas", generations=2), executor="inline", out=None)
+    frame = run.to_pandas()
+    assert frame.to_dict("records") == run.steps()
+    assert list(frame["step"]) == [0, 1]
+
+
+def test_progress_auto_draws_tqdms_bar_to_the_runs_output(place):
+    out = io.StringIO()
+    evoarena.run(tiny_ga("api-bar", generations=3), executor="inline", out=out, progress="auto")
+    bar = out.getvalue().split("\r")[-1]  # tqdm rewrites its line; the last drawing is the finished bar
+    assert "3/3" in bar and "100%" in bar
