@@ -56,6 +56,7 @@ bench: install
 	$(PY) bench/ga_vs_pso_ring.py
 	$(PY) bench/arena_vs_single.py
 	$(PY) bench/liveness_probe.py
+	$(PY) bench/api_overhead.py
 	$(PY) bench/dispatch.py      # these five need RabbitMQ on 127.0.0.1:5672
 	$(PY) bench/affinity.py
 	$(PY) bench/arena_fleet.py

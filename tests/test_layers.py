@@ -21,7 +21,7 @@ LAYERS = [
     {"worker"},
     {"scheduler"},
     {"evolve"},
-    {"tasks", "metrics"},  # the task protocol, and the counters of its summaries
+    {"tasks", "metrics", "tracking"},  # the task protocol, the counters of its summaries, MLflow
     {"encoding", "problems"},
     {"store"},
     {"spec"},

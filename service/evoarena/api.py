@@ -35,10 +35,12 @@ from evoarena.encoding.arithmetic import ArithmeticMismatch, apply
 from evoarena.fleet.executor import LocalExecutor
 from evoarena.lease import ExperimentBusy, MasterLease
 from evoarena.logs import ProgressLine
+from evoarena.report.build import build_page
 from evoarena.settings import FleetSettings, Settings, WorkerSettings, check_fleet_config
 from evoarena.spec.experiment import ExperimentSpec, SpecError, load_spec, parse_spec
 from evoarena.store import open_store, redact
 from evoarena.tasks import Executor
+from evoarena.tracking import MlflowTracker, mlflow_uri
 from evoarena.worker.inline import InlineExecutor
 from evoarena.worker.worker import WorkerConfig
 
@@ -127,11 +129,19 @@ def run(spec: str | os.PathLike | dict | ExperimentSpec, *, executor: str | Exec
 
             serve(settings.metrics_port)
         on_progress = held.enter_context(_progress(progress, out, settings.progress_every))
+        uri = mlflow_uri(spec)
+        tracker = MlflowTracker(uri, spec, results) if uri else None
         try:
-            final = scheduler.run(spec, results, executor, on_progress=on_progress, lease=lease)
+            final = scheduler.run(spec, results, executor, on_progress=on_progress, lease=lease,
+                                  on_state=tracker.step if tracker else None)
         except RuntimeError as exc:
+            if tracker:
+                tracker.finish(None, failed=True)
             raise RunError(str(exc), code=1) from None
-    return Run(spec, store_url, settings, final)
+        done = Run(spec, store_url, settings, final)
+        if tracker:
+            tracker.finish(done.write_results)
+    return done
 
 
 def open(name: str, store: str | None = None) -> Run:  # noqa: A001 (evoarena.open, as the issue names it)
@@ -212,6 +222,21 @@ class Run:
                 members = export.build_all(chosen.members, self.spec, self.store_url, self.settings)
                 return MixtureGenerator(members, chosen.weights)
         return self.network()
+
+    def write_results(self, folder: Path) -> list[Path]:
+        """The run's report page and its best network (safetensors, as `evoarena export` writes it)
+        in `folder`: what an experiment tracker keeps of it (tracking.py)."""
+        page = folder / f"{self.name}.html"
+        with open_store(self.store_url) as results:
+            page.write_text(build_page(results, self.name, self.settings, self.store_url), encoding="utf-8")
+        if self.spec.algorithm == "tune":  # its trials' arenas are not kept: no network
+            return [page]
+        chosen = self._choose()
+        arch, flat = export.build(chosen, self.spec, self.store_url, self.settings)
+        network = folder / f"{self.name}-best.safetensors"
+        export.write(network, arch, flat, {"experiment": self.name, "genome_id": chosen.genome["id"],
+                                           "role": chosen.role, "source": chosen.source})
+        return [page, network]
 
     def _choose(self, genome_id: str | None = None) -> export.Chosen:
         if self.spec.algorithm == "tune":

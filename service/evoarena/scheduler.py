@@ -175,10 +175,12 @@ def register(spec: ExperimentSpec, store: ResultStore) -> None:
         log.warning("experiment %r: its %d stored steps were computed in %s arithmetic; it continues in %s, so its "
                     "bits from step %d on depend on the CPU that computes them (docs/ARCHITECTURE.md, CPU arithmetic)",
                     spec.name, history[-1][1], stored_arithmetic(stored), spec.arithmetic, history[-1][1])
+    kept = {"tracking": stored["tracking"]} if stored is not None and stored.get("tracking") else {}
     store.put_experiment(spec.name, {"spec": spec_to_dict(spec), "status": "complete" if done else "running",
                                      "created": created, "updated": time.time(),
-                                     "provenance": {**provenance(spec), "arithmetic_history": history}})
-    # (a new run drops the reason of an earlier failure: the document is replaced whole)
+                                     "provenance": {**provenance(spec), "arithmetic_history": history}, **kept})
+    # (a new run drops the reason of an earlier failure: the document is replaced whole, but for
+    # the id of its run in an experiment tracker, which a resumed run continues: tracking.py)
 
 
 def already_complete(spec: ExperimentSpec, store: ResultStore) -> bool:
@@ -194,7 +196,7 @@ def registered(spec: ExperimentSpec, store: ResultStore) -> dict | None:
     stored one is another experiment. Writes nothing.
 
     Only the length of the run (`ga.generations`, `ga.frame_budget`, `arena.rounds`, `tune.steps`, `pso.steps`) may
-    differ, to extend it, and its `arithmetic` from reproducible to fast (`register` notes it); a run
+    differ, to extend it, its `tracking`, and its `arithmetic` from reproducible to fast (`register` notes it); a run
     asked for in `reproducible` is refused if any of its stored steps was computed otherwise. The
     stored spec is compared as today's spec reads it (`stored_spec`).
     """
@@ -205,7 +207,8 @@ def registered(spec: ExperimentSpec, store: ResultStore) -> dict | None:
             return {**d, "ga": d.get("ga") and {**d["ga"], "generations": None, "frame_budget": None},
                     "arena": d.get("arena") and {**d["arena"], "rounds": None},
                     "tune": d.get("tune") and {**d["tune"], "steps": None},
-                    "pso": d.get("pso") and {**d["pso"], "steps": None}, "arithmetic": None}
+                    "pso": d.get("pso") and {**d["pso"], "steps": None}, "arithmetic": None,
+                    "tracking": None}  # where a run is tracked does not make it another experiment
         if same(stored_spec(spec.name, stored["spec"])) != same(wanted):
             raise ExperimentMismatch(
                 f"experiment {spec.name!r} already exists in the store with a different spec; "
@@ -229,7 +232,7 @@ def registered(spec: ExperimentSpec, store: ResultStore) -> dict | None:
 
 def run(spec: ExperimentSpec, store: ResultStore, executor: Executor,
         on_progress: Callable[[Progress], None] | None = None, heartbeat_s: float = HEARTBEAT_S,
-        lease: MasterLease | None = None) -> dict:
+        lease: MasterLease | None = None, on_state: Callable[[int, dict], None] | None = None) -> dict:
     """Run (or continue) experiment `spec` to its last step; return the last step's document.
 
     A run that fails is recorded as `failed`, with the reason, in the experiment's document
@@ -239,7 +242,8 @@ def run(spec: ExperimentSpec, store: ResultStore, executor: Executor,
     One master at a time: the run holds the experiment's lease (lease.py) from before it writes
     anything until it returns or raises, and raises ExperimentBusy, having written nothing, while
     another master holds it. A caller that holds the lease already (the CLI, around its own checks)
-    passes it as `lease`; its interval is then the lease's."""
+    passes it as `lease`; its interval is then the lease's. `on_state(index, state)` is called with
+    each step's (or event's) state once it is stored (api.py's experiment tracking)."""
     with nullcontext(lease) if lease is not None else MasterLease(store, spec.name, heartbeat_s) as held:
         register(spec, store)
         held.beat()  # register replaced the document whole: the heartbeat goes back in at once
@@ -252,8 +256,8 @@ def run(spec: ExperimentSpec, store: ResultStore, executor: Executor,
 
         try:
             if hasattr(algo, "react"):
-                return run_events(spec, store, executor, algo, progress)
-            return run_steps(spec, store, executor, algo, progress)
+                return run_events(spec, store, executor, algo, progress, on_state)
+            return run_steps(spec, store, executor, algo, progress, on_state)
         except ExperimentBusy:
             raise  # the experiment is the other master's now: its document is not ours to mark
         except Exception as exc:
@@ -263,7 +267,8 @@ def run(spec: ExperimentSpec, store: ResultStore, executor: Executor,
 
 
 def run_steps(spec: ExperimentSpec, store: ResultStore, executor: Executor, algo: Algorithm,
-              on_progress: Callable[[Progress], None] | None = None) -> dict:
+              on_progress: Callable[[Progress], None] | None = None,
+              on_state: Callable[[int, dict], None] | None = None) -> dict:
     """Run a step-by-step algorithm (the GA, the arena's rounds) to its last step."""
     last = store.last_generation(spec.name)
     index = 0 if last is None else last + 1
@@ -278,6 +283,8 @@ def run_steps(spec: ExperimentSpec, store: ResultStore, executor: Executor, algo
         store.put_generation(spec.name, index, {"complete": True, **doc, "updated": time.time()})
         metrics.STEPS.labels(spec.name).set(index + 1)
         state = store.get_generation(spec.name, index)
+        if on_state:
+            on_state(index, state)
         if on_progress:
             s = state["stats"]
             on_progress(_progress(index, algo.steps, algo.line(index, state), s, s["evals_per_s"], s["hit_rate"],
@@ -289,7 +296,8 @@ def run_steps(spec: ExperimentSpec, store: ResultStore, executor: Executor, algo
 
 
 def run_events(spec: ExperimentSpec, store: ResultStore, executor: Executor, algo: EventAlgorithm,
-               on_progress: Callable[[Progress], None] | None = None) -> dict:
+               on_progress: Callable[[Progress], None] | None = None,
+               on_state: Callable[[int, dict], None] | None = None) -> dict:
     """Run an event-driven algorithm: each result, as it arrives, becomes a new state (stored as
     event `index`) whose new tasks are sent at once. A task whose result is already stored (sent
     before a crash) is consumed without being sent again."""
@@ -308,6 +316,8 @@ def run_events(spec: ExperimentSpec, store: ResultStore, executor: Executor, alg
             write_documents(store, state)
             index += 1
             store.put_generation(spec.name, index, {**state, "updated": time.time()})
+            if on_state:
+                on_state(index, state)
             if on_progress:
                 on_progress(_progress(index, index, algo.line(index, state), state["stats"],
                                       index / (time.perf_counter() - started), 0.0, resumed_from))

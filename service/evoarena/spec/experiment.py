@@ -373,6 +373,22 @@ class BaselineSpec(SpecModel):
     """Learning rate."""
 
 
+class MlflowSpec(SpecModel):
+    """Where the master logs the run in MLflow (tracking.py)."""
+
+    uri: str = ""
+    """The tracking server's URI; empty: $MLFLOW_TRACKING_URI."""
+    experiment: str = "evoarena"
+    """The MLflow experiment the run is logged under (one MLflow run per evoarena experiment)."""
+
+
+class TrackingSpec(SpecModel):
+    """Experiment trackers the master logs the run to; none by default (MLFLOW_TRACKING_URI also
+    turns MLflow on)."""
+
+    mlflow: MlflowSpec | None = None
+
+
 class ExperimentSpec(SpecModel):
     """One experiment: the problem, the network, the algorithm and where it runs."""
 
@@ -398,6 +414,8 @@ class ExperimentSpec(SpecModel):
     """Where individuals are evaluated."""
     baseline: BaselineSpec = Field(default_factory=BaselineSpec)
     """The gradient-descent baseline."""
+    tracking: TrackingSpec = Field(default_factory=TrackingSpec)
+    """Experiment tracking (MLflow): the master logs the spec, every step's summary and the results."""
     arithmetic: Literal["fast", "reproducible"] = "fast"
     """CPU arithmetic of every process of the run: fast (each CPU's fastest kernels; the same bits run to run on one machine) or reproducible (the same bits on every x86-64 CPU with AVX2, Intel or AMD; CPU workers only; slower: docs/ARCHITECTURE.md); EVOARENA_ARITHMETIC overrides it."""
     description: str = ""
