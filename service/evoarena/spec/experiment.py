@@ -387,6 +387,7 @@ class TrackingSpec(SpecModel):
     turns MLflow on)."""
 
     mlflow: MlflowSpec | None = None
+    """MLflow: `{uri: ..., experiment: ...}`; absent: MLflow only where MLFLOW_TRACKING_URI is set."""
 
 
 class ExperimentSpec(SpecModel):
