@@ -38,6 +38,7 @@ from evoarena.logs import ProgressLine
 from evoarena.report.build import build_page
 from evoarena.settings import FleetSettings, Settings, WorkerSettings, check_fleet_config
 from evoarena.spec.experiment import ExperimentSpec, SpecError, load_spec, parse_spec
+from evoarena.spec.user_problem import module_of
 from evoarena.store import open_store, redact
 from evoarena.tasks import Executor
 from evoarena.tracking import MlflowTracker, mlflow_uri
@@ -91,7 +92,11 @@ def run(spec: str | os.PathLike | dict | ExperimentSpec, *, executor: str | Exec
     except (ValueError, ArithmeticMismatch) as exc:
         raise RunError(str(exc)) from None
     say = (lambda line: print(line, file=out, flush=True)) if out is not None else (lambda line: None)
-    config = WorkerConfig(store_url, settings.artifacts, str(settings.noise_dir), spec.executor.cache_mb << 20)
+    trusted = WorkerSettings.from_env().trusted_problems
+    if spec.problem.kind == "user":  # the workers this run starts itself may import the problem it names
+        trusted = (*trusted, module_of(spec.problem.path))
+    config = WorkerConfig(store_url, settings.artifacts, str(settings.noise_dir), spec.executor.cache_mb << 20,
+                          problem_modules=trusted)
     with ExitStack() as held:  # left in reverse, however the run ends: the executor, the lease, the store
         results = held.enter_context(open_store(store_url))
         done = f"{spec.name}: already complete ({spec.section.describe()}); `evoarena status {spec.name}` shows it"

@@ -130,6 +130,15 @@ class WorkerSettings(FromEnv):
     spec's `arithmetic` (empty: the spec's). `evoarena worker`: the one its processes compute in
     (empty: fast); they refuse the tasks of an experiment recorded with the other."""
 
+    problem_modules: str = ""
+    """Comma-separated module prefixes from which this worker imports problems of the user's own
+    (`problem: {kind: "pkg.mod:Name"}`, spec/user_problem.py); empty: none, and a task naming one is
+    refused. `evoarena run` on one machine adds its spec's module for the workers it starts."""
+
+    @property
+    def trusted_problems(self) -> tuple[str, ...]:
+        return tuple(p.strip() for p in self.problem_modules.split(",") if p.strip())
+
     def __post_init__(self) -> None:
         if self.arithmetic not in ("", "fast", "reproducible"):
             raise ValueError(f"EVOARENA_ARITHMETIC={self.arithmetic!r} is not one of fast, reproducible")

@@ -124,8 +124,12 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
         return 0
     best = final["best"]
     episodes = len(best["metrics"].get("returns", []))
-    meaning = (f"mean return over {episodes} episode{'s' * (episodes != 1)}, after {final['stats']['frames_total']:,} frames"
-               if spec.problem.kind == "atari" else f"training cross-entropy {-best['fitness']:.6g}")
+    if spec.problem.kind == "atari":
+        meaning = f"mean return over {episodes} episode{'s' * (episodes != 1)}, after {final['stats']['frames_total']:,} frames"
+    elif spec.problem.kind == "user":
+        meaning = f"as {spec.problem.path} scores it"
+    else:
+        meaning = f"training cross-entropy {-best['fitness']:.6g}"
     print(f"{spec.name}: done; best fitness {best['fitness']:.6g} ({meaning}), genome {best['genome_id']}")
     return 0
 

@@ -40,7 +40,7 @@ import numpy as np
 from evoarena.encoding.genome import Checkpoint, Genome, child_delta, crossover, founder, mutate, rebase
 from evoarena.encoding.nets import layout
 from evoarena.evolve import Step, valid
-from evoarena.problems import PROBLEMS
+from evoarena.problems import problem_of
 from evoarena.spec.experiment import ExperimentSpec, GASpec
 from evoarena.tasks import envelope
 
@@ -52,7 +52,7 @@ class GA:
         self.spec = spec
         self.steps = spec.ga.generations
         problem = spec.problem.model_dump(mode="json")
-        self.arch = PROBLEMS[spec.problem.kind].architecture(problem, spec.network.model_dump(mode="json"))
+        self.arch = problem_of(problem).architecture(problem, spec.network.model_dump(mode="json"))
 
     # --- the algorithm ------------------------------------------------------------------------
 

@@ -38,7 +38,7 @@ from evoarena.encoding.genome import Genome, founder, span
 from evoarena.evolve import Step, valid
 from evoarena.evolve.ga import frame_counts
 from evoarena.evolve.swarm import Coefficients, Swarm, best, move, remember, start
-from evoarena.problems import PROBLEMS
+from evoarena.problems import problem_of
 from evoarena.spec.experiment import ExperimentSpec
 from evoarena.tasks import envelope
 
@@ -50,7 +50,7 @@ class PSO:
         self.spec = spec
         self.steps = spec.pso.steps
         problem = spec.problem.model_dump(mode="json")
-        arch = PROBLEMS[spec.problem.kind].architecture(problem, spec.network.model_dump(mode="json"))
+        arch = problem_of(problem).architecture(problem, spec.network.model_dump(mode="json"))
         init_seed, self.direction_seed = run_seeds(spec.seed)
         self.founder = founder(arch, init_seed)
         p = spec.pso

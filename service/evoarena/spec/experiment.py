@@ -28,6 +28,7 @@ from pydantic import (
 from evoarena.settings import SpecLimits
 from evoarena.spec.arena import ArenaSpec, GanSpec
 from evoarena.spec.base import SpecModel, _field_error
+from evoarena.spec.user_problem import BUILT_IN, UserProblemError, check_fields, module_of
 from evoarena.spec.pso import PSOSpec
 from evoarena.spec.tune import TuneSpec
 
@@ -45,10 +46,10 @@ class Algorithm:
 
 # The spec sections that name an algorithm; exactly one (none: an error).
 ALGORITHM_TABLE = {
-    "ga": Algorithm("generations", "generation", ("memorize", "atari"),
+    "ga": Algorithm("generations", "generation", ("memorize", "atari", "user"),
                     "a GA runs the memorize or atari problem; a gan problem needs arena:"),
     "arena": Algorithm("rounds", "step", ("gan",), "an arena needs a gan problem"),
-    "pso": Algorithm("steps", "step", ("memorize", "atari"), "pso runs the memorize or atari problem"),
+    "pso": Algorithm("steps", "step", ("memorize", "atari", "user"), "pso runs the memorize or atari problem"),
     "tune": Algorithm("steps", "step", ("gan",), "tune searches an arena's meta-parameters: it needs a gan problem"),
 }
 ALGORITHMS = tuple(ALGORITHM_TABLE)
@@ -154,7 +155,38 @@ class AtariSpec(SpecModel):
     """Seed from which every task's episode seeds are derived (with the generation and the genome id)."""
 
 
-ProblemSpec = Annotated[Union[MemorizeSpec, AtariSpec, GanSpec], Field(discriminator="kind")]
+class UserProblemSpec(SpecModel):
+    """A problem of your own (spec/user_problem.py). The file writes `kind: "package.module:Name"`
+    and the problem's own fields beside it; the spec holds them as `path` and `fields`."""
+
+    kind: Literal["user"]
+    """`user`: the form the spec stores a problem named by import path in."""
+    path: str
+    """"package.module:Name": the problem's import path (problems/__init__.py says what it offers)."""
+    fields: dict[str, Any] = Field(default_factory=dict)
+    """The problem's own fields, checked by its `Spec` model where it has one."""
+
+    @model_validator(mode="after")
+    def _importable(self) -> UserProblemSpec:
+        try:
+            module_of(self.path)
+            check_fields(self.path, dict(self.fields))
+        except UserProblemError as exc:
+            raise _field_error("kind", self.path, str(exc)) from None
+        return self
+
+
+ProblemSpec = Annotated[Union[MemorizeSpec, AtariSpec, GanSpec, UserProblemSpec], Field(discriminator="kind")]
+
+
+def _user_problem(problem: Any) -> Any:
+    """A problem written by import path (`kind: "pkg.mod:Name"`, its fields beside) as the spec holds
+    it: `{kind: user, path, fields}`; any other problem as it is."""
+    if not isinstance(problem, dict) or problem.get("kind") in (*BUILT_IN, "user", None):
+        return problem
+    if not isinstance(problem["kind"], str) or ":" not in problem["kind"]:
+        return problem  # the union refuses it, naming the kinds it accepts
+    return {"kind": "user", "path": problem["kind"], "fields": {k: v for k, v in problem.items() if k != "kind"}}
 
 
 # --- the network that the genomes encode --------------------------------------------------
@@ -421,6 +453,13 @@ class ExperimentSpec(SpecModel):
     """CPU arithmetic of every process of the run: fast (each CPU's fastest kernels; the same bits run to run on one machine) or reproducible (the same bits on every x86-64 CPU with AVX2, Intel or AMD; CPU workers only; slower: docs/ARCHITECTURE.md); EVOARENA_ARITHMETIC overrides it."""
     description: str = ""
     """Free text for people reading the results."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _problem_by_import_path(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "problem" in data:
+            return {**data, "problem": _user_problem(data["problem"])}
+        return data
 
     @property
     def algorithm(self) -> str:

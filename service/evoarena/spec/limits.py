@@ -140,8 +140,10 @@ def data(spec: ExperimentSpec) -> list[Part]:
 
 
 def networks(spec: ExperimentSpec) -> list[Part]:
-    """The networks one task builds."""
+    """The networks one task builds (a problem of the user's: not estimated, its networks are its own)."""
     problem = spec.problem
+    if problem.kind == "user":
+        return []
     if problem.kind in ("memorize", "atari"):
         image, outputs = (problem.image, problem.classes) if problem.kind == "memorize" else (ATARI_INPUT, ATARI_ACTIONS)
         chunk = min(IMAGES_PER_CHUNK, _images(spec)) if problem.kind == "memorize" else 1

@@ -26,7 +26,7 @@ from evoarena.encoding.genome import Genome, ancestor, canonical
 from evoarena.encoding.materialize import Materializer, ParentCache
 from evoarena.encoding.noise import open_noise
 from evoarena.metrics import MATERIALIZE_SECONDS
-from evoarena.problems import PROBLEMS, gan_data
+from evoarena.problems import ProblemRefused, gan_data, problem_of
 from evoarena.settings import Settings, WorkerSettings, device_for
 from evoarena.store import StoreUnavailable, artifact_key, open_artifacts, open_store
 from evoarena.tasks import (
@@ -92,6 +92,7 @@ class WorkerConfig:
     device: str = "cpu"
     threads: int = 0  # torch intra-op threads; 0 leaves torch's default
     task_key: bytes | None = None  # a fleet's EVOARENA_TASK_KEY: only tasks signed with it are run
+    problem_modules: tuple[str, ...] = ()  # EVOARENA_PROBLEM_MODULES: user problems it may import
 
 
 class Worker:
@@ -147,7 +148,7 @@ class Worker:
     def data(self, problem: dict):
         key = repr(sorted(problem.items()))
         if key not in self._data:
-            self._data[key] = PROBLEMS[problem["kind"]].make_data(problem, self.config.device)
+            self._data[key] = self.problem(problem).make_data(problem, self.config.device)
         return self._data[key]
 
     def gan_data(self, problem: dict):
@@ -160,6 +161,11 @@ class Worker:
     @property
     def models_dir(self):
         return models_dir(self.config.noise_dir)
+
+    def problem(self, problem: dict):
+        """The Problem (problems/__init__.py) of a task's problem section; one of the user's only
+        from the modules this worker trusts (ProblemRefused otherwise)."""
+        return problem_of(problem, self.config.problem_modules)
 
     def admit(self, op: str, task: dict) -> str:
         """The task's result id, once the task is known to belong to its experiment (TaskRefused if
@@ -176,6 +182,12 @@ class Worker:
             if task.get(field) != spec[field]:
                 raise TaskRefused(f"task {_id}: its {field} {task.get(field)!r} is not experiment "
                                   f"{task['experiment']!r}'s {spec[field]!r}")
+        if task["problem"].get("kind") == "user":  # a problem of the user's: only from trusted modules
+            try:
+                self.problem(task["problem"])
+            except ProblemRefused as exc:
+                log.warning("task %s refused: %s", _id, exc)
+                raise TaskRefused(f"task {_id}: {exc}") from None
         for genome_json in task_genomes(task):
             claimed = genome_json.get("id") if isinstance(genome_json, dict) else None
             try:
@@ -280,7 +292,7 @@ class Worker:
             raise TaskRefused(f"task {group_id}: {exc}") from exc
         docs = [{"_id": task_id("evaluate", t), **self._evaluation_doc(t)} for t in tasks]
         started = time.perf_counter()
-        materializer, problem = self.materializer(group["noise"]), PROBLEMS[group["problem"]["kind"]]
+        materializer, problem = self.materializer(group["noise"]), self.problem(group["problem"])
         genomes = [Genome.from_json(t["genome"]) for t in tasks]
         flats = {}
         for i, (genome, doc) in enumerate(zip(genomes, docs)):
@@ -356,7 +368,7 @@ class Worker:
         materializer = self.materializer(task["noise"])
         with MATERIALIZE_SECONDS.time():
             weights, build = materializer.build_how(genome)
-        metrics = _score(PROBLEMS[task["problem"]["kind"]], genome.arch, weights.flat, self.data(task["problem"]), task)
+        metrics = _score(self.problem(task["problem"]), genome.arch, weights.flat, self.data(task["problem"]), task)
         checkpoints = [self._save(ancestor(genome, i), materializer, task["experiment"]) for i in task.get("checkpoint", [])]
         return {"fitness": metrics.pop("fitness"), "metrics": metrics, "build": build, "checkpoints": checkpoints}
 
@@ -452,4 +464,5 @@ def worker_config(slot: int = 0) -> WorkerConfig:
         device=device_for(slot, torch.cuda.device_count(), worker.device),
         threads=worker.threads,
         task_key=settings.task_key.encode() or None,
+        problem_modules=worker.trusted_problems,
     )
