@@ -1,18 +1,21 @@
 """What the Python API and MLflow tracking cost: wall time, interleaved, paired ratios.
 
-1. API against the command line: experiments/tiny.yaml run to its end in this process (inline) by
+1. API against the command line: experiments/tiny.yaml at TINY_GENERATIONS generations (its 5
+   take 0.05 s here, too short to time) run to its end in this process (inline) by
    `evoarena.run` and by `evoarena run` (cli.main), each repetition in a fresh store, the two in a
    rotating order, plus the command line against itself (the A/A control: how far a ratio strays
    when nothing differs). Bar: the median of (API seconds / command-line seconds) at most
    1 + API_MARGIN: the API adds no time beyond this run's noise.
-2. MLflow on against off: experiments/memorize.yaml's GA (`--generations` generations, its 2
-   local workers) with `tracking: {mlflow: ...}` against the same run untracked, interleaved, each
-   in a fresh store, against an MLflow server this bench starts (SQLite backend in a temporary
-   folder). Tracking logs the spec, every generation's summary, and at the end the report page and
-   the best network. Bar: the median of (tracked seconds / untracked seconds) below 1 + MLFLOW_BAR.
+2. MLflow on against off: experiments/memorize.yaml's GA (its 200 generations, or `--generations`,
+   on its 2 local workers) with `tracking: {mlflow: ...}` against the same run untracked, after one
+   untimed run of each, interleaved, each in a fresh store, against an MLflow server this bench
+   starts (SQLite backend in a temporary folder). Tracking logs the spec, every generation's
+   summary, and at the end the report page and the best network: a cost per generation and about
+   two seconds at the end, so a shorter run shows a larger share. Bar: the median of (tracked
+   seconds / untracked seconds) below 1 + MLFLOW_BAR.
 
-    python bench/api_overhead.py                      # both, about 10 minutes on 2 cores
-    python bench/api_overhead.py --generations 20 --repeats 2
+    python bench/api_overhead.py                      # both, about 25 minutes on 2 cores
+    python bench/api_overhead.py --generations 60 --mlflow-repeats 2   # shorter; a larger share
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 API_MARGIN = 0.03
 MLFLOW_BAR = 0.02
+TINY_GENERATIONS = 200
 
 
 def timed(action) -> float:
@@ -50,7 +54,10 @@ def api_against_cli(folder: Path, repeats: int) -> tuple[float, float]:
     import evoarena
     from evoarena.cli.main import main
 
-    spec_file = ROOT / "experiments" / "tiny.yaml"
+    doc = yaml.safe_load((ROOT / "experiments" / "tiny.yaml").read_text())
+    doc["ga"]["generations"] = TINY_GENERATIONS
+    spec_file = folder / "tiny.yaml"
+    spec_file.write_text(yaml.safe_dump(doc))
     counter = iter(range(10**6))
 
     def store() -> str:
@@ -67,7 +74,7 @@ def api_against_cli(folder: Path, repeats: int) -> tuple[float, float]:
             seconds[mode].append(timed(modes[mode]))
     ratio = statistics.median(a / c for a, c in zip(seconds["api"], seconds["cli"]))
     aa = statistics.median(a / c for a, c in zip(seconds["cli again"], seconds["cli"]))
-    print(f"tiny.yaml inline: API {statistics.median(seconds['api']):.2f} s, command line "
+    print(f"tiny.yaml, {TINY_GENERATIONS} generations inline: API {statistics.median(seconds['api']):.2f} s, command line "
           f"{statistics.median(seconds['cli']):.2f} s (medians of {repeats})")
     return ratio, aa
 
@@ -99,20 +106,26 @@ def mlflow_on_against_off(folder: Path, generations: int, repeats: int) -> float
     server, uri = mlflow_server(folder)
     try:
         spec = yaml.safe_load((ROOT / "experiments" / "memorize.yaml").read_text())
-        spec["ga"]["generations"] = generations
+        spec["ga"]["generations"] = generations or spec["ga"]["generations"]
+        tracking = {"mlflow": {"uri": uri, "experiment": "api-overhead"}}
+        for mode in ("off", "on"):  # the warm-up: the noise table, the pools' first start, MLflow's first run
+            warm = {**spec, "name": f"warm-{mode}", "ga": {**spec["ga"], "generations": 2}}
+            if mode == "on":
+                warm["tracking"] = tracking
+            timed(lambda: evoarena.run(warm, store=f"sqlite:///{folder / f'warm-{mode}.db'}", out=None))
         seconds: dict[str, list[float]] = {"off": [], "on": []}
         for r in range(repeats):
             for mode in (["off", "on"] if r % 2 == 0 else ["on", "off"]):
                 run_spec = {**spec, "name": f"overhead-{mode}-{r}"}
                 if mode == "on":
-                    run_spec["tracking"] = {"mlflow": {"uri": uri, "experiment": "api-overhead"}}
+                    run_spec["tracking"] = tracking
                 store = f"sqlite:///{folder / f'mlflow-{mode}-{r}.db'}"
                 seconds[mode].append(timed(lambda: evoarena.run(run_spec, store=store, out=None)))
                 print(f"  {mode:>3}: {seconds[mode][-1]:.1f} s", flush=True)
     finally:
         os.killpg(server.pid, signal.SIGTERM)
         server.wait(timeout=30)
-    print(f"memorize.yaml, {generations} generations on 2 local workers: untracked "
+    print(f"memorize.yaml, {spec['ga']['generations']} generations on 2 local workers: untracked "
           f"{statistics.median(seconds['off']):.1f} s, tracked {statistics.median(seconds['on']):.1f} s "
           f"(medians of {repeats})")
     return statistics.median(on / off for on, off in zip(seconds["on"], seconds["off"]))
@@ -122,7 +135,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=5, help="interleaved repetitions of the API comparison")
     parser.add_argument("--mlflow-repeats", type=int, default=3, help="tracked/untracked pairs")
-    parser.add_argument("--generations", type=int, default=30, help="generations of the memorize GA")
+    parser.add_argument("--generations", type=int, default=0, help="generations of the memorize GA (default: the file's 200)")
     parser.add_argument("--skip-mlflow", action="store_true", help="only the API against the command line")
     args = parser.parse_args()
     failed = []

@@ -151,8 +151,18 @@ def test_steps_as_a_dataframe_hold_the_same_records(place):
     assert list(frame["step"]) == [0, 1]
 
 
-def test_progress_auto_draws_tqdms_bar_to_the_runs_output(place):
-    out = io.StringIO()
+class Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_progress_auto_draws_tqdms_bar_on_a_terminal_and_lines_into_a_file(place):
+    out = Terminal()
     evoarena.run(tiny_ga("api-bar", generations=3), executor="inline", out=out, progress="auto")
     bar = out.getvalue().split("\r")[-1]  # tqdm rewrites its line; the last drawing is the finished bar
     assert "3/3" in bar and "100%" in bar
+
+    out = io.StringIO()
+    evoarena.run(tiny_ga("api-lines", generations=3), executor="inline", out=out, progress="auto")
+    lines = out.getvalue().splitlines()
+    assert "\r" not in out.getvalue() and [line.split()[:2] for line in lines[1:]] == [["gen", f"{i}/3"] for i in (1, 2, 3)]

@@ -70,8 +70,8 @@ def run(spec: str | os.PathLike | dict | ExperimentSpec, *, executor: str | Exec
               Executor of your own (tasks.Executor), which the caller closes
     store     the result store's URL (default $EVOARENA_STORE or sqlite:///runs/evoarena.db)
     force     run a spec whose estimated memory passes $EVOARENA_RUN_MAX_MEMORY_MB
-    progress  "auto": tqdm's bar where tqdm is installed (a terminal or Jupyter), else evoarena's
-              line; "line": evoarena's line; None: none
+    progress  "auto": tqdm's bar on a terminal or in Jupyter where tqdm is installed, else
+              evoarena's line (one line a step into a file or a pipe); "line": evoarena's line; None: none
     out       where the run's messages and progress go (default: stdout; None: nowhere)
     """
     out = sys.stdout if out == STDOUT else out
@@ -345,8 +345,8 @@ def _progress(progress: str | None, out: TextIO | None, every: int):
     """A context manager that is the run's on_progress callback (None: no progress)."""
     if progress is None or out is None:
         return _Silent()
-    if progress == "auto":
-        try:
+    if progress == "auto" and (getattr(out, "isatty", lambda: False)() or "ipykernel" in sys.modules):
+        try:  # a bar where one is seen: a terminal, or a notebook (tqdm.auto draws its widget there)
             from tqdm.auto import tqdm  # optional: evoarena's own line where tqdm is not installed
         except ImportError:
             pass
