@@ -96,13 +96,15 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
-    """`evoarena run`: api.run, then the run's last line."""
-    from evoarena import api  # torch and friends load only for the commands that compute
+    """`evoarena run`: api.run, then the run's last line. The file is read and checked first, so a bad
+    one is refused in one line before torch is loaded (a few MB, not hundreds: test_small_inputs)."""
+    spec = load_spec(args.experiment, force=args.force)
+    from evoarena import api  # torch and friends load only once the spec is known to be good
 
     executor = "fleet" if args.fleet else "inline" if args.inline else "local"
     try:
-        done = api.run(args.experiment, executor=executor, store=args.store, force=args.force,
-                       wait_for_broker=args.wait_for_broker, progress="line")
+        done = api.run(spec, executor=executor, store=args.store, wait_for_broker=args.wait_for_broker,
+                       progress="line")
     except api.RunError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return exc.code
