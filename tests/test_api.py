@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import io
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
+import yaml
 from helpers import tiny_arena, tiny_ga
 
 import evoarena
@@ -51,7 +54,7 @@ def test_the_command_line_and_the_api_store_the_same_bits(place, tmp_path):
     evoarena.run(spec, executor="inline", out=None)
     other = f"sqlite:///{tmp_path / 'cli.db'}"
     spec_file = tmp_path / "same.yaml"
-    spec_file.write_text(__import__("yaml").safe_dump(spec))
+    spec_file.write_text(yaml.safe_dump(spec))
     assert main(["run", str(spec_file), "--inline", "--store", other]) == 0
 
     def fitnesses(url: str) -> list[tuple[str, float]]:
@@ -127,14 +130,12 @@ def test_importing_evoarena_loads_neither_torch_nor_the_api():
 
 
 def test_the_readmes_python_example_runs_and_plots_the_best_fitness(tmp_path):
-    from pathlib import Path
-
     root = Path(__file__).resolve().parents[1]
     readme = (root / "README.md").read_text()
     example = readme.split("## From Python", 1)[1].split("```python\n", 1)[1].split("```", 1)[0]
     (tmp_path / "experiments").mkdir()
     (tmp_path / "experiments" / "tiny.yaml").write_text((root / "experiments" / "tiny.yaml").read_text())
-    env = {**__import__("os").environ, "EVOARENA_NOISE_DIR": str(tmp_path / "noise"),
+    env = {**os.environ, "EVOARENA_NOISE_DIR": str(tmp_path / "noise"),
            "EVOARENA_ARTIFACTS": str(tmp_path / "artifacts")}
     done = subprocess.run([sys.executable, "-c", example], cwd=tmp_path, env=env, capture_output=True, text=True,
                           timeout=300)

@@ -41,7 +41,7 @@ from evoarena.spec.experiment import ExperimentSpec, SpecError, load_spec, parse
 from evoarena.spec.user_problem import module_of
 from evoarena.store import open_store, redact
 from evoarena.tasks import Executor
-from evoarena.tracking import MlflowTracker, mlflow_uri
+from evoarena.tracking import MlflowTracker, flat, mlflow_uri
 from evoarena.worker.inline import InlineExecutor
 from evoarena.worker.worker import WorkerConfig
 
@@ -185,7 +185,7 @@ class Run:
         """One record per complete step, oldest first: {"step": its index from 0, then its summary's
         numbers (best, mean, evals_per_s, hit_rate, ...; a nested summary flattened as "a.b")}."""
         with open_store(self.store_url) as results:
-            return [{"step": doc["generation"], **_flat(doc.get("stats", {}))}
+            return [{"step": doc["generation"], **_scalars(doc.get("stats", {}))}
                     for doc in results.list_generations(self.name)]
 
     def to_pandas(self):
@@ -301,15 +301,10 @@ def _check_fleet(store: str | None, wait_for_broker: bool) -> None:
         raise RunError(problem, code=1)
 
 
-def _flat(stats: dict, prefix: str = "") -> dict:
-    """The numbers and strings of a step's summary, a nested dict's under "outer.inner"."""
-    flat = {}
-    for key, value in stats.items():
-        if isinstance(value, dict):
-            flat.update(_flat(value, f"{prefix}{key}."))
-        elif value is None or isinstance(value, (bool, int, float, str)):
-            flat[f"{prefix}{key}"] = value
-    return flat
+def _scalars(stats: dict) -> dict:
+    """The numbers and strings of a step's summary, a nested dict's under "outer.inner" (tracking.flat)."""
+    return {key: value for key, value in flat(stats).items()
+            if value is None or isinstance(value, (bool, int, float, str))}
 
 
 class _Tqdm:

@@ -79,7 +79,7 @@ class MlflowTracker:
         self.uri, self.spec, self.store = uri, spec, store
         self.run_id: str | None = None
         self.quiet = False
-        self._guard(self._start)
+        self._guard(self._start, needs_run=False)
 
     def _start(self) -> None:
         if self.uri.startswith(("http://", "https://")):  # one quick question before MLflow's retries
@@ -140,8 +140,10 @@ class MlflowTracker:
 
         self._guard(log_end)
 
-    def _guard(self, action: Callable[[], None]) -> None:
-        if self.quiet or (self.run_id is None and action != self._start):
+    def _guard(self, action: Callable[[], None], needs_run: bool = True) -> None:
+        """Run `action` unless the tracker fell silent (or, `needs_run`, has no MLflow run); its
+        first failure is warned about and silences the tracker."""
+        if self.quiet or (needs_run and self.run_id is None):
             return
         try:
             action()
